@@ -1,0 +1,79 @@
+//! Command-line interface: one subcommand per part of the binary.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::preview::OutputFormat;
+use crate::telemetry::LogFormat;
+
+/// Safe Django migrations for Kubernetes Deployments.
+///
+/// A mutating admission webhook: a Deployment labelled `django-migrate.io/inject: "true"`
+/// gets a wait-for-database init container, a migrate init container that holds a
+/// database lock so that many pods can start at once, and a readiness gate.
+#[derive(Debug, Parser)]
+#[command(name = "django-migrate-webhook", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTPS admission webhook (POST /mutate) and the health/metrics port.
+    Serve(ServeArgs),
+    /// Preview the injection offline: read manifests, write them back mutated.
+    ///
+    /// Reads YAML or JSON (several documents, `kind: List`), runs every opted-in
+    /// apps/v1 Deployment through the webhook's own engine and leaves every other
+    /// document as it was. Warnings go to stderr; a denial exits 1 with the message the
+    /// webhook would return.
+    Inject(InjectArgs),
+    /// Write a development CA and serving certificate (ca.crt, tls.crt, tls.key).
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the HTTPS webhook listener.
+    #[arg(long, default_value = "0.0.0.0:8443", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain served on the webhook port.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: PathBuf,
+    /// PEM private key of the serving certificate.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: PathBuf,
+    /// Address of the plain-HTTP listener for /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
+    pub metrics_listen: SocketAddr,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct InjectArgs {
+    /// Manifest file to read, or `-` for stdin.
+    #[arg(short = 'f', long = "filename", default_value = "-", value_name = "FILE")]
+    pub file: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Directory to write ca.crt, tls.crt and tls.key into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// DNS name of the serving certificate (repeatable), e.g. the Service's
+    /// `NAME.NAMESPACE.svc`.
+    #[arg(long = "dns", value_name = "NAME")]
+    pub dns: Vec<String>,
+    /// IP address of the serving certificate (repeatable), e.g. 127.0.0.1.
+    #[arg(long = "ip", value_name = "IP")]
+    pub ip: Vec<IpAddr>,
+}

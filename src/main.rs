@@ -1,0 +1,67 @@
+use std::io::Read;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use django_migrate_webhook::cli::{CertsArgs, Cli, Command, InjectArgs, ServeArgs};
+use django_migrate_webhook::{certs, preview, server, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Inject(args) => inject(args),
+        Command::Certs(args) => make_certs(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    telemetry::init_logging(args.log_format);
+    let options = server::ServeOptions {
+        listen: args.listen,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        metrics_listen: args.metrics_listen,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(server::run(&options))?;
+    Ok(())
+}
+
+fn inject(args: InjectArgs) -> anyhow::Result<()> {
+    let input = if args.file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file))?
+    };
+    let result = preview::inject(&input, args.output)?;
+    for w in &result.warnings {
+        eprintln!("Warning: {w}");
+    }
+    print!("{}", result.output);
+    Ok(())
+}
+
+fn make_certs(args: CertsArgs) -> anyhow::Result<()> {
+    let generated = certs::generate(&args.dns, &args.ip)?;
+    certs::write(&args.out, &generated)?;
+    println!(
+        "wrote {0}/ca.crt, {0}/tls.crt and {0}/tls.key",
+        args.out.display()
+    );
+    Ok(())
+}

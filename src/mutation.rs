@@ -1,0 +1,330 @@
+//! The mutation engine: a pure function from a Deployment (and the old one on UPDATE) to
+//! a JSON Patch and warning lines, or a denial.
+//!
+//! The engine rebuilds only the parts of the pod template it owns (init containers,
+//! readiness gates, template labels) as a small document, before and after, and diffs
+//! the two with `json-patch`: the patch creates missing parents, escapes `~` and `/` in
+//! keys, is deterministic, and is empty when the stored template already matches.
+
+use serde_json::{Value, json};
+use thiserror::Error;
+
+use crate::deployment::{Deployment, JsonMap, container_name};
+use crate::injected::{self, INJECTED_LABEL, READINESS_GATE};
+use crate::settings::{self, InvalidAnnotation, Settings};
+
+/// Pod-template annotation kubectl uses to pick a pod's main container.
+pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+
+/// Kubernetes asks webhooks to keep warnings short; kubectl prints each on one line.
+pub const MAX_WARNING_LEN: usize = 120;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Create,
+    Update,
+}
+
+/// What the webhook answers for an allowed request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Mutation {
+    /// Empty when nothing has to change.
+    pub patch: json_patch::Patch,
+    /// Lines for the AdmissionResponse `warnings`, each under [`MAX_WARNING_LEN`].
+    pub warnings: Vec<String>,
+}
+
+/// Why an opted-in Deployment cannot be injected; the message is shown by kubectl.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum Denial {
+    #[error("django-migrate: {0}")]
+    Annotation(#[from] InvalidAnnotation),
+    #[error(
+        "django-migrate: annotation {}: no container named {name:?} in the pod template; allowed: one of {}",
+        settings::CONTAINER,
+        .choices.join(", ")
+    )]
+    NoSuchContainer { name: String, choices: Vec<String> },
+    #[error(
+        "django-migrate: the pod template has no containers: there is no app container to copy image and env from"
+    )]
+    NoContainers,
+}
+
+/// Runs the engine. `old` is the stored object on UPDATE.
+pub fn mutate(
+    op: Operation,
+    new: &Deployment,
+    old: Option<&Deployment>,
+) -> Result<Mutation, Denial> {
+    if !new.is_opted_in() {
+        let was_injected = old.is_some_and(Deployment::is_opted_in)
+            || new
+                .template_labels()
+                .is_some_and(|l| l.contains_key(INJECTED_LABEL));
+        if op == Operation::Update && was_injected {
+            return Ok(opt_out(new));
+        }
+        return Ok(Mutation::default());
+    }
+    inject(new)
+}
+
+/// The owned parts of a pod template, as they will be diffed.
+struct Owned {
+    has_metadata: bool,
+    labels: Option<JsonMap>,
+    has_spec: bool,
+    init_containers: Option<Vec<Value>>,
+    readiness_gates: Option<Vec<Value>>,
+}
+
+impl Owned {
+    fn of(d: &Deployment) -> Owned {
+        let template = d.template();
+        let meta = template.and_then(|t| t.metadata.as_ref());
+        let spec = template.and_then(|t| t.spec.as_ref());
+        let to_values = |v: &Vec<JsonMap>| v.iter().cloned().map(Value::Object).collect();
+        Owned {
+            has_metadata: meta.is_some(),
+            labels: meta.and_then(|m| m.labels.as_ref()).map(|l| {
+                l.iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect()
+            }),
+            has_spec: spec.is_some(),
+            init_containers: spec.and_then(|s| s.init_containers.as_ref()).map(to_values),
+            readiness_gates: spec.and_then(|s| s.readiness_gates.as_ref()).map(to_values),
+        }
+    }
+
+    /// `{"spec":{"template":{...}}}` with only the keys that exist.
+    fn document(&self) -> Value {
+        let mut template = JsonMap::new();
+        if self.has_metadata || self.labels.is_some() {
+            let mut meta = JsonMap::new();
+            if let Some(labels) = &self.labels {
+                meta.insert("labels".into(), Value::Object(labels.clone()));
+            }
+            template.insert("metadata".into(), Value::Object(meta));
+        }
+        if self.has_spec || self.init_containers.is_some() || self.readiness_gates.is_some() {
+            let mut spec = JsonMap::new();
+            if let Some(c) = &self.init_containers {
+                spec.insert("initContainers".into(), Value::Array(c.clone()));
+            }
+            if let Some(g) = &self.readiness_gates {
+                spec.insert("readinessGates".into(), Value::Array(g.clone()));
+            }
+            template.insert("spec".into(), Value::Object(spec));
+        }
+        json!({ "spec": { "template": template } })
+    }
+
+    /// Removes everything the webhook injects.
+    fn strip(&mut self) {
+        if let Some(labels) = &mut self.labels {
+            labels.remove(INJECTED_LABEL);
+        }
+        if let Some(c) = &mut self.init_containers {
+            c.retain(|c| !value_name(c).is_some_and(injected::is_reserved));
+            if c.is_empty() {
+                self.init_containers = None;
+            }
+        }
+        if let Some(g) = &mut self.readiness_gates {
+            g.retain(|g| g.get("conditionType").and_then(Value::as_str) != Some(READINESS_GATE));
+            if g.is_empty() {
+                self.readiness_gates = None;
+            }
+        }
+    }
+}
+
+fn value_name(v: &Value) -> Option<&str> {
+    v.get("name").and_then(Value::as_str)
+}
+
+fn diff(before: &Owned, after: &Owned) -> json_patch::Patch {
+    json_patch::diff(&before.document(), &after.document())
+}
+
+fn opt_out(d: &Deployment) -> Mutation {
+    let before = Owned::of(d);
+    let mut after = Owned::of(d);
+    after.strip();
+    let patch = diff(&before, &after);
+    let warnings = if patch.0.is_empty() {
+        Vec::new()
+    } else {
+        vec![format!(
+            "django-migrate: label {} removed: removed the injected init containers and readiness gate",
+            settings::INJECT_LABEL
+        )]
+    };
+    Mutation { patch, warnings }
+}
+
+fn inject(d: &Deployment) -> Result<Mutation, Denial> {
+    let settings = Settings::from_annotations(d.annotations())?;
+    let containers = d
+        .pod_spec()
+        .and_then(|s| s.containers.as_deref())
+        .unwrap_or_default();
+    if containers.is_empty() {
+        return Err(Denial::NoContainers);
+    }
+    let mut warnings = Vec::new();
+    let app = choose_app_container(d, containers, &settings, &mut warnings)?;
+    let app_name = container_name(app).unwrap_or("<unnamed>");
+
+    let before = Owned::of(d);
+    let mut after = Owned::of(d);
+    after.strip();
+
+    for c in after.init_containers.iter().flatten() {
+        if let Some(w) = existing_migrate_warning(c) {
+            warnings.push(w);
+        }
+    }
+    if let Some(w) = sqlite_warning(d, app) {
+        warnings.push(w);
+    }
+
+    let [first, second] = injected::init_containers(app, &settings);
+    after
+        .init_containers
+        .get_or_insert_with(Vec::new)
+        .extend([first, second]);
+    if settings.readiness_gate {
+        after
+            .readiness_gates
+            .get_or_insert_with(Vec::new)
+            .push(json!({ "conditionType": READINESS_GATE }));
+    }
+    after
+        .labels
+        .get_or_insert_with(JsonMap::new)
+        .insert(INJECTED_LABEL.into(), "true".into());
+
+    let second_name = injected::second_container_name(settings.mode);
+    warnings.insert(
+        0,
+        if settings.readiness_gate {
+            format!(
+                "django-migrate: injected init containers {} and {second_name}, readiness gate {READINESS_GATE}",
+                injected::WAIT_FOR_DB
+            )
+        } else {
+            format!(
+                "django-migrate: injected init containers {} and {second_name}, no readiness gate ({}=false)",
+                injected::WAIT_FOR_DB,
+                settings::READINESS_GATE
+            )
+        },
+    );
+    warnings.insert(
+        1,
+        format!("django-migrate: image, env and mounts copied from container {app_name:?}"),
+    );
+    for w in &mut warnings {
+        shorten(w);
+    }
+    Ok(Mutation {
+        patch: diff(&before, &after),
+        warnings,
+    })
+}
+
+fn choose_app_container<'a>(
+    d: &Deployment,
+    containers: &'a [JsonMap],
+    settings: &Settings,
+    warnings: &mut Vec<String>,
+) -> Result<&'a JsonMap, Denial> {
+    let find = |name: &str| containers.iter().find(|c| container_name(c) == Some(name));
+    if let Some(name) = &settings.container {
+        return find(name).ok_or_else(|| Denial::NoSuchContainer {
+            name: name.clone(),
+            choices: containers
+                .iter()
+                .map(|c| format!("{:?}", container_name(c).unwrap_or_default()))
+                .collect(),
+        });
+    }
+    let first = &containers[0];
+    let default = d
+        .template_annotations()
+        .and_then(|a| a.get(DEFAULT_CONTAINER_ANNOTATION));
+    if let Some(name) = default {
+        if let Some(c) = find(name) {
+            if containers.len() > 1 {
+                warnings.push(format!(
+                    "django-migrate: {} containers, using {name:?} from {DEFAULT_CONTAINER_ANNOTATION}",
+                    containers.len()
+                ));
+            }
+            return Ok(c);
+        }
+        warnings.push(format!(
+            "django-migrate: {DEFAULT_CONTAINER_ANNOTATION} names no container ({name:?}); using the first"
+        ));
+    } else if containers.len() > 1 {
+        warnings.push(format!(
+            "django-migrate: {} containers, using the first, {:?}; set {} to choose",
+            containers.len(),
+            container_name(first).unwrap_or_default(),
+            settings::CONTAINER
+        ));
+    }
+    Ok(first)
+}
+
+/// Many public charts ship an init container that runs or polls `migrate`.
+fn existing_migrate_warning(c: &Value) -> Option<String> {
+    let name = value_name(c).unwrap_or("<unnamed>");
+    let words: Vec<&str> = ["command", "args"]
+        .iter()
+        .filter_map(|k| c.get(*k).and_then(Value::as_array))
+        .flatten()
+        .filter_map(Value::as_str)
+        .flat_map(str::split_whitespace)
+        .collect();
+    if !words.iter().any(|w| w.contains("migrate")) {
+        return None;
+    }
+    Some(if words.contains(&"--check") {
+        format!("django-migrate: init container {name:?} polls migrate --check; django-migrate makes it redundant")
+    } else {
+        format!(
+            "django-migrate: init container {name:?} already runs migrations; remove it so only the locked migrate runs"
+        )
+    })
+}
+
+/// SQLite has no server, so there is no cross-pod lock and each pod has its own file.
+fn sqlite_warning(d: &Deployment, app: &JsonMap) -> Option<String> {
+    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    if replicas <= 1 {
+        return None;
+    }
+    let env = app.get("env")?.as_array()?;
+    let url = env
+        .iter()
+        .find(|e| e.get("name").and_then(Value::as_str) == Some("DATABASE_URL"))?
+        .get("value")?
+        .as_str()?;
+    url.starts_with("sqlite").then(|| {
+        format!(
+            "django-migrate: DATABASE_URL is SQLite with {replicas} replicas: no shared database, no cross-pod lock"
+        )
+    })
+}
+
+/// Cuts a warning to [`MAX_WARNING_LEN`] characters on a character boundary.
+fn shorten(w: &mut String) {
+    if w.chars().count() > MAX_WARNING_LEN {
+        let cut: String = w.chars().take(MAX_WARNING_LEN - 1).collect();
+        *w = cut + "…";
+    }
+}

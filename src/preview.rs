@@ -1,0 +1,241 @@
+//! `inject`: the offline preview. Reads YAML or JSON documents, runs every opted-in
+//! apps/v1 Deployment through the same engine and JSON Patch as the webhook, and writes
+//! every document back. Documents that do not change are written exactly as they were
+//! read (comments included) when the output is YAML.
+
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::deployment::Deployment;
+use crate::mutation::{self, Denial, Operation};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Error)]
+pub enum PreviewError {
+    #[error("document {doc}: not valid YAML: {source}")]
+    Yaml {
+        doc: usize,
+        source: serde_yaml_ng::Error,
+    },
+    #[error("input is not valid JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("document {doc} ({name}): not a valid apps/v1 Deployment: {message}")]
+    Deployment {
+        doc: usize,
+        name: String,
+        message: String,
+    },
+    #[error("document {doc} ({name}): {denial}")]
+    Denied {
+        doc: usize,
+        name: String,
+        denial: Denial,
+    },
+    #[error("document {doc}: cannot apply the patch: {message}")]
+    Patch { doc: usize, message: String },
+    #[error("cannot write the output: {0}")]
+    Output(String),
+}
+
+/// The preview's result: the text to print and the warnings the webhook would return.
+#[derive(Debug, Default)]
+pub struct Preview {
+    pub output: String,
+    pub warnings: Vec<String>,
+    /// How many Deployments were changed.
+    pub mutated: usize,
+}
+
+struct Doc {
+    /// The document's original text (YAML input only).
+    text: Option<String>,
+    value: Value,
+    changed: bool,
+}
+
+/// Runs the preview over a whole input stream.
+pub fn inject(input: &str, format: OutputFormat) -> Result<Preview, PreviewError> {
+    let trimmed = input.trim_start();
+    let is_json = trimmed.starts_with('{') || trimmed.starts_with('[');
+    let mut docs = if is_json {
+        serde_json::Deserializer::from_str(input)
+            .into_iter::<Value>()
+            .map(|v| {
+                v.map(|value| Doc {
+                    text: None,
+                    value,
+                    changed: false,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(PreviewError::Json)?
+    } else {
+        split_yaml(input)
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| {
+                serde_yaml_ng::from_str::<Value>(&text)
+                    .map(|value| Doc {
+                        text: Some(text),
+                        value,
+                        changed: false,
+                    })
+                    .map_err(|source| PreviewError::Yaml { doc: i + 1, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+
+    let mut preview = Preview::default();
+    for (i, doc) in docs.iter_mut().enumerate() {
+        let n = i + 1;
+        if is_list(&doc.value) {
+            if let Some(Value::Array(items)) = doc.value.get_mut("items") {
+                for item in items {
+                    doc.changed |= inject_one(n, item, &mut preview)?;
+                }
+            }
+        } else {
+            doc.changed = inject_one(n, &mut doc.value, &mut preview)?;
+        }
+    }
+
+    let mut out = String::new();
+    match format {
+        OutputFormat::Json => {
+            for doc in docs.iter().filter(|d| !d.value.is_null()) {
+                let text = serde_json::to_string_pretty(&doc.value)
+                    .map_err(|e| PreviewError::Output(e.to_string()))?;
+                out.push_str(&text);
+                out.push('\n');
+            }
+        }
+        OutputFormat::Yaml => {
+            for doc in &docs {
+                match (&doc.text, doc.changed) {
+                    (Some(text), false) => {
+                        out.push_str(text);
+                        if !text.is_empty() && !text.ends_with('\n') {
+                            out.push('\n');
+                        }
+                    }
+                    _ => {
+                        if doc.value.is_null() {
+                            continue;
+                        }
+                        let text = serde_yaml_ng::to_string(&doc.value)
+                            .map_err(|e| PreviewError::Output(e.to_string()))?;
+                        if !out.is_empty() || doc.text.as_deref().is_some_and(starts_with_marker) {
+                            out.push_str("---\n");
+                        }
+                        out.push_str(&text);
+                    }
+                }
+            }
+        }
+    }
+    preview.output = out;
+    Ok(preview)
+}
+
+fn is_list(v: &Value) -> bool {
+    v.get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k == "List" || k.ends_with("List"))
+        && v.get("items").is_some_and(Value::is_array)
+}
+
+/// Mutates one object in place if it is an opted-in apps/v1 Deployment.
+fn inject_one(doc: usize, value: &mut Value, preview: &mut Preview) -> Result<bool, PreviewError> {
+    let is_deployment = value.get("apiVersion").and_then(Value::as_str) == Some("apps/v1")
+        && value.get("kind").and_then(Value::as_str) == Some("Deployment");
+    if !is_deployment {
+        return Ok(false);
+    }
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map_or_else(|| "Deployment".to_owned(), |n| format!("Deployment {n}"));
+    let deployment: Deployment =
+        serde_path_to_error::deserialize(&*value).map_err(|e| PreviewError::Deployment {
+            doc,
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
+    let m = mutation::mutate(Operation::Create, &deployment, None).map_err(|denial| {
+        PreviewError::Denied {
+            doc,
+            name: name.clone(),
+            denial,
+        }
+    })?;
+    preview.warnings.extend(m.warnings);
+    if m.patch.0.is_empty() {
+        return Ok(false);
+    }
+    json_patch::patch(value, &m.patch).map_err(|e| PreviewError::Patch {
+        doc,
+        message: e.to_string(),
+    })?;
+    preview.mutated += 1;
+    Ok(true)
+}
+
+fn starts_with_marker(text: &str) -> bool {
+    text.lines().any(is_marker)
+}
+
+/// A YAML document start marker: `---` alone or followed by whitespace.
+fn is_marker(line: &str) -> bool {
+    line.strip_prefix("---")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r']))
+}
+
+/// Splits a YAML stream into the text of each document; each piece after the first
+/// starts with its `---` line, so joining the pieces gives back the input.
+fn split_yaml(input: &str) -> Vec<String> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut has_content = false;
+    for line in input.split_inclusive('\n') {
+        if is_marker(line) && has_content {
+            docs.push(std::mem::take(&mut current));
+            has_content = false;
+        }
+        if is_marker(line) {
+            has_content = true;
+        } else if !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+            has_content = true;
+        }
+        current.push_str(line);
+    }
+    if !current.is_empty() {
+        docs.push(current);
+    }
+    docs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitting_keeps_every_byte() {
+        let input = "# c\n---\na: 1\n--- \nb: 2\n---\n";
+        let docs = split_yaml(input);
+        assert_eq!(docs.concat(), input);
+        assert_eq!(docs.len(), 3);
+    }
+
+    #[test]
+    fn other_documents_pass_through_verbatim() {
+        let input = "# comment\napiVersion: v1\nkind: ConfigMap # inline\nmetadata: {name: x}\n---\nkind: Service\n";
+        let p = inject(input, OutputFormat::Yaml).unwrap();
+        assert_eq!(p.output, input);
+        assert_eq!(p.mutated, 0);
+    }
+}

@@ -1,0 +1,314 @@
+//! Per-Deployment settings read from `django-migrate.io/*` annotations.
+//!
+//! Every value is validated here, so a bad annotation is denied at admission time with a
+//! message naming the annotation, the value and what is allowed, instead of producing an
+//! init container that fails later inside the pod.
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+/// Prefix of every label and annotation the webhook reads or writes.
+pub const PREFIX: &str = "django-migrate.io/";
+/// The opt-in label on the Deployment.
+pub const INJECT_LABEL: &str = "django-migrate.io/inject";
+
+pub const CONTAINER: &str = "django-migrate.io/container";
+pub const MODE: &str = "django-migrate.io/mode";
+pub const MANAGE_PY: &str = "django-migrate.io/manage-py";
+pub const PYTHON: &str = "django-migrate.io/python";
+pub const DATABASE: &str = "django-migrate.io/database";
+pub const MANAGE_COMMAND: &str = "django-migrate.io/manage-command";
+pub const WAIT_TIMEOUT: &str = "django-migrate.io/wait-timeout";
+pub const MIGRATE_TIMEOUT: &str = "django-migrate.io/migrate-timeout";
+pub const READINESS_GATE: &str = "django-migrate.io/readiness-gate";
+pub const USE_IMAGE_ENTRYPOINT: &str = "django-migrate.io/use-image-entrypoint";
+
+/// Every annotation the webhook understands; anything else under the prefix is a typo.
+pub const KNOWN_ANNOTATIONS: [&str; 10] = [
+    CONTAINER,
+    MODE,
+    MANAGE_PY,
+    PYTHON,
+    DATABASE,
+    MANAGE_COMMAND,
+    WAIT_TIMEOUT,
+    MIGRATE_TIMEOUT,
+    READINESS_GATE,
+    USE_IMAGE_ENTRYPOINT,
+];
+
+/// Longest timeout accepted, in seconds (one day): longer is almost certainly a mistake.
+pub const MAX_TIMEOUT_SECONDS: u32 = 86_400;
+
+/// What the second init container does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Take the database lock and run `migrate`.
+    Migrate,
+    /// Only wait until no migration is pending (workers that share the database).
+    Wait,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Migrate => "migrate",
+            Mode::Wait => "wait",
+        }
+    }
+}
+
+/// Settings of one Deployment, with the defaults of DESIGN.md applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Explicitly chosen app container, if the annotation is set.
+    pub container: Option<String>,
+    pub mode: Mode,
+    pub python: String,
+    pub manage_py: String,
+    pub database: String,
+    /// The command that runs Django management commands, already split on spaces.
+    pub manage_command: Vec<String>,
+    pub wait_timeout: u32,
+    pub migrate_timeout: u32,
+    pub readiness_gate: bool,
+    pub use_image_entrypoint: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            container: None,
+            mode: Mode::Migrate,
+            python: "python3".into(),
+            manage_py: "manage.py".into(),
+            database: "default".into(),
+            manage_command: vec!["python3".into(), "manage.py".into()],
+            wait_timeout: 300,
+            migrate_timeout: 1800,
+            readiness_gate: true,
+            use_image_entrypoint: false,
+        }
+    }
+}
+
+/// An annotation whose value cannot be used.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error("annotation {annotation}: invalid value {value:?}: {allowed}")]
+pub struct InvalidAnnotation {
+    pub annotation: String,
+    pub value: String,
+    /// What would have been accepted.
+    pub allowed: String,
+}
+
+fn invalid(annotation: &str, value: &str, allowed: impl Into<String>) -> InvalidAnnotation {
+    // Bound the echoed value so a huge annotation cannot make a huge denial message.
+    let mut value = value.to_owned();
+    if value.len() > 100 {
+        let mut cut = 100;
+        while !value.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        value.truncate(cut);
+        value.push('…');
+    }
+    InvalidAnnotation {
+        annotation: annotation.to_owned(),
+        value,
+        allowed: allowed.into(),
+    }
+}
+
+/// True for characters that are safe in a path or command word passed without a shell
+/// and without Kubernetes `$(VAR)` expansion.
+fn is_plain_word(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b'+'))
+}
+
+fn parse_bool(annotation: &str, value: &str) -> Result<bool, InvalidAnnotation> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(annotation, value, "allowed: \"true\" or \"false\"")),
+    }
+}
+
+fn parse_timeout(annotation: &str, value: &str) -> Result<u32, InvalidAnnotation> {
+    let allowed = || {
+        format!("allowed: a whole number of seconds from 1 to {MAX_TIMEOUT_SECONDS}, e.g. \"300\"")
+    };
+    // u32::parse accepts a leading '+'; only plain digits are allowed here.
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(annotation, value, allowed()));
+    }
+    match value.parse::<u32>() {
+        Ok(n) if (1..=MAX_TIMEOUT_SECONDS).contains(&n) => Ok(n),
+        _ => Err(invalid(annotation, value, allowed())),
+    }
+}
+
+fn parse_word(annotation: &str, value: &str, example: &str) -> Result<String, InvalidAnnotation> {
+    if is_plain_word(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(invalid(
+            annotation,
+            value,
+            format!(
+                "allowed: letters, digits and . _ - / + only (no spaces or shell characters), e.g. \"{example}\""
+            ),
+        ))
+    }
+}
+
+impl Settings {
+    /// Reads the settings from a Deployment's annotations.
+    ///
+    /// Unknown annotations under `django-migrate.io/` are rejected: a typo that silently
+    /// falls back to a default is worse than a denial.
+    pub fn from_annotations(
+        annotations: Option<&BTreeMap<String, String>>,
+    ) -> Result<Settings, InvalidAnnotation> {
+        let mut s = Settings::default();
+        let Some(annotations) = annotations else {
+            return Ok(s);
+        };
+        let mut manage_command: Option<&str> = None;
+        for (key, value) in annotations.iter().filter(|(k, _)| k.starts_with(PREFIX)) {
+            let value = value.as_str();
+            match key.as_str() {
+                CONTAINER => {
+                    if value.is_empty() {
+                        return Err(invalid(key, value, "allowed: the name of a container"));
+                    }
+                    s.container = Some(value.to_owned());
+                }
+                MODE => {
+                    s.mode = match value {
+                        "migrate" => Mode::Migrate,
+                        "wait" => Mode::Wait,
+                        _ => return Err(invalid(key, value, "allowed: \"migrate\" or \"wait\"")),
+                    }
+                }
+                MANAGE_PY => s.manage_py = parse_word(key, value, "src/manage.py")?,
+                PYTHON => s.python = parse_word(key, value, "python3")?,
+                DATABASE => {
+                    if value.is_empty()
+                        || !value
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                    {
+                        return Err(invalid(
+                            key,
+                            value,
+                            "allowed: a Django database alias (letters, digits, _ and -), e.g. \"default\"",
+                        ));
+                    }
+                    s.database = value.to_owned();
+                }
+                MANAGE_COMMAND => manage_command = Some(value),
+                WAIT_TIMEOUT => s.wait_timeout = parse_timeout(key, value)?,
+                MIGRATE_TIMEOUT => s.migrate_timeout = parse_timeout(key, value)?,
+                READINESS_GATE => s.readiness_gate = parse_bool(key, value)?,
+                USE_IMAGE_ENTRYPOINT => s.use_image_entrypoint = parse_bool(key, value)?,
+                _ => {
+                    return Err(InvalidAnnotation {
+                        annotation: key.clone(),
+                        value: String::new(),
+                        allowed: format!(
+                            "unknown annotation; known: {}",
+                            KNOWN_ANNOTATIONS
+                                .iter()
+                                .map(|a| a.trim_start_matches(PREFIX))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        s.manage_command = match manage_command {
+            Some(value) => {
+                let words: Vec<String> = value.split_whitespace().map(str::to_owned).collect();
+                if words.is_empty() || !words.iter().all(|w| is_plain_word(w)) {
+                    return Err(invalid(
+                        MANAGE_COMMAND,
+                        value,
+                        "allowed: words of letters, digits and . _ - / + separated by spaces (no shell), e.g. \"./manage.py lms\"",
+                    ));
+                }
+                words
+            }
+            None => vec![s.python.clone(), s.manage_py.clone()],
+        };
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Settings, InvalidAnnotation> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_annotations(Some(&map))
+    }
+
+    #[test]
+    fn defaults_without_annotations() {
+        assert_eq!(Settings::from_annotations(None).unwrap(), Settings::default());
+        let s = parse(&[("other.io/x", "y")]).unwrap();
+        assert_eq!(s.manage_command, ["python3", "manage.py"]);
+    }
+
+    #[test]
+    fn manage_command_follows_python_and_manage_py() {
+        let s = parse(&[(PYTHON, "/venv/bin/python"), (MANAGE_PY, "src/manage.py")]).unwrap();
+        assert_eq!(s.manage_command, ["/venv/bin/python", "src/manage.py"]);
+        let s = parse(&[(MANAGE_COMMAND, "  sentry   django ")]).unwrap();
+        assert_eq!(s.manage_command, ["sentry", "django"]);
+    }
+
+    #[test]
+    fn denials_name_annotation_value_and_allowed() {
+        let e = parse(&[(WAIT_TIMEOUT, "-5")]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("django-migrate.io/wait-timeout"), "{msg}");
+        assert!(msg.contains("\"-5\""), "{msg}");
+        assert!(msg.contains("from 1 to 86400"), "{msg}");
+        for (k, v) in [
+            (MODE, "fast"),
+            (MANAGE_PY, "manage.py; rm -rf /"),
+            (MANAGE_PY, "$(SECRET)"),
+            (PYTHON, "python3 -X"),
+            (DATABASE, "a b"),
+            (MANAGE_COMMAND, "sh -c `id`"),
+            (MANAGE_COMMAND, "   "),
+            (MIGRATE_TIMEOUT, "0"),
+            (MIGRATE_TIMEOUT, "+5"),
+            (MIGRATE_TIMEOUT, "99999999999"),
+            (READINESS_GATE, "yes"),
+            (USE_IMAGE_ENTRYPOINT, "1"),
+            (CONTAINER, ""),
+        ] {
+            let e = parse(&[(k, v)]).unwrap_err();
+            assert_eq!(e.annotation, k);
+        }
+        let e = parse(&[("django-migrate.io/migrate-timeuot", "5")]).unwrap_err();
+        assert!(e.to_string().contains("unknown annotation"), "{e}");
+    }
+
+    #[test]
+    fn huge_values_are_truncated_in_messages() {
+        let big = "x".repeat(100_000) + " ";
+        let e = parse(&[(MODE, &big)]).unwrap_err();
+        assert!(e.to_string().len() < 300);
+    }
+}
