@@ -192,7 +192,7 @@ fn starts_with_marker(text: &str) -> bool {
 /// A YAML document start marker: `---` alone or followed by whitespace.
 fn is_marker(line: &str) -> bool {
     line.strip_prefix("---")
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r']))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
 }
 
 /// Splits a YAML stream into the text of each document; each piece after the first
