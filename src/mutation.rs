@@ -207,33 +207,42 @@ fn inject(d: &Deployment) -> Result<Mutation, Denial> {
         .get_or_insert_with(JsonMap::new)
         .insert(INJECTED_LABEL.into(), "true".into());
 
-    let second_name = injected::second_container_name(settings.mode);
-    warnings.insert(
-        0,
-        if settings.readiness_gate {
-            format!(
-                "django-migrate: injected init containers {} and {second_name}, readiness gate {READINESS_GATE}",
-                injected::WAIT_FOR_DB
-            )
+    let patch = diff(&before, &after);
+    if !patch.0.is_empty() {
+        // Say what changed; a request that changes nothing only gets the problems.
+        let verb = if before
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| value_name(c).is_some_and(injected::is_reserved))
+        {
+            "updated"
         } else {
+            "injected"
+        };
+        let second_name = injected::second_container_name(settings.mode);
+        let summary = [
             format!(
-                "django-migrate: injected init containers {} and {second_name}, no readiness gate ({}=false)",
-                injected::WAIT_FOR_DB,
-                settings::READINESS_GATE
-            )
-        },
-    );
-    warnings.insert(
-        1,
-        format!("django-migrate: image, env and mounts copied from container {app_name:?}"),
-    );
+                "django-migrate: {verb} init containers {} and {second_name}, copied from {app_name:?}",
+                injected::WAIT_FOR_DB
+            ),
+            if settings.readiness_gate {
+                format!(
+                    "django-migrate: readiness gate {READINESS_GATE}: a pod is Ready once its migration step succeeded"
+                )
+            } else {
+                format!(
+                    "django-migrate: no readiness gate ({}: \"false\")",
+                    settings::READINESS_GATE
+                )
+            },
+        ];
+        warnings.splice(0..0, summary);
+    }
     for w in &mut warnings {
         shorten(w);
     }
-    Ok(Mutation {
-        patch: diff(&before, &after),
-        warnings,
-    })
+    Ok(Mutation { patch, warnings })
 }
 
 fn choose_app_container<'a>(
@@ -283,17 +292,17 @@ fn choose_app_container<'a>(
 /// Many public charts ship an init container that runs or polls `migrate`.
 fn existing_migrate_warning(c: &Value) -> Option<String> {
     let name = value_name(c).unwrap_or("<unnamed>");
-    let words: Vec<&str> = ["command", "args"]
+    let text: Vec<&str> = ["command", "args"]
         .iter()
         .filter_map(|k| c.get(*k).and_then(Value::as_array))
         .flatten()
         .filter_map(Value::as_str)
-        .flat_map(str::split_whitespace)
         .collect();
-    if !words.iter().any(|w| w.contains("migrate")) {
+    let text = text.join(" ");
+    if !text.contains("migrate") {
         return None;
     }
-    Some(if words.contains(&"--check") {
+    Some(if text.contains("--check") {
         format!("django-migrate: init container {name:?} polls migrate --check; django-migrate makes it redundant")
     } else {
         format!(

@@ -5,6 +5,8 @@
 //! app does. They need no shell: the code travels in an env var and is passed to the
 //! interpreter with Kubernetes' `$(VAR)` expansion.
 
+use std::sync::LazyLock;
+
 use serde_json::{Value, json};
 
 use crate::deployment::JsonMap;
@@ -24,8 +26,28 @@ pub const READINESS_GATE: &str = "django-migrate.io/migrated";
 /// Pod-template label that marks injected pods, so the controller watches only those.
 pub const INJECTED_LABEL: &str = "django-migrate.io/injected";
 
-/// The code both containers run (`src/injected/django_migrate.py`).
-pub const CODE: &str = include_str!("django_migrate.py");
+/// The source of the code both containers run, as kept in the repository.
+pub const SOURCE: &str = include_str!("django_migrate.py");
+
+/// [`SOURCE`] without comment-only and blank lines: it is stored twice in every injected
+/// Deployment, so it is kept short; the first line says where the full source lives.
+pub fn code() -> &'static str {
+    static CODE: LazyLock<String> = LazyLock::new(|| {
+        let mut code = String::from(
+            "# django-migrate-webhook: src/injected/django_migrate.py, comments removed\n",
+        );
+        for line in SOURCE.lines() {
+            let trimmed = line.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            code.push_str(line);
+            code.push('\n');
+        }
+        code
+    });
+    &CODE
+}
 
 /// Env var that carries [`CODE`] into the container.
 pub const CODE_ENV: &str = "DJANGO_MIGRATE_CODE";
@@ -121,7 +143,7 @@ fn container(app: &JsonMap, s: &Settings, name: &str, step: &str, timeout: u32) 
     set(DATABASE_ENV, s.database.clone());
     set(MANAGE_COMMAND_ENV, s.manage_command.join(" "));
     set(TIMEOUT_ENV, timeout.to_string());
-    set(CODE_ENV, CODE.into());
+    set(CODE_ENV, code().into());
     c.insert("env".into(), Value::Array(env));
 
     c.insert(
@@ -142,8 +164,8 @@ mod tests {
     #[test]
     fn code_survives_kubernetes_env_expansion() {
         // The kubelet expands $(VAR) and turns $$ into $ inside env values.
-        assert!(!CODE.contains("$("), "the Python code must not contain $(");
-        assert!(!CODE.contains("$$"), "the Python code must not contain $$");
+        assert!(!SOURCE.contains("$("), "the Python code must not contain $(");
+        assert!(!SOURCE.contains("$$"), "the Python code must not contain $$");
     }
 
     #[test]
@@ -166,7 +188,7 @@ mod tests {
         assert_eq!(env[0]["name"], "A");
         let code: Vec<_> = env.iter().filter(|e| e["name"] == CODE_ENV).collect();
         assert_eq!(code.len(), 1);
-        assert_eq!(code[0]["value"], CODE);
+        assert_eq!(code[0]["value"], super::code());
         assert_eq!(
             migrate["command"],
             json!(["python3", "-c", "$(DJANGO_MIGRATE_CODE)"])
