@@ -93,14 +93,28 @@ impl Default for Settings {
     }
 }
 
-/// An annotation whose value cannot be used.
+/// An annotation that cannot be used.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
-#[error("annotation {annotation}: invalid value {value:?}: {allowed}")]
-pub struct InvalidAnnotation {
-    pub annotation: String,
-    pub value: String,
-    /// What would have been accepted.
-    pub allowed: String,
+pub enum InvalidAnnotation {
+    #[error("annotation {annotation}: invalid value {value:?}; {allowed}")]
+    Value {
+        annotation: String,
+        value: String,
+        /// What would have been accepted.
+        allowed: String,
+    },
+    #[error("unknown annotation {annotation}; known: {known}")]
+    Unknown { annotation: String, known: String },
+}
+
+impl InvalidAnnotation {
+    /// The annotation's full name.
+    pub fn annotation(&self) -> &str {
+        match self {
+            InvalidAnnotation::Value { annotation, .. }
+            | InvalidAnnotation::Unknown { annotation, .. } => annotation,
+        }
+    }
 }
 
 fn invalid(annotation: &str, value: &str, allowed: impl Into<String>) -> InvalidAnnotation {
@@ -114,7 +128,7 @@ fn invalid(annotation: &str, value: &str, allowed: impl Into<String>) -> Invalid
         value.truncate(cut);
         value.push('…');
     }
-    InvalidAnnotation {
+    InvalidAnnotation::Value {
         annotation: annotation.to_owned(),
         value,
         allowed: allowed.into(),
@@ -216,17 +230,13 @@ impl Settings {
                 READINESS_GATE => s.readiness_gate = parse_bool(key, value)?,
                 USE_IMAGE_ENTRYPOINT => s.use_image_entrypoint = parse_bool(key, value)?,
                 _ => {
-                    return Err(InvalidAnnotation {
+                    return Err(InvalidAnnotation::Unknown {
                         annotation: key.clone(),
-                        value: String::new(),
-                        allowed: format!(
-                            "unknown annotation; known: {}",
-                            KNOWN_ANNOTATIONS
-                                .iter()
-                                .map(|a| a.trim_start_matches(PREFIX))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
+                        known: KNOWN_ANNOTATIONS
+                            .iter()
+                            .map(|a| a.trim_start_matches(PREFIX))
+                            .collect::<Vec<_>>()
+                            .join(", "),
                     });
                 }
             }
@@ -299,7 +309,7 @@ mod tests {
             (CONTAINER, ""),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();
-            assert_eq!(e.annotation, k);
+            assert_eq!(e.annotation(), k);
         }
         let e = parse(&[("django-migrate.io/migrate-timeuot", "5")]).unwrap_err();
         assert!(e.to_string().contains("unknown annotation"), "{e}");
