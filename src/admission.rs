@@ -165,7 +165,12 @@ pub fn review(body: &[u8]) -> Reply {
     };
     let uid = match request.uid.as_deref() {
         Some(uid) if !uid.is_empty() => uid,
-        _ => return invalid(400, "AdmissionReview request.uid is missing or empty".into()),
+        _ => {
+            return invalid(
+                400,
+                "AdmissionReview request.uid is missing or empty".into(),
+            );
+        }
     };
     let is_deployment = request
         .kind

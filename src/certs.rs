@@ -57,7 +57,9 @@ pub fn generate(dns: &[String], ips: &[IpAddr]) -> Result<DevCerts, CertsError> 
     leaf.distinguished_name = DistinguishedName::new();
     leaf.distinguished_name.push(
         DnType::CommonName,
-        dns.first().cloned().unwrap_or_else(|| "django-migrate-webhook".into()),
+        dns.first()
+            .cloned()
+            .unwrap_or_else(|| "django-migrate-webhook".into()),
     );
     for name in dns {
         let ia5 = name

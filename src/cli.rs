@@ -57,7 +57,12 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct InjectArgs {
     /// Manifest file to read, or `-` for stdin.
-    #[arg(short = 'f', long = "filename", default_value = "-", value_name = "FILE")]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        default_value = "-",
+        value_name = "FILE"
+    )]
     pub file: String,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]

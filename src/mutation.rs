@@ -303,7 +303,9 @@ fn existing_migrate_warning(c: &Value) -> Option<String> {
         return None;
     }
     Some(if text.contains("--check") {
-        format!("django-migrate: init container {name:?} polls migrate --check; django-migrate makes it redundant")
+        format!(
+            "django-migrate: init container {name:?} polls migrate --check; django-migrate makes it redundant"
+        )
     } else {
         format!(
             "django-migrate: init container {name:?} already runs migrations; remove it so only the locked migrate runs"

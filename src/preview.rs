@@ -206,9 +206,7 @@ fn split_yaml(input: &str) -> Vec<String> {
             docs.push(std::mem::take(&mut current));
             has_content = false;
         }
-        if is_marker(line) {
-            has_content = true;
-        } else if !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+        if is_marker(line) || (!line.trim().is_empty() && !line.trim_start().starts_with('#')) {
             has_content = true;
         }
         current.push_str(line);

@@ -219,12 +219,10 @@ pub async fn start(options: &ServeOptions) -> Result<Running, ServerError> {
     };
     let webhook = bind(options.listen).await?;
     let admin = bind(options.metrics_listen).await?;
-    let webhook_addr = webhook
-        .local_addr()
-        .map_err(|source| ServerError::Bind {
-            addr: options.listen,
-            source,
-        })?;
+    let webhook_addr = webhook.local_addr().map_err(|source| ServerError::Bind {
+        addr: options.listen,
+        source,
+    })?;
     let admin_addr = admin.local_addr().map_err(|source| ServerError::Bind {
         addr: options.metrics_listen,
         source,

@@ -273,7 +273,10 @@ mod tests {
 
     #[test]
     fn defaults_without_annotations() {
-        assert_eq!(Settings::from_annotations(None).unwrap(), Settings::default());
+        assert_eq!(
+            Settings::from_annotations(None).unwrap(),
+            Settings::default()
+        );
         let s = parse(&[("other.io/x", "y")]).unwrap();
         assert_eq!(s.manage_command, ["python3", "manage.py"]);
     }

@@ -164,8 +164,14 @@ mod tests {
     #[test]
     fn code_survives_kubernetes_env_expansion() {
         // The kubelet expands $(VAR) and turns $$ into $ inside env values.
-        assert!(!SOURCE.contains("$("), "the Python code must not contain $(");
-        assert!(!SOURCE.contains("$$"), "the Python code must not contain $$");
+        assert!(
+            !SOURCE.contains("$("),
+            "the Python code must not contain $("
+        );
+        assert!(
+            !SOURCE.contains("$$"),
+            "the Python code must not contain $$"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! an intended change, then review the diff.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use django_migrate_webhook::preview::{self, OutputFormat};
 use serde_json::{Value, json};
@@ -23,7 +23,7 @@ fn fixtures() -> Vec<PathBuf> {
 }
 
 /// Runs one fixture and checks the invariants every answer must keep.
-fn run(path: &PathBuf) -> Value {
+fn run(path: &Path) -> Value {
     let input = with_code(read_json(path));
     let request = &input["request"];
     let (status, body) = respond(&input);

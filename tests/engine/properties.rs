@@ -21,13 +21,22 @@ fn env_var() -> impl Strategy<Value = Value> {
 
 fn container(name: String) -> impl Strategy<Value = Value> {
     (
-        prop::sample::select(vec!["app:1", "app:2", "nginx:1.27", "reg.example/x/y@sha256:00"]),
+        prop::sample::select(vec![
+            "app:1",
+            "app:2",
+            "nginx:1.27",
+            "reg.example/x/y@sha256:00",
+        ]),
         prop::collection::vec(env_var(), 0..4),
         prop::option::of(Just(json!([{"configMapRef": {"name": "cfg"}}]))),
         prop::option::of(Just(json!([{"name": "data", "mountPath": "/data"}]))),
         prop::option::of(prop::sample::select(vec!["/app", "/srv/app"])),
-        prop::option::of(Just(json!({"runAsNonRoot": true, "readOnlyRootFilesystem": true}))),
-        prop::option::of(Just(json!({"requests": {"cpu": "100m"}, "limits": {"memory": "1Gi"}}))),
+        prop::option::of(Just(
+            json!({"runAsNonRoot": true, "readOnlyRootFilesystem": true}),
+        )),
+        prop::option::of(Just(
+            json!({"requests": {"cpu": "100m"}, "limits": {"memory": "1Gi"}}),
+        )),
         prop::option::of(prop::sample::select(vec!["Always", "IfNotPresent"])),
     )
         .prop_map(move |(image, env, env_from, mounts, wd, sc, res, pull)| {
@@ -159,12 +168,16 @@ fn run(op: Operation, new: &Value, old: Option<&Value>) -> (Value, json_patch::P
 }
 
 fn app_of(d: &Value) -> Value {
-    let containers = d["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+    let containers = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
     let chosen = d["metadata"]["annotations"]["django-migrate.io/container"]
         .as_str()
         .or_else(|| {
-            d.pointer("/spec/template/metadata/annotations/kubectl.kubernetes.io~1default-container")
-                .and_then(Value::as_str)
+            d.pointer(
+                "/spec/template/metadata/annotations/kubectl.kubernetes.io~1default-container",
+            )
+            .and_then(Value::as_str)
         });
     chosen
         .and_then(|n| containers.iter().find(|c| c["name"] == n))

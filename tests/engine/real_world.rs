@@ -56,7 +56,11 @@ fn check(name: &str, original: &Value, app: &str) -> (Value, Vec<String>) {
     let before = containers(original, "initContainers");
     let after = containers(&mutated, "initContainers");
     assert_eq!(after.len(), before.len() + 2, "{name}");
-    assert_eq!(&after[..before.len()], &before[..], "{name}: user init containers");
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "{name}: user init containers"
+    );
     let (wait, migrate) = (after[before.len()], after[before.len() + 1]);
     assert_eq!(wait["name"], injected::WAIT_FOR_DB);
     assert_eq!(migrate["name"], injected::MIGRATE);
@@ -82,7 +86,11 @@ fn check(name: &str, original: &Value, app: &str) -> (Value, Vec<String>) {
             .and_then(Value::as_array)
             .map(|a| a.iter().collect())
             .unwrap_or_default();
-        assert_eq!(&env[..app_env.len()], &app_env[..], "{name}: env copied in order");
+        assert_eq!(
+            &env[..app_env.len()],
+            &app_env[..],
+            "{name}: env copied in order"
+        );
         assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
     }
     let gates = containers(&mutated, "readinessGates");
@@ -141,11 +149,17 @@ fn defectdojo_warns_about_the_first_container_and_honours_the_annotation() {
     let mut d = load("defectdojo-django.yaml");
     let (_, warnings) = check("defectdojo", &d, "metrics");
     assert!(
-        has(&warnings, "3 containers, using the first, \"metrics\"; set django-migrate.io/container"),
+        has(
+            &warnings,
+            "3 containers, using the first, \"metrics\"; set django-migrate.io/container"
+        ),
         "{warnings:?}"
     );
     // The native sidecar stays first, so the database is reachable through it.
-    assert!(has(&warnings, "\"db-migration-checker\" polls migrate --check"), "{warnings:?}");
+    assert!(
+        has(&warnings, "\"db-migration-checker\" polls migrate --check"),
+        "{warnings:?}"
+    );
     d["metadata"]["annotations"] = serde_json::json!({"django-migrate.io/container": "uwsgi"});
     let (mutated, warnings) = check("defectdojo", &d, "uwsgi");
     let init = containers(&mutated, "initContainers");
@@ -157,9 +171,15 @@ fn defectdojo_warns_about_the_first_container_and_honours_the_annotation() {
 #[test]
 fn existing_migration_init_containers_are_reported() {
     let (_, w) = check("posthog", &load("posthog-web.yaml"), "posthog-web");
-    assert!(has(&w, "\"wait-for-migrations\" polls migrate --check"), "{w:?}");
+    assert!(
+        has(&w, "\"wait-for-migrations\" polls migrate --check"),
+        "{w:?}"
+    );
     let (_, w) = check("labelstudio", &load("labelstudio-app.yaml"), "app");
-    assert!(has(&w, "\"db-migrations\" already runs migrations"), "{w:?}");
+    assert!(
+        has(&w, "\"db-migrations\" already runs migrations"),
+        "{w:?}"
+    );
 }
 
 #[test]

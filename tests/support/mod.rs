@@ -112,7 +112,10 @@ pub fn without_owned(object: &Value) -> Value {
             }
         }
         if meta.is_empty() {
-            v["spec"]["template"].as_object_mut().unwrap().remove("metadata");
+            v["spec"]["template"]
+                .as_object_mut()
+                .unwrap()
+                .remove("metadata");
         }
     }
     if let Some(spec) = v
@@ -121,7 +124,11 @@ pub fn without_owned(object: &Value) -> Value {
     {
         for (key, field, values) in [
             ("initContainers", "name", &injected::RESERVED_NAMES[..]),
-            ("readinessGates", "conditionType", &[injected::READINESS_GATE][..]),
+            (
+                "readinessGates",
+                "conditionType",
+                &[injected::READINESS_GATE][..],
+            ),
         ] {
             if let Some(items) = spec.get_mut(key).and_then(Value::as_array_mut) {
                 items.retain(|i| !i[field].as_str().is_some_and(|n| values.contains(&n)));
@@ -136,8 +143,7 @@ pub fn without_owned(object: &Value) -> Value {
 
 /// Asserts that the object reads as a Kubernetes apps/v1 Deployment.
 pub fn assert_valid_deployment(object: &Value) {
-    if let Err(e) =
-        serde_json::from_value::<k8s_openapi::api::apps::v1::Deployment>(object.clone())
+    if let Err(e) = serde_json::from_value::<k8s_openapi::api::apps::v1::Deployment>(object.clone())
     {
         panic!("not a valid apps/v1 Deployment: {e}\n{object:#}");
     }
