@@ -358,6 +358,7 @@ def step_migrate(connections, connection, deadline, apply):
 
 
 def run_inner():
+    # From here on this code writes the summary; tell the outer phase it ran.
     fd = os.environ.pop(STATUS_FD_ENV, None)
     if fd is not None:
         try:
@@ -365,6 +366,17 @@ def run_inner():
             os.close(int(fd))
         except (OSError, ValueError):
             pass
+    # Django loads settings lazily, so `shell` can start with settings that do not import.
+    try:
+        from django.conf import settings
+
+        settings.DATABASES
+    except Exception as e:  # noqa: BLE001 - any import error in the settings module
+        finish(
+            EXIT_NOT_FOUND,
+            "cannot load the Django settings (DJANGO_SETTINGS_MODULE=%s): %s: %s"
+            % (os.environ.get("DJANGO_SETTINGS_MODULE", "unset"), e.__class__.__name__, first_line(e)),
+        )
     from django.db import connections
     from django.utils.connection import ConnectionDoesNotExist
 

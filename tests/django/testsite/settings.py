@@ -1,0 +1,33 @@
+"""Settings of the test project: the database comes from the environment, as in a pod.
+
+DB_ENGINE is sqlite (default), postgresql or mysql; DB_NAME, DB_HOST, DB_PORT, DB_USER
+and DB_PASSWORD describe the server. For SQLite, DB_NAME is the file path.
+"""
+import os
+
+SECRET_KEY = "test-only-not-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+INSTALLED_APPS = ["catalog", "orders"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+_engine = os.environ.get("DB_ENGINE", "sqlite")
+if _engine == "sqlite":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("DB_NAME", "db.sqlite3"),
+        }
+    }
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends." + _engine,
+            "NAME": os.environ["DB_NAME"],
+            "HOST": os.environ.get("DB_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("DB_PORT", ""),
+            "USER": os.environ.get("DB_USER", ""),
+            "PASSWORD": os.environ.get("DB_PASSWORD", ""),
+        }
+    }

@@ -1,0 +1,137 @@
+//! Runs a pod's init containers as local processes, the way the kubelet would start
+//! them: `$(VAR)` expansion of env values, command and args, the container's env only,
+//! the container's workingDir, and the termination message read back from a file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Kubernetes' `$(VAR)` expansion: defined names are replaced, `$$` is a literal `$`,
+/// anything else is left as written.
+pub fn expand(input: &str, env: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(inner) = after.strip_prefix('(') {
+            match inner.find(')') {
+                Some(end) if env.contains_key(&inner[..end]) => {
+                    out.push_str(&env[&inner[..end]]);
+                    rest = &inner[end + 1..];
+                }
+                _ => {
+                    out.push('$');
+                    rest = after;
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One init container, ready to start.
+pub struct Container {
+    pub name: String,
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub working_dir: PathBuf,
+}
+
+impl Container {
+    /// Reads a container spec; `entrypoint` stands for the image's ENTRYPOINT when the
+    /// spec sets only args.
+    pub fn from_spec(spec: &Value, entrypoint: &[String]) -> Container {
+        let mut env = BTreeMap::new();
+        for var in spec["env"].as_array().into_iter().flatten() {
+            let name = var["name"].as_str().unwrap().to_owned();
+            let value = var["value"].as_str().unwrap_or_else(|| {
+                panic!("env {name}: only plain values can be run locally, not {var}")
+            });
+            let value = expand(value, &env);
+            env.insert(name, value);
+        }
+        let words = |key: &str| -> Vec<String> {
+            spec[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|w| expand(w.as_str().unwrap(), &env))
+                .collect()
+        };
+        let mut argv = words("command");
+        if argv.is_empty() {
+            argv = entrypoint.to_vec();
+        }
+        argv.extend(words("args"));
+        Container {
+            name: spec["name"].as_str().unwrap().to_owned(),
+            argv,
+            env,
+            working_dir: PathBuf::from(spec["workingDir"].as_str().expect("workingDir")),
+        }
+    }
+
+    pub fn start(&self) -> Child {
+        Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(&self.env)
+            .current_dir(&self.working_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.argv[0]))
+    }
+
+    /// Runs to completion (bounded by `limit`) and returns the exit code and the logs.
+    pub fn run(&self, limit: Duration) -> Exit {
+        let child = self.start();
+        wait(&self.name, child, limit)
+    }
+}
+
+pub struct Exit {
+    pub code: i32,
+    pub logs: String,
+}
+
+pub fn wait(name: &str, mut child: Child, limit: Duration) -> Exit {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            let logs = String::from_utf8_lossy(&output.stderr).into_owned()
+                + &String::from_utf8_lossy(&output.stdout);
+            return Exit {
+                code: status.code().unwrap_or(-1),
+                logs,
+            };
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "{name} did not finish within {limit:?}:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn read_termination_message(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
