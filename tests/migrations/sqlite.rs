@@ -11,6 +11,9 @@ use crate::{deployment, injected_init_containers, test_python};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// Env vars or annotations, as name/value pairs.
+type Pairs<'a> = &'a [(&'a str, &'a str)];
+
 struct Pod {
     dir: tempfile::TempDir,
 }
@@ -140,7 +143,7 @@ fn wait_mode_times_out_with_exit_1_while_migrations_are_pending() {
 #[test]
 fn missing_manage_py_settings_or_alias_exit_4() {
     let pod = Pod::new();
-    let cases: [(&[(&str, &str)], &[(&str, &str)], &str); 3] = [
+    let cases: [(Pairs, Pairs, &str); 3] = [
         (
             &[],
             &[("manage-py", "src/manage.py")],
