@@ -1,5 +1,6 @@
 //! Logs (tracing, text or JSON) and Prometheus metrics.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -22,6 +23,7 @@ pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second initialisation (tests) is not an error worth failing for.
     let _ = match format {

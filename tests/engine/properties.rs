@@ -255,3 +255,69 @@ proptest! {
         assert_valid_deployment(&stripped);
     }
 }
+
+/// Any JSON value, a few levels deep.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        "[ -~]{0,8}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Every JSON pointer into `v`.
+fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                let p = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
+                out.push(p.clone());
+                pointers(child, p, out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                let p = format!("{at}/{i}");
+                out.push(p.clone());
+                pointers(child, p, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Arbitrary bytes get an answer, never a panic.
+    #[test]
+    fn review_answers_any_bytes(body in prop::collection::vec(any::<u8>(), 0..256)) {
+        let reply = django_migrate_webhook::admission::review(&body);
+        prop_assert!(reply.status == 200 || reply.status == 400);
+    }
+
+    /// A real review with any one field replaced by any JSON value gets a 200 answer or
+    /// a 400 with a message, never a panic.
+    #[test]
+    fn review_answers_any_field_of_any_type(pick in any::<prop::sample::Index>(), value in any_json()) {
+        let mut review = with_code(read_json(&repo().join("tests/fixtures/admission/create-existing-init-containers.request.json")));
+        let mut all = Vec::new();
+        pointers(&review, String::new(), &mut all);
+        let target = pick.get(&all).clone();
+        *review.pointer_mut(&target).unwrap() = value;
+        let reply = django_migrate_webhook::admission::review(&serde_json::to_vec(&review).unwrap());
+        prop_assert!(reply.status == 200 || reply.status == 400, "{target}: {}", reply.status);
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        if reply.status == 400 {
+            prop_assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+    }
+}
