@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test tier. On a fresh Debian machine it first installs what the tiers need:
-# a Python venv in .venv with the packages of tests/requirements.txt (Django plays the
-# app image in the migrations tier). Extra arguments go to `cargo test`.
+# PostgreSQL and MariaDB from Debian (scripts/databases.sh), and Python venvs with Django
+# 5.2 (.venv, tests/requirements.txt) and Django 4.2 (.venv-django42,
+# tests/requirements-django42.txt). It starts both database servers on free loopback
+# ports under a temporary directory and stops them (by PID) when it exits.
+# Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,25 +15,40 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     say "installing python3-venv"
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
-    else
-        sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv >/dev/null
-    fi
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
 fi
+bash scripts/databases.sh install
 
-stamp=.venv/.requirements.sha256
-wanted=$(sha256sum tests/requirements.txt | cut -d' ' -f1)
-if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-    say "creating .venv with tests/requirements.txt"
-    rm -rf .venv
-    python3 -m venv .venv
-    .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
-    echo "$wanted" > "$stamp"
-fi
+# venv DIR REQUIREMENTS: (re)creates DIR when REQUIREMENTS changed.
+venv() {
+    local dir=$1 requirements=$2 stamp wanted
+    stamp=$dir/.requirements.sha256
+    wanted=$(sha256sum "$requirements" | cut -d' ' -f1)
+    if [ ! -x "$dir/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+        say "creating $dir from $requirements"
+        rm -rf "$dir"
+        python3 -m venv "$dir"
+        "$dir/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+        echo "$wanted" > "$stamp"
+    fi
+}
+venv .venv tests/requirements.txt
+venv .venv-django42 tests/requirements-django42.txt
 export DJANGO_MIGRATE_TEST_PYTHON="$PWD/.venv/bin/python"
+export DJANGO_MIGRATE_TEST_PYTHON_DJANGO42="$PWD/.venv-django42/bin/python"
+
+databases=$(mktemp -d /tmp/django-migrate-databases.XXXXXX)
+trap 'bash scripts/databases.sh stop "$databases"' EXIT
+bash scripts/databases.sh start "$databases"
+# shellcheck disable=SC1091
+source "$databases/env"
 
 say "cargo test (tiers: unit, engine, server, migrations)"
 cargo test --locked "$@"

@@ -35,6 +35,8 @@ TERMINATION_LOG = os.environ.get("DJANGO_MIGRATE_TERMINATION_LOG", "/dev/termina
 STATUS_FD_ENV = "DJANGO_MIGRATE_STATUS_FD"
 POLL_SECONDS = float(os.environ.get("DJANGO_MIGRATE_POLL_SECONDS", "2"))
 CONNECT_TIMEOUT = 10
+# Longest pause between two connection attempts: a database that comes back is found soon.
+MAX_BACKOFF_SECONDS = 5.0
 MAX_SUMMARY_BYTES = 4096
 
 EXIT_OK = 0
@@ -169,12 +171,17 @@ def is_credentials_error(error):
     )
 
 
-def with_connect_timeout(connection):
-    """Sets a connect timeout when the settings set none, so no attempt hangs."""
-    vendor = connection.vendor
+def with_connect_timeout(connection, left=None):
+    """Bounds each connection attempt when the settings set no connect timeout: at most
+    CONNECT_TIMEOUT seconds, and never past the deadline."""
+    if connection.vendor not in ("postgresql", "mysql"):
+        return
     options = connection.settings_dict.setdefault("OPTIONS", {})
-    if vendor in ("postgresql", "mysql"):
-        options.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    if "connect_timeout" in options and not getattr(connection, "_django_migrate_timeout", False):
+        return
+    timeout = CONNECT_TIMEOUT if left is None else max(1, min(CONNECT_TIMEOUT, int(left)))
+    options["connect_timeout"] = timeout
+    connection._django_migrate_timeout = True
 
 
 def start_watchdog(deadline, what):
@@ -196,6 +203,7 @@ def wait_for_connection(connection, deadline):
     delay = 1.0
     while True:
         attempt += 1
+        with_connect_timeout(connection, deadline - time.monotonic())
         try:
             connection.ensure_connection()
             with connection.cursor() as cursor:
@@ -222,7 +230,7 @@ def wait_for_connection(connection, deadline):
                 % (attempt, ALIAS, first_line(e), pause, left)
             )
             time.sleep(pause)
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
 
 def pending_migrations(connection):

@@ -41,6 +41,7 @@ pub fn expand(input: &str, env: &BTreeMap<String, String>) -> String {
 }
 
 /// One init container, ready to start.
+#[derive(Clone, Debug)]
 pub struct Container {
     pub name: String,
     pub argv: Vec<String>,

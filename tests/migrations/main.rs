@@ -1,45 +1,65 @@
 //! The migrations tier: the init containers taken from `inject` output for a Deployment
-//! of the real Django project in `tests/django`, run as the kubelet would run them.
+//! of the real Django project in `tests/django`, run as the kubelet would run them,
+//! against SQLite and against real PostgreSQL and MariaDB servers.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod kubelet;
+mod servers;
 mod sqlite;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Value, json};
 
+use kubelet::Container;
 use support::repo;
 
-/// The Python with Django that plays the image. `scripts/test.sh` creates `.venv`.
-pub fn test_python() -> PathBuf {
-    let python = std::env::var_os("DJANGO_MIGRATE_TEST_PYTHON")
+/// Env vars or annotations, as name/value pairs.
+pub type Pairs<'a> = &'a [(&'a str, &'a str)];
+
+/// A Python with Django that plays the app image, from the env var `var` (set by
+/// `scripts/test.sh`), else from `fallback` under the repository.
+pub fn python_from(var: &str, fallback: &str) -> PathBuf {
+    let python = std::env::var_os(var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+        .unwrap_or_else(|| repo().join(fallback));
     let ok = Command::new(&python)
         .args(["-c", "import django"])
         .output()
         .is_ok_and(|o| o.status.success());
     assert!(
         ok,
-        "no Python with Django at {}: run scripts/test.sh (it creates .venv from \
-         tests/requirements.txt) or set DJANGO_MIGRATE_TEST_PYTHON",
+        "no Python with Django at {}: run scripts/test.sh (it creates the venvs from \
+         tests/requirements*.txt) or set {var}",
         python.display()
     );
     python
 }
 
+/// Django 5.2 (the current LTS).
+pub fn test_python() -> PathBuf {
+    python_from("DJANGO_MIGRATE_TEST_PYTHON", ".venv/bin/python")
+}
+
+/// Django 4.2 (the previous LTS).
+pub fn test_python_django42() -> PathBuf {
+    python_from(
+        "DJANGO_MIGRATE_TEST_PYTHON_DJANGO42",
+        ".venv-django42/bin/python",
+    )
+}
+
 /// A Deployment of the test project, opted in, with the given env and annotations.
-pub fn deployment(env: &[(&str, &str)], annotations: &[(&str, &str)]) -> Value {
+pub fn deployment(python: &Path, env: &[(String, String)], annotations: Pairs) -> Value {
     let mut all: serde_json::Map<String, Value> = annotations
         .iter()
         .map(|(k, v)| (format!("django-migrate.io/{k}"), json!(v)))
         .collect();
     all.entry("django-migrate.io/python")
-        .or_insert_with(|| json!(test_python().to_string_lossy()));
+        .or_insert_with(|| json!(python.to_string_lossy()));
     let env: Vec<Value> = env
         .iter()
         .map(|(k, v)| json!({"name": k, "value": v}))
@@ -95,4 +115,70 @@ pub fn injected_init_containers(deployment: &Value) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
+}
+
+const TERMINATION_LOG_ENV: &str = "DJANGO_MIGRATE_TERMINATION_LOG";
+
+/// Pods of one Deployment of the test project: a scratch directory for their
+/// termination logs, the Python (Django version) and the env of the app container.
+pub struct Pods {
+    pub dir: tempfile::TempDir,
+    pub python: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl Pods {
+    pub fn new(python: PathBuf, env: &[(&str, &str)]) -> Pods {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.push((
+            TERMINATION_LOG_ENV.into(),
+            dir.path().join("termination-log").to_string_lossy().into(),
+        ));
+        Pods { dir, python, env }
+    }
+
+    /// The injected init containers for this Deployment plus extra env and annotations.
+    pub fn containers(&self, extra_env: Pairs, annotations: Pairs) -> Vec<Container> {
+        let mut env = self.env.clone();
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        injected_init_containers(&deployment(&self.python, &env, annotations))
+            .iter()
+            .map(|spec| Container::from_spec(spec, &[]))
+            .collect()
+    }
+
+    fn log_path(&self, pod: Option<usize>) -> PathBuf {
+        match pod {
+            Some(i) => self.dir.path().join(format!("pod-{i}.termination-log")),
+            None => self.dir.path().join("termination-log"),
+        }
+    }
+
+    /// The containers of pod number `pod`: same spec, its own termination log.
+    pub fn pod(&self, containers: &[Container], pod: usize) -> Vec<Container> {
+        containers
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                c.env.insert(
+                    TERMINATION_LOG_ENV.into(),
+                    self.log_path(Some(pod)).to_string_lossy().into(),
+                );
+                c
+            })
+            .collect()
+    }
+
+    /// The last termination message written (by pod number `pod`, or by an unnumbered run).
+    pub fn termination_message(&self, pod: Option<usize>) -> String {
+        kubelet::read_termination_message(&self.log_path(pod))
+    }
 }

@@ -10,6 +10,9 @@ DEBUG = False
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True
 INSTALLED_APPS = ["catalog", "orders"]
+if os.environ.get("BROKEN_MIGRATION") == "1":
+    # An app whose only migration raises.
+    INSTALLED_APPS.append("broken")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 _engine = os.environ.get("DB_ENGINE", "sqlite")

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Real PostgreSQL and MariaDB servers for the migrations tier, on loopback.
+#
+#   scripts/databases.sh install        install the Debian packages (no system service is started)
+#   scripts/databases.sh start DIR      start both servers under DIR on free ports; writes DIR/env
+#   scripts/databases.sh stop DIR       stop the servers recorded in DIR (by PID) and remove DIR
+#
+# DIR/env exports DJANGO_MIGRATE_TEST_POSTGRES_PORT, DJANGO_MIGRATE_TEST_MARIADB_PORT,
+# DJANGO_MIGRATE_TEST_DB_USER and DJANGO_MIGRATE_TEST_DB_PASSWORD. Both servers accept that
+# user with that password over TCP (and reject any other password); the user may create
+# databases.
+set -euo pipefail
+
+DB_USER=django
+DB_PASSWORD=django-test-password
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+pg_bin() {
+    local dir
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    [ -n "$dir" ] || die "PostgreSQL is not installed: run scripts/databases.sh install"
+    echo "$dir"
+}
+
+install() {
+    local missing=()
+    for pkg in postgresql mariadb-server mariadb-client libmariadb-dev pkg-config; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    say "installing ${missing[*]}"
+    # Keep the packages from starting their system-wide services: the tests start their
+    # own servers on free ports and stop them afterwards.
+    local policy=/usr/sbin/policy-rc.d created=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod +x "$policy"
+        created=1
+    fi
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ "$created" = 0 ] || as_root rm -f "$policy"
+}
+
+free_port() {
+    python3 - <<'EOF'
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()
+EOF
+}
+
+# The servers refuse to run as root; they run as their packages' system users.
+run_as() {
+    local user=$1
+    shift
+    if [ "$(id -u)" = 0 ]; then runuser -u "$user" -- "$@"; else "$@"; fi
+}
+
+wait_for() {
+    local what=$1 tries=$2
+    shift 2
+    for _ in $(seq "$tries"); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.2
+    done
+    die "$what did not start; see its log under $DIR"
+}
+
+start_postgres() {
+    local bin port data=$DIR/postgres
+    bin=$(pg_bin)
+    port=$(free_port)
+    mkdir -p "$data"
+    printf '%s\n' "$DB_PASSWORD" > "$DIR/pgpass"
+    [ "$(id -u)" != 0 ] || chown -R postgres: "$data" "$DIR/pgpass"
+    run_as postgres "$bin/initdb" -D "$data/data" -U "$DB_USER" --pwfile="$DIR/pgpass" \
+        --auth=scram-sha-256 -E UTF8 --no-instructions >"$data/initdb.log" 2>&1 \
+        || die "initdb failed: $(tail -n 5 "$data/initdb.log")"
+    run_as postgres "$bin/postgres" -D "$data/data" -p "$port" -c listen_addresses=127.0.0.1 \
+        -c unix_socket_directories="$data" -c max_connections=200 -c fsync=off \
+        >"$data/server.log" 2>&1 &
+    echo $! > "$DIR/postgres.pid"
+    wait_for PostgreSQL 150 "$bin/pg_isready" -h 127.0.0.1 -p "$port"
+    echo "export DJANGO_MIGRATE_TEST_POSTGRES_PORT=$port" >> "$DIR/env"
+    say "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (pid $(cat "$DIR/postgres.pid"))"
+}
+
+start_mariadb() {
+    local port data=$DIR/mariadb
+    port=$(free_port)
+    mkdir -p "$data"
+    [ "$(id -u)" != 0 ] || chown -R mysql: "$data"
+    run_as mysql mariadb-install-db --no-defaults --datadir="$data/data" \
+        --auth-root-authentication-method=socket --skip-test-db >"$data/install.log" 2>&1 \
+        || die "mariadb-install-db failed: $(tail -n 5 "$data/install.log")"
+    run_as mysql mariadbd --no-defaults --datadir="$data/data" --socket="$data/mysqld.sock" \
+        --port="$port" --bind-address=127.0.0.1 --pid-file="$data/mysqld.pid" \
+        --max-connections=200 --innodb-flush-log-at-trx-commit=0 --skip-log-bin \
+        >"$data/server.log" 2>&1 &
+    echo $! > "$DIR/mariadb.pid"
+    wait_for MariaDB 150 mariadb-admin --no-defaults --socket="$data/mysqld.sock" -u root ping
+    mariadb --no-defaults --socket="$data/mysqld.sock" -u root <<SQL
+CREATE USER '$DB_USER'@'127.0.0.1' IDENTIFIED BY '$DB_PASSWORD';
+CREATE USER '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASSWORD';
+GRANT ALL PRIVILEGES ON *.* TO '$DB_USER'@'127.0.0.1';
+GRANT ALL PRIVILEGES ON *.* TO '$DB_USER'@'localhost';
+SQL
+    echo "export DJANGO_MIGRATE_TEST_MARIADB_PORT=$port" >> "$DIR/env"
+    say "MariaDB $(mariadbd --version | awk '{print $3}') on 127.0.0.1:$port (pid $(cat "$DIR/mariadb.pid"))"
+}
+
+start() {
+    [ -n "${DIR:-}" ] || die "usage: $0 start DIR"
+    mkdir -p "$DIR"
+    [ "$(id -u)" != 0 ] || chmod 755 "$DIR"
+    : > "$DIR/env"
+    echo "export DJANGO_MIGRATE_TEST_DB_USER=$DB_USER" >> "$DIR/env"
+    echo "export DJANGO_MIGRATE_TEST_DB_PASSWORD=$DB_PASSWORD" >> "$DIR/env"
+    start_postgres
+    start_mariadb
+}
+
+stop() {
+    [ -n "${DIR:-}" ] || die "usage: $0 stop DIR"
+    [ -d "$DIR" ] || return 0
+    for name in postgres mariadb; do
+        local pidfile=$DIR/$name.pid pid
+        [ -f "$pidfile" ] || continue
+        pid=$(cat "$pidfile")
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        rm -f "$pidfile"
+    done
+    rm -rf "$DIR"
+}
+
+cmd=${1:-}
+DIR=${2:-}
+case "$cmd" in
+    install) install ;;
+    start) start ;;
+    stop) stop ;;
+    *) die "usage: $0 install | start DIR | stop DIR" ;;
+esac
