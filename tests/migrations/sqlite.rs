@@ -129,3 +129,57 @@ fn missing_manage_py_settings_or_alias_exit_4() {
         assert!(summary.contains(needle), "{summary}");
     }
 }
+
+#[test]
+fn manage_command_and_image_entrypoint_from_annotations() {
+    let (mut pods, db) = sqlite_pods();
+    // The image's PATH finds the Python with Django, so `./manage.py` runs by its shebang.
+    let venv_bin = test_python()
+        .parent()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    pods.env.push((
+        "PATH".into(),
+        format!("{venv_bin}:/usr/local/bin:/usr/bin:/bin"),
+    ));
+    let containers = pods.containers(
+        &[],
+        &[("python", "python3"), ("manage-command", "./manage.py")],
+    );
+    assert_eq!(containers[1].argv[0], "python3");
+    assert_eq!(
+        containers[1].env["DJANGO_MIGRATE_MANAGE_COMMAND"],
+        "./manage.py"
+    );
+    let exit = containers[1].run(LIMIT);
+    assert_eq!(exit.code, 0, "{}", exit.logs);
+    assert_eq!(count_runs(&db), 1);
+
+    // With use-image-entrypoint only args are set: the wrapper sets DB_NAME, then runs them.
+    let (mut pods, _) = sqlite_pods();
+    let wrapped = pods
+        .dir
+        .path()
+        .join("wrapped.sqlite3")
+        .to_string_lossy()
+        .into_owned();
+    pods.env.retain(|(k, _)| k != "DB_NAME");
+    pods.env
+        .push(("DB_NAME".into(), "/nonexistent/db.sqlite3".into()));
+    pods.env.push(("WRAPPED_DB_NAME".into(), wrapped.clone()));
+    let entrypoint = [crate::repo()
+        .join("tests/django/docker-entrypoint.sh")
+        .to_string_lossy()
+        .into_owned()];
+    let specs = crate::injected_init_containers(&crate::deployment(
+        &pods.python,
+        &pods.env,
+        &[("use-image-entrypoint", "true")],
+    ));
+    assert!(specs[1].get("command").is_none(), "only args: {}", specs[1]);
+    let migrate = crate::kubelet::Container::from_spec(&specs[1], &entrypoint);
+    let exit = migrate.run(LIMIT);
+    assert_eq!(exit.code, 0, "{}", exit.logs);
+    assert_eq!(count_runs(&wrapped), 1);
+}
