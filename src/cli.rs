@@ -52,6 +52,31 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Also run the readiness-gate controller (needs a Kubernetes client: in-cluster
+    /// config or KUBECONFIG). Without it injected pods never become Ready.
+    #[arg(long)]
+    pub controller: bool,
+    /// Namespace of the controller's leader-election Lease.
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "default",
+        value_name = "NAMESPACE"
+    )]
+    pub lease_namespace: String,
+    /// Name of the controller's leader-election Lease.
+    #[arg(
+        long,
+        default_value = "django-migrate-webhook-controller",
+        value_name = "NAME"
+    )]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (default: the pod name, else host name and PID).
+    #[arg(long, env = "POD_NAME", value_name = "ID")]
+    pub identity: Option<String>,
+    /// Seconds a leader's claim lasts without renewal; another replica takes over within it.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300), value_name = "SECONDS")]
+    pub lease_duration: u64,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod certs;
 pub mod cli;
+pub mod controller;
 pub mod deployment;
 pub mod injected;
 pub mod mutation;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use django_migrate_webhook::cli::{CertsArgs, Cli, Command, InjectArgs, ServeArgs};
-use django_migrate_webhook::{certs, preview, server, telemetry};
+use django_migrate_webhook::{certs, controller, preview, server, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,11 +24,19 @@ fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init_logging(args.log_format);
+    let controller = args.controller.then(|| controller::ControllerOptions {
+        lease_namespace: args.lease_namespace,
+        lease_name: args.lease_name,
+        identity: args.identity.unwrap_or_else(default_identity),
+        lease_duration: args.lease_duration,
+        lease_grace: (args.lease_duration / 3).max(1),
+    });
     let options = server::ServeOptions {
         listen: args.listen,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         metrics_listen: args.metrics_listen,
+        controller,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -64,4 +72,12 @@ fn make_certs(args: CertsArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// Host name and PID: unique enough for replicas started outside a cluster.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}-{}", std::process::id())
 }

@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{self, Outcome};
+use crate::controller::{self, ControllerError, ControllerOptions};
 use crate::telemetry::Metrics;
 use crate::tls::{self, CertStore, TlsError};
 
@@ -47,6 +48,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub enum ServerError {
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -61,6 +64,8 @@ pub struct ServeOptions {
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub metrics_listen: SocketAddr,
+    /// Run the readiness-gate controller too.
+    pub controller: Option<ControllerOptions>,
 }
 
 /// State shared by the handlers.
@@ -325,11 +330,49 @@ async fn serve_tls(
 
 /// Runs until SIGTERM or Ctrl-C, then drains and returns.
 pub async fn run(options: &ServeOptions) -> Result<(), ServerError> {
+    // Fail before listening when the controller cannot reach the cluster at all.
+    let client = match &options.controller {
+        Some(_) => Some(controller::client().await?),
+        None => None,
+    };
     let running = start(options).await?;
-    shutdown_signal().await;
+    let (stop_controller, controller_stopped) = watch::channel(false);
+    let mut controller_task = match (client, options.controller.clone()) {
+        (Some(client), Some(controller_options)) => Some(tokio::spawn(controller::run(
+            client,
+            controller_options,
+            running.state.metrics.clone(),
+            controller_stopped,
+        ))),
+        _ => None,
+    };
+    // A controller that stops on its own (it cannot reach the cluster) stops the server,
+    // so that the pod restarts instead of serving without its controller.
+    let controller_done = async {
+        match controller_task.as_mut() {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    let failed = tokio::select! {
+        _ = shutdown_signal() => None,
+        result = controller_done => Some(result),
+    };
+    if failed.is_some() {
+        controller_task = None;
+    }
     tracing::info!("shutting down");
+    let _ = stop_controller.send(true);
+    if let Some(task) = controller_task
+        && let Ok(Err(e)) = task.await
+    {
+        tracing::warn!(error = %e, "controller stopped with an error");
+    }
     running.shutdown().await;
-    Ok(())
+    match failed {
+        Some(Ok(Err(e))) => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 async fn shutdown_signal() {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
@@ -54,7 +55,17 @@ pub struct Metrics {
     registry: Registry,
     by_outcome: [Counter; Outcome::ALL.len()],
     latency: Histogram,
+    pods_gated: Gauge,
+    time_to_gate: Histogram,
+    patch_errors: Counter,
+    leader: Gauge,
 }
+
+/// Seconds from pod creation to the gate turning True: image pulls, the database wait
+/// and the migrations themselves, so from seconds to the migrate timeout.
+const TIME_TO_GATE_BUCKETS: [f64; 12] = [
+    1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
+];
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
@@ -78,10 +89,38 @@ impl Metrics {
                 })
                 .clone()
         });
+        let pods_gated = Gauge::default();
+        registry.register(
+            "controller_pods_gated",
+            "Injected pods whose migrated condition is not True (as seen by the leader)",
+            pods_gated.clone(),
+        );
+        let time_to_gate = Histogram::new(TIME_TO_GATE_BUCKETS);
+        registry.register(
+            "controller_time_to_gate_seconds",
+            "Time from pod creation to the migrated condition turning True",
+            time_to_gate.clone(),
+        );
+        let patch_errors = Counter::default();
+        registry.register(
+            "controller_patch_errors",
+            "Failed patches of pods/status",
+            patch_errors.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "controller_leader",
+            "1 while this replica holds the controller Lease",
+            leader.clone(),
+        );
         Arc::new(Metrics {
             registry,
             by_outcome,
             latency,
+            pods_gated,
+            time_to_gate,
+            patch_errors,
+            leader,
         })
     }
 
@@ -89,6 +128,22 @@ impl Metrics {
         let i = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         self.by_outcome[i].inc();
         self.latency.observe(seconds);
+    }
+
+    pub fn set_pods_gated(&self, n: i64) {
+        self.pods_gated.set(n);
+    }
+
+    pub fn observe_time_to_gate(&self, seconds: f64) {
+        self.time_to_gate.observe(seconds);
+    }
+
+    pub fn patch_error(&self) {
+        self.patch_errors.inc();
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
     }
 
     /// The Prometheus text exposition of every metric.

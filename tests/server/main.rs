@@ -38,6 +38,7 @@ async fn start() -> Fixture {
         tls_cert: dir.path().join("tls.crt"),
         tls_key: dir.path().join("tls.key"),
         metrics_listen: SocketAddr::new(LOCALHOST, 0),
+        controller: None,
     };
     let running = server::start(&options).await.expect("server starts");
     Fixture {

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Start a real control plane on loopback: etcd + kube-apiserver
+# (+ kube-controller-manager), no kubelet / scheduler.
+#
+# Usage: start-cluster.sh [STATE_DIR]        (default /tmp/kube-e2e)
+# Env:   KUBE_BIN=~/.cache/django-migrate-webhook/kube/bin   where build.sh put the binaries
+#        ETCD_PORT ETCD_PEER_PORT APISERVER_PORT CM_PORT     default: free loopback ports
+#        WITH_CONTROLLER_MANAGER=1           0 = apiserver only
+#        START_TIMEOUT=120                   seconds to wait for readiness
+#
+# Writes under STATE_DIR:
+#   kubeconfig          admin (client cert, group system:masters)
+#   env                 shell snippet: KUBECONFIG, KUBE_APISERVER_URL, KUBE_CA_FILE, KUBE_ADMIN_TOKEN
+#   pki/                CA, serving cert, client certs, service-account key pair, tokens.csv
+#   logs/*.log          component logs
+#   pids/*.pid          PIDs used by stop-cluster.sh
+set -euo pipefail
+
+STATE_DIR="${1:-/tmp/kube-e2e}"
+KUBE_BIN="${KUBE_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/django-migrate-webhook/kube/bin}"
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+ETCD_PORT="${ETCD_PORT:-$(free_port)}"
+ETCD_PEER_PORT="${ETCD_PEER_PORT:-$(free_port)}"
+APISERVER_PORT="${APISERVER_PORT:-$(free_port)}"
+CM_PORT="${CM_PORT:-$(free_port)}"
+# The kubectl of the same version, from build.sh.
+export PATH="$KUBE_BIN:$PATH"
+WITH_CONTROLLER_MANAGER="${WITH_CONTROLLER_MANAGER:-1}"
+START_TIMEOUT="${START_TIMEOUT:-120}"
+
+log() { echo "+++ [start-cluster $(date +%H:%M:%S)] $*" >&2; }
+die() { echo "start-cluster: $*" >&2; exit 1; }
+
+ETCD_BIN="$KUBE_BIN/etcd"; [[ -x "$ETCD_BIN" ]] || ETCD_BIN=$(command -v etcd || true)
+[[ -x "$ETCD_BIN" ]] || die "etcd not found (run scripts/kube/build.sh)"
+[[ -x "$KUBE_BIN/kube-apiserver" ]] || die "$KUBE_BIN/kube-apiserver not found (run scripts/kube/build.sh)"
+command -v kubectl >/dev/null || die "kubectl not found (run scripts/kube/build.sh)"
+command -v openssl >/dev/null || die "openssl not found"
+
+mkdir -p "$STATE_DIR"/{pki,logs,pids,etcd}
+chmod 700 "$STATE_DIR/etcd" "$STATE_DIR/pki"
+STATE_DIR=$(cd "$STATE_DIR" && pwd)
+PKI="$STATE_DIR/pki"
+
+running() { local f="$STATE_DIR/pids/$1.pid"; [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null; }
+for c in etcd kube-apiserver kube-controller-manager; do
+  running "$c" && die "$c already running (pid $(cat "$STATE_DIR/pids/$c.pid")); run stop-cluster.sh $STATE_DIR first"
+done
+port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+for p in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT"; do
+  port_busy "$p" && die "port $p already in use"
+done
+
+T0=$(date +%s.%N)
+elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
+
+# ------------------------------------------------------------------- PKI
+# All certs via openssl; reused if present (so a restart keeps the same CA).
+sign() { # name subj ext-lines...
+  local name=$1 subj=$2; shift 2
+  printf '%s\n' "$@" >"$PKI/$name.ext"
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$PKI/$name.key" -subj "$subj" \
+    -out "$PKI/$name.csr" 2>/dev/null
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
+}
+if [[ ! -f "$PKI/ca.crt" ]]; then
+  log "generating PKI in $PKI"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$PKI/ca.key" -out "$PKI/ca.crt" \
+    -days 3650 -sha256 -subj "/CN=kube-e2e-ca" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  sign apiserver "/CN=kube-apiserver" \
+    "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+    "extendedKeyUsage=serverAuth" \
+    "subjectAltName=IP:127.0.0.1,IP:::1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  sign admin "/O=system:masters/CN=kube-admin" \
+    "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth"
+  # Controller-manager runs with system:masters too (simplest: with
+  # --use-service-account-credentials=false it needs every controller's rights).
+  sign controller-manager "/O=system:masters/CN=system:kube-controller-manager" \
+    "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth"
+  openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+  # static bearer token as an alternative credential for test clients
+  echo "$(openssl rand -hex 24),kube-admin-token,uid-admin-token,system:masters" >"$PKI/tokens.csv"
+  chmod 600 "$PKI"/*.key "$PKI/tokens.csv"
+fi
+ADMIN_TOKEN=$(cut -d, -f1 "$PKI/tokens.csv")
+APISERVER_URL="https://127.0.0.1:$APISERVER_PORT"
+
+write_kubeconfig() { # file user cert key
+  cat >"$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: kube-e2e
+  cluster:
+    server: $APISERVER_URL
+    certificate-authority: $PKI/ca.crt
+users:
+- name: $2
+  user:
+    client-certificate: $PKI/$3.crt
+    client-key: $PKI/$3.key
+- name: token-admin
+  user:
+    token: $ADMIN_TOKEN
+contexts:
+- name: kube-e2e
+  context: {cluster: kube-e2e, user: $2}
+- name: kube-e2e-token
+  context: {cluster: kube-e2e, user: token-admin}
+current-context: kube-e2e
+EOF
+  chmod 600 "$1"
+}
+write_kubeconfig "$STATE_DIR/kubeconfig" kube-admin admin
+write_kubeconfig "$STATE_DIR/controller-manager.kubeconfig" kube-controller-manager controller-manager
+cat >"$STATE_DIR/env" <<EOF
+export PATH=$KUBE_BIN:\$PATH
+export KUBECONFIG=$STATE_DIR/kubeconfig
+export KUBE_APISERVER_URL=$APISERVER_URL
+export KUBE_CA_FILE=$PKI/ca.crt
+export KUBE_ADMIN_TOKEN=$ADMIN_TOKEN
+EOF
+
+start_bg() { # name logfile cmd...
+  local name=$1; shift
+  setsid "$@" >"$STATE_DIR/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$STATE_DIR/pids/$name.pid"
+  log "started $name (pid $!)"
+}
+wait_for() { # desc cmd...
+  local desc=$1; shift
+  local deadline=$(( $(date +%s) + START_TIMEOUT ))
+  until "$@" >/dev/null 2>&1; do
+    if (( $(date +%s) > deadline )); then
+      echo "start-cluster: timed out waiting for $desc; last log lines:" >&2
+      tail -n 30 "$STATE_DIR"/logs/*.log >&2 || true
+      exit 1
+    fi
+    for c in etcd kube-apiserver kube-controller-manager; do
+      if [[ -f "$STATE_DIR/pids/$c.pid" ]] && ! running "$c"; then
+        echo "start-cluster: $c exited; log tail:" >&2; tail -n 40 "$STATE_DIR/logs/$c.log" >&2; exit 1
+      fi
+    done
+    sleep 0.5
+  done
+  log "$desc ready after $(elapsed)s"
+}
+
+# ------------------------------------------------------------------- etcd
+rm -f "$STATE_DIR"/pids/*.pid
+start_bg etcd "$ETCD_BIN" \
+  --name kube-e2e \
+  --data-dir "$STATE_DIR/etcd" \
+  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster "kube-e2e=http://127.0.0.1:$ETCD_PEER_PORT" \
+  --listen-metrics-urls "" \
+  --log-level warn --logger zap
+wait_for "etcd" curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+
+# ------------------------------------------------------------------- apiserver
+# Flags are for v1.20 (it still has the insecure port: disable it).
+start_bg kube-apiserver "$KUBE_BIN/kube-apiserver" \
+  --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+  --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --insecure-port 0 \
+  --advertise-address 127.0.0.1 --endpoint-reconciler-type none \
+  --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+  --client-ca-file "$PKI/ca.crt" \
+  --token-auth-file "$PKI/tokens.csv" \
+  --authorization-mode RBAC \
+  --service-account-issuer https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file "$PKI/sa.pub" \
+  --service-account-signing-key-file "$PKI/sa.key" \
+  --service-cluster-ip-range 10.0.0.0/24 \
+  --enable-admission-plugins NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ResourceQuota \
+  --allow-privileged=true \
+  --profiling=false \
+  --cert-dir "$STATE_DIR/apiserver-certs" \
+  --v 1
+export KUBECONFIG="$STATE_DIR/kubeconfig"
+wait_for "kube-apiserver /readyz" kubectl get --raw /readyz
+API_READY=$(elapsed)
+
+# ------------------------------------------------------------------- controller-manager
+if [[ "$WITH_CONTROLLER_MANAGER" == 1 ]]; then
+  [[ -x "$KUBE_BIN/kube-controller-manager" ]] || die "$KUBE_BIN/kube-controller-manager not found"
+  port_busy "$CM_PORT" && die "port $CM_PORT already in use"
+  start_bg kube-controller-manager "$KUBE_BIN/kube-controller-manager" \
+    --kubeconfig "$STATE_DIR/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$STATE_DIR/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$STATE_DIR/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$CM_PORT" --port 0 \
+    --cert-dir "$STATE_DIR/controller-manager-certs" \
+    --leader-elect=false \
+    --use-service-account-credentials=false \
+    --service-account-private-key-file "$PKI/sa.key" \
+    --root-ca-file "$PKI/ca.crt" \
+    --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
+    --controllers '*' \
+    --v 1
+  wait_for "kube-controller-manager /healthz" curl -skf "https://127.0.0.1:$CM_PORT/healthz"
+  # Pods can only be admitted once the ServiceAccount admission plugin finds
+  # the namespace's default SA *and its token secret* (v1.20 behaviour).
+  wait_for "default service account token" \
+    bash -c "kubectl -n default get sa default -o jsonpath='{.secrets[0].name}' | grep -q ."
+fi
+
+log "cluster up in $(elapsed)s (apiserver ready at ${API_READY}s); KUBECONFIG=$STATE_DIR/kubeconfig"
+echo "source $STATE_DIR/env"
