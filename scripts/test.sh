@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test tier. On a fresh Debian machine it first installs what the tiers need:
-# PostgreSQL and MariaDB from Debian (scripts/databases.sh), and Python venvs with Django
+# PostgreSQL and MariaDB from Debian (scripts/databases.sh), Python venvs with Django
 # 5.2 (.venv, tests/requirements.txt) and Django 4.2 (.venv-django42,
-# tests/requirements-django42.txt). It starts both database servers on free loopback
-# ports under a temporary directory and stops them (by PID) when it exits.
+# tests/requirements-django42.txt), and a Kubernetes v1.20.2 control plane built from
+# Debian's sources (scripts/kube/build.sh: ~7 minutes once, then cached under
+# ~/.cache/django-migrate-webhook). It starts both database servers and the control plane
+# on free loopback ports under temporary directories and stops them (by PID) when it exits.
 # Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,11 +46,22 @@ venv .venv-django42 tests/requirements-django42.txt
 export DJANGO_MIGRATE_TEST_PYTHON="$PWD/.venv/bin/python"
 export DJANGO_MIGRATE_TEST_PYTHON_DJANGO42="$PWD/.venv-django42/bin/python"
 
+say "building (or reusing) the Kubernetes test control plane"
+bash scripts/kube/build.sh >&2
+
 databases=$(mktemp -d /tmp/django-migrate-databases.XXXXXX)
-trap 'bash scripts/databases.sh stop "$databases"' EXIT
+cluster=$(mktemp -d /tmp/django-migrate-cluster.XXXXXX)
+cleanup() {
+    bash scripts/kube/stop-cluster.sh "$cluster" --purge >/dev/null || true
+    bash scripts/databases.sh stop "$databases" || true
+}
+trap cleanup EXIT
 bash scripts/databases.sh start "$databases"
 # shellcheck disable=SC1091
 source "$databases/env"
+bash scripts/kube/start-cluster.sh "$cluster" >/dev/null
+# shellcheck disable=SC1091
+source "$cluster/env"
 
-say "cargo test (tiers: unit, engine, server, migrations)"
+say "cargo test (tiers: unit, engine, server, migrations, cluster)"
 cargo test --locked "$@"

@@ -1,0 +1,369 @@
+//! What the cluster tests need: kubectl, a kube client, the webhook binary on free
+//! loopback ports, a namespace per test and a MutatingWebhookConfiguration pointing at
+//! that test's webhook process.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_django-migrate-webhook");
+
+/// The control plane started by `scripts/test.sh` (`scripts/kube/start-cluster.sh`).
+pub fn kubeconfig() -> String {
+    std::env::var("KUBECONFIG").unwrap_or_else(|_| {
+        panic!(
+            "KUBECONFIG is not set: the cluster tier needs the test control plane that \
+             scripts/test.sh builds and starts (or: scripts/kube/build.sh && \
+             scripts/kube/start-cluster.sh DIR && source DIR/env)"
+        )
+    })
+}
+
+pub async fn client() -> Client {
+    kubeconfig();
+    Client::try_default()
+        .await
+        .expect("a client for the test cluster")
+}
+
+/// Runs kubectl with `stdin` and returns its output, whatever the exit code.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    kubeconfig();
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs (scripts/kube/build.sh puts it on PATH via DIR/env)");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `kubectl apply -f -` that must succeed; returns stderr (the warnings).
+pub fn apply(manifest: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["apply", "-f", "-"];
+    args.extend_from_slice(extra);
+    let out = kubectl(&args, Some(manifest));
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {stderr}\n{manifest}"
+    );
+    (stdout, stderr)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` until it returns Some, or panics with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A `serve` process with its own development certificates.
+pub struct Webhook {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub ca_bundle: String,
+    pub log: PathBuf,
+    /// Keeps the certificates on disk while the process runs.
+    _certs: tempfile::TempDir,
+}
+
+impl Webhook {
+    /// Starts `serve`, with extra flags (e.g. `--controller`), and waits for `/readyz`.
+    pub async fn start<S: AsRef<std::ffi::OsStr>>(extra: &[S]) -> Webhook {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(BIN)
+            .args(["certs", "--out"])
+            .arg(dir.path())
+            .args(["--ip", "127.0.0.1", "--dns", "localhost"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let ca = std::fs::read(dir.path().join("ca.crt")).unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let log = dir.path().join("serve.log");
+        let child = Command::new(BIN)
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{admin}")])
+            .arg("--tls-cert")
+            .arg(dir.path().join("tls.crt"))
+            .arg("--tls-key")
+            .arg(dir.path().join("tls.key"))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let webhook = Webhook {
+            child: Some(child),
+            port,
+            ca_bundle: base64::engine::general_purpose::STANDARD.encode(ca),
+            log,
+            _certs: dir,
+        };
+        eventually(
+            "serve to answer /readyz",
+            Duration::from_secs(20),
+            || async {
+                let ok = std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok_and(|mut s| {
+                    use std::io::Read;
+                    let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
+                    let mut buf = String::new();
+                    let _ = s.read_to_string(&mut buf);
+                    buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200")
+                });
+                ok.then_some(())
+            },
+        )
+        .await;
+        webhook
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, as the kubelet stops a pod; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A namespace of one test; deleted when the test ends.
+pub struct Namespace {
+    pub name: String,
+}
+
+impl Namespace {
+    /// `prefix` plus this test process's PID, so that a rerun never meets a namespace
+    /// that is still terminating.
+    pub fn new(prefix: &str) -> Namespace {
+        let name = format!("{prefix}-{}", std::process::id());
+        let manifest = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    django-migrate-test: {name}\n"
+        );
+        apply(&manifest, &[]);
+        Namespace { name }
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
+        let _ = kubectl(
+            &[
+                "delete",
+                "mutatingwebhookconfiguration",
+                &format!("django-migrate-{}", self.name),
+                "--ignore-not-found",
+            ],
+            None,
+        );
+    }
+}
+
+/// A MutatingWebhookConfiguration that sends this namespace's Deployments to `webhook`.
+pub fn register(ns: &Namespace, webhook: &Webhook, failure_policy: &str) {
+    let manifest = format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: django-migrate-{ns}
+webhooks:
+  - name: inject.django-migrate.io
+    admissionReviewVersions: ["v1"]
+    sideEffects: None
+    failurePolicy: {failure_policy}
+    timeoutSeconds: 5
+    matchPolicy: Equivalent
+    clientConfig:
+      url: https://127.0.0.1:{port}/mutate
+      caBundle: {ca}
+    rules:
+      - apiGroups: ["apps"]
+        apiVersions: ["v1"]
+        operations: ["CREATE", "UPDATE"]
+        resources: ["deployments"]
+        scope: Namespaced
+    objectSelector:
+      matchLabels:
+        django-migrate.io/inject: "true"
+    namespaceSelector:
+      matchLabels:
+        django-migrate-test: {ns}
+"#,
+        ns = ns.name,
+        port = webhook.port,
+        ca = webhook.ca_bundle,
+    );
+    apply(&manifest, &[]);
+}
+
+/// Waits until the configuration is in effect: a server-side dry run of a labelled
+/// Deployment comes back injected.
+pub async fn wait_until_effective(ns: &Namespace) {
+    let probe = deployment(&ns.name, "probe", "shop:1", true, &[]);
+    eventually(
+        "the webhook configuration to take effect",
+        Duration::from_secs(60),
+        || async {
+            let out = kubectl(
+                &["apply", "--dry-run=server", "-o", "json", "-f", "-"],
+                Some(&probe),
+            );
+            let stored: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (init_names(&stored).len() == 2).then_some(())
+        },
+    )
+    .await;
+}
+
+/// A Deployment manifest of a Django app.
+pub fn deployment(
+    ns: &str,
+    name: &str,
+    image: &str,
+    labelled: bool,
+    annotations: &[(&str, &str)],
+) -> String {
+    let label = if labelled {
+        "\n    django-migrate.io/inject: \"true\""
+    } else {
+        ""
+    };
+    let mut ann = String::new();
+    if !annotations.is_empty() {
+        ann.push_str("\n  annotations:");
+        for (k, v) in annotations {
+            ann.push_str(&format!("\n    {k}: \"{v}\""));
+        }
+    }
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels:
+    app: {name}{label}{ann}
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+    metadata:
+      labels:
+        app: {name}
+    spec:
+      containers:
+        - name: web
+          image: {image}
+          workingDir: /app
+          env:
+            - name: DJANGO_SETTINGS_MODULE
+              value: shop.settings
+"#
+    )
+}
+
+pub fn init_names(deployment: &Value) -> Vec<String> {
+    deployment["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub async fn get_deployment(client: &Client, ns: &str, name: &str) -> Value {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    serde_json::to_value(api.get(name).await.unwrap()).unwrap()
+}
+
+/// ReplicaSets owned by the Deployment `name`.
+pub async fn replica_sets(client: &Client, ns: &str, name: &str) -> Vec<ReplicaSet> {
+    let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|rs| rs.owner_references().iter().any(|o| o.name == name))
+        .collect()
+}
+
+pub async fn pods_of(client: &Client, ns: &str, app: &str) -> Vec<Pod> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .unwrap()
+        .items
+}

@@ -1,0 +1,427 @@
+//! The cluster tier: a real kube-apiserver and kube-controller-manager (v1.20.2, built
+//! from Debian's sources by `scripts/kube/build.sh`), the webhook binary running locally
+//! with `serve` (and `--controller`), registered through a MutatingWebhookConfiguration.
+//! There is no kubelet: the tests play it by patching `pods/status`.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::*;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn apply_injects_labelled_deployments_only_and_dry_run_stores_nothing() {
+    let client = client().await;
+    let ns = Namespace::new("e2e-apply");
+    let webhook = Webhook::start::<&str>(&[]).await;
+    register(&ns, &webhook, "Fail");
+    wait_until_effective(&ns).await;
+
+    let (_, warnings) = apply(&deployment(&ns.name, "web", "shop:1", true, &[]), &[]);
+    assert!(
+        warnings.contains("Warning: django-migrate: injected init containers django-wait-for-db and django-migrate"),
+        "kubectl shows the warnings: {warnings}"
+    );
+    let stored = get_deployment(&client, &ns.name, "web").await;
+    assert_eq!(
+        init_names(&stored),
+        ["django-wait-for-db", "django-migrate"]
+    );
+    let template = &stored["spec"]["template"];
+    assert_eq!(
+        template["spec"]["readinessGates"][0]["conditionType"],
+        "django-migrate.io/migrated"
+    );
+    assert_eq!(
+        template["metadata"]["labels"]["django-migrate.io/injected"],
+        "true"
+    );
+    assert_eq!(template["spec"]["initContainers"][1]["image"], "shop:1");
+
+    apply(&deployment(&ns.name, "plain", "shop:1", false, &[]), &[]);
+    let plain = get_deployment(&client, &ns.name, "plain").await;
+    assert!(init_names(&plain).is_empty());
+    assert!(
+        plain["spec"]["template"]["spec"]
+            .get("readinessGates")
+            .is_none()
+    );
+
+    let (out, _) = apply(
+        &deployment(&ns.name, "dry", "shop:1", true, &[]),
+        &["--dry-run=server", "-o", "json"],
+    );
+    let answered: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        init_names(&answered),
+        ["django-wait-for-db", "django-migrate"]
+    );
+    let get = kubectl(&["get", "deployment", "dry", "-n", &ns.name], None);
+    assert!(!get.status.success(), "a dry run must store nothing");
+    assert!(text(&get).1.contains("NotFound"), "{}", text(&get).1);
+}
+
+#[tokio::test]
+async fn updates_follow_the_app_and_no_op_changes_start_no_rollout() {
+    let client = client().await;
+    let ns = Namespace::new("e2e-update");
+    let webhook = Webhook::start::<&str>(&[]).await;
+    register(&ns, &webhook, "Fail");
+    wait_until_effective(&ns).await;
+    let v1 = deployment(&ns.name, "web", "shop:1", true, &[]);
+    apply(&v1, &[]);
+    let rs_count = |n: usize| {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        async move {
+            eventually(&format!("{n} ReplicaSets"), WAIT, || async {
+                (replica_sets(&client, &ns, "web").await.len() == n).then_some(())
+            })
+            .await
+        }
+    };
+    rs_count(1).await;
+    let template = get_deployment(&client, &ns.name, "web").await["spec"]["template"].clone();
+
+    // The same manifest again, and a change of metadata only: no new template.
+    let (_, warnings) = apply(&v1, &[]);
+    assert!(
+        !warnings.contains("injected"),
+        "a no-op apply reports no injection: {warnings}"
+    );
+    let out = kubectl(
+        &[
+            "annotate",
+            "deployment",
+            "web",
+            "-n",
+            &ns.name,
+            "team=payments",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(replica_sets(&client, &ns.name, "web").await.len(), 1);
+    let stored = get_deployment(&client, &ns.name, "web").await;
+    assert_eq!(
+        stored["spec"]["template"], template,
+        "the pod template did not change"
+    );
+
+    // A new image: the injected containers follow.
+    let (_, warnings) = apply(&deployment(&ns.name, "web", "shop:2", true, &[]), &[]);
+    assert!(warnings.contains("updated init containers"), "{warnings}");
+    let stored = get_deployment(&client, &ns.name, "web").await;
+    for c in stored["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+    {
+        assert_eq!(c["image"], "shop:2");
+    }
+    rs_count(2).await;
+
+    // Opt-out: the label removed removes the injection.
+    let (_, warnings) = apply(&deployment(&ns.name, "web", "shop:2", false, &[]), &[]);
+    assert!(
+        warnings.contains("removed the injected init containers"),
+        "{warnings}"
+    );
+    let stored = get_deployment(&client, &ns.name, "web").await;
+    assert!(init_names(&stored).is_empty(), "{stored}");
+    assert!(
+        stored["spec"]["template"]["spec"]
+            .get("readinessGates")
+            .is_none()
+    );
+    assert!(
+        stored["spec"]["template"]["metadata"]["labels"]
+            .get("django-migrate.io/injected")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_annotation_fails_kubectl_apply_with_the_message() {
+    let client = client().await;
+    let ns = Namespace::new("e2e-deny");
+    let webhook = Webhook::start::<&str>(&[]).await;
+    register(&ns, &webhook, "Fail");
+    wait_until_effective(&ns).await;
+    let manifest = deployment(
+        &ns.name,
+        "web",
+        "shop:1",
+        true,
+        &[("django-migrate.io/wait-timeout", "-5")],
+    );
+    let out = kubectl(&["apply", "-f", "-"], Some(&manifest));
+    assert!(!out.status.success());
+    let stderr = text(&out).1;
+    assert!(stderr.contains("denied the request"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "django-migrate: annotation django-migrate.io/wait-timeout: invalid value \"-5\""
+        ),
+        "{stderr}"
+    );
+    let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client, &ns.name);
+    assert!(
+        api.get_opt("web").await.unwrap().is_none(),
+        "nothing half-injected is stored"
+    );
+}
+
+#[tokio::test]
+async fn webhook_down_fails_closed_or_open_as_configured() {
+    let client = client().await;
+    for (policy, ns_name) in [("Fail", "e2e-down-fail"), ("Ignore", "e2e-down-ignore")] {
+        let ns = Namespace::new(ns_name);
+        let mut webhook = Webhook::start::<&str>(&[]).await;
+        register(&ns, &webhook, policy);
+        wait_until_effective(&ns).await;
+        webhook.kill();
+        let manifest = deployment(&ns.name, "web", "shop:1", true, &[]);
+        let out = kubectl(&["apply", "-f", "-"], Some(&manifest));
+        let stderr = text(&out).1;
+        if policy == "Fail" {
+            assert!(!out.status.success(), "failurePolicy Fail must refuse");
+            assert!(stderr.contains("failed calling webhook"), "{stderr}");
+            assert!(stderr.contains("connection refused"), "{stderr}");
+        } else {
+            assert!(out.status.success(), "{stderr}");
+            let stored = get_deployment(&client, &ns.name, "web").await;
+            assert!(init_names(&stored).is_empty(), "stored without injection");
+        }
+    }
+}
+
+/// Patches a pod's status as the kubelet would after running the init containers.
+async fn play_kubelet(client: &Client, pod: &Pod, migrate_exit: i32, message: &str) {
+    let ok = migrate_exit == 0;
+    let image = pod.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap();
+    let status = |name: &str, ready: bool, state: Value| json!({"name": name, "ready": ready, "restartCount": 0, "image": image, "imageID": "", "state": state});
+    let patch = json!({"status": {
+        "phase": if ok { "Running" } else { "Pending" },
+        "conditions": [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Initialized", "status": if ok { "True" } else { "False" }},
+            {"type": "ContainersReady", "status": if ok { "True" } else { "False" }},
+            {"type": "Ready", "status": "False"},
+        ],
+        "initContainerStatuses": [
+            status("django-wait-for-db", true, json!({"terminated": {"exitCode": 0, "reason": "Completed",
+                "message": "wait-for-db: database 'default' reachable after 0.4s"}})),
+            status("django-migrate", ok, json!({"terminated": {"exitCode": migrate_exit,
+                "reason": if ok { "Completed" } else { "Error" }, "message": message}})),
+        ],
+        "containerStatuses": [
+            status("web", ok, if ok { json!({"running": {}}) } else { json!({"waiting": {"reason": "PodInitializing"}}) }),
+        ],
+    }});
+    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap());
+    api.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Strategic(&patch),
+    )
+    .await
+    .expect("patch pods/status");
+}
+
+/// The kubelet's own rule: Ready = ContainersReady and every readiness gate True.
+async fn set_ready(client: &Client, pod: &Pod) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap());
+    let patch = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+    api.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Strategic(&patch),
+    )
+    .await
+    .unwrap();
+}
+
+fn gate(pod: &Pod) -> Option<(String, String, String)> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find_map(|c| {
+            (c.type_ == "django-migrate.io/migrated").then(|| {
+                (
+                    c.status.clone(),
+                    c.reason.clone().unwrap_or_default(),
+                    c.message.clone().unwrap_or_default(),
+                )
+            })
+        })
+}
+
+async fn pods(client: &Client, ns: &str, app: &str, n: usize) -> Vec<Pod> {
+    eventually(&format!("{n} pods of {app}"), WAIT, || async {
+        let pods = pods_of(client, ns, app).await;
+        (pods.len() == n).then_some(pods)
+    })
+    .await
+}
+
+/// Waits for the gate condition with this status and reason; returns its message.
+async fn gate_of(client: &Client, pod: &Pod, status: &str, reason: &str) -> String {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap());
+    eventually(
+        &format!("gate {status}/{reason} on {}", pod.name_any()),
+        WAIT,
+        || async {
+            let p = api.get(&pod.name_any()).await.ok()?;
+            gate(&p)
+                .filter(|g| g.0 == status && g.1 == reason)
+                .map(|g| g.2)
+        },
+    )
+    .await
+}
+
+async fn events(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect()
+}
+
+async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), ns);
+    api.get_opt("django-migrate-webhook-controller")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+/// Two controller replicas: one holds the Lease and gates pods (success and failure);
+/// when it dies the other takes over within the lease duration.
+#[tokio::test]
+async fn the_controller_gates_pods_and_a_second_replica_takes_over() {
+    let client = client().await;
+    let ns = Namespace::new("e2e-controller");
+    let controller = |id: &'static str| {
+        [
+            "--controller".to_owned(),
+            "--lease-namespace".to_owned(),
+            ns.name.clone(),
+            "--identity".to_owned(),
+            id.to_owned(),
+            "--lease-duration".to_owned(),
+            "6".to_owned(),
+        ]
+    };
+    let mut a = Webhook::start(&controller("replica-a")).await;
+    let mut b = Webhook::start(&controller("replica-b")).await;
+    register(&ns, &a, "Fail");
+    wait_until_effective(&ns).await;
+    let holder = eventually("a lease holder", WAIT, || lease_holder(&client, &ns.name)).await;
+    assert!(holder == "replica-a" || holder == "replica-b", "{holder}");
+
+    // Success: the gate turns True with the summary, then the Deployment is available.
+    let mut web = deployment(&ns.name, "web", "shop:1", true, &[]);
+    web = web.replace("replicas: 1", "replicas: 2");
+    apply(&web, &[]);
+    let summary = "migrate: applied 6 migrations in 3.1s (waited 0.0s for the lock): catalog.0001_initial, ...";
+    for pod in pods(&client, &ns.name, "web", 2).await {
+        gate_of(&client, &pod, "False", "MigrationsPending").await;
+        play_kubelet(&client, &pod, 0, summary).await;
+        assert_eq!(gate_of(&client, &pod, "True", "Migrated").await, summary);
+        set_ready(&client, &pod).await;
+    }
+    eventually("web 2/2 available", WAIT, || async {
+        let d = get_deployment(&client, &ns.name, "web").await;
+        (d["status"]["availableReplicas"] == 2).then_some(())
+    })
+    .await;
+    let deployment_events = eventually("an Event on the Deployment", WAIT, || async {
+        let e = events(&client, &ns.name, "web").await;
+        e.iter().any(|(r, _)| r == "MigrationsApplied").then_some(e)
+    })
+    .await;
+    assert!(
+        deployment_events.iter().any(|(_, m)| m.contains(summary)),
+        "{deployment_events:?}"
+    );
+
+    // Failure: exit code 2 gives MigrationFailed and an Event; the Deployment is not available.
+    apply(&deployment(&ns.name, "broken", "shop:1", true, &[]), &[]);
+    let pod = pods(&client, &ns.name, "broken", 1).await.remove(0);
+    let failed = "migrate: migration orders.0003_order_reference failed: ProgrammingError: boom";
+    play_kubelet(&client, &pod, 2, failed).await;
+    let message = gate_of(&client, &pod, "False", "MigrationFailed").await;
+    assert_eq!(message, format!("exit code 2: {failed}"));
+    let pod_events = eventually("a MigrationFailed Event on the pod", WAIT, || async {
+        let e = events(&client, &ns.name, &pod.name_any()).await;
+        e.iter().any(|(r, _)| r == "MigrationFailed").then_some(e)
+    })
+    .await;
+    assert!(
+        pod_events.iter().any(|(_, m)| m.contains("exit code 2")),
+        "{pod_events:?}"
+    );
+    let broken = get_deployment(&client, &ns.name, "broken").await;
+    assert!(
+        broken["status"]["availableReplicas"].as_i64().unwrap_or(0) == 0,
+        "{broken}"
+    );
+
+    // Only the holder reconciles.
+    let (leader, follower) = if holder == "replica-a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    assert!(
+        leader.logs().contains("holding the lease"),
+        "{}",
+        leader.logs()
+    );
+    assert!(
+        !follower.logs().contains("holding the lease"),
+        "{}",
+        follower.logs()
+    );
+
+    // The holder dies without releasing the Lease: the other takes over.
+    // (In a cluster a Service sends admission requests to the live replica; here the
+    // configuration is pointed at it.)
+    leader.kill();
+    let started = std::time::Instant::now();
+    register(&ns, follower, "Fail");
+    wait_until_effective(&ns).await;
+    apply(&deployment(&ns.name, "after", "shop:1", true, &[]), &[]);
+    let pod = pods(&client, &ns.name, "after", 1).await.remove(0);
+    play_kubelet(&client, &pod, 0, summary).await;
+    gate_of(&client, &pod, "True", "Migrated").await;
+    let new_holder = lease_holder(&client, &ns.name).await.unwrap();
+    assert_ne!(new_holder, holder);
+    eprintln!(
+        "takeover: the gate was set by {new_holder} {:.1?} after {holder} was killed",
+        started.elapsed()
+    );
+    assert!(follower.logs().contains("holding the lease"));
+
+    // A clean shutdown releases the Lease and exits 0.
+    let status = follower.terminate().unwrap();
+    assert!(status.success(), "serve exited with {status}");
+}
