@@ -62,7 +62,11 @@ EOF
 run_as() {
     local user=$1
     shift
-    if [ "$(id -u)" = 0 ]; then runuser -u "$user" -- "$@"; else "$@"; fi
+    if [ "$(id -u)" = 0 ]; then
+        setpriv --reuid="$user" --regid="$user" --init-groups -- "$@"
+    else
+        "$@"
+    fi
 }
 
 wait_for() {
@@ -88,8 +92,9 @@ start_postgres() {
     run_as postgres "$bin/postgres" -D "$data/data" -p "$port" -c listen_addresses=127.0.0.1 \
         -c unix_socket_directories="$data" -c max_connections=200 -c fsync=off \
         >"$data/server.log" 2>&1 &
-    echo $! > "$DIR/postgres.pid"
     wait_for PostgreSQL 150 "$bin/pg_isready" -h 127.0.0.1 -p "$port"
+    # The server's own PID (`$!` is the background shell's), from its pid file.
+    head -n 1 "$data/data/postmaster.pid" > "$DIR/postgres.pid"
     echo "export DJANGO_MIGRATE_TEST_POSTGRES_PORT=$port" >> "$DIR/env"
     say "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (pid $(cat "$DIR/postgres.pid"))"
 }
@@ -106,8 +111,8 @@ start_mariadb() {
         --port="$port" --bind-address=127.0.0.1 --pid-file="$data/mysqld.pid" \
         --max-connections=200 --innodb-flush-log-at-trx-commit=0 --skip-log-bin \
         >"$data/server.log" 2>&1 &
-    echo $! > "$DIR/mariadb.pid"
     wait_for MariaDB 150 mariadb-admin --no-defaults --socket="$data/mysqld.sock" -u root ping
+    cat "$data/mysqld.pid" > "$DIR/mariadb.pid"
     mariadb --no-defaults --socket="$data/mysqld.sock" -u root <<SQL
 CREATE USER '$DB_USER'@'127.0.0.1' IDENTIFIED BY '$DB_PASSWORD';
 CREATE USER '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASSWORD';
@@ -136,10 +141,14 @@ stop() {
         local pidfile=$DIR/$name.pid pid
         [ -f "$pidfile" ] || continue
         pid=$(cat "$pidfile")
-        if kill -0 "$pid" 2>/dev/null; then
+        # Only a PID that still runs this server's binary is ours to stop.
+        if kill -0 "$pid" 2>/dev/null && grep -qa -e postgres -e mariadbd "/proc/$pid/cmdline"; then
             kill -TERM "$pid" 2>/dev/null || true
             for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            kill -KILL "$pid" 2>/dev/null || true
+            if kill -0 "$pid" 2>/dev/null; then
+                say "$name (pid $pid) did not stop on SIGTERM; killing it"
+                kill -KILL "$pid" 2>/dev/null || true
+            fi
         fi
         rm -f "$pidfile"
     done

@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// PEM private key of the serving certificate.
     #[arg(long, value_name = "FILE")]
     pub tls_key: PathBuf,
+    /// Seconds between checks of the certificate files; a new pair is served on new
+    /// connections without a restart.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECONDS")]
+    pub cert_reload_interval: u64,
     /// Address of the plain-HTTP listener for /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
     pub metrics_listen: SocketAddr,

@@ -36,6 +36,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         metrics_listen: args.metrics_listen,
+        cert_reload_interval: std::time::Duration::from_secs(args.cert_reload_interval),
         controller,
     };
     tokio::runtime::Builder::new_multi_thread()

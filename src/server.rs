@@ -64,6 +64,8 @@ pub struct ServeOptions {
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub metrics_listen: SocketAddr,
+    /// How often the certificate files are checked for a new pair.
+    pub cert_reload_interval: Duration,
     /// Run the readiness-gate controller too.
     pub controller: Option<ControllerOptions>,
 }
@@ -249,6 +251,13 @@ pub async fn start(options: &ServeOptions) -> Result<Running, ServerError> {
             tracing::error!(error = %e, "admin server failed");
         }
     });
+    let reload_task = tokio::spawn(tls::reload_on_change(
+        certs.clone(),
+        options.tls_cert.clone(),
+        options.tls_key.clone(),
+        options.cert_reload_interval,
+        stopped.clone(),
+    ));
     let webhook_task = tokio::spawn(serve_tls(
         webhook,
         TlsAcceptor::from(config),
@@ -262,7 +271,7 @@ pub async fn start(options: &ServeOptions) -> Result<Running, ServerError> {
         state,
         certs,
         stop,
-        tasks: vec![webhook_task, admin_task],
+        tasks: vec![webhook_task, admin_task, reload_task],
     })
 }
 

@@ -43,8 +43,27 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Reads a PEM certificate chain and private key and checks that they belong together.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+    let read = |path: &Path| std::fs::read(path).map_err(rustls_pki_types::pem::Error::Io);
+    let cert_pem = read(cert).map_err(|source| TlsError::Certificate {
+        path: cert.to_owned(),
+        source,
+    })?;
+    let key_pem = read(key).map_err(|source| TlsError::Key {
+        path: key.to_owned(),
+        source,
+    })?;
+    pair_from_pem(cert, &cert_pem, key, &key_pem)
+}
+
+/// Parses a PEM pair already read from `cert` and `key` (the paths are for messages).
+pub fn pair_from_pem(
+    cert: &Path,
+    cert_pem: &[u8],
+    key: &Path,
+    key_pem: &[u8],
+) -> Result<CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::Certificate {
             path: cert.to_owned(),
             source,
@@ -52,7 +71,7 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     if chain.is_empty() {
         return Err(TlsError::NoCertificate(cert.to_owned()));
     }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
+    let private = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsError::Key {
         path: key.to_owned(),
         source,
     })?;
@@ -98,4 +117,49 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsErro
         .with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Re-reads the certificate and key files every `interval` and serves a new pair on new
+/// connections once both files changed into a valid, matching pair.
+///
+/// Files are read by path on a timer rather than watched: a Kubernetes Secret volume is
+/// updated by swapping a directory symlink, which file notifications stop seeing after
+/// the first rotation. A broken or mismatched pair (for example while only one of the two
+/// files has been rewritten) is logged once and the current pair kept.
+pub async fn reload_on_change(
+    store: Arc<CertStore>,
+    cert: PathBuf,
+    key: PathBuf,
+    interval: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let read =
+        |cert: &Path, key: &Path| Some((std::fs::read(cert).ok()?, std::fs::read(key).ok()?));
+    let mut seen = read(&cert, &key);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let Some(current) = read(&cert, &key) else {
+            if seen.is_some() {
+                tracing::warn!(cert = %cert.display(), key = %key.display(), "cannot read the certificate files; keeping the current certificate");
+                seen = None;
+            }
+            continue;
+        };
+        if seen.as_ref() == Some(&current) {
+            continue;
+        }
+        match pair_from_pem(&cert, &current.0, &key, &current.1) {
+            Ok(pair) => {
+                store.replace(pair);
+                tracing::info!(cert = %cert.display(), "serving the new certificate");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "new certificate files are not usable; keeping the current certificate");
+            }
+        }
+        seen = Some(current);
+    }
 }

@@ -38,6 +38,7 @@ async fn start() -> Fixture {
         tls_cert: dir.path().join("tls.crt"),
         tls_key: dir.path().join("tls.key"),
         metrics_listen: SocketAddr::new(LOCALHOST, 0),
+        cert_reload_interval: Duration::from_millis(200),
         controller: None,
     };
     let running = server::start(&options).await.expect("server starts");
@@ -475,4 +476,137 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Lays out a certificate pair the way the kubelet mounts a Secret: `tls.crt` and
+/// `tls.key` are symlinks into `..data`, itself a symlink to a timestamped directory.
+fn mount_secret(
+    dir: &std::path::Path,
+    version: &str,
+    certs: &certs::DevCerts,
+    key_override: Option<&str>,
+) {
+    use std::os::unix::fs::symlink;
+    let data = dir.join(version);
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("tls.crt"), &certs.tls_cert).unwrap();
+    std::fs::write(data.join("tls.key"), key_override.unwrap_or(&certs.tls_key)).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for name in ["tls.crt", "tls.key"] {
+        if std::fs::symlink_metadata(dir.join(name)).is_err() {
+            symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+        }
+    }
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+/// Certificate rotation as cert-manager or the kubelet does it, while a client keeps
+/// sending requests: no request fails, new connections get the new certificate, and a
+/// broken pair is refused while the previous one keeps serving.
+#[tokio::test]
+async fn certificates_rotate_without_a_restart_or_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = certs::generate(&["localhost".into()], &[LOCALHOST]).unwrap();
+    let second = certs::generate(&["localhost".into()], &[LOCALHOST]).unwrap();
+    mount_secret(dir.path(), "..2026_11_24_v1", &first, None);
+    let options = server::ServeOptions {
+        listen: SocketAddr::new(LOCALHOST, 0),
+        tls_cert: dir.path().join("tls.crt"),
+        tls_key: dir.path().join("tls.key"),
+        metrics_listen: SocketAddr::new(LOCALHOST, 0),
+        cert_reload_interval: Duration::from_millis(100),
+        controller: None,
+    };
+    let running = server::start(&options).await.unwrap();
+    let addr = running.webhook_addr;
+    // The client trusts both CAs, as the API server does while caBundle holds both.
+    let cas = format!("{}{}", first.ca_cert, second.ca_cert).into_bytes();
+    let body = create_fixture().to_string();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (cas, body, stop) = (cas.clone(), body.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            // One long-lived keep-alive connection and a new connection per round.
+            let keep = tls(addr, &cas, &[b"http/1.1"], rustls::DEFAULT_VERSIONS).await;
+            let (mut keep, conn) = hyper::client::conn::http1::handshake(TokioIo::new(keep))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let stream = tls(addr, &cas, &[b"http/1.1"], rustls::DEFAULT_VERSIONS).await;
+                let (mut fresh, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                for (which, sender) in [("keep", &mut keep), ("fresh", &mut fresh)] {
+                    let result = match sender.ready().await {
+                        Ok(()) => sender.send_request(post("/mutate", body.clone())).await,
+                        Err(e) => Err(e),
+                    };
+                    match result {
+                        Ok(r) => {
+                            let status = r.status();
+                            // Read to the end, so that the connection can be reused.
+                            let body = r.into_body().collect().await;
+                            match (status, body) {
+                                (StatusCode::OK, Ok(_)) => ok += 1,
+                                (status, body) => {
+                                    failed.push(format!("{which}: {status} {:?}", body.err()))
+                                }
+                            }
+                        }
+                        Err(e) => failed.push(format!("{which}: {e} after {ok} ok")),
+                    }
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let peer_cert = |cas: Vec<u8>| async move {
+        let stream = tls(addr, &cas, &[b"http/1.1"], rustls::DEFAULT_VERSIONS).await;
+        stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(peer_cert(cas.clone()).await, der(&first.tls_cert));
+
+    mount_secret(dir.path(), "..2026_11_24_v2", &second, None);
+    let started = std::time::Instant::now();
+    loop {
+        if peer_cert(cas.clone()).await == der(&second.tls_cert) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the new certificate was not served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A key that does not belong to the certificate: the current pair stays.
+    let third = certs::generate(&["localhost".into()], &[LOCALHOST]).unwrap();
+    mount_secret(dir.path(), "..2026_11_24_v3", &third, Some(&first.tls_key));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(peer_cert(cas.clone()).await, der(&second.tls_cert));
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = client.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} requests failed: {failed:?}",
+        failed.len()
+    );
+    assert!(ok > 20, "only {ok} requests were sent");
+    eprintln!("rotation: {ok} requests, none failed");
+    running.shutdown().await;
 }
