@@ -227,39 +227,49 @@ impl Drop for Namespace {
     }
 }
 
-/// A MutatingWebhookConfiguration that sends this namespace's Deployments to `webhook`.
+/// The chart's own MutatingWebhookConfiguration (rendered with Helm's SDK by
+/// `tests/chart/render.py`), pointed at this test's webhook process by URL and limited
+/// to this test's namespace.
 pub fn register(ns: &Namespace, webhook: &Webhook, failure_policy: &str) {
-    let manifest = format!(
-        r#"apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata:
-  name: django-migrate-{ns}
-webhooks:
-  - name: inject.django-migrate.io
-    admissionReviewVersions: ["v1"]
-    sideEffects: None
-    failurePolicy: {failure_policy}
-    timeoutSeconds: 5
-    matchPolicy: Equivalent
-    clientConfig:
-      url: https://127.0.0.1:{port}/mutate
-      caBundle: {ca}
-    rules:
-      - apiGroups: ["apps"]
-        apiVersions: ["v1"]
-        operations: ["CREATE", "UPDATE"]
-        resources: ["deployments"]
-        scope: Namespaced
-    objectSelector:
-      matchLabels:
-        django-migrate.io/inject: "true"
-    namespaceSelector:
-      matchLabels:
-        django-migrate-test: {ns}
-"#,
-        ns = ns.name,
-        port = webhook.port,
-        ca = webhook.ca_bundle,
+    let python = std::env::var_os("DJANGO_MIGRATE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    let values = serde_json::json!({
+        "fullnameOverride": format!("django-migrate-{}", ns.name),
+        "tls": {"mode": "secret", "secret": {"name": "unused", "caBundle": webhook.ca_bundle}},
+        "webhook": {
+            "url": format!("https://127.0.0.1:{}/mutate", webhook.port),
+            "failurePolicy": failure_policy,
+            "namespaceSelector": {"matchLabels": {"django-migrate-test": ns.name}},
+        },
+    });
+    let out = Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/chart/render.py"
+        ))
+        .args([
+            &values.to_string(),
+            "django-migrate",
+            "django-migrate-system",
+            "webhook.yaml",
+        ])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e} (scripts/test.sh creates .venv)",
+                python.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "rendering the chart failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        manifest.contains("kind: MutatingWebhookConfiguration"),
+        "{manifest}"
     );
     apply(&manifest, &[]);
 }
