@@ -65,3 +65,6 @@ source "$cluster/env"
 
 say "cargo test (tiers: unit, engine, server, migrations, cluster)"
 cargo test --locked "$@"
+
+say "pytest (tier: chart)"
+.venv/bin/python -m pytest -q tests/chart

@@ -1,0 +1,279 @@
+"""The chart tier: the chart rendered, linted and installed with Helm's own Go SDK
+(helm-python-sdk), its objects checked as a platform engineer would, and applied to the
+real test control plane (scripts/kube/) so that the API server validates every object."""
+import base64
+import json
+import os
+import pathlib
+import subprocess
+import tempfile
+import time
+
+import helm_python as helm
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = str(ROOT / "charts" / "django-migrate-webhook")
+BIN = ROOT / "target" / "debug" / "django-migrate-webhook"
+RELEASE, NAMESPACE = "dmw", "dmw-system"
+
+
+def dev_ca_bundle():
+    """A CA made by the project's own `certs` command, for tls.mode secret."""
+    out = tempfile.mkdtemp()
+    subprocess.run([str(BIN), "certs", "--out", out, "--dns", "x"], check=True, capture_output=True)
+    return base64.b64encode(pathlib.Path(out, "ca.crt").read_bytes()).decode()
+
+
+TLS_MODES = {
+    "generate": {},
+    "certManager": {"tls": {"mode": "certManager"}},
+    "secret": {"tls": {"mode": "secret", "secret": {"name": "my-webhook-tls", "caBundle": "__CA__"}}},
+}
+
+
+def values_for(mode):
+    values = json.loads(json.dumps(TLS_MODES[mode]))
+    if mode == "secret":
+        values["tls"]["secret"]["caBundle"] = dev_ca_bundle()
+    return values
+
+
+def render(values=None):
+    rendered = helm.Chart.load(CHART).render(values or {}, name=RELEASE, namespace=NAMESPACE)
+    docs = []
+    for path, text in rendered.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def one(docs, kind):
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def kubectl(*args, stdin=None):
+    if not os.environ.get("KUBECONFIG"):
+        pytest.fail(
+            "KUBECONFIG is not set: run scripts/test.sh, which builds and starts the test "
+            "control plane (scripts/kube/), or start it and source its env file"
+        )
+    return subprocess.run(["kubectl", *args], input=stdin, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("mode", list(TLS_MODES))
+def test_lint_passes_in_every_tls_mode(mode):
+    report = helm.lint(CHART, values_for(mode), namespace=NAMESPACE, strict=True, kube_version="v1.30.0")
+    assert report["errors"] == [], report
+    assert all(m["severity"] < 2 for m in report["messages"]), report
+
+
+def test_deployment_runs_serve_with_the_controller_in_a_restricted_pod():
+    docs = render()
+    deployment = one(docs, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[0] == "serve" and "--controller" in args
+    assert "--tls-cert=/etc/django-migrate-webhook/tls/tls.crt" in args
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["requests"]
+    # Restricted Pod Security Standard, rule by rule.
+    sc, psc = container["securityContext"], pod["securityContext"]
+    assert psc["runAsNonRoot"] is True and sc["runAsNonRoot"] is True
+    assert psc["runAsUser"] != 0
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert psc["seccompProfile"]["type"] == "RuntimeDefault"
+    for forbidden in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod.get(forbidden)
+    assert all("hostPath" not in v for v in pod["volumes"])
+    assert "privileged" not in sc
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    # The Service and the PDB select exactly these pods.
+    labels = spec["template"]["metadata"]["labels"]
+    service = one(docs, "Service")
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == {"https", "metrics"}
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    assert pdb["spec"]["minAvailable"] == 1
+    for doc in docs:
+        assert doc["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+
+
+def test_rbac_grants_exactly_what_the_controller_needs():
+    docs = render()
+    rules = {
+        (group, resource): sorted(rule["verbs"])
+        for rule in one(docs, "ClusterRole")["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert rules == {
+        ("", "pods"): ["get", "list", "watch"],
+        ("", "pods/status"): ["patch"],
+        ("apps", "replicasets"): ["get"],
+        ("", "events"): ["create", "patch"],
+        ("events.k8s.io", "events"): ["create", "patch"],
+    }
+    role = one(docs, "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]}
+    ]
+    sa = one(docs, "ServiceAccount")["metadata"]["name"]
+    for kind in ("ClusterRoleBinding", "RoleBinding"):
+        assert one(docs, kind)["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+
+
+@pytest.mark.parametrize("mode", list(TLS_MODES))
+def test_webhook_configuration_follows_the_design(mode):
+    docs = render(values_for(mode))
+    config = one(docs, "MutatingWebhookConfiguration")
+    (hook,) = config["webhooks"]
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["timeoutSeconds"] == 5
+    assert hook["sideEffects"] == "None"
+    assert hook["admissionReviewVersions"] == ["v1"]
+    assert hook["matchPolicy"] == "Equivalent"
+    assert hook["rules"] == [{
+        "apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+        "resources": ["deployments"], "scope": "Namespaced",
+    }]
+    assert hook["objectSelector"] == {"matchLabels": {"django-migrate.io/inject": "true"}}
+    (expr,) = hook["namespaceSelector"]["matchExpressions"]
+    assert expr["key"] == "kubernetes.io/metadata.name" and expr["operator"] == "NotIn"
+    assert set(expr["values"]) == {"kube-system", "kube-public", "kube-node-lease", NAMESPACE}
+    service = one(docs, "Service")["metadata"]["name"]
+    assert hook["clientConfig"]["service"] == {"name": service, "namespace": NAMESPACE, "path": "/mutate", "port": 443}
+    volume = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
+    if mode == "certManager":
+        assert "caBundle" not in hook["clientConfig"]
+        cert = one(docs, "Certificate")
+        assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/{cert['metadata']['name']}"
+        assert cert["spec"]["secretName"] == volume
+        assert f"{service}.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
+        assert one(docs, "Issuer")["spec"] == {"selfSigned": {}}
+    else:
+        assert base64.b64decode(hook["clientConfig"]["caBundle"]).startswith(b"-----BEGIN CERTIFICATE-----")
+    if mode == "secret":
+        assert volume == "my-webhook-tls"
+        assert not [d for d in docs if d["kind"] == "Secret"]
+
+
+def test_generated_certificate_is_signed_by_the_ca_bundle_and_names_the_service(tmp_path):
+    docs = render()
+    secret = one(docs, "Secret")
+    hook = one(docs, "MutatingWebhookConfiguration")["webhooks"][0]
+    assert secret["data"]["ca.crt"] == hook["clientConfig"]["caBundle"]
+    for name in ("ca.crt", "tls.crt", "tls.key"):
+        (tmp_path / name).write_bytes(base64.b64decode(secret["data"][name]))
+    verify = subprocess.run(["openssl", "verify", "-CAfile", tmp_path / "ca.crt", tmp_path / "tls.crt"],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+    sans = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", tmp_path / "tls.crt"],
+                          capture_output=True, text=True, check=True).stdout
+    service = one(docs, "Service")["metadata"]["name"]
+    for name in (service, f"{service}.{NAMESPACE}", f"{service}.{NAMESPACE}.svc"):
+        assert f"DNS:{name}," in sans + ",", sans
+    assert secret["metadata"]["name"] == one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
+
+
+def test_non_default_values_are_honoured():
+    docs = render({
+        "replicaCount": 3,
+        "priorityClassName": "system-cluster-critical",
+        "controller": {"enabled": False},
+        "webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 10, "namespaceSelector": {"matchLabels": {"team": "django"}}},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+        "podDisruptionBudget": {"enabled": False},
+    })
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["template"]["spec"]["priorityClassName"] == "system-cluster-critical"
+    assert "--controller" not in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    hook = one(docs, "MutatingWebhookConfiguration")["webhooks"][0]
+    assert hook["failurePolicy"] == "Ignore" and hook["timeoutSeconds"] == 10
+    assert hook["namespaceSelector"]["matchLabels"] == {"team": "django"}
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    kinds = {d["kind"] for d in docs}
+    assert not kinds & {"PodDisruptionBudget", "ClusterRole", "Role"}
+
+
+@pytest.mark.parametrize("bad", [
+    {"replicaCount": "two"},
+    {"replicaCount": 0},
+    {"unknownKey": True},
+    {"webhook": {"failurePolicy": "Sometimes"}},
+    {"webhook": {"timeoutSeconds": 60}},
+    {"webhook": {"url": "http://insecure.example/mutate"}},
+    {"tls": {"mode": "selfmade"}},
+    {"image": {"tag": 1.2}},
+    {"controller": {"enabled": "yes"}},
+])
+def test_schema_rejects_bad_values(bad):
+    chart = helm.Chart.load(CHART)
+    with pytest.raises(helm.HelmValuesError):
+        chart.render(bad, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_secret_mode_without_its_values_fails_with_a_clear_message():
+    with pytest.raises(helm.HelmError) as error:
+        render({"tls": {"mode": "secret"}})
+    assert "tls.secret.name is required" in str(error.value) or "tls.secret.caBundle" in str(error.value)
+
+
+def server_side_dry_run(docs, namespace):
+    manifest = "\n---\n".join(yaml.safe_dump(d) for d in docs)
+    result = kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=manifest)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("mode", list(TLS_MODES))
+def test_the_api_server_accepts_every_rendered_object(mode):
+    """cert-manager's Issuer and Certificate need its CRDs, which the test control plane
+    does not have: those two are left out of the dry run, every other object goes in."""
+    kubectl("create", "namespace", NAMESPACE)
+    docs = render(values_for(mode))
+    # The 1.20 test control plane serves PodDisruptionBudget as policy/v1beta1.
+    for d in docs:
+        if d["kind"] == "PodDisruptionBudget":
+            d["apiVersion"] = "policy/v1beta1"
+    docs = [d for d in docs if d["kind"] not in ("Issuer", "Certificate")]
+    server_side_dry_run(docs, NAMESPACE)
+
+
+def test_install_and_upgrade_keep_the_generated_ca():
+    """A real `helm install` and `helm upgrade` against the test control plane: the
+    upgrade looks the Secret up and keeps its CA instead of re-rolling it."""
+    kubectl("version")
+    namespace = f"dmw-install-{os.getpid()}"
+    # Select no namespace, so that this release's webhook never stands in other tests' way.
+    values = {"webhook": {"namespaceSelector": {"matchLabels": {"django-migrate-test": "none"}}}}
+    config = helm.Config(namespace=namespace)
+    try:
+        config.install(CHART, "dmw", values, namespace=namespace, create_namespace=True, timeout=120)
+        first = json.loads(kubectl("get", "secret", "dmw-django-migrate-webhook-tls", "-n", namespace, "-o", "json").stdout)
+        config.upgrade(CHART, "dmw", {**values, "replicaCount": 3}, namespace=namespace, timeout=120)
+        second = json.loads(kubectl("get", "secret", "dmw-django-migrate-webhook-tls", "-n", namespace, "-o", "json").stdout)
+        assert second["data"] == first["data"], "the upgrade re-rolled the certificate"
+        hook = json.loads(kubectl("get", "mutatingwebhookconfiguration", "dmw-django-migrate-webhook", "-o", "json").stdout)
+        assert hook["webhooks"][0]["clientConfig"]["caBundle"] == first["data"]["ca.crt"]
+        deployment = json.loads(kubectl("get", "deployment", "dmw-django-migrate-webhook", "-n", namespace, "-o", "json").stdout)
+        assert deployment["spec"]["replicas"] == 3
+    finally:
+        try:
+            config.uninstall("dmw", ignore_not_found=True)
+        except helm.HelmError:
+            pass
+        kubectl("delete", "namespace", namespace, "--wait=false")
