@@ -198,7 +198,6 @@ pub struct Running {
     pub webhook_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub state: AppState,
-    pub certs: Arc<CertStore>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -269,7 +268,6 @@ pub async fn start(options: &ServeOptions) -> Result<Running, ServerError> {
         webhook_addr,
         admin_addr,
         state,
-        certs,
         stop,
         tasks: vec![webhook_task, admin_task, reload_task],
     })
