@@ -67,10 +67,6 @@ struct ResponseOut<'a> {
     uid: &'a str,
     allowed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<Status<'a>>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     warnings: &'a [String],
@@ -209,7 +205,7 @@ pub fn review(body: &[u8]) -> Reply {
         _ => None,
     };
     match mutation::mutate(op, &new, old.as_ref()) {
-        Ok(m) if m.patch.0.is_empty() => {
+        Ok(m) if m.is_empty() => {
             let outcome = if new.is_opted_in() {
                 Outcome::Unchanged
             } else {
@@ -217,7 +213,7 @@ pub fn review(body: &[u8]) -> Reply {
             };
             allowed(uid, outcome, None, &m.warnings)
         }
-        Ok(m) => match serde_json::to_vec(&m.patch) {
+        Ok(m) => match m.to_json() {
             Ok(json) => allowed(uid, Outcome::Patched, Some(json), &m.warnings),
             Err(e) => invalid(500, format!("cannot encode the patch: {e}")),
         },
@@ -231,19 +227,38 @@ fn encode(review: &ReviewOut) -> Vec<u8> {
 }
 
 fn allowed(uid: &str, outcome: Outcome, patch: Option<Vec<u8>>, warnings: &[String]) -> Reply {
-    let patch_b64 = patch.map(|p| base64::engine::general_purpose::STANDARD.encode(p));
-    let body = encode(&ReviewOut {
-        api_version: API_VERSION,
-        kind: KIND,
-        response: ResponseOut {
-            uid,
-            allowed: true,
-            patch_type: patch_b64.as_ref().map(|_| "JSONPatch"),
-            patch: patch_b64,
-            status: None,
-            warnings,
+    // Written by hand rather than through a struct: the base64 patch is most of the body
+    // (tens of KB when the init containers are injected), and base64 needs no JSON
+    // escaping, so it is encoded straight into the body instead of into a String that
+    // the serialiser would then scan byte by byte.
+    let base64 = &base64::engine::general_purpose::STANDARD;
+    let patch_len = match &patch {
+        Some(p) => match base64::encoded_len(p.len(), true) {
+            Some(len) => Some(len),
+            None => return invalid(500, "the patch is too large to encode".into()),
         },
-    });
+        None => None,
+    };
+    let mut body = Vec::with_capacity(256 + uid.len() + patch_len.unwrap_or(0));
+    body.extend_from_slice(
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"#,
+    );
+    write_json(&mut body, &uid);
+    body.extend_from_slice(br#","allowed":true"#);
+    if let (Some(patch), Some(len)) = (&patch, patch_len) {
+        body.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
+        let start = body.len();
+        body.resize(start + len, 0);
+        // The buffer was sized by `encoded_len`, so this cannot fail.
+        let written = base64.encode_slice(patch, &mut body[start..]).unwrap_or(0);
+        body.truncate(start + written);
+        body.push(b'"');
+    }
+    if !warnings.is_empty() {
+        body.extend_from_slice(br#","warnings":"#);
+        write_json(&mut body, &warnings);
+    }
+    body.extend_from_slice(b"}}");
     Reply {
         status: 200,
         body,
@@ -251,6 +266,11 @@ fn allowed(uid: &str, outcome: Outcome, patch: Option<Vec<u8>>, warnings: &[Stri
         message: None,
         uid: Some(uid.to_owned()),
     }
+}
+
+/// Appends `value` as JSON; strings and lists of strings cannot fail to serialise.
+fn write_json<T: Serialize + ?Sized>(body: &mut Vec<u8>, value: &T) {
+    let _ = serde_json::to_writer(body, value);
 }
 
 fn denied(uid: &str, denial: &Denial) -> Reply {
@@ -261,8 +281,6 @@ fn denied(uid: &str, denial: &Denial) -> Reply {
         response: ResponseOut {
             uid,
             allowed: false,
-            patch_type: None,
-            patch: None,
             status: Some(Status {
                 kind: None,
                 api_version: None,

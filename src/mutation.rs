@@ -28,10 +28,32 @@ pub enum Operation {
 /// What the webhook answers for an allowed request.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Mutation {
-    /// Empty when nothing has to change.
-    pub patch: json_patch::Patch,
+    /// Holds [`injected::CODE_MARKER`] where the embedded code goes.
+    patch: json_patch::Patch,
     /// Lines for the AdmissionResponse `warnings`, each under [`MAX_WARNING_LEN`].
     pub warnings: Vec<String>,
+}
+
+impl Mutation {
+    /// True when the object needs no change.
+    pub fn is_empty(&self) -> bool {
+        self.patch.0.is_empty()
+    }
+
+    /// The JSON Patch operations.
+    pub fn patch(&self) -> json_patch::Patch {
+        let mut value = serde_json::to_value(&self.patch).unwrap_or_default();
+        injected::expand_code(&mut value);
+        serde_json::from_value(value).unwrap_or_default()
+    }
+
+    /// The JSON Patch as JSON bytes, the embedded code spliced in already escaped.
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        let json = serde_json::to_string(&self.patch)?;
+        Ok(json
+            .replace(injected::marker_json(), injected::code_json())
+            .into_bytes())
+    }
 }
 
 /// Why an opted-in Deployment cannot be injected; the message is shown by kubectl.
@@ -84,7 +106,15 @@ impl Owned {
         let template = d.template();
         let meta = template.and_then(|t| t.metadata.as_ref());
         let spec = template.and_then(|t| t.spec.as_ref());
-        let to_values = |v: &Vec<JsonMap>| v.iter().cloned().map(Value::Object).collect();
+        let to_values = |v: &Vec<JsonMap>| {
+            v.iter()
+                .map(|c| {
+                    let mut c = Value::Object(c.clone());
+                    injected::collapse_code(&mut c);
+                    c
+                })
+                .collect()
+        };
         Owned {
             has_metadata: meta.is_some(),
             labels: meta.and_then(|m| m.labels.as_ref()).map(|l| {

@@ -173,11 +173,11 @@ fn inject_one(doc: usize, value: &mut Value, preview: &mut Preview) -> Result<bo
             denial,
         }
     })?;
-    preview.warnings.extend(m.warnings);
-    if m.patch.0.is_empty() {
+    preview.warnings.extend(m.warnings.iter().cloned());
+    if m.is_empty() {
         return Ok(false);
     }
-    json_patch::patch(value, &m.patch).map_err(|e| PreviewError::Patch {
+    json_patch::patch(value, &m.patch()).map_err(|e| PreviewError::Patch {
         doc,
         message: e.to_string(),
     })?;

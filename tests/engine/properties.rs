@@ -163,8 +163,8 @@ fn run(op: Operation, new: &Value, old: Option<&Value>) -> (Value, json_patch::P
     let old_parsed = old.map(parse);
     let m = mutate(op, &parse(new), old_parsed.as_ref()).expect("valid settings are not denied");
     let mut out = new.clone();
-    json_patch::patch(&mut out, &m.patch).expect("the patch applies to the object");
-    (out, m.patch)
+    json_patch::patch(&mut out, &m.patch()).expect("the patch applies to the object");
+    (out, m.patch())
 }
 
 fn app_of(d: &Value) -> Value {
