@@ -1,28 +1,39 @@
 //! The mutation engine alone, side by side with the floor: parse → mutate → patch →
 //! serialise for each benchmark input in `tests/fixtures/bench` (see
 //! `bench/make_inputs.py`).
+//!
+//! `cargo bench --bench engine` measures time. For instruction counts, which stay the
+//! same on a busy machine, run the bench binary under callgrind with
+//! `ENGINE_ITERATIONS=N ENGINE_INPUT=typical ENGINE_SIDE=webhook|floor`: it then runs
+//! exactly N answers and exits (see `bench/instructions.sh`).
 
 #[path = "../bench/floor.rs"]
 mod floor;
 
 use std::hint::black_box;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use django_migrate_webhook::admission::{self, Outcome};
 
 const INPUTS: [&str; 5] = ["small", "typical", "large", "update", "rollout"];
 
+/// The input's body and the floor's prepared answer for it.
+fn load(name: &str) -> (Vec<u8>, floor::Prepared) {
+    let path = format!(
+        "{}/tests/fixtures/bench/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let reply = admission::review(&body);
+    // Benchmark the real path: every input is an opted-in Deployment that gets a patch.
+    assert_eq!(reply.outcome, Outcome::Patched, "{name}: {reply:?}");
+    let prepared = floor::Prepared::from_response(&reply.body);
+    (body, prepared)
+}
+
 fn engine(c: &mut Criterion) {
     for name in INPUTS {
-        let path = format!(
-            "{}/tests/fixtures/bench/{name}.json",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let reply = admission::review(&body);
-        // Benchmark the real path: every input is an opted-in Deployment that gets a patch.
-        assert_eq!(reply.outcome, Outcome::Patched, "{name}: {reply:?}");
-        let prepared = floor::Prepared::from_response(&reply.body);
+        let (body, prepared) = load(name);
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function("webhook", |b| {
@@ -36,4 +47,23 @@ fn engine(c: &mut Criterion) {
 }
 
 criterion_group!(benches, engine);
-criterion_main!(benches);
+
+fn main() {
+    let Some(n) = std::env::var("ENGINE_ITERATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    else {
+        benches();
+        Criterion::default().configure_from_args().final_summary();
+        return;
+    };
+    let name = std::env::var("ENGINE_INPUT").unwrap_or_else(|_| "typical".into());
+    let side = std::env::var("ENGINE_SIDE").unwrap_or_else(|_| "webhook".into());
+    let (body, prepared) = load(&name);
+    for _ in 0..n {
+        match side.as_str() {
+            "floor" => drop(black_box(floor::answer(black_box(&body), &prepared))),
+            _ => drop(black_box(admission::review(black_box(&body)))),
+        }
+    }
+}

@@ -129,26 +129,31 @@ impl Owned {
     }
 
     /// `{"spec":{"template":{...}}}` with only the keys that exist.
-    fn document(&self) -> Value {
+    fn into_document(self) -> Value {
         let mut template = JsonMap::new();
         if self.has_metadata || self.labels.is_some() {
             let mut meta = JsonMap::new();
-            if let Some(labels) = &self.labels {
-                meta.insert("labels".into(), Value::Object(labels.clone()));
+            if let Some(labels) = self.labels {
+                meta.insert("labels".into(), Value::Object(labels));
             }
             template.insert("metadata".into(), Value::Object(meta));
         }
         if self.has_spec || self.init_containers.is_some() || self.readiness_gates.is_some() {
             let mut spec = JsonMap::new();
-            if let Some(c) = &self.init_containers {
-                spec.insert("initContainers".into(), Value::Array(c.clone()));
+            if let Some(c) = self.init_containers {
+                spec.insert("initContainers".into(), Value::Array(c));
             }
-            if let Some(g) = &self.readiness_gates {
-                spec.insert("readinessGates".into(), Value::Array(g.clone()));
+            if let Some(g) = self.readiness_gates {
+                spec.insert("readinessGates".into(), Value::Array(g));
             }
             template.insert("spec".into(), Value::Object(spec));
         }
-        json!({ "spec": { "template": template } })
+        // Built by hand: `json!` would serialise `template` into a copy.
+        let mut spec = JsonMap::new();
+        spec.insert("template".into(), Value::Object(template));
+        let mut root = JsonMap::new();
+        root.insert("spec".into(), Value::Object(spec));
+        Value::Object(root)
     }
 
     /// Removes everything the webhook injects.
@@ -175,15 +180,15 @@ fn value_name(v: &Value) -> Option<&str> {
     v.get("name").and_then(Value::as_str)
 }
 
-fn diff(before: &Owned, after: &Owned) -> json_patch::Patch {
-    json_patch::diff(&before.document(), &after.document())
+fn diff(before: Owned, after: Owned) -> json_patch::Patch {
+    json_patch::diff(&before.into_document(), &after.into_document())
 }
 
 fn opt_out(d: &Deployment) -> Mutation {
     let before = Owned::of(d);
     let mut after = Owned::of(d);
     after.strip();
-    let patch = diff(&before, &after);
+    let patch = diff(before, after);
     let warnings = if patch.0.is_empty() {
         Vec::new()
     } else {
@@ -237,19 +242,19 @@ fn inject(d: &Deployment) -> Result<Mutation, Denial> {
         .get_or_insert_with(JsonMap::new)
         .insert(INJECTED_LABEL.into(), "true".into());
 
-    let patch = diff(&before, &after);
+    let verb = if before
+        .init_containers
+        .iter()
+        .flatten()
+        .any(|c| value_name(c).is_some_and(injected::is_reserved))
+    {
+        "updated"
+    } else {
+        "injected"
+    };
+    let patch = diff(before, after);
     if !patch.0.is_empty() {
         // Say what changed; a request that changes nothing only gets the problems.
-        let verb = if before
-            .init_containers
-            .iter()
-            .flatten()
-            .any(|c| value_name(c).is_some_and(injected::is_reserved))
-        {
-            "updated"
-        } else {
-            "injected"
-        };
         let second_name = injected::second_container_name(settings.mode);
         let summary = [
             format!(

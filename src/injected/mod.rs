@@ -74,12 +74,8 @@ pub fn marker_json() -> &'static str {
 fn replace_strings(value: &mut Value, from: &str, to: &str) {
     match value {
         Value::String(s) if s == from => to.clone_into(s),
-        Value::Array(items) => items
-            .iter_mut()
-            .for_each(|v| replace_strings(v, from, to)),
-        Value::Object(map) => map
-            .values_mut()
-            .for_each(|v| replace_strings(v, from, to)),
+        Value::Array(items) => items.iter_mut().for_each(|v| replace_strings(v, from, to)),
+        Value::Object(map) => map.values_mut().for_each(|v| replace_strings(v, from, to)),
         _ => {}
     }
 }
