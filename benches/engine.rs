@@ -15,6 +15,10 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group};
 use django_migrate_webhook::admission::{self, Outcome};
 
+/// The allocator of the `serve` binary and of the floor server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const INPUTS: [&str; 5] = ["small", "typical", "large", "update", "rollout"];
 
 /// The input's body and the floor's prepared answer for it.

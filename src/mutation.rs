@@ -50,9 +50,17 @@ impl Mutation {
     /// The JSON Patch as JSON bytes, the embedded code spliced in already escaped.
     pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
         let json = serde_json::to_string(&self.patch)?;
-        Ok(json
-            .replace(injected::marker_json(), injected::code_json())
-            .into_bytes())
+        let (marker, code) = (injected::marker_json(), injected::code_json());
+        let markers = json.matches(marker).count();
+        let mut out = Vec::with_capacity(json.len() + markers * code.len());
+        let mut rest = 0;
+        for (at, _) in json.match_indices(marker) {
+            out.extend_from_slice(&json.as_bytes()[rest..at]);
+            out.extend_from_slice(code.as_bytes());
+            rest = at + marker.len();
+        }
+        out.extend_from_slice(&json.as_bytes()[rest..]);
+        Ok(out)
     }
 }
 
