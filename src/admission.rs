@@ -138,7 +138,10 @@ pub fn review(body: &[u8]) -> Reply {
         Err(e) => {
             return invalid(
                 400,
-                format!("request body is not a valid AdmissionReview JSON document: {e}"),
+                format!(
+                    "request body is not a valid AdmissionReview JSON document: {}",
+                    with_path::<ReviewIn>(body, e)
+                ),
             );
         }
     };
@@ -187,7 +190,10 @@ pub fn review(body: &[u8]) -> Reply {
         Err(e) => {
             return invalid(
                 400,
-                format!("request.object is not a valid apps/v1 Deployment: {e}"),
+                format!(
+                    "request.object is not a valid apps/v1 Deployment: {}",
+                    with_path::<Deployment>(object.get().as_bytes(), e)
+                ),
             );
         }
     };
@@ -197,7 +203,10 @@ pub fn review(body: &[u8]) -> Reply {
             Err(e) => {
                 return invalid(
                     400,
-                    format!("request.oldObject is not a valid apps/v1 Deployment: {e}"),
+                    format!(
+                        "request.oldObject is not a valid apps/v1 Deployment: {}",
+                        with_path::<Deployment>(raw.get().as_bytes(), e)
+                    ),
                 );
             }
         },
@@ -217,6 +226,28 @@ pub fn review(body: &[u8]) -> Reply {
             Err(e) => invalid(500, format!("cannot encode the patch: {e}")),
         },
         Err(denial) => denied(uid, &denial),
+    }
+}
+
+/// The parse error again, with the path of the field it is about (`spec.replicas: ...`).
+/// Only failed requests pay for the second, path-tracking parse.
+fn with_path<'de, T: Deserialize<'de>>(json: &'de [u8], error: serde_json::Error) -> String {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Err(e) if e.path().iter().next().is_some() => {
+            // Deep nesting makes a long path; its start says where the problem is.
+            let mut path = e.path().to_string();
+            if path.len() > 160 {
+                let mut cut = 160;
+                while !path.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                path.truncate(cut);
+                path.push('…');
+            }
+            format!("{path}: {}", e.inner())
+        }
+        _ => error.to_string(),
     }
 }
 

@@ -53,6 +53,11 @@ pub struct ServeArgs {
     /// Address of the plain-HTTP listener for /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
     pub metrics_listen: SocketAddr,
+    /// Seconds to keep serving after SIGTERM, with /readyz failing and `Connection: close`
+    /// on every answer, so that the Service's endpoints drop this pod before the port
+    /// closes. Keep it plus the drain (at most 20 s) under the pod's grace period.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=300), value_name = "SECONDS")]
+    pub shutdown_delay: u64,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

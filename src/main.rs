@@ -42,6 +42,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls_key: args.tls_key,
         metrics_listen: args.metrics_listen,
         cert_reload_interval: std::time::Duration::from_secs(args.cert_reload_interval),
+        shutdown_delay: std::time::Duration::from_secs(args.shutdown_delay),
         controller,
     };
     tokio::runtime::Builder::new_multi_thread()

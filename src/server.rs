@@ -3,6 +3,13 @@
 //! The accept loop is written out instead of hidden in a framework so that every
 //! connection gets `TCP_NODELAY` (without it h2 stalls ~40 ms per burst), a TLS handshake
 //! timeout and a header read timeout, and so that shutdown can drain connections.
+//!
+//! Shutdown loses no admission request: on SIGTERM `/readyz` fails and every answer
+//! carries `Connection: close` for `--shutdown-delay` seconds while the port still
+//! accepts (the Service's endpoints take a while to drop the pod, and the API server must
+//! not reuse a connection that is about to close); then the listener closes, requests in
+//! flight are answered, idle connections are closed (HTTP/2 gets a GOAWAY) and the
+//! process exits.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,11 +19,12 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, Version, header};
 use axum::response::Response;
 use axum::routing::{get, post};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -35,6 +43,8 @@ use crate::tls::{self, CertStore, TlsError};
 /// Largest AdmissionReview accepted. Kubernetes objects are limited to ~1.5 MiB in etcd;
 /// a review carries the object twice on UPDATE.
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// How much of a body over the limit is read and discarded before answering 413.
+const LINGER_BYTES: u64 = 2 * MAX_BODY_BYTES as u64;
 /// Time a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to send the request headers.
@@ -66,6 +76,8 @@ pub struct ServeOptions {
     pub metrics_listen: SocketAddr,
     /// How often the certificate files are checked for a new pair.
     pub cert_reload_interval: Duration,
+    /// How long to keep serving after SIGTERM before the listener closes.
+    pub shutdown_delay: Duration,
     /// Run the readiness-gate controller too.
     pub controller: Option<ControllerOptions>,
 }
@@ -75,6 +87,8 @@ pub struct ServeOptions {
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
+    /// Set once shutdown started: HTTP/1 answers then carry `Connection: close`.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// The router of the webhook port: `POST /mutate` and JSON errors for everything else.
@@ -140,27 +154,27 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
 
 async fn mutate(State(state): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
+    // `Connection` is HTTP/1 only; HTTP/2 clients learn of the shutdown from the GOAWAY.
+    let close = state.draining.load(Ordering::Relaxed) && request.version() < Version::HTTP_2;
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let reply = if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        too_large()
-    } else {
-        let body = Limited::new(request.into_body(), MAX_BODY_BYTES);
-        match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
-            Ok(Ok(collected)) => admission::review(&collected.to_bytes()),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => too_large(),
-            Ok(Err(e)) => admission::invalid(400, format!("cannot read the request body: {e}")),
-            Err(_) => admission::invalid(
-                400,
-                format!(
-                    "the request body did not arrive within {}s",
-                    BODY_READ_TIMEOUT.as_secs()
-                ),
-            ),
+    let body = read_body(request.into_body(), declared);
+    let reply = match tokio::time::timeout(BODY_READ_TIMEOUT, body).await {
+        Ok(Ok(bytes)) => admission::review(&bytes),
+        Ok(Err(BodyError::TooLarge)) => too_large(),
+        Ok(Err(BodyError::Read(e))) => {
+            admission::invalid(400, format!("cannot read the request body: {e}"))
         }
+        Err(_) => admission::invalid(
+            400,
+            format!(
+                "the request body did not arrive within {}s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        ),
     };
     state
         .metrics
@@ -183,7 +197,54 @@ async fn mutate(State(state): State<AppState>, request: Request) -> Response {
         ),
     }
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(status, reply.body)
+    let mut response = json_response(status, reply.body);
+    if close {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+enum BodyError {
+    TooLarge,
+    Read(axum::Error),
+}
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`].
+///
+/// A body over the limit is still read, and thrown away, up to [`LINGER_BYTES`] in all:
+/// closing a connection while the client is still sending makes its kernel reset the
+/// connection, and the client then sees "broken pipe" instead of the 413.
+async fn read_body(mut body: Body, declared: Option<u64>) -> Result<Bytes, BodyError> {
+    let mut collected = Vec::new();
+    let mut seen: u64 = 0;
+    let mut too_large = declared.is_some_and(|n| n > MAX_BODY_BYTES as u64);
+    if too_large && declared.is_some_and(|n| n > LINGER_BYTES) {
+        return Err(BodyError::TooLarge);
+    }
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Read)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len() as u64;
+        if seen > MAX_BODY_BYTES as u64 {
+            too_large = true;
+            collected = Vec::new();
+        }
+        if seen > LINGER_BYTES {
+            break;
+        }
+        if !too_large {
+            collected.extend_from_slice(&data);
+        }
+    }
+    if too_large {
+        Err(BodyError::TooLarge)
+    } else {
+        Ok(Bytes::from(collected))
+    }
 }
 
 fn too_large() -> admission::Reply {
@@ -203,13 +264,29 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, lets open connections finish, and returns when all are closed.
-    pub async fn shutdown(self) {
+    /// Marks the server as going away: `/readyz` fails and HTTP/1 answers carry
+    /// `Connection: close`, while the listener keeps accepting.
+    pub fn start_draining(&self) {
         self.state.ready.store(false, Ordering::Relaxed);
+        self.state.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Drains for `delay`, then stops accepting, answers the requests in flight and
+    /// returns when every connection is closed.
+    pub async fn shutdown(self, delay: Duration) {
+        self.start_draining();
+        if !delay.is_zero() {
+            tracing::info!(
+                seconds = delay.as_secs_f64(),
+                "still serving while the endpoints drop this pod"
+            );
+            tokio::time::sleep(delay).await;
+        }
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
+        tracing::info!("all connections closed");
     }
 }
 
@@ -236,6 +313,7 @@ pub async fn start(options: &ServeOptions) -> Result<Running, ServerError> {
     let state = AppState {
         metrics: Metrics::new(),
         ready: Arc::new(AtomicBool::new(true)),
+        draining: Arc::new(AtomicBool::new(false)),
     };
     let (stop, stopped) = watch::channel(false);
     let mut admin_stopped = stopped.clone();
@@ -261,6 +339,7 @@ pub async fn start(options: &ServeOptions) -> Result<Running, ServerError> {
         webhook,
         TlsAcceptor::from(config),
         webhook_router(state.clone()),
+        state.draining.clone(),
         stopped,
     ));
     tracing::info!(%webhook_addr, %admin_addr, "serving");
@@ -277,16 +356,23 @@ async fn serve_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     router: Router,
+    draining: Arc<AtomicBool>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    let builder = |keep_alive: bool| {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .keep_alive(keep_alive)
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        builder.http2().timer(TokioTimer::new());
+        Arc::new(builder)
+    };
+    let (builder, one_request) = (builder(true), builder(false));
+    // Every connection task holds a clone; the drain waits until all are dropped.
+    let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -305,10 +391,13 @@ async fn serve_tls(
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
         let acceptor = acceptor.clone();
-        let builder = builder.clone();
+        let (builder, one_request) = (builder.clone(), one_request.clone());
         let service = TowerToHyperService::new(router.clone());
         let watcher = graceful.watcher();
+        let draining = draining.clone();
+        let alive = alive.clone();
         tokio::spawn(async move {
+            let _alive = alive;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -320,17 +409,32 @@ async fn serve_tls(
                     return;
                 }
             };
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let result = if draining.load(Ordering::Relaxed) && !h2 {
+                // An HTTP/1 connection opened while draining serves the request its client
+                // is sending and closes: closing it idle at the final stop could drop a
+                // request already on the wire.
+                drop(watcher);
+                one_request
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await
+            } else {
+                let connection = builder.serve_connection(TokioIo::new(tls), service);
+                watcher.watch(connection.into_owned()).await
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    drop(alive);
+    tracing::info!("stopped accepting; answering the requests in flight");
+    let drained = async {
+        graceful.shutdown().await;
+        let _ = all_closed.recv().await;
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
         tracing::warn!("connections still open after the drain timeout; closing them");
     }
 }
@@ -369,13 +473,20 @@ pub async fn run(options: &ServeOptions) -> Result<(), ServerError> {
         controller_task = None;
     }
     tracing::info!("shutting down");
+    running.start_draining();
     let _ = stop_controller.send(true);
     if let Some(task) = controller_task
         && let Ok(Err(e)) = task.await
     {
         tracing::warn!(error = %e, "controller stopped with an error");
     }
-    running.shutdown().await;
+    // A controller that failed leaves the pod broken anyway: no point waiting.
+    let delay = if failed.is_some() {
+        Duration::ZERO
+    } else {
+        options.shutdown_delay
+    };
+    running.shutdown(delay).await;
     match failed {
         Some(Ok(Err(e))) => Err(e.into()),
         _ => Ok(()),

@@ -1,5 +1,7 @@
-//! The server tier: the HTTPS webhook in-process (and the real binary once) with a CA
-//! from `certs`, driven by a real TLS client over HTTP/1.1 and h2.
+//! The server tier: the HTTPS webhook in-process (and the real binary) with a CA from
+//! `certs`, driven by a real TLS client over HTTP/1.1 and h2. Its modules hold the
+//! bad-input tier (`bad_input`), graceful shutdown under load (`shutdown`) and the TLS
+//! checks made with openssl and curl (`security`).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -21,6 +23,10 @@ use tokio_rustls::TlsConnector;
 
 use support::*;
 
+mod bad_input;
+mod security;
+mod shutdown;
+
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 struct Fixture {
@@ -39,6 +45,7 @@ async fn start() -> Fixture {
         tls_key: dir.path().join("tls.key"),
         metrics_listen: SocketAddr::new(LOCALHOST, 0),
         cert_reload_interval: Duration::from_millis(200),
+        shutdown_delay: Duration::ZERO,
         controller: None,
     };
     let running = server::start(&options).await.expect("server starts");
@@ -154,7 +161,7 @@ async fn http1_keep_alive_answers_admission_reviews_with_a_base64_patch() {
             "django-migrate"
         );
     }
-    fx.running.shutdown().await;
+    fx.running.shutdown(Duration::ZERO).await;
 }
 
 #[tokio::test]
@@ -189,7 +196,7 @@ async fn h2_serves_concurrent_streams() {
         assert_eq!(status, StatusCode::OK);
         assert!(body["response"]["patch"].is_string());
     }
-    fx.running.shutdown().await;
+    fx.running.shutdown(Duration::ZERO).await;
 }
 
 #[tokio::test]
@@ -199,7 +206,7 @@ async fn tls12_and_tls13_clients_connect() {
         let stream = tls(fx.running.webhook_addr, &fx.ca, &[b"http/1.1"], &[version]).await;
         assert_eq!(stream.get_ref().1.protocol_version(), Some(version.version));
     }
-    fx.running.shutdown().await;
+    fx.running.shutdown(Duration::ZERO).await;
 }
 
 /// A ClientHello written by hand (no modern TLS library sends a TLS 1.1 one): ECDHE
@@ -257,7 +264,7 @@ async fn tls11_is_refused() {
         );
         assert_eq!(refused[5], 2, "fatal alert");
     }
-    fx.running.shutdown().await;
+    fx.running.shutdown(Duration::ZERO).await;
 }
 
 #[tokio::test]
@@ -295,7 +302,7 @@ async fn bad_requests_get_json_errors() {
         let message = body["message"].as_str().unwrap();
         assert!(message.contains(needle), "{message}");
     }
-    fx.running.shutdown().await;
+    fx.running.shutdown(Duration::ZERO).await;
 }
 
 #[tokio::test]
@@ -334,7 +341,7 @@ async fn bodies_over_8_mib_get_413() {
     let request = Request::post("/mutate").body(body).unwrap();
     let (status, _) = read(h2.send_request(request).await.unwrap()).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    fx.running.shutdown().await;
+    fx.running.shutdown(Duration::ZERO).await;
 }
 
 async fn get_admin(addr: SocketAddr, path: &str) -> (StatusCode, String) {
@@ -383,7 +390,7 @@ async fn health_and_metrics_report_requests_by_outcome() {
         );
     }
     assert!(metrics.contains("django_migrate_admission_duration_seconds_bucket{le=\"0.001\"}"));
-    fx.running.shutdown().await;
+    fx.running.shutdown(Duration::ZERO).await;
 }
 
 /// The real binary: `certs` writes the files, `serve` starts from flags, answers over
@@ -408,7 +415,7 @@ fn the_binary_serves_with_certificates_from_certs() {
     assert_eq!(key_mode.permissions().mode() & 0o777, 0o600);
     let (webhook, admin) = (free_port(), free_port());
     let mut child = std::process::Command::new(bin)
-        .args(["serve", "--log-format", "json"])
+        .args(["serve", "--log-format", "json", "--shutdown-delay", "0"])
         .args(["--listen", &format!("127.0.0.1:{webhook}")])
         .args(["--metrics-listen", &format!("127.0.0.1:{admin}")])
         .arg("--tls-cert")
@@ -525,6 +532,7 @@ async fn certificates_rotate_without_a_restart_or_a_failed_request() {
         tls_key: dir.path().join("tls.key"),
         metrics_listen: SocketAddr::new(LOCALHOST, 0),
         cert_reload_interval: Duration::from_millis(100),
+        shutdown_delay: Duration::ZERO,
         controller: None,
     };
     let running = server::start(&options).await.unwrap();
@@ -608,5 +616,5 @@ async fn certificates_rotate_without_a_restart_or_a_failed_request() {
     );
     assert!(ok > 20, "only {ok} requests were sent");
     eprintln!("rotation: {ok} requests, none failed");
-    running.shutdown().await;
+    running.shutdown(Duration::ZERO).await;
 }
