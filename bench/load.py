@@ -125,11 +125,19 @@ def latencies_us(log):
     return out
 
 
-def pct(samples, p):
-    if not samples:
-        return float("nan")
+def percentiles(samples):
     samples = sorted(samples)
-    return samples[min(len(samples) - 1, int(round(p / 100 * (len(samples) - 1))))]
+
+    def at(p):
+        if not samples:
+            return float("nan")
+        return samples[min(len(samples) - 1, int(round(p / 100 * (len(samples) - 1))))]
+
+    return {p: at(p) for p in (50, 90, 99)}
+
+
+def pct(lat, p):
+    return lat[p]
 
 
 def reset_peak(pid):
@@ -146,6 +154,7 @@ def measure(server, body, shape, args, tmp):
     result = h2load(server.url, body, shape, duration=args.duration, log=log)
     result["cpu"] = cpu_seconds(server.proc.pid) - before
     result["latencies"] = latencies_us(log)
+    log.unlink()
     result["peak_kib"] = status_kib(server.proc.pid, "VmHWM")
     server.check_alive()
     return result
@@ -235,7 +244,8 @@ def main():
                     row[side] = {
                         "rps": sum(r["done"] for r in results) / sum(r["seconds"] for r in results),
                         "cpu_us": 1e6 * sum(r["cpu"] for r in results) / max(done, 1),
-                        "lat": [x for r in results for x in r["latencies"]],
+                        # Only the percentiles are kept: a run has ~10^5 samples.
+                        "lat": percentiles([x for r in results for x in r["latencies"]]),
                         "errors": sum(r["done"] - r["ok"] + r["failed"] for r in results),
                         "peak_kib": max(r["peak_kib"] for r in results),
                     }

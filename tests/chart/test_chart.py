@@ -72,6 +72,58 @@ def test_lint_passes_in_every_tls_mode(mode):
     assert all(m["severity"] < 2 for m in report["messages"]), report
 
 
+# Volume types the restricted Pod Security Standard allows.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                      "persistentVolumeClaim", "projected", "secret"}
+
+
+def assert_restricted(pod):
+    """Every rule of the restricted Pod Security Standard (baseline included), checked on
+    the rendered pod, since the v1.20 test control plane predates PodSecurity admission."""
+    psc = pod.get("securityContext", {})
+    containers = pod.get("containers", []) + pod.get("initContainers", []) + pod.get("ephemeralContainers", [])
+    # Baseline: host namespaces, host ports, hostPath, privileged, capabilities, /proc,
+    # SELinux, AppArmor, sysctls, Windows HostProcess.
+    for forbidden in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod.get(forbidden), forbidden
+    assert not psc.get("windowsOptions", {}).get("hostProcess")
+    safe_sysctls = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+                    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range"}
+    assert {s["name"] for s in psc.get("sysctls", [])} <= safe_sysctls
+    assert psc.get("seLinuxOptions", {}).get("type", "container_t") in ("container_t", "container_init_t", "container_kvm_t")
+    assert not {k for k in pod.get("metadata", {}).get("annotations", {}) if k.startswith("container.apparmor")}
+    # Restricted: volume types, non-root, seccomp.
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        assert kinds <= RESTRICTED_VOLUMES, f"volume {volume['name']}: {kinds}"
+    assert psc.get("runAsUser", 1) != 0
+    assert psc.get("seccompProfile", {}).get("type") in ("RuntimeDefault", "Localhost")
+    for c in containers:
+        sc = c.get("securityContext", {})
+        name = c["name"]
+        assert not sc.get("privileged"), name
+        assert not sc.get("windowsOptions", {}).get("hostProcess"), name
+        assert all(not p.get("hostPort") for p in c.get("ports", [])), name
+        assert sc.get("procMount", "Default") == "Default", name
+        assert sc.get("allowPrivilegeEscalation") is False, name
+        assert sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, name
+        assert sc.get("runAsUser", psc.get("runAsUser", 1)) != 0, name
+        assert sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type") in ("RuntimeDefault", "Localhost"), name
+        assert "ALL" in sc.get("capabilities", {}).get("drop", []), name
+        assert set(sc.get("capabilities", {}).get("add", [])) <= {"NET_BIND_SERVICE"}, name
+        assert sc.get("readOnlyRootFilesystem") is True, name
+
+
+def test_shutdown_delay_fits_in_the_grace_period():
+    pod = one(render(), "Deployment")["spec"]["template"]["spec"]
+    assert "--shutdown-delay=5" in pod["containers"][0]["args"]
+    assert pod["terminationGracePeriodSeconds"] == 30
+    pod = one(render({"shutdownDelaySeconds": 20, "terminationGracePeriodSeconds": 45}), "Deployment")["spec"]["template"]["spec"]
+    assert "--shutdown-delay=20" in pod["containers"][0]["args"]
+    with pytest.raises(helm.HelmError, match=r"terminationGracePeriodSeconds \(30\) must be at least shutdownDelaySeconds \(15\) \+ 21"):
+        render({"shutdownDelaySeconds": 15})
+
+
 def test_deployment_runs_serve_with_the_controller_in_a_restricted_pod():
     docs = render()
     deployment = one(docs, "Deployment")
@@ -85,18 +137,7 @@ def test_deployment_runs_serve_with_the_controller_in_a_restricted_pod():
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["requests"]
-    # Restricted Pod Security Standard, rule by rule.
-    sc, psc = container["securityContext"], pod["securityContext"]
-    assert psc["runAsNonRoot"] is True and sc["runAsNonRoot"] is True
-    assert psc["runAsUser"] != 0
-    assert sc["allowPrivilegeEscalation"] is False
-    assert sc["readOnlyRootFilesystem"] is True
-    assert sc["capabilities"] == {"drop": ["ALL"]}
-    assert psc["seccompProfile"]["type"] == "RuntimeDefault"
-    for forbidden in ("hostNetwork", "hostPID", "hostIPC"):
-        assert not pod.get(forbidden)
-    assert all("hostPath" not in v for v in pod["volumes"])
-    assert "privileged" not in sc
+    assert_restricted(pod)
     assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
     # The Service and the PDB select exactly these pods.
     labels = spec["template"]["metadata"]["labels"]
@@ -253,6 +294,36 @@ def test_the_api_server_accepts_every_rendered_object(mode):
     server_side_dry_run(docs, NAMESPACE)
 
 
+VERBS = ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
+
+
+def assert_service_account_can_do_exactly_what_the_controller_needs(namespace):
+    """`kubectl auth can-i` as the installed chart's ServiceAccount, asked by the real API
+    server's RBAC authorizer: the controller's verbs and not one more."""
+    user = f"system:serviceaccount:{namespace}:dmw-django-migrate-webhook"
+    needed = {
+        ("pods", None): {"get", "list", "watch"},
+        ("pods/status", None): {"patch"},
+        ("replicasets.apps", None): {"get"},
+        ("events", None): {"create", "patch"},
+        ("events.events.k8s.io", None): {"create", "patch"},
+        ("leases.coordination.k8s.io", namespace): {"get", "create", "update", "patch"},
+        ("leases.coordination.k8s.io", "default"): set(),
+        ("secrets", None): set(),
+        ("configmaps", None): set(),
+        ("deployments.apps", None): set(),
+        ("mutatingwebhookconfigurations.admissionregistration.k8s.io", None): set(),
+    }
+    wrong = []
+    for (resource, ns), verbs in needed.items():
+        where = ["-n", ns] if ns else ["--all-namespaces"]
+        for verb in VERBS:
+            answer = kubectl("auth", "can-i", verb, resource, "--as", user, *where).stdout.strip()
+            if (answer == "yes") != (verb in verbs):
+                wrong.append(f"{verb} {resource} {ns or 'all namespaces'}: {answer}")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_install_and_upgrade_keep_the_generated_ca():
     """A real `helm install` and `helm upgrade` against the test control plane: the
     upgrade looks the Secret up and keeps its CA instead of re-rolling it."""
@@ -271,6 +342,7 @@ def test_install_and_upgrade_keep_the_generated_ca():
         assert hook["webhooks"][0]["clientConfig"]["caBundle"] == first["data"]["ca.crt"]
         deployment = json.loads(kubectl("get", "deployment", "dmw-django-migrate-webhook", "-n", namespace, "-o", "json").stdout)
         assert deployment["spec"]["replicas"] == 3
+        assert_service_account_can_do_exactly_what_the_controller_needs(namespace)
     finally:
         try:
             config.uninstall("dmw", ignore_not_found=True)
