@@ -21,10 +21,15 @@ as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    say "installing python3-venv"
+# python3-venv for the test venvs; openssl and curl for the server tier's TLS checks.
+need=()
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+if ((${#need[@]})); then
+    say "installing ${need[*]}"
     as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 bash scripts/databases.sh install
 

@@ -237,14 +237,7 @@ fn with_path<'de, T: Deserialize<'de>>(json: &'de [u8], error: serde_json::Error
         Err(e) if e.path().iter().next().is_some() => {
             // Deep nesting makes a long path; its start says where the problem is.
             let mut path = e.path().to_string();
-            if path.len() > 160 {
-                let mut cut = 160;
-                while !path.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                path.truncate(cut);
-                path.push('…');
-            }
+            crate::settings::cut_at(&mut path, 160);
             format!("{path}: {}", e.inner())
         }
         _ => error.to_string(),

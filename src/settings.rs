@@ -117,17 +117,22 @@ impl InvalidAnnotation {
     }
 }
 
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut with `…`.
+pub(crate) fn cut_at(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+}
+
 fn invalid(annotation: &str, value: &str, allowed: impl Into<String>) -> InvalidAnnotation {
     // Bound the echoed value so a huge annotation cannot make a huge denial message.
     let mut value = value.to_owned();
-    if value.len() > 100 {
-        let mut cut = 100;
-        while !value.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        value.truncate(cut);
-        value.push('…');
-    }
+    cut_at(&mut value, 100);
     InvalidAnnotation::Value {
         annotation: annotation.to_owned(),
         value,

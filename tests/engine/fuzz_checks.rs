@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each fuzz target uses half of this module
 //! The fuzz targets' inputs and checks (`fuzz/`), shared with the engine tier, which
 //! replays the kept corpus (`tests/fixtures/fuzz/`) with them on every test run.
 
