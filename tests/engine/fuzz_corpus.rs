@@ -30,13 +30,21 @@ fn the_admission_review_corpus_gets_well_formed_answers() {
 
 #[test]
 fn the_mutation_corpus_keeps_the_engine_rules() {
-    for path in corpus("mutation") {
-        let data = std::fs::read(&path).unwrap();
+    let files = corpus("mutation");
+    let mut checked = 0;
+    for path in &files {
+        let data = std::fs::read(path).unwrap();
         // Decoded the way libFuzzer's `fuzz_target!` decodes a structured input.
         let Ok(input) = fuzz_checks::Input::arbitrary_take_rest(Unstructured::new(&data)) else {
             continue;
         };
         let result = std::panic::catch_unwind(|| fuzz_checks::check_mutation(&input));
         assert!(result.is_ok(), "{}: {input:?}", path.display());
+        checked += 1;
     }
+    assert!(
+        checked * 10 >= files.len() * 9,
+        "only {checked} of {} inputs decode: has fuzz_checks::Input changed? Re-run fuzz/run.sh mutation",
+        files.len()
+    );
 }
