@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::deployment::Deployment;
-use crate::mutation::{self, Denial, Operation};
+use crate::mutation::{self, Denial, Operation, PatchJson};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
@@ -249,7 +249,7 @@ fn encode(review: &ReviewOut) -> Vec<u8> {
     serde_json::to_vec(review).unwrap_or_default()
 }
 
-fn allowed(uid: &str, outcome: Outcome, patch: Option<Vec<u8>>, warnings: &[String]) -> Reply {
+fn allowed(uid: &str, outcome: Outcome, patch: Option<PatchJson>, warnings: &[String]) -> Reply {
     // Written by hand rather than through a struct: the base64 patch is most of the body
     // (tens of KB when the init containers are injected), and base64 needs no JSON
     // escaping, so it is encoded (with SIMD where the CPU has it) straight into the body
@@ -264,7 +264,7 @@ fn allowed(uid: &str, outcome: Outcome, patch: Option<Vec<u8>>, warnings: &[Stri
     body.extend_from_slice(br#","allowed":true"#);
     if let Some(patch) = &patch {
         body.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
-        base64.encode_append(patch, &mut body);
+        encode_pieces(patch.pieces(), &mut body);
         body.push(b'"');
     }
     if !warnings.is_empty() {
@@ -278,6 +278,38 @@ fn allowed(uid: &str, outcome: Outcome, patch: Option<Vec<u8>>, warnings: &[Stri
         outcome,
         message: None,
         uid: Some(uid.to_owned()),
+    }
+}
+
+/// Appends the base64 of the concatenated `pieces` without concatenating them: whole
+/// 3-byte groups of each piece are encoded in place, the 1 or 2 bytes left over are
+/// carried into the next piece.
+fn encode_pieces<'a>(pieces: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) {
+    let base64 = base64_simd::STANDARD;
+    let mut carry = [0u8; 3];
+    let mut carried = 0;
+    for mut piece in pieces {
+        while carried > 0 && carried < 3 && !piece.is_empty() {
+            carry[carried] = piece[0];
+            carried += 1;
+            piece = &piece[1..];
+        }
+        if carried == 3 {
+            base64.encode_append(carry, out);
+            carried = 0;
+        }
+        if carried > 0 {
+            continue; // the piece was shorter than the gap
+        }
+        let whole = piece.len() / 3 * 3;
+        base64.encode_append(&piece[..whole], out);
+        for &b in &piece[whole..] {
+            carry[carried] = b;
+            carried += 1;
+        }
+    }
+    if carried > 0 {
+        base64.encode_append(&carry[..carried], out);
     }
 }
 
@@ -373,6 +405,22 @@ mod tests {
             assert_eq!(b["kind"], "Status");
             assert_eq!(b["code"], 400);
             assert!(!b["message"].as_str().unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn pieces_encode_like_their_concatenation() {
+        let text = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        for a in 0..8 {
+            for b in a..12 {
+                let pieces = [&text[..a], &text[a..b], &text[b..b], &text[b..]];
+                let mut out = Vec::new();
+                encode_pieces(pieces.into_iter(), &mut out);
+                assert_eq!(
+                    out,
+                    base64_simd::STANDARD.encode_to_string(text).into_bytes()
+                );
+            }
         }
     }
 

@@ -47,20 +47,59 @@ impl Mutation {
         serde_json::from_value(value).unwrap_or_default()
     }
 
-    /// The JSON Patch as JSON bytes, the embedded code spliced in already escaped.
-    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
-        let json = serde_json::to_string(&self.patch)?;
+    /// The JSON Patch as JSON text, the embedded code spliced in already escaped.
+    pub fn to_json(&self) -> serde_json::Result<PatchJson> {
+        Ok(PatchJson {
+            text: serde_json::to_string(&self.patch)?,
+        })
+    }
+}
+
+/// A serialised patch that holds [`injected::CODE_MARKER`] where the code goes; its
+/// [`pieces`](PatchJson::pieces), written one after the other, are the JSON Patch. The
+/// pieces are encoded straight into the response, so the ~30 KB patch is never copied
+/// into one buffer of its own.
+pub struct PatchJson {
+    text: String,
+}
+
+impl PatchJson {
+    pub fn pieces(&self) -> impl Iterator<Item = &[u8]> {
         let (marker, code) = (injected::marker_json(), injected::code_json());
-        let markers = json.matches(marker).count();
-        let mut out = Vec::with_capacity(json.len() + markers * code.len());
-        let mut rest = 0;
-        for (at, _) in json.match_indices(marker) {
-            out.extend_from_slice(&json.as_bytes()[rest..at]);
-            out.extend_from_slice(code.as_bytes());
-            rest = at + marker.len();
-        }
-        out.extend_from_slice(&json.as_bytes()[rest..]);
-        Ok(out)
+        let mut rest = self.text.as_str();
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            match rest.find(marker) {
+                Some(0) => {
+                    rest = &rest[marker.len()..];
+                    Some(code.as_bytes())
+                }
+                Some(at) => {
+                    let (piece, tail) = rest.split_at(at);
+                    rest = tail;
+                    Some(piece.as_bytes())
+                }
+                None => Some(std::mem::take(&mut rest).as_bytes()),
+            }
+        })
+    }
+
+    /// Length in bytes of all pieces together.
+    pub fn len(&self) -> usize {
+        self.pieces().map(<[u8]>::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    /// All pieces in one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        self.pieces().for_each(|p| out.extend_from_slice(p));
+        out
     }
 }
 
