@@ -303,7 +303,7 @@ def assert_service_account_can_do_exactly_what_the_controller_needs(namespace):
     user = f"system:serviceaccount:{namespace}:dmw-django-migrate-webhook"
     needed = {
         ("pods", None): {"get", "list", "watch"},
-        ("pods/status", None): {"patch"},
+        ("pods --subresource=status", None): {"patch"},
         ("replicasets.apps", None): {"get"},
         ("events", None): {"create", "patch"},
         ("events.events.k8s.io", None): {"create", "patch"},
@@ -318,7 +318,7 @@ def assert_service_account_can_do_exactly_what_the_controller_needs(namespace):
     for (resource, ns), verbs in needed.items():
         where = ["-n", ns] if ns else ["--all-namespaces"]
         for verb in VERBS:
-            answer = kubectl("auth", "can-i", verb, resource, "--as", user, *where).stdout.strip()
+            answer = kubectl("auth", "can-i", verb, *resource.split(), "--as", user, *where).stdout.strip()
             if (answer == "yes") != (verb in verbs):
                 wrong.append(f"{verb} {resource} {ns or 'all namespaces'}: {answer}")
     assert not wrong, "\n".join(wrong)
