@@ -71,13 +71,6 @@ fn nest_at_marker(body: Vec<u8>) -> Vec<u8> {
         .into_bytes()
 }
 
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}
-
 /// `depth` nested arrays, as a JSON text.
 fn nested(depth: usize) -> String {
     "[".repeat(depth) + &"]".repeat(depth)
@@ -120,11 +113,10 @@ fn cases() -> Vec<(String, Vec<u8>, Expect)> {
         ),
         (
             "deeply nested JSON in a field the webhook reads".into(),
-            with(
+            nest_at_marker(with(
                 "/request/object/spec/template/spec/containers/0/args",
                 json!("NESTED"),
-            )
-            .pipe(nest_at_marker),
+            )),
             Rejected("recursion limit exceeded"),
         ),
         (
