@@ -28,9 +28,14 @@ RECIPE_ID="k8s-v1.20.2 debian-go1.19 vendor-reflect2-1.0.2"
 
 log() { echo "+++ [build.sh $(date +%H:%M:%S)] $*" >&2; }
 
+# The 1.20 tree builds with Debian's Go 1.19 (package golang-1.19-go), called by path:
+# whatever `go` comes first on PATH may be much newer, and 1.20 is not known to build
+# with it. hack/ calls plain `go`, so that directory goes first on PATH for the compile.
+GO119_DIR=/usr/lib/go-1.19/bin
+
 # ---------------------------------------------------------------- prerequisites
 need_pkgs=()
-for p in golang-go etcd-server etcd-client rsync openssl python3 dpkg-dev make curl \
+for p in golang-1.19-go etcd-server etcd-client rsync openssl python3 dpkg-dev make curl \
          golang-github-modern-go-reflect2-dev; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
@@ -127,12 +132,12 @@ fi
 # ---------------------------------------------------------------- compile
 what=""
 for c in $KUBE_WHAT; do what+="cmd/$c "; done
-log "make WHAT=\"$what\" (go $(go version | awk '{print $3}'), nice $KUBE_NICE) - ~5 min on 2 cores from scratch"
+log "make WHAT=\"$what\" ($("$GO119_DIR/go" version | awk '{print $3}'), nice $KUBE_NICE) - ~5 min on 2 cores from scratch"
 start=$(date +%s)
 # hack/ builds in GOPATH mode under _output/local/go with the vendor/ tree (its
 # Go build cache is _output/local/go/cache, ~1.8 GB; keep it for fast rebuilds);
 # the tarball carries git-archive version stamps, so the binaries report v1.20.2.
-env -u GOFLAGS CGO_ENABLED=0 HOME="${HOME:-/root}" \
+env -u GOFLAGS CGO_ENABLED=0 GOTOOLCHAIN=local HOME="${HOME:-/root}" PATH="$GO119_DIR:$PATH" \
   nice -n "$KUBE_NICE" make WHAT="$what"
 log "compile took $(( $(date +%s) - start ))s"
 
