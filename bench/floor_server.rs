@@ -35,7 +35,7 @@ fn main() {
     for input in inputs {
         let path = Path::new(input);
         let body = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {input}: {e}"));
-        let reply = admission::review(&body);
+        let reply = admission::review(&body, &Default::default());
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())

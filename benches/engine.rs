@@ -28,7 +28,7 @@ fn load(name: &str) -> (Vec<u8>, floor::Prepared) {
         env!("CARGO_MANIFEST_DIR")
     );
     let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let reply = admission::review(&body);
+    let reply = admission::review(&body, &Default::default());
     // Benchmark the real path: every input is an opted-in Deployment that gets a patch.
     assert_eq!(reply.outcome, Outcome::Patched, "{name}: {reply:?}");
     let prepared = floor::Prepared::from_response(&reply.body);
@@ -41,7 +41,7 @@ fn engine(c: &mut Criterion) {
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function("webhook", |b| {
-            b.iter(|| admission::review(black_box(&body)))
+            b.iter(|| admission::review(black_box(&body), &Default::default()))
         });
         group.bench_function("floor", |b| {
             b.iter(|| floor::answer(black_box(&body), &prepared))
@@ -67,7 +67,10 @@ fn main() {
     for _ in 0..n {
         match side.as_str() {
             "floor" => drop(black_box(floor::answer(black_box(&body), &prepared))),
-            _ => drop(black_box(admission::review(black_box(&body)))),
+            _ => drop(black_box(admission::review(
+                black_box(&body),
+                &Default::default(),
+            ))),
         }
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! The request is parsed into small borrowed structs; the object itself is kept as raw
 //! JSON until the kind says it is an apps/v1 Deployment, and only then parsed into the
-//! engine's view. The response's `patch` is written as a base64 string, which is what
-//! the API server reads (kube-core's types put bytes on the wire as an array of numbers).
+//! engine's view. Allowed and denied answers are one serde type; its `patch` is written
+//! as a base64 string, which is what the API server reads (kube-core's types put bytes
+//! on the wire as an array of numbers).
 
 use std::borrow::Cow;
 
@@ -11,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::deployment::Deployment;
-use crate::mutation::{self, Denial, Operation, PatchJson};
+use crate::injected::CodeImage;
+use crate::mutation::{self, Denial, Operation};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
@@ -66,9 +68,30 @@ struct ResponseOut<'a> {
     uid: &'a str,
     allowed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_base64"
+    )]
+    patch: Option<&'a [u8]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<Status<'a>>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     warnings: &'a [String],
+}
+
+/// The API server reads `patch` as standard base64 in a JSON string.
+fn serialize_base64<S: serde::Serializer>(
+    patch: &Option<&[u8]>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use base64::Engine as _;
+    match patch {
+        Some(bytes) => {
+            serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+        None => serializer.serialize_none(),
+    }
 }
 
 /// A `meta/v1` Status, used for denials and for HTTP error bodies.
@@ -131,8 +154,9 @@ pub struct Reply {
     pub uid: Option<String>,
 }
 
-/// Answers one AdmissionReview body. Never panics, whatever the input.
-pub fn review(body: &[u8]) -> Reply {
+/// Answers one AdmissionReview body. Never panics, whatever the input. `image` is the
+/// webhook's own image, which the injected code-copy container runs.
+pub fn review(body: &[u8], image: &CodeImage) -> Reply {
     let input: ReviewIn = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
@@ -212,7 +236,7 @@ pub fn review(body: &[u8]) -> Reply {
         },
         _ => None,
     };
-    match mutation::mutate(op, &new, old.as_ref()) {
+    match mutation::mutate(op, &new, old.as_ref(), image) {
         Ok(m) if m.is_empty() => {
             let outcome = if new.is_opted_in() {
                 Outcome::Unchanged
@@ -221,8 +245,8 @@ pub fn review(body: &[u8]) -> Reply {
             };
             allowed(uid, outcome, None, &m.warnings)
         }
-        Ok(m) => match m.to_json() {
-            Ok(json) => allowed(uid, Outcome::Patched, Some(json), &m.warnings),
+        Ok(m) => match serde_json::to_vec(&m.patch) {
+            Ok(json) => allowed(uid, Outcome::Patched, Some(&json), &m.warnings),
             Err(e) => invalid(500, format!("cannot encode the patch: {e}")),
         },
         Err(denial) => denied(uid, &denial),
@@ -245,33 +269,23 @@ fn with_path<'de, T: Deserialize<'de>>(json: &'de [u8], error: serde_json::Error
 }
 
 fn encode(review: &ReviewOut) -> Vec<u8> {
-    // Serialising plain strings and bools into a Vec cannot fail.
+    // Serialising plain strings, bools and bytes into a Vec cannot fail.
     serde_json::to_vec(review).unwrap_or_default()
 }
 
-fn allowed(uid: &str, outcome: Outcome, patch: Option<PatchJson>, warnings: &[String]) -> Reply {
-    // Written by hand rather than through a struct: the base64 patch is most of the body
-    // (tens of KB when the init containers are injected), and base64 needs no JSON
-    // escaping, so it is encoded (with SIMD where the CPU has it) straight into the body
-    // instead of into a String that the serialiser would then scan byte by byte.
-    let base64 = base64_simd::STANDARD;
-    let patch_len = patch.as_ref().map_or(0, |p| base64.encoded_length(p.len()));
-    let mut body = Vec::with_capacity(256 + uid.len() + patch_len);
-    body.extend_from_slice(
-        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"#,
-    );
-    write_json(&mut body, &uid);
-    body.extend_from_slice(br#","allowed":true"#);
-    if let Some(patch) = &patch {
-        body.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
-        encode_pieces(patch.pieces(), &mut body);
-        body.push(b'"');
-    }
-    if !warnings.is_empty() {
-        body.extend_from_slice(br#","warnings":"#);
-        write_json(&mut body, &warnings);
-    }
-    body.extend_from_slice(b"}}");
+fn allowed(uid: &str, outcome: Outcome, patch: Option<&[u8]>, warnings: &[String]) -> Reply {
+    let body = encode(&ReviewOut {
+        api_version: API_VERSION,
+        kind: KIND,
+        response: ResponseOut {
+            uid,
+            allowed: true,
+            patch_type: patch.map(|_| "JSONPatch"),
+            patch,
+            status: None,
+            warnings,
+        },
+    });
     Reply {
         status: 200,
         body,
@@ -279,43 +293,6 @@ fn allowed(uid: &str, outcome: Outcome, patch: Option<PatchJson>, warnings: &[St
         message: None,
         uid: Some(uid.to_owned()),
     }
-}
-
-/// Appends the base64 of the concatenated `pieces` without concatenating them: whole
-/// 3-byte groups of each piece are encoded in place, the 1 or 2 bytes left over are
-/// carried into the next piece.
-fn encode_pieces<'a>(pieces: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) {
-    let base64 = base64_simd::STANDARD;
-    let mut carry = [0u8; 3];
-    let mut carried = 0;
-    for mut piece in pieces {
-        while carried > 0 && carried < 3 && !piece.is_empty() {
-            carry[carried] = piece[0];
-            carried += 1;
-            piece = &piece[1..];
-        }
-        if carried == 3 {
-            base64.encode_append(carry, out);
-            carried = 0;
-        }
-        if carried > 0 {
-            continue; // the piece was shorter than the gap
-        }
-        let whole = piece.len() / 3 * 3;
-        base64.encode_append(&piece[..whole], out);
-        for &b in &piece[whole..] {
-            carry[carried] = b;
-            carried += 1;
-        }
-    }
-    if carried > 0 {
-        base64.encode_append(&carry[..carried], out);
-    }
-}
-
-/// Appends `value` as JSON; strings and lists of strings cannot fail to serialise.
-fn write_json<T: Serialize + ?Sized>(body: &mut Vec<u8>, value: &T) {
-    let _ = serde_json::to_writer(body, value);
 }
 
 fn denied(uid: &str, denial: &Denial) -> Reply {
@@ -326,6 +303,8 @@ fn denied(uid: &str, denial: &Denial) -> Reply {
         response: ResponseOut {
             uid,
             allowed: false,
+            patch_type: None,
+            patch: None,
             status: Some(Status {
                 kind: None,
                 api_version: None,
@@ -399,7 +378,7 @@ mod tests {
             b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\"request\":{\"uid\":\"\"}}",
             b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\"request\":{\"uid\":5}}",
         ] {
-            let r = review(input);
+            let r = review(input, &CodeImage::default());
             assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(input));
             let b = body(&r);
             assert_eq!(b["kind"], "Status");
@@ -409,26 +388,11 @@ mod tests {
     }
 
     #[test]
-    fn pieces_encode_like_their_concatenation() {
-        let text = b"abcdefghijklmnopqrstuvwxyz0123456789";
-        for a in 0..8 {
-            for b in a..12 {
-                let pieces = [&text[..a], &text[a..b], &text[b..b], &text[b..]];
-                let mut out = Vec::new();
-                encode_pieces(pieces.into_iter(), &mut out);
-                assert_eq!(
-                    out,
-                    base64_simd::STANDARD.encode_to_string(text).into_bytes()
-                );
-            }
-        }
-    }
-
-    #[test]
     fn other_kinds_and_operations_are_allowed_without_patch() {
         let r = review(
             br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u1",
             "kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","object":{}}}"#,
+            &CodeImage::default(),
         );
         assert_eq!(r.status, 200);
         let b = body(&r);

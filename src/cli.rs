@@ -11,8 +11,8 @@ use crate::telemetry::LogFormat;
 /// Safe Django migrations for Kubernetes Deployments.
 ///
 /// A mutating admission webhook: a Deployment labelled `django-migrate.io/inject: "true"`
-/// gets a wait-for-database init container, a migrate init container that holds a
-/// database lock so that many pods can start at once, and a readiness gate.
+/// gets one Django init container that waits for the database and migrates under a
+/// database lock (so that many pods can start at once), and a readiness gate.
 #[derive(Debug, Parser)]
 #[command(name = "django-migrate-webhook", version, propagate_version = true)]
 pub struct Cli {
@@ -33,6 +33,37 @@ pub enum Command {
     Inject(InjectArgs),
     /// Write a development CA and serving certificate (ca.crt, tls.crt, tls.key).
     Certs(CertsArgs),
+    /// Write the embedded migration program into DIR (what the injected
+    /// `django-migrate-code` init container runs; needs no shell).
+    InstallCode(InstallCodeArgs),
+}
+
+/// The image of the injected code-copy container: the webhook's own.
+#[derive(Debug, Args)]
+pub struct CodeImageArgs {
+    /// Image of the injected `django-migrate-code` init container: this webhook's own
+    /// image, pullable from every namespace that opts in (the chart sets it).
+    #[arg(long, env = "DJANGO_MIGRATE_CODE_IMAGE", default_value = crate::injected::default_image(), value_name = "IMAGE")]
+    pub code_image: String,
+    /// Pull policy of that container.
+    #[arg(long, default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"], value_name = "POLICY")]
+    pub code_image_pull_policy: String,
+}
+
+impl CodeImageArgs {
+    pub fn to_code_image(&self) -> crate::injected::CodeImage {
+        crate::injected::CodeImage {
+            image: self.code_image.clone(),
+            pull_policy: self.code_image_pull_policy.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InstallCodeArgs {
+    /// Directory to write django_migrate.py into (the shared emptyDir).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +117,8 @@ pub struct ServeArgs {
     /// Seconds a leader's claim lasts without renewal; another replica takes over within it.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300), value_name = "SECONDS")]
     pub lease_duration: u64,
+    #[command(flatten)]
+    pub code_image: CodeImageArgs,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +134,8 @@ pub struct InjectArgs {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub code_image: CodeImageArgs,
 }
 
 #[derive(Debug, Args)]

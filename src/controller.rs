@@ -12,20 +12,25 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{ContainerStatus, ObjectReference, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{
+    ContainerStateTerminated, ContainerStatus, ObjectReference, Pod, PodCondition,
+};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use serde_json::json;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::injected::{INJECTED_LABEL, MIGRATE, READINESS_GATE, WAIT_FOR_DB, WAIT_FOR_MIGRATIONS};
+use crate::names::{
+    CODE_CONTAINER, INJECTED_LABEL, MIGRATE_CONTAINER, READINESS_GATE, WAIT_CONTAINER, reason,
+};
+use crate::summary::{self, Summary};
 use crate::telemetry::Metrics;
 
 /// Name this controller reports in Events and field managers.
@@ -86,14 +91,31 @@ fn status_of<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
         .find(|s| s.name == name)
 }
 
-/// `exit code N: message`, or the message alone for exit code 0.
-fn describe_exit(name: &str, code: i32, message: Option<&str>) -> String {
-    let message = message.map(str::trim).filter(|m| !m.is_empty());
-    match (code, message) {
+/// The condition message for a terminated step: the summary's message (or the raw
+/// termination message when it is not a summary), prefixed with the exit code on failure.
+fn describe_exit(name: &str, code: i32, message: Option<&str>) -> (String, Option<Summary>) {
+    let raw = message.map(str::trim).filter(|m| !m.is_empty());
+    let summary = raw.and_then(Summary::parse);
+    let text = summary
+        .as_ref()
+        .map(|s| s.message.trim())
+        .filter(|m| !m.is_empty())
+        .or(raw);
+    let message = match (code, text) {
         (0, Some(m)) => m.to_owned(),
         (0, None) => format!("init container {name} exited 0"),
         (c, Some(m)) => format!("exit code {c}: {m}"),
         (c, None) => format!("init container {name} exited with code {c}"),
+    };
+    (message, summary)
+}
+
+fn failed(name: &str, t: &ContainerStateTerminated) -> Desired {
+    let (message, summary) = describe_exit(name, t.exit_code, t.message.as_deref());
+    Desired {
+        status: "False",
+        reason: summary::failure_reason(t.exit_code, summary.as_ref().map(|s| s.phase.as_str())),
+        message,
     }
 }
 
@@ -103,69 +125,105 @@ pub fn desired_condition(pod: &Pod) -> Option<Desired> {
     if !has_gate(pod) {
         return None;
     }
-    let step = [MIGRATE, WAIT_FOR_MIGRATIONS]
-        .into_iter()
-        .find_map(|name| status_of(pod, name).map(|s| (name, s)));
-    if let Some((name, status)) = step {
-        let state = status.state.as_ref();
-        if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
-            let message = describe_exit(name, t.exit_code, t.message.as_deref());
-            return Some(if t.exit_code == 0 {
-                Desired {
-                    status: "True",
-                    reason: "Migrated",
-                    message,
-                }
-            } else {
-                Desired {
-                    status: "False",
-                    reason: "MigrationFailed",
-                    message,
-                }
-            });
-        }
-        // A restarted init container keeps its last failure until it succeeds.
-        if let Some(t) = status
-            .last_state
-            .as_ref()
-            .and_then(|s| s.terminated.as_ref())
-            .filter(|t| t.exit_code != 0)
-        {
+    // The code copy comes first; when it fails, the step never starts.
+    if let Some(copy) = status_of(pod, CODE_CONTAINER) {
+        let terminated = copy.state.as_ref().and_then(|s| s.terminated.as_ref());
+        let last = copy.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+        if let Some(t) = terminated.or(last).filter(|t| t.exit_code != 0) {
+            let (message, _) = describe_exit(CODE_CONTAINER, t.exit_code, t.message.as_deref());
             return Some(Desired {
                 status: "False",
-                reason: "MigrationFailed",
-                message: describe_exit(name, t.exit_code, t.message.as_deref()),
+                reason: reason::CODE_COPY_FAILED,
+                message: format!("{CODE_CONTAINER} {message}"),
             });
         }
-        let running = state.is_some_and(|s| s.running.is_some());
+    }
+    let step = [MIGRATE_CONTAINER, WAIT_CONTAINER]
+        .into_iter()
+        .find_map(|name| status_of(pod, name).map(|s| (name, s)));
+    let Some((name, status)) = step else {
         return Some(Desired {
             status: "False",
-            reason: "MigrationsPending",
-            message: if running {
-                format!("init container {name} is running")
-            } else {
-                format!("waiting for init container {name}")
-            },
+            reason: reason::PENDING,
+            message: "waiting for the init containers".to_owned(),
+        });
+    };
+    let state = status.state.as_ref();
+    if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
+        if t.exit_code != 0 {
+            return Some(failed(name, t));
+        }
+        return Some(Desired {
+            status: "True",
+            reason: reason::MIGRATED,
+            message: describe_exit(name, 0, t.message.as_deref()).0,
         });
     }
-    // The database wait comes first; say why it has not finished.
-    let wait = status_of(pod, WAIT_FOR_DB);
-    let failed = wait.and_then(|s| {
-        let terminated = s.state.as_ref().and_then(|st| st.terminated.as_ref());
-        let last = s.last_state.as_ref().and_then(|st| st.terminated.as_ref());
-        terminated.or(last).filter(|t| t.exit_code != 0)
-    });
-    Some(Desired {
-        status: "False",
-        reason: "MigrationsPending",
-        message: match failed {
-            Some(t) => format!(
-                "{WAIT_FOR_DB} {}",
-                describe_exit(WAIT_FOR_DB, t.exit_code, t.message.as_deref())
+    // A restarted step keeps its last failure until it succeeds.
+    if let Some(t) = status
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .filter(|t| t.exit_code != 0)
+    {
+        return Some(failed(name, t));
+    }
+    Some(if state.is_some_and(|s| s.running.is_some()) {
+        Desired {
+            status: "False",
+            reason: reason::RUNNING,
+            message: format!(
+                "init container {name} is running: waiting for the database, the migration lock, or migrating (see its log)"
             ),
-            None => "waiting for the init containers".to_owned(),
-        },
+        }
+    } else {
+        Desired {
+            status: "False",
+            reason: reason::PENDING,
+            message: format!("waiting for init container {name} to start"),
+        }
     })
+}
+
+/// Drops everything of a watched pod that the controller does not read, before it is
+/// cached: the cache then costs a few hundred bytes per pod instead of the whole pod
+/// (containers, env, volumes, managedFields, other statuses).
+pub fn keep_what_is_read(pod: &mut Pod) {
+    let meta = &mut pod.metadata;
+    meta.annotations = None;
+    meta.managed_fields = None;
+    meta.labels = None;
+    meta.finalizers = None;
+    meta.generate_name = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        let gates = spec.readiness_gates.take();
+        *spec = Default::default();
+        spec.readiness_gates = gates;
+    }
+    if let Some(status) = pod.status.as_mut() {
+        let mut conditions = status.conditions.take();
+        if let Some(c) = conditions.as_mut() {
+            c.retain(|c| c.type_ == READINESS_GATE);
+        }
+        let mut inits = status.init_container_statuses.take();
+        if let Some(inits) = inits.as_mut() {
+            inits.retain(|s| {
+                [CODE_CONTAINER, MIGRATE_CONTAINER, WAIT_CONTAINER].contains(&s.name.as_str())
+            });
+            for s in inits {
+                s.image.clear();
+                s.image_id.clear();
+                s.container_id = None;
+                s.resources = None;
+                s.volume_mounts = None;
+                s.allocated_resources = None;
+                s.user = None;
+            }
+        }
+        *status = Default::default();
+        status.conditions = conditions;
+        status.init_container_statuses = inits;
+    }
 }
 
 fn current_condition(pod: &Pod) -> Option<&PodCondition> {
@@ -237,18 +295,22 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Controlle
         let seconds = now.duration_since(created.0).as_secs_f64();
         ctx.metrics.observe_time_to_gate(seconds.max(0.0));
     }
-    let failed_now = desired.reason == "MigrationFailed"
-        && current.and_then(|c| c.reason.as_deref()) != Some("MigrationFailed");
-    let applied_here = became_true && applied_migrations(&desired.message);
+    let failed_now = desired.status == "False"
+        && summary::is_failure(desired.reason)
+        && current.and_then(|c| c.reason.as_deref()) != Some(desired.reason);
+    let applied_here = became_true && applied_migrations(&pod);
     if failed_now || applied_here {
         publish_events(&ctx, &pod, &desired, failed_now).await;
     }
     Ok(Action::await_change())
 }
 
-/// True when this pod's summary says it applied migrations itself.
-fn applied_migrations(message: &str) -> bool {
-    message.starts_with("migrate: applied ") && !message.contains("by another pod")
+/// True when this pod's step applied migrations itself (not another pod).
+fn applied_migrations(pod: &Pod) -> bool {
+    status_of(pod, MIGRATE_CONTAINER)
+        .and_then(|s| s.state.as_ref()?.terminated.as_ref()?.message.as_deref())
+        .and_then(Summary::parse)
+        .is_some_and(|s| !s.applied.is_empty())
 }
 
 fn count_gated(store: &Store<Pod>) -> i64 {
@@ -262,7 +324,7 @@ fn count_gated(store: &Store<Pod>) -> i64 {
 /// An Event on the pod and a summarised one on its Deployment.
 async fn publish_events(ctx: &Context, pod: &Pod, desired: &Desired, failed: bool) {
     let (type_, reason) = if failed {
-        (EventType::Warning, "MigrationFailed")
+        (EventType::Warning, desired.reason)
     } else {
         (EventType::Normal, "MigrationsApplied")
     };
@@ -378,7 +440,13 @@ pub async fn run(
         metrics.set_leader(true);
         let pods: Api<Pod> = Api::all(client.clone());
         let config = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=true"));
-        let controller = Controller::new(pods, config);
+        let (store, writer) = reflector::store();
+        let stream = watcher(pods, config)
+            .default_backoff()
+            .modify(keep_what_is_read)
+            .reflect(writer)
+            .applied_objects();
+        let controller = Controller::for_stream(stream, store);
         let reporter = Reporter {
             controller: CONTROLLER_NAME.into(),
             instance: Some(options.identity.clone()),
@@ -436,78 +504,179 @@ mod tests {
                "state": state, "lastState": last})
     }
 
+    fn summary(code: i32, phase: &str, result: &str, message: &str, applied: &[&str]) -> String {
+        json!({"mode": "migrate", "phase": phase, "result": result, "exit_code": code,
+               "message": message, "applied": applied})
+        .to_string()
+    }
+
     #[test]
-    fn success_copies_the_summary() {
+    fn success_copies_the_summary_message() {
+        let done = summary(
+            0,
+            "done",
+            "applied",
+            "applied 2 migrations in 1.0s",
+            &["a.0001", "a.0002"],
+        );
         let p = pod(
             json!([
                 status(
-                    WAIT_FOR_DB,
+                    CODE_CONTAINER,
                     json!({"terminated": {"exitCode": 0}}),
                     json!({})
                 ),
                 status(
-                    MIGRATE,
-                    json!({"terminated": {"exitCode": 0, "message": "migrate: applied 2 migrations"}}),
+                    MIGRATE_CONTAINER,
+                    json!({"terminated": {"exitCode": 0, "message": done}}),
                     json!({})
                 )
             ]),
             true,
         );
         let d = desired_condition(&p).unwrap();
-        assert_eq!((d.status, d.reason), ("True", "Migrated"));
-        assert_eq!(d.message, "migrate: applied 2 migrations");
-        assert!(applied_migrations(&d.message));
+        assert_eq!((d.status, d.reason), ("True", reason::MIGRATED));
+        assert_eq!(d.message, "applied 2 migrations in 1.0s");
+        assert!(applied_migrations(&p));
     }
 
     #[test]
-    fn failure_and_restart_report_the_exit_code() {
-        let failed =
-            json!({"terminated": {"exitCode": 2, "message": "migrate: migration a.0002 failed"}});
-        let p = pod(json!([status(MIGRATE, failed.clone(), json!({}))]), true);
-        let d = desired_condition(&p).unwrap();
-        assert_eq!((d.status, d.reason), ("False", "MigrationFailed"));
-        assert_eq!(d.message, "exit code 2: migrate: migration a.0002 failed");
-        let p = pod(
-            json!([status(
-                MIGRATE,
-                json!({"waiting": {"reason": "CrashLoopBackOff"}}),
-                failed
-            )]),
-            true,
-        );
-        assert_eq!(desired_condition(&p).unwrap().reason, "MigrationFailed");
+    fn failures_get_a_reason_per_cause() {
+        let cases = [
+            (
+                summary(
+                    2,
+                    "migrating",
+                    "failed",
+                    "migration a.0002 failed: boom",
+                    &[],
+                ),
+                reason::FAILED,
+            ),
+            (
+                summary(
+                    1,
+                    "database",
+                    "timeout",
+                    "gave up: database not reachable",
+                    &[],
+                ),
+                reason::DATABASE_UNREACHABLE,
+            ),
+            (
+                summary(
+                    1,
+                    "lock",
+                    "timeout",
+                    "gave up waiting for the migration lock",
+                    &[],
+                ),
+                reason::LOCK_TIMEOUT,
+            ),
+            (
+                summary(3, "database", "credentials-rejected", "rejected", &[]),
+                reason::CREDENTIALS_REJECTED,
+            ),
+            (
+                summary(4, "setup", "not-found", "manage.py not found", &[]),
+                reason::DJANGO_NOT_FOUND,
+            ),
+            (
+                summary(5, "migrating", "unsafe-blocked", "held back", &[]),
+                reason::UNSAFE_BLOCKED,
+            ),
+            (
+                "Traceback (most recent call last): ...".to_owned(),
+                reason::FAILED,
+            ),
+        ];
+        for (message, expected) in cases {
+            let code: i32 = Summary::parse(&message).map_or(2, |s| s.exit_code);
+            let failed = json!({"terminated": {"exitCode": code, "message": message}});
+            let p = pod(
+                json!([status(MIGRATE_CONTAINER, failed.clone(), json!({}))]),
+                true,
+            );
+            let d = desired_condition(&p).unwrap();
+            assert_eq!((d.status, d.reason), ("False", expected), "{message}");
+            assert!(
+                d.message.starts_with(&format!("exit code {code}: ")),
+                "{}",
+                d.message
+            );
+            // A restarted step keeps its last failure until it succeeds.
+            let p = pod(
+                json!([status(
+                    MIGRATE_CONTAINER,
+                    json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+                    failed
+                )]),
+                true,
+            );
+            assert_eq!(desired_condition(&p).unwrap().reason, expected);
+        }
     }
 
     #[test]
-    fn pending_says_what_it_waits_for() {
+    fn pending_running_and_copy_failure() {
         let p = pod(
-            json!([status(MIGRATE, json!({"running": {}}), json!({}))]),
+            json!([status(MIGRATE_CONTAINER, json!({"running": {}}), json!({}))]),
             true,
         );
-        let d = desired_condition(&p).unwrap();
-        assert_eq!((d.status, d.reason), ("False", "MigrationsPending"));
-        assert_eq!(d.message, "init container django-migrate is running");
+        assert_eq!(desired_condition(&p).unwrap().reason, reason::RUNNING);
         let p = pod(
-            json!([status(
-                WAIT_FOR_DB,
-                json!({"waiting": {}}),
-                json!({"terminated": {"exitCode": 3, "message": "wait-for-db: rejected"}})
-            )]),
+            json!([status(MIGRATE_CONTAINER, json!({"waiting": {}}), json!({}))]),
             true,
         );
-        assert_eq!(
-            desired_condition(&p).unwrap().message,
-            "django-wait-for-db exit code 3: wait-for-db: rejected"
-        );
+        assert_eq!(desired_condition(&p).unwrap().reason, reason::PENDING);
         let p = pod(json!(null), true);
-        assert_eq!(
-            desired_condition(&p).unwrap().message,
-            "waiting for the init containers"
+        assert_eq!(desired_condition(&p).unwrap().reason, reason::PENDING);
+        let p = pod(
+            json!([status(
+                CODE_CONTAINER,
+                json!({"waiting": {}}),
+                json!({"terminated": {"exitCode": 1, "message": "error: cannot write"}})
+            )]),
+            true,
         );
+        let d = desired_condition(&p).unwrap();
+        assert_eq!(d.reason, reason::CODE_COPY_FAILED);
+        assert!(d.message.contains("cannot write"), "{}", d.message);
     }
 
     #[test]
     fn pods_without_the_gate_are_left_alone() {
         assert_eq!(desired_condition(&pod(json!([]), false)), None);
+    }
+
+    #[test]
+    fn the_cache_keeps_only_what_the_controller_reads() {
+        let mut p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "n", "uid": "u", "labels": {"a": "b"},
+                         "annotations": {"x": "y".repeat(1000)},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": "rs", "uid": "r", "controller": true}]},
+            "spec": {"containers": [{"name": "web", "image": "x",
+                                     "env": [{"name": "A", "value": "1".repeat(1000)}]}],
+                     "readinessGates": [{"conditionType": READINESS_GATE}]},
+            "status": {"phase": "Pending",
+                       "conditions": [{"type": "Ready", "status": "False"},
+                                      {"type": READINESS_GATE, "status": "False"}],
+                       "initContainerStatuses": [
+                           status("user-init", json!({"running": {}}), json!({})),
+                           status(MIGRATE_CONTAINER, json!({"running": {}}), json!({}))]},
+        }))
+        .unwrap();
+        let desired = desired_condition(&p);
+        keep_what_is_read(&mut p);
+        assert_eq!(desired_condition(&p), desired);
+        assert!(has_gate(&p));
+        assert_eq!(p.owner_references().len(), 1);
+        let size = serde_json::to_vec(&p).unwrap().len();
+        assert!(
+            size < 700,
+            "{size} bytes: {}",
+            serde_json::to_string(&p).unwrap()
+        );
     }
 }

@@ -56,6 +56,8 @@ pub struct PodSpec {
     pub containers: Option<Vec<JsonMap>>,
     pub init_containers: Option<Vec<JsonMap>>,
     pub readiness_gates: Option<Vec<JsonMap>>,
+    pub volumes: Option<Vec<JsonMap>>,
+    pub security_context: Option<JsonMap>,
 }
 
 impl Deployment {

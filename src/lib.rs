@@ -1,5 +1,5 @@
-//! django-migrate-webhook: a Kubernetes mutating admission webhook that injects safe
-//! Django migration init containers and a readiness gate into opted-in Deployments.
+//! django-migrate-webhook: a Kubernetes mutating admission webhook that injects a safe
+//! Django migration step and a readiness gate into opted-in Deployments.
 
 pub mod admission;
 pub mod certs;
@@ -8,8 +8,10 @@ pub mod controller;
 pub mod deployment;
 pub mod injected;
 pub mod mutation;
+pub mod names;
 pub mod preview;
 pub mod server;
 pub mod settings;
+pub mod summary;
 pub mod telemetry;
 pub mod tls;

@@ -3,8 +3,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use django_migrate_webhook::cli::{CertsArgs, Cli, Command, InjectArgs, ServeArgs};
-use django_migrate_webhook::{certs, controller, preview, server, telemetry};
+use django_migrate_webhook::cli::{
+    CertsArgs, Cli, Command, InjectArgs, InstallCodeArgs, ServeArgs,
+};
+use django_migrate_webhook::{certs, controller, injected, preview, server, telemetry};
 
 /// The webhook's answer is built from many small JSON values; mimalloc serves those
 /// allocations faster than glibc's malloc (see the README's "Performance"). It is built
@@ -18,6 +20,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Inject(args) => inject(args),
         Command::Certs(args) => make_certs(args),
+        Command::InstallCode(args) => install_code(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -45,6 +48,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cert_reload_interval: std::time::Duration::from_secs(args.cert_reload_interval),
         shutdown_delay: std::time::Duration::from_secs(args.shutdown_delay),
         controller,
+        code_image: args.code_image.to_code_image(),
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -64,7 +68,7 @@ fn inject(args: InjectArgs) -> anyhow::Result<()> {
     } else {
         std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file))?
     };
-    let result = preview::inject(&input, args.output)?;
+    let result = preview::inject(&input, args.output, &args.code_image.to_code_image())?;
     for w in &result.warnings {
         eprintln!("Warning: {w}");
     }
@@ -78,6 +82,22 @@ fn make_certs(args: CertsArgs) -> anyhow::Result<()> {
     println!(
         "wrote {0}/ca.crt, {0}/tls.crt and {0}/tls.key",
         args.out.display()
+    );
+    Ok(())
+}
+
+fn install_code(args: InstallCodeArgs) -> anyhow::Result<()> {
+    let path = injected::install(&args.dir).with_context(|| {
+        format!(
+            "cannot write the migration program into {}",
+            args.dir.display()
+        )
+    })?;
+    println!(
+        "django-migrate-webhook {}: wrote {} ({} bytes)",
+        env!("CARGO_PKG_VERSION"),
+        path.display(),
+        injected::PROGRAM.len()
     );
     Ok(())
 }

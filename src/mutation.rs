@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 use crate::deployment::{Deployment, JsonMap, container_name};
-use crate::injected::{self, INJECTED_LABEL, READINESS_GATE};
+use crate::injected::{self, CodeImage};
+use crate::names::{CODE_CONTAINER, CODE_VOLUME, INJECTED_LABEL, READINESS_GATE};
 use crate::settings::{self, InvalidAnnotation, Settings};
 
 /// Pod-template annotation kubectl uses to pick a pod's main container.
@@ -28,8 +29,8 @@ pub enum Operation {
 /// What the webhook answers for an allowed request.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Mutation {
-    /// Holds [`injected::CODE_MARKER`] where the embedded code goes.
-    patch: json_patch::Patch,
+    /// The JSON Patch operations; empty when the object needs no change.
+    pub patch: json_patch::Patch,
     /// Lines for the AdmissionResponse `warnings`, each under [`MAX_WARNING_LEN`].
     pub warnings: Vec<String>,
 }
@@ -38,68 +39,6 @@ impl Mutation {
     /// True when the object needs no change.
     pub fn is_empty(&self) -> bool {
         self.patch.0.is_empty()
-    }
-
-    /// The JSON Patch operations.
-    pub fn patch(&self) -> json_patch::Patch {
-        let mut value = serde_json::to_value(&self.patch).unwrap_or_default();
-        injected::expand_code(&mut value);
-        serde_json::from_value(value).unwrap_or_default()
-    }
-
-    /// The JSON Patch as JSON text, the embedded code spliced in already escaped.
-    pub fn to_json(&self) -> serde_json::Result<PatchJson> {
-        Ok(PatchJson {
-            text: serde_json::to_string(&self.patch)?,
-        })
-    }
-}
-
-/// A serialised patch that holds [`injected::CODE_MARKER`] where the code goes; its
-/// [`pieces`](PatchJson::pieces), written one after the other, are the JSON Patch. The
-/// pieces are encoded straight into the response, so the ~30 KB patch is never copied
-/// into one buffer of its own.
-pub struct PatchJson {
-    text: String,
-}
-
-impl PatchJson {
-    pub fn pieces(&self) -> impl Iterator<Item = &[u8]> {
-        let (marker, code) = (injected::marker_json(), injected::code_json());
-        let mut rest = self.text.as_str();
-        std::iter::from_fn(move || {
-            if rest.is_empty() {
-                return None;
-            }
-            match rest.find(marker) {
-                Some(0) => {
-                    rest = &rest[marker.len()..];
-                    Some(code.as_bytes())
-                }
-                Some(at) => {
-                    let (piece, tail) = rest.split_at(at);
-                    rest = tail;
-                    Some(piece.as_bytes())
-                }
-                None => Some(std::mem::take(&mut rest).as_bytes()),
-            }
-        })
-    }
-
-    /// Length in bytes of all pieces together.
-    pub fn len(&self) -> usize {
-        self.pieces().map(<[u8]>::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.text.is_empty()
-    }
-
-    /// All pieces in one buffer.
-    pub fn to_vec(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len());
-        self.pieces().for_each(|p| out.extend_from_slice(p));
-        out
     }
 }
 
@@ -120,11 +59,13 @@ pub enum Denial {
     NoContainers,
 }
 
-/// Runs the engine. `old` is the stored object on UPDATE.
+/// Runs the engine. `old` is the stored object on UPDATE; `image` is the webhook's own
+/// image, which the code-copy container runs.
 pub fn mutate(
     op: Operation,
     new: &Deployment,
     old: Option<&Deployment>,
+    image: &CodeImage,
 ) -> Result<Mutation, Denial> {
     if !new.is_opted_in() {
         let was_injected = old.is_some_and(Deployment::is_opted_in)
@@ -136,7 +77,7 @@ pub fn mutate(
         }
         return Ok(Mutation::default());
     }
-    inject(new)
+    inject(new, image)
 }
 
 /// The owned parts of a pod template, as they will be diffed.
@@ -146,6 +87,7 @@ struct Owned {
     has_spec: bool,
     init_containers: Option<Vec<Value>>,
     readiness_gates: Option<Vec<Value>>,
+    volumes: Option<Vec<Value>>,
 }
 
 impl Owned {
@@ -153,15 +95,7 @@ impl Owned {
         let template = d.template();
         let meta = template.and_then(|t| t.metadata.as_ref());
         let spec = template.and_then(|t| t.spec.as_ref());
-        let to_values = |v: &Vec<JsonMap>| {
-            v.iter()
-                .map(|c| {
-                    let mut c = Value::Object(c.clone());
-                    injected::collapse_code(&mut c);
-                    c
-                })
-                .collect()
-        };
+        let to_values = |v: &Vec<JsonMap>| v.iter().cloned().map(Value::Object).collect();
         Owned {
             has_metadata: meta.is_some(),
             labels: meta.and_then(|m| m.labels.as_ref()).map(|l| {
@@ -172,6 +106,7 @@ impl Owned {
             has_spec: spec.is_some(),
             init_containers: spec.and_then(|s| s.init_containers.as_ref()).map(to_values),
             readiness_gates: spec.and_then(|s| s.readiness_gates.as_ref()).map(to_values),
+            volumes: spec.and_then(|s| s.volumes.as_ref()).map(to_values),
         }
     }
 
@@ -185,13 +120,20 @@ impl Owned {
             }
             template.insert("metadata".into(), Value::Object(meta));
         }
-        if self.has_spec || self.init_containers.is_some() || self.readiness_gates.is_some() {
+        if self.has_spec
+            || self.init_containers.is_some()
+            || self.readiness_gates.is_some()
+            || self.volumes.is_some()
+        {
             let mut spec = JsonMap::new();
             if let Some(c) = self.init_containers {
                 spec.insert("initContainers".into(), Value::Array(c));
             }
             if let Some(g) = self.readiness_gates {
                 spec.insert("readinessGates".into(), Value::Array(g));
+            }
+            if let Some(v) = self.volumes {
+                spec.insert("volumes".into(), Value::Array(v));
             }
             template.insert("spec".into(), Value::Object(spec));
         }
@@ -220,6 +162,12 @@ impl Owned {
                 self.readiness_gates = None;
             }
         }
+        if let Some(v) = &mut self.volumes {
+            v.retain(|v| value_name(v) != Some(CODE_VOLUME));
+            if v.is_empty() {
+                self.volumes = None;
+            }
+        }
     }
 }
 
@@ -240,14 +188,14 @@ fn opt_out(d: &Deployment) -> Mutation {
         Vec::new()
     } else {
         vec![format!(
-            "django-migrate: label {} removed: removed the injected init containers and readiness gate",
+            "django-migrate: label {} removed: removed the injected init containers, volume and readiness gate",
             settings::INJECT_LABEL
         )]
     };
     Mutation { patch, warnings }
 }
 
-fn inject(d: &Deployment) -> Result<Mutation, Denial> {
+fn inject(d: &Deployment, image: &CodeImage) -> Result<Mutation, Denial> {
     let settings = Settings::from_annotations(d.annotations())?;
     let containers = d
         .pod_spec()
@@ -273,11 +221,15 @@ fn inject(d: &Deployment) -> Result<Mutation, Denial> {
         warnings.push(w);
     }
 
-    let [first, second] = injected::init_containers(app, &settings);
+    let pod_security = d.pod_spec().and_then(|s| s.security_context.as_ref());
+    after.init_containers.get_or_insert_with(Vec::new).extend([
+        injected::code_container(image, pod_security),
+        injected::step_container(app, &settings),
+    ]);
     after
-        .init_containers
+        .volumes
         .get_or_insert_with(Vec::new)
-        .extend([first, second]);
+        .push(injected::code_volume());
     if settings.readiness_gate {
         after
             .readiness_gates
@@ -302,11 +254,10 @@ fn inject(d: &Deployment) -> Result<Mutation, Denial> {
     let patch = diff(before, after);
     if !patch.0.is_empty() {
         // Say what changed; a request that changes nothing only gets the problems.
-        let second_name = injected::second_container_name(settings.mode);
+        let step = injected::step_name(settings.mode);
         let summary = [
             format!(
-                "django-migrate: {verb} init containers {} and {second_name}, copied from {app_name:?}",
-                injected::WAIT_FOR_DB
+                "django-migrate: {verb} init containers {CODE_CONTAINER} and {step} (copied from {app_name:?})"
             ),
             if settings.readiness_gate {
                 format!(

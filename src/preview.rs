@@ -7,6 +7,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::deployment::Deployment;
+use crate::injected::CodeImage;
 use crate::mutation::{self, Denial, Operation};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -59,7 +60,11 @@ struct Doc {
 }
 
 /// Runs the preview over a whole input stream.
-pub fn inject(input: &str, format: OutputFormat) -> Result<Preview, PreviewError> {
+pub fn inject(
+    input: &str,
+    format: OutputFormat,
+    image: &CodeImage,
+) -> Result<Preview, PreviewError> {
     let trimmed = input.trim_start();
     let is_json = trimmed.starts_with('{') || trimmed.starts_with('[');
     let mut docs = if is_json {
@@ -96,11 +101,11 @@ pub fn inject(input: &str, format: OutputFormat) -> Result<Preview, PreviewError
         if is_list(&doc.value) {
             if let Some(Value::Array(items)) = doc.value.get_mut("items") {
                 for item in items {
-                    doc.changed |= inject_one(n, item, &mut preview)?;
+                    doc.changed |= inject_one(n, item, image, &mut preview)?;
                 }
             }
         } else {
-            doc.changed = inject_one(n, &mut doc.value, &mut preview)?;
+            doc.changed = inject_one(n, &mut doc.value, image, &mut preview)?;
         }
     }
 
@@ -150,7 +155,12 @@ fn is_list(v: &Value) -> bool {
 }
 
 /// Mutates one object in place if it is an opted-in apps/v1 Deployment.
-fn inject_one(doc: usize, value: &mut Value, preview: &mut Preview) -> Result<bool, PreviewError> {
+fn inject_one(
+    doc: usize,
+    value: &mut Value,
+    image: &CodeImage,
+    preview: &mut Preview,
+) -> Result<bool, PreviewError> {
     let is_deployment = value.get("apiVersion").and_then(Value::as_str) == Some("apps/v1")
         && value.get("kind").and_then(Value::as_str) == Some("Deployment");
     if !is_deployment {
@@ -166,7 +176,7 @@ fn inject_one(doc: usize, value: &mut Value, preview: &mut Preview) -> Result<bo
             name: name.clone(),
             message: e.to_string(),
         })?;
-    let m = mutation::mutate(Operation::Create, &deployment, None).map_err(|denial| {
+    let m = mutation::mutate(Operation::Create, &deployment, None, image).map_err(|denial| {
         PreviewError::Denied {
             doc,
             name: name.clone(),
@@ -177,7 +187,7 @@ fn inject_one(doc: usize, value: &mut Value, preview: &mut Preview) -> Result<bo
     if m.is_empty() {
         return Ok(false);
     }
-    json_patch::patch(value, &m.patch()).map_err(|e| PreviewError::Patch {
+    json_patch::patch(value, &m.patch).map_err(|e| PreviewError::Patch {
         doc,
         message: e.to_string(),
     })?;
@@ -232,7 +242,7 @@ mod tests {
     #[test]
     fn other_documents_pass_through_verbatim() {
         let input = "# comment\napiVersion: v1\nkind: ConfigMap # inline\nmetadata: {name: x}\n---\nkind: Service\n";
-        let p = inject(input, OutputFormat::Yaml).unwrap();
+        let p = inject(input, OutputFormat::Yaml, &CodeImage::default()).unwrap();
         assert_eq!(p.output, input);
         assert_eq!(p.mutated, 0);
     }

@@ -37,6 +37,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{self, Outcome};
 use crate::controller::{self, ControllerError, ControllerOptions};
+use crate::injected::CodeImage;
 use crate::telemetry::Metrics;
 use crate::tls::{self, CertStore, TlsError};
 
@@ -80,6 +81,8 @@ pub struct ServeOptions {
     pub shutdown_delay: Duration,
     /// Run the readiness-gate controller too.
     pub controller: Option<ControllerOptions>,
+    /// The webhook's own image, run by the injected code-copy container.
+    pub code_image: CodeImage,
 }
 
 /// State shared by the handlers.
@@ -89,6 +92,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Set once shutdown started: HTTP/1 answers then carry `Connection: close`.
     pub draining: Arc<AtomicBool>,
+    /// The webhook's own image, run by the injected code-copy container.
+    pub code_image: Arc<CodeImage>,
 }
 
 /// The router of the webhook port: `POST /mutate` and JSON errors for everything else.
@@ -163,7 +168,7 @@ async fn mutate(State(state): State<AppState>, request: Request) -> Response {
         .and_then(|v| v.parse::<u64>().ok());
     let body = read_body(request.into_body(), declared);
     let reply = match tokio::time::timeout(BODY_READ_TIMEOUT, body).await {
-        Ok(Ok(bytes)) => admission::review(&bytes),
+        Ok(Ok(bytes)) => admission::review(&bytes, &state.code_image),
         Ok(Err(BodyError::TooLarge)) => too_large(),
         Ok(Err(BodyError::Read(e))) => {
             admission::invalid(400, format!("cannot read the request body: {e}"))
@@ -314,6 +319,7 @@ pub async fn start(options: &ServeOptions) -> Result<Running, ServerError> {
         metrics: Metrics::new(),
         ready: Arc::new(AtomicBool::new(true)),
         draining: Arc::new(AtomicBool::new(false)),
+        code_image: Arc::new(options.code_image.clone()),
     };
     let (stop, stopped) = watch::channel(false);
     let mut admin_stopped = stopped.clone();

@@ -8,35 +8,11 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-/// Prefix of every label and annotation the webhook reads or writes.
-pub const PREFIX: &str = "django-migrate.io/";
-/// The opt-in label on the Deployment.
-pub const INJECT_LABEL: &str = "django-migrate.io/inject";
-
-pub const CONTAINER: &str = "django-migrate.io/container";
-pub const MODE: &str = "django-migrate.io/mode";
-pub const MANAGE_PY: &str = "django-migrate.io/manage-py";
-pub const PYTHON: &str = "django-migrate.io/python";
-pub const DATABASE: &str = "django-migrate.io/database";
-pub const MANAGE_COMMAND: &str = "django-migrate.io/manage-command";
-pub const WAIT_TIMEOUT: &str = "django-migrate.io/wait-timeout";
-pub const MIGRATE_TIMEOUT: &str = "django-migrate.io/migrate-timeout";
-pub const READINESS_GATE: &str = "django-migrate.io/readiness-gate";
-pub const USE_IMAGE_ENTRYPOINT: &str = "django-migrate.io/use-image-entrypoint";
-
-/// Every annotation the webhook understands; anything else under the prefix is a typo.
-pub const KNOWN_ANNOTATIONS: [&str; 10] = [
-    CONTAINER,
-    MODE,
-    MANAGE_PY,
-    PYTHON,
-    DATABASE,
-    MANAGE_COMMAND,
-    WAIT_TIMEOUT,
-    MIGRATE_TIMEOUT,
-    READINESS_GATE,
-    USE_IMAGE_ENTRYPOINT,
-];
+pub use crate::names::{
+    CONTAINER, DATABASE, INJECT_LABEL, KNOWN_ANNOTATIONS, MANAGE_COMMAND, MANAGE_PY,
+    MIGRATE_TIMEOUT, MODE, PREFIX, PYTHON, READINESS_GATE_ANNOTATION as READINESS_GATE,
+    USE_IMAGE_ENTRYPOINT, WAIT_TIMEOUT,
+};
 
 /// Longest timeout accepted, in seconds (one day): longer is almost certainly a mistake.
 pub const MAX_TIMEOUT_SECONDS: u32 = 86_400;

@@ -1,36 +1,44 @@
-# django-migrate: the code run by the init containers that django-migrate-webhook injects.
+# django-migrate: the Django step that django-migrate-webhook injects into opted-in pods.
 #
-# The container runs `python3 -c CODE`, where CODE is this file, passed in the env var
-# DJANGO_MIGRATE_CODE through Kubernetes variable expansion.
-# It works in two phases:
+# The webhook's own image copies this file into an emptyDir (`install-code`); the step
+# runs it with the app container's image and settings as `python3 django_migrate.py`.
+# It works in two phases, with one Django start per pod:
 #
 # 1. Outer (plain Python, no Django): checks that the management command exists (exit 4
-#    if not), then runs `<manage command> shell -v 0 -c <this code>` as a child process,
+#    if not), then runs `<manage command> shell -v 0 -c <run this file>` as a child,
 #    forwards SIGTERM, and exits with the child's code. A child that dies before Django
 #    started means the settings could not be loaded: exit 4.
-# 2. Inner (inside `manage.py shell`, Django set up): does the step named by
-#    DJANGO_MIGRATE_STEP:
-#    - wait-for-db: open Django's own connection for the alias, with retries and backoff;
-#    - migrate: nothing pending -> exit 0 at once; otherwise take a session-level lock on a
-#      separate connection (PostgreSQL pg_try_advisory_lock, MySQL/MariaDB GET_LOCK,
+# 2. Inner (inside `manage.py shell`, Django set up):
+#    - waits until Django can open a connection for the alias (retries with backoff, one
+#      log line per attempt, gives up after DJANGO_MIGRATE_WAIT_TIMEOUT; rejected
+#      credentials fail at once);
+#    - migrate mode: nothing pending -> exit 0 at once; otherwise take a session-level lock
+#      on a separate connection (PostgreSQL pg_try_advisory_lock, MySQL/MariaDB GET_LOCK,
 #      polled, never a blocking wait), re-check, run `migrate`, release;
-#    - wait-for-migrations: wait until nothing is pending, never migrate.
+#    - wait mode: wait until nothing is pending, never migrate.
 #
 # Exit codes: 0 ok, 1 timed out, 2 migrate failed, 3 credentials rejected,
-# 4 settings or manage command not found. A summary (at most 4 KiB) goes to the
-# termination log, which Kubernetes shows in the pod status.
+# 4 settings or manage command not found. A JSON summary (at most 4 KiB) goes to the
+# termination log, which Kubernetes shows in the pod status and the controller reads.
 #
-# Kubernetes expands dollar-parenthesis references inside env values, so this file never
-# contains a dollar sign followed by an opening parenthesis.
+# The names below (env vars, phases, exit codes) are the ones of src/names.rs.
 
+import hashlib
+import json
+import select
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import threading
 import time
 
-STEP = os.environ.get("DJANGO_MIGRATE_STEP", "migrate")
+MODE = os.environ.get("DJANGO_MIGRATE_MODE", "migrate")
 ALIAS = os.environ.get("DJANGO_MIGRATE_DATABASE", "default")
-TIMEOUT = float(os.environ.get("DJANGO_MIGRATE_TIMEOUT", "300"))
 MANAGE_COMMAND = os.environ.get("DJANGO_MIGRATE_MANAGE_COMMAND", "python3 manage.py").split()
+WAIT_TIMEOUT = float(os.environ.get("DJANGO_MIGRATE_WAIT_TIMEOUT", "300"))
+MIGRATE_TIMEOUT = float(os.environ.get("DJANGO_MIGRATE_MIGRATE_TIMEOUT", "1800"))
 TERMINATION_LOG = os.environ.get("DJANGO_MIGRATE_TERMINATION_LOG", "/dev/termination-log")
 STATUS_FD_ENV = "DJANGO_MIGRATE_STATUS_FD"
 POLL_SECONDS = float(os.environ.get("DJANGO_MIGRATE_POLL_SECONDS", "2"))
@@ -38,6 +46,8 @@ CONNECT_TIMEOUT = 10
 # Longest pause between two connection attempts: a database that comes back is found soon.
 MAX_BACKOFF_SECONDS = 5.0
 MAX_SUMMARY_BYTES = 4096
+# How long past a wait's deadline the watchdog lets a stuck driver call run.
+WATCHDOG_GRACE_SECONDS = 15
 
 EXIT_OK = 0
 EXIT_TIMEOUT = 1
@@ -45,32 +55,76 @@ EXIT_MIGRATE_FAILED = 2
 EXIT_CREDENTIALS = 3
 EXIT_NOT_FOUND = 4
 
+PHASE_SETUP = "setup"
+PHASE_DATABASE = "database"
+PHASE_LOCK = "lock"
+PHASE_WAITING = "waiting"
+PHASE_MIGRATING = "migrating"
+PHASE_DONE = "done"
+
 STARTED = time.monotonic()
 
 
+class Report:
+    """What the summary says; filled in as the step goes."""
+
+    phase = PHASE_SETUP
+    applied = []
+    pending = []
+    failed_migration = None
+    database_seconds = 0.0
+    lock_wait_seconds = 0.0
+    migrate_seconds = 0.0
+    retries = 0
+    unsafe_operations = []
+
+
 def log(message):
-    print("django-migrate %s: %s" % (STEP, message), file=sys.stderr, flush=True)
+    print("django-migrate %s [%s]: %s" % (MODE, Report.phase, message), file=sys.stderr, flush=True)
 
 
 def elapsed():
     return time.monotonic() - STARTED
 
 
-def write_summary(text):
-    """Writes the termination message; a missing or read-only path is not an error."""
-    data = text.encode("utf-8", "replace")
-    if len(data) > MAX_SUMMARY_BYTES:
-        data = data[: MAX_SUMMARY_BYTES - 3] + b"..."
+def summary(code, result, message):
+    """The JSON summary, cut to MAX_SUMMARY_BYTES by shortening lists, then the message."""
+    data = {
+        "mode": MODE,
+        "phase": Report.phase,
+        "result": result,
+        "exit_code": code,
+        "message": message,
+        "applied": list(Report.applied),
+        "pending": list(Report.pending),
+        "failed_migration": Report.failed_migration,
+        "seconds": {
+            "total": round(elapsed(), 3),
+            "database": round(Report.database_seconds, 3),
+            "lock_wait": round(Report.lock_wait_seconds, 3),
+            "migrate": round(Report.migrate_seconds, 3),
+        },
+        "retries": Report.retries,
+        "unsafe_operations": list(Report.unsafe_operations),
+    }
+    text = json.dumps(data, separators=(",", ":"))
+    for key in ("pending", "applied", "unsafe_operations"):
+        while len(text.encode()) > MAX_SUMMARY_BYTES and data[key]:
+            data[key] = data[key][: len(data[key]) // 2]
+            text = json.dumps(data, separators=(",", ":"))
+    if len(text.encode()) > MAX_SUMMARY_BYTES:
+        data["message"] = message[:1000] + "..."
+        text = json.dumps(data, separators=(",", ":"))
+    return text
+
+
+def finish(code, result, message):
+    log(message)
     try:
-        with open(TERMINATION_LOG, "wb") as f:
-            f.write(data)
+        with open(TERMINATION_LOG, "w", encoding="utf-8") as f:
+            f.write(summary(code, result, message))
     except OSError:
-        pass
-
-
-def finish(code, text):
-    log(text)
-    write_summary("%s: %s" % (STEP, text))
+        pass  # a missing or read-only path is not an error outside Kubernetes
     sys.stdout.flush()
     sys.stderr.flush()
     # os._exit: Django's shell must not turn SystemExit into anything else, and no
@@ -83,41 +137,40 @@ def first_line(error):
     return text.splitlines()[0][:500]
 
 
+def describe(migrations):
+    return ", ".join(migrations)
+
+
 # ---------------------------------------------------------------- outer phase
 
 
 def run_outer():
-    import shutil
-    import signal
-    import subprocess
-
     if not MANAGE_COMMAND:
-        finish(EXIT_NOT_FOUND, "DJANGO_MIGRATE_MANAGE_COMMAND is empty")
+        finish(EXIT_NOT_FOUND, "not-found", "DJANGO_MIGRATE_MANAGE_COMMAND is empty")
     program = MANAGE_COMMAND[0]
     if "/" in program:
         if not os.path.exists(program):
-            finish(EXIT_NOT_FOUND, "%s not found (working directory %s)" % (program, os.getcwd()))
+            finish(EXIT_NOT_FOUND, "not-found", "%s not found (working directory %s)" % (program, os.getcwd()))
     elif shutil.which(program) is None:
-        finish(EXIT_NOT_FOUND, "%s not found on PATH" % program)
+        finish(EXIT_NOT_FOUND, "not-found", "%s not found on PATH" % program)
     for word in MANAGE_COMMAND[1:]:
         if word.endswith(".py") and not os.path.exists(word):
             finish(
                 EXIT_NOT_FOUND,
+                "not-found",
                 "%s not found in working directory %s: set the container's workingDir or the "
                 "django-migrate.io/manage-py annotation" % (word, os.getcwd()),
             )
 
-    code = os.environ.get("DJANGO_MIGRATE_CODE")
-    if not code:
-        finish(EXIT_NOT_FOUND, "DJANGO_MIGRATE_CODE is not set")
     read_fd, write_fd = os.pipe()
     env = dict(os.environ)
     env[STATUS_FD_ENV] = str(write_fd)
-    argv = MANAGE_COMMAND + ["shell", "-v", "0", "-c", code]
+    inner = "import runpy; runpy.run_path(%r, run_name='django_migrate')" % os.path.abspath(__file__)
+    argv = MANAGE_COMMAND + ["shell", "-v", "0", "-c", inner]
     try:
         child = subprocess.Popen(argv, env=env, pass_fds=(write_fd,))
     except OSError as e:
-        finish(EXIT_NOT_FOUND, "cannot run %s: %s" % (" ".join(MANAGE_COMMAND), e))
+        finish(EXIT_NOT_FOUND, "not-found", "cannot run %s: %s" % (" ".join(MANAGE_COMMAND), e))
     os.close(write_fd)
 
     def forward(signum, _frame):
@@ -129,22 +182,26 @@ def run_outer():
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
 
-    # The inner phase has its own deadline and watchdog; this bounds a child stuck
-    # before it got there (settings that block on import, for example).
-    try:
-        rc = child.wait(timeout=TIMEOUT + 120)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
-        finish(EXIT_TIMEOUT, "gave up after %.0fs: the management command did not finish" % elapsed())
-    # The child has exited, so every write end is closed and this cannot block.
+    # The inner phase bounds its waits and never cuts a running migration, so the child
+    # is waited for without a limit; a child stuck before it started is bounded below.
+    started = b""
     with os.fdopen(read_fd, "rb") as status:
-        started = status.read()
+        deadline = time.monotonic() + WAIT_TIMEOUT + 120
+        while child.poll() is None and not started:
+            ready, _, _ = select.select([status], [], [], 0.5)
+            if ready:
+                started = status.read(8) or b"closed"
+            if time.monotonic() > deadline and not started:
+                child.kill()
+                child.wait()
+                finish(EXIT_TIMEOUT, "timeout", "gave up after %.0fs: Django did not start" % elapsed())
+    rc = child.wait()
     if rc < 0:
         sys.exit(128 - rc)
-    if rc != 0 and not started:
+    if rc != 0 and started in (b"", b"closed"):
         finish(
             EXIT_NOT_FOUND,
+            "not-found",
             "Django did not start (exit code %d): the settings or the management command "
             "could not be loaded; see the error above" % rc,
         )
@@ -152,6 +209,35 @@ def run_outer():
 
 
 # ---------------------------------------------------------------- inner phase
+
+
+class Watchdog:
+    """Ends the process shortly after a wait's deadline even if a driver call never
+    returns. Disarmed while a migration runs: a running migration is never cut."""
+
+    def __init__(self):
+        self.deadline = None
+        self.what = ""
+        self.lock = threading.Lock()
+        thread = threading.Thread(target=self.run, daemon=True)
+        thread.start()
+
+    def arm(self, deadline, what):
+        with self.lock:
+            self.deadline, self.what = deadline, what
+
+    def disarm(self):
+        with self.lock:
+            self.deadline = None
+
+    def run(self):
+        while True:
+            time.sleep(1)
+            with self.lock:
+                fire = self.deadline is not None and time.monotonic() > self.deadline + WATCHDOG_GRACE_SECONDS
+                what = self.what
+            if fire:
+                finish(EXIT_TIMEOUT, "timeout", "gave up after %.0fs: %s (watchdog)" % (elapsed(), what))
 
 
 def is_credentials_error(error):
@@ -184,21 +270,13 @@ def with_connect_timeout(connection, left=None):
     connection._django_migrate_timeout = True
 
 
-def start_watchdog(deadline, what):
-    """Ends the process shortly after the deadline even if a driver call never returns."""
-    import threading
-
-    def fire():
-        finish(EXIT_TIMEOUT, "gave up after %.0fs: %s (watchdog)" % (elapsed(), what))
-
-    timer = threading.Timer(max(deadline - time.monotonic(), 0) + 15, fire)
-    timer.daemon = True
-    timer.start()
-
-
-def wait_for_connection(connection, deadline):
+def wait_for_connection(connection, watchdog):
     from django.db.utils import Error as DatabaseError
 
+    Report.phase = PHASE_DATABASE
+    started = time.monotonic()
+    deadline = started + WAIT_TIMEOUT
+    watchdog.arm(deadline, "database %r not reachable" % ALIAS)
     attempt = 0
     delay = 1.0
     while True:
@@ -208,19 +286,27 @@ def wait_for_connection(connection, deadline):
             connection.ensure_connection()
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
+            Report.database_seconds = time.monotonic() - started
             log("attempt %d: database %r is reachable (%s)" % (attempt, ALIAS, connection.vendor))
+            watchdog.disarm()
             return
         except DatabaseError as e:
             try:
                 connection.close()
             except DatabaseError:
                 pass
+            Report.database_seconds = time.monotonic() - started
             if is_credentials_error(e):
-                finish(EXIT_CREDENTIALS, "database %r rejected the credentials: %s" % (ALIAS, first_line(e)))
+                finish(
+                    EXIT_CREDENTIALS,
+                    "credentials-rejected",
+                    "database %r rejected the credentials: %s" % (ALIAS, first_line(e)),
+                )
             left = deadline - time.monotonic()
             if left <= 0:
                 finish(
                     EXIT_TIMEOUT,
+                    "timeout",
                     "gave up after %.0fs and %d attempts: database %r not reachable: %s"
                     % (elapsed(), attempt, ALIAS, first_line(e)),
                 )
@@ -234,12 +320,14 @@ def wait_for_connection(connection, deadline):
 
 
 def pending_migrations(connection):
-    """The plan `migrate` would run now, as (app_label, name) pairs."""
+    """The plan `migrate` would run now, as `app_label.name` strings."""
     from django.db.migrations.executor import MigrationExecutor
 
     executor = MigrationExecutor(connection)
     targets = executor.loader.graph.leaf_nodes()
-    return [(m.app_label, m.name) for m, backwards in executor.migration_plan(targets) if not backwards]
+    return [
+        "%s.%s" % (m.app_label, m.name) for m, backwards in executor.migration_plan(targets) if not backwards
+    ]
 
 
 class Lock:
@@ -250,8 +338,6 @@ class Lock:
         with_connect_timeout(self.connection)
         self.vendor = self.connection.vendor
         name = str(self.connection.settings_dict.get("NAME") or "")
-        import hashlib
-
         digest = hashlib.sha256(("django-migrate:" + name).encode()).digest()
         self.key = int.from_bytes(digest[:8], "big", signed=True)
         # MySQL lock names are server-wide (so they carry the database name) and at most
@@ -274,6 +360,7 @@ class Lock:
         return bool(row and row[0])
 
     def release(self):
+        """Releases explicitly, so the next pod does not wait for this session to end."""
         try:
             with self.connection.cursor() as cursor:
                 if self.vendor == "postgresql":
@@ -284,43 +371,45 @@ class Lock:
             self.connection.close()
 
 
-def describe(migrations):
-    return ", ".join("%s.%s" % m for m in migrations)
-
-
-def run_migrate(connection, pending):
+def run_migrate(connection, watchdog):
+    """Runs `migrate` under the lock; never cut by the watchdog."""
     from django.core.management import call_command
 
-    log("applying %d migrations: %s" % (len(pending), describe(pending)))
+    Report.phase = PHASE_MIGRATING
+    watchdog.disarm()
+    log("applying %d migrations: %s" % (len(Report.pending), describe(Report.pending)))
+    started = time.monotonic()
+    before = list(Report.pending)
     try:
         call_command("migrate", database=ALIAS, interactive=False, verbosity=1)
     except Exception as e:  # noqa: BLE001 - any failure of a migration is reported
+        Report.migrate_seconds = time.monotonic() - started
         connection.close()
         try:
             still = pending_migrations(connection)
         except Exception:  # noqa: BLE001
-            still = pending
-        failed = still[0] if still else None
-        name = "%s.%s" % failed if failed else "unknown migration"
-        finish(EXIT_MIGRATE_FAILED, "migration %s failed: %s: %s" % (name, e.__class__.__name__, first_line(e)))
-    return pending
+            still = before
+        Report.applied = [m for m in before if m not in still]
+        Report.pending = still
+        Report.failed_migration = still[0] if still else None
+        name = Report.failed_migration or "unknown migration"
+        return "migration %s failed: %s: %s" % (name, e.__class__.__name__, first_line(e))
+    Report.migrate_seconds = time.monotonic() - started
+    Report.applied = before
+    Report.pending = []
+    return None
 
 
-def step_migrate(connections, connection, deadline, apply):
+def poll_until_applied(connection, lock, watchdog):
+    """The loop both modes share: until nothing is pending (exit 0), the lock is won
+    (migrate mode: returns True), or the migrate timeout passes (exit 1)."""
     from django.db.utils import Error as DatabaseError
 
-    wait_for_connection(connection, deadline)
-    pending = pending_migrations(connection)
-    if not pending:
-        finish(EXIT_OK, "nothing to apply (%.1fs)" % elapsed())
-    if not apply:
-        log("%d migrations pending: %s; waiting for them to be applied" % (len(pending), describe(pending)))
-    lock = Lock(connections) if apply else None
-    if lock is not None and not lock.supported:
-        log("no cross-pod lock for the %s backend: running migrate directly" % lock.vendor)
-        run_migrate(connection, pending)
-        finish(EXIT_OK, "applied %d migrations in %.1fs: %s" % (len(pending), elapsed(), describe(pending)))
-    wait_started = time.monotonic()
+    Report.phase = PHASE_LOCK if lock is not None else PHASE_WAITING
+    started = time.monotonic()
+    deadline = started + MIGRATE_TIMEOUT
+    what = "the migration lock" if lock is not None else "pending migrations"
+    watchdog.arm(deadline, "waiting for %s" % what)
     while True:
         if lock is not None:
             try:
@@ -330,39 +419,68 @@ def step_migrate(connections, connection, deadline, apply):
                 held = False
                 log("cannot ask for the migration lock: %s" % first_line(e))
             if held:
-                waited = time.monotonic() - wait_started
-                try:
-                    pending = pending_migrations(connection)
-                    if not pending:
-                        finish(EXIT_OK, "applied by another pod (waited %.1fs for the lock)" % waited)
-                    run_migrate(connection, pending)
-                finally:
-                    lock.release()
-                finish(
-                    EXIT_OK,
-                    "applied %d migrations in %.1fs (waited %.1fs for the lock): %s"
-                    % (len(pending), elapsed(), waited, describe(pending)),
-                )
+                Report.lock_wait_seconds = time.monotonic() - started
+                watchdog.disarm()
+                return True
+        Report.lock_wait_seconds = time.monotonic() - started
         left = deadline - time.monotonic()
         if left <= 0:
-            what = "the migration lock" if apply else "pending migrations"
             finish(
                 EXIT_TIMEOUT,
-                "gave up after %.0fs waiting for %s; still pending: %s" % (elapsed(), what, describe(pending)),
+                "timeout",
+                "gave up after %.0fs waiting for %s; still pending: %s" % (elapsed(), what, describe(Report.pending)),
             )
         if lock is not None:
-            log("another pod holds the migration lock; %d pending; checking again in %.0fs" % (len(pending), POLL_SECONDS))
+            log("another pod holds the migration lock; %d pending; checking again in %.0fs" % (len(Report.pending), POLL_SECONDS))
         else:
-            log("%d migrations pending; checking again in %.0fs" % (len(pending), POLL_SECONDS))
+            log("%d migrations pending; checking again in %.0fs" % (len(Report.pending), POLL_SECONDS))
         time.sleep(min(POLL_SECONDS, max(left, 0.1)))
         try:
-            pending = pending_migrations(connection)
+            Report.pending = pending_migrations(connection)
         except DatabaseError as e:
             connection.close()
             log("cannot read the migration state: %s" % first_line(e))
             continue
-        if not pending:
-            finish(EXIT_OK, "applied by another pod (waited %.1fs)" % (time.monotonic() - wait_started))
+        if not Report.pending:
+            Report.phase = PHASE_DONE
+            finish(
+                EXIT_OK,
+                "applied-by-other-pod",
+                "applied by another pod (waited %.1fs)" % (time.monotonic() - started),
+            )
+
+
+def step_migrate(connections, connection, watchdog):
+    lock = Lock(connections)
+    if not lock.supported:
+        log("no cross-pod lock for the %s backend: running migrate directly" % lock.vendor)
+    elif not poll_until_applied(connection, lock, watchdog):
+        return
+    try:
+        if lock.supported:
+            # Another pod may have finished between our check and the lock.
+            Report.pending = pending_migrations(connection)
+            if not Report.pending:
+                Report.phase = PHASE_DONE
+                lock.release()
+                finish(
+                    EXIT_OK,
+                    "applied-by-other-pod",
+                    "applied by another pod (waited %.1fs for the lock)" % Report.lock_wait_seconds,
+                )
+        error = run_migrate(connection, watchdog)
+    finally:
+        if lock.supported:
+            lock.release()
+    if error:
+        finish(EXIT_MIGRATE_FAILED, "failed", error)
+    Report.phase = PHASE_DONE
+    finish(
+        EXIT_OK,
+        "applied",
+        "applied %d migrations in %.1fs (waited %.1fs for the lock): %s"
+        % (len(Report.applied), Report.migrate_seconds, Report.lock_wait_seconds, describe(Report.applied)),
+    )
 
 
 def run_inner():
@@ -382,6 +500,7 @@ def run_inner():
     except Exception as e:  # noqa: BLE001 - any import error in the settings module
         finish(
             EXIT_NOT_FOUND,
+            "not-found",
             "cannot load the Django settings (DJANGO_SETTINGS_MODULE=%s): %s: %s"
             % (os.environ.get("DJANGO_SETTINGS_MODULE", "unset"), e.__class__.__name__, first_line(e)),
         )
@@ -393,24 +512,27 @@ def run_inner():
     except ConnectionDoesNotExist:
         finish(
             EXIT_NOT_FOUND,
+            "not-found",
             "database alias %r is not in settings.DATABASES (have: %s)"
             % (ALIAS, ", ".join(connections.settings) or "none"),
         )
+    if MODE not in ("migrate", "wait"):
+        finish(EXIT_NOT_FOUND, "not-found", "unknown DJANGO_MIGRATE_MODE %r: allowed migrate or wait" % MODE)
+    watchdog = Watchdog()
     with_connect_timeout(connection)
-    deadline = time.monotonic() + TIMEOUT
-    start_watchdog(deadline, "step %s did not finish" % STEP)
-    if STEP == "wait-for-db":
-        wait_for_connection(connection, deadline)
-        finish(EXIT_OK, "database %r reachable after %.1fs" % (ALIAS, elapsed()))
-    elif STEP == "migrate":
-        step_migrate(connections, connection, deadline, apply=True)
-    elif STEP == "wait-for-migrations":
-        step_migrate(connections, connection, deadline, apply=False)
+    wait_for_connection(connection, watchdog)
+    Report.pending = pending_migrations(connection)
+    if not Report.pending:
+        Report.phase = PHASE_DONE
+        finish(EXIT_OK, "nothing-pending", "nothing to apply (%.1fs)" % elapsed())
+    if MODE == "wait":
+        log("%d migrations pending: %s; waiting for them to be applied" % (len(Report.pending), describe(Report.pending)))
+        poll_until_applied(connection, None, watchdog)
     else:
-        finish(EXIT_NOT_FOUND, "unknown DJANGO_MIGRATE_STEP %r" % STEP)
+        step_migrate(connections, connection, watchdog)
 
 
 if STATUS_FD_ENV in os.environ:
     run_inner()
-else:
+elif __name__ == "__main__":
     run_outer()

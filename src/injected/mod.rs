@@ -1,112 +1,69 @@
-//! The init containers the webhook injects and the Python code they run.
+//! The init containers the webhook injects, and the program the Django step runs.
 //!
-//! The containers run the app container's own image with its env, envFrom, mounts,
-//! workingDir, securityContext and resources, so they reach the database exactly as the
-//! app does. They need no shell: the code travels in an env var and is passed to the
-//! interpreter with Kubernetes' `$(VAR)` expansion.
+//! The program is not carried in the pod spec. A small init container of the webhook's
+//! own image copies it (`install-code`) into an `emptyDir`; the Django step then runs it
+//! with the app container's own image, env, envFrom, mounts, workingDir, securityContext
+//! and resources, so it reaches the database exactly as the app does. Neither needs a
+//! shell.
 
-use std::sync::LazyLock;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
 use crate::deployment::JsonMap;
+use crate::names::{
+    CODE_CONTAINER, CODE_MOUNT_PATH, CODE_VOLUME, ENV_DATABASE, ENV_MANAGE_COMMAND,
+    ENV_MIGRATE_TIMEOUT, ENV_MODE, ENV_WAIT_TIMEOUT, LEGACY_ENV, MIGRATE_CONTAINER, PROGRAM_FILE,
+    RESERVED_CONTAINERS, STEP_ENV, TERMINATION_LOG, WAIT_CONTAINER,
+};
 use crate::settings::{Mode, Settings};
 
-/// Init container that waits until Django can open a database connection.
-pub const WAIT_FOR_DB: &str = "django-wait-for-db";
-/// Init container that applies pending migrations under a database lock.
-pub const MIGRATE: &str = "django-migrate";
-/// Init container that only waits until no migration is pending (`wait` mode).
-pub const WAIT_FOR_MIGRATIONS: &str = "django-wait-for-migrations";
-/// Init container names owned by the webhook: containers with these names are replaced.
-pub const RESERVED_NAMES: [&str; 3] = [WAIT_FOR_DB, MIGRATE, WAIT_FOR_MIGRATIONS];
+/// The migration program, as embedded at build time.
+pub const PROGRAM: &str = include_str!("django_migrate.py");
 
-/// Pod condition set by the controller once the migration step of a pod succeeded.
-pub const READINESS_GATE: &str = "django-migrate.io/migrated";
-/// Pod-template label that marks injected pods, so the controller watches only those.
-pub const INJECTED_LABEL: &str = "django-migrate.io/injected";
+/// Path of the binary in the webhook's image (see the Dockerfile).
+pub const BINARY_IN_IMAGE: &str = "/usr/local/bin/django-migrate-webhook";
 
-/// The source of the code both containers run, as kept in the repository.
-pub const SOURCE: &str = include_str!("django_migrate.py");
+/// The user the webhook image runs as (distroless `nonroot`).
+const IMAGE_USER: i64 = 65532;
 
-/// [`SOURCE`] without comment-only and blank lines: it is stored twice in every injected
-/// Deployment, so it is kept short; the first line says where the full source lives.
-pub fn code() -> &'static str {
-    static CODE: LazyLock<String> = LazyLock::new(|| {
-        let mut code = String::from(
-            "# django-migrate-webhook: src/injected/django_migrate.py, comments removed\n",
-        );
-        for line in SOURCE.lines() {
-            let trimmed = line.trim_start();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
-            code.push_str(line);
-            code.push('\n');
+/// The image of the code-copy container: the webhook's own, so the program it copies is
+/// always the one of the webhook that injected it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeImage {
+    pub image: String,
+    /// `Always`, `IfNotPresent` or `Never`.
+    pub pull_policy: String,
+}
+
+impl Default for CodeImage {
+    fn default() -> Self {
+        CodeImage {
+            image: default_image().to_owned(),
+            pull_policy: "IfNotPresent".to_owned(),
         }
-        code
-    });
-    &CODE
-}
-
-/// Stands for [`code()`] in the engine's patch until the patch is written out.
-///
-/// The code is ~14 KB and the same in every request: copying, diffing and JSON-escaping
-/// it twice per request was most of the webhook's CPU. The engine works with this short
-/// marker instead and [`expand_code`] / [`code_json`] put the code in its place at the end.
-pub const CODE_MARKER: &str = "\u{0}django-migrate-webhook: embedded code\u{0}";
-
-/// [`code()`] as a JSON string, escaped once.
-pub fn code_json() -> &'static str {
-    static JSON: LazyLock<String> =
-        LazyLock::new(|| serde_json::to_string(code()).unwrap_or_default());
-    &JSON
-}
-
-/// [`CODE_MARKER`] as a JSON string.
-pub fn marker_json() -> &'static str {
-    static JSON: LazyLock<String> =
-        LazyLock::new(|| serde_json::to_string(CODE_MARKER).unwrap_or_default());
-    &JSON
-}
-
-/// Replaces every string equal to `from` with `to`, anywhere inside `value`.
-fn replace_strings(value: &mut Value, from: &str, to: &str) {
-    match value {
-        Value::String(s) if s == from => to.clone_into(s),
-        Value::Array(items) => items.iter_mut().for_each(|v| replace_strings(v, from, to)),
-        Value::Object(map) => map.values_mut().for_each(|v| replace_strings(v, from, to)),
-        _ => {}
     }
 }
 
-/// Puts the code where the engine left [`CODE_MARKER`].
-pub fn expand_code(value: &mut Value) {
-    replace_strings(value, CODE_MARKER, code());
+/// `django-migrate-webhook:<this version>`, for local runs; the chart sets its own image.
+pub const fn default_image() -> &'static str {
+    concat!("django-migrate-webhook:", env!("CARGO_PKG_VERSION"))
 }
 
-/// Turns the code into [`CODE_MARKER`], so that an injected container read back from the
-/// cluster compares equal to one the engine builds.
-pub fn collapse_code(value: &mut Value) {
-    replace_strings(value, code(), CODE_MARKER);
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED_CONTAINERS.contains(&name)
 }
 
-/// Env var that carries [`CODE`] into the container.
-pub const CODE_ENV: &str = "DJANGO_MIGRATE_CODE";
-const STEP_ENV: &str = "DJANGO_MIGRATE_STEP";
-const DATABASE_ENV: &str = "DJANGO_MIGRATE_DATABASE";
-const MANAGE_COMMAND_ENV: &str = "DJANGO_MIGRATE_MANAGE_COMMAND";
-const TIMEOUT_ENV: &str = "DJANGO_MIGRATE_TIMEOUT";
-/// Env vars set by the webhook; same-named vars of the app container are dropped.
-pub const OWN_ENV: [&str; 5] = [
-    STEP_ENV,
-    DATABASE_ENV,
-    MANAGE_COMMAND_ENV,
-    TIMEOUT_ENV,
-    CODE_ENV,
-];
+/// Name of the Django step for a mode.
+pub fn step_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Migrate => MIGRATE_CONTAINER,
+        Mode::Wait => WAIT_CONTAINER,
+    }
+}
 
-/// Fields copied verbatim from the app container.
+/// Fields copied verbatim from the app container to the Django step.
 const COPIED_FIELDS: [&str; 7] = [
     "image",
     "imagePullPolicy",
@@ -117,56 +74,68 @@ const COPIED_FIELDS: [&str; 7] = [
     "resources",
 ];
 
-pub fn is_reserved(name: &str) -> bool {
-    RESERVED_NAMES.contains(&name)
+/// The `emptyDir` the program is copied into.
+pub fn code_volume() -> Value {
+    json!({"name": CODE_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}})
 }
 
-/// Name of the second init container for a mode.
-pub fn second_container_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Migrate => MIGRATE,
-        Mode::Wait => WAIT_FOR_MIGRATIONS,
+/// The init container that copies the program into [`code_volume`].
+///
+/// Restricted whatever the pod says: non-root, no privilege escalation, read-only root
+/// filesystem, no capabilities, RuntimeDefault seccomp. A pod that runs as root
+/// (`runAsUser: 0` at pod level) would contradict `runAsNonRoot`, so then the image's
+/// own non-root user is named. The file it writes is readable by any UID.
+pub fn code_container(image: &CodeImage, pod_security: Option<&JsonMap>) -> Value {
+    let mut security = json!({
+        "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    });
+    if pod_security
+        .and_then(|s| s.get("runAsUser"))
+        .and_then(Value::as_i64)
+        == Some(0)
+    {
+        security["runAsUser"] = json!(IMAGE_USER);
     }
+    json!({
+        "name": CODE_CONTAINER,
+        "image": image.image,
+        "imagePullPolicy": image.pull_policy,
+        "command": [BINARY_IN_IMAGE, "install-code", CODE_MOUNT_PATH],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "32Mi"},
+        },
+        "securityContext": security,
+        "volumeMounts": [{"name": CODE_VOLUME, "mountPath": CODE_MOUNT_PATH}],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
 }
 
-/// The two init containers, in the order they must run.
-pub fn init_containers(app: &JsonMap, settings: &Settings) -> [Value; 2] {
-    let second = match settings.mode {
-        Mode::Migrate => "migrate",
-        Mode::Wait => "wait-for-migrations",
-    };
-    [
-        Value::Object(container(
-            app,
-            settings,
-            WAIT_FOR_DB,
-            "wait-for-db",
-            settings.wait_timeout,
-        )),
-        Value::Object(container(
-            app,
-            settings,
-            second_container_name(settings.mode),
-            second,
-            settings.migrate_timeout,
-        )),
-    ]
-}
-
-fn container(app: &JsonMap, s: &Settings, name: &str, step: &str, timeout: u32) -> JsonMap {
+/// The Django step: the app container's image and settings, plus the code volume, running
+/// `<python> /django-migrate/django_migrate.py`.
+pub fn step_container(app: &JsonMap, s: &Settings) -> Value {
     let mut c = JsonMap::new();
-    c.insert("name".into(), name.into());
+    c.insert("name".into(), step_name(s.mode).into());
     for field in COPIED_FIELDS {
         if let Some(v) = app.get(field) {
             c.insert(field.into(), v.clone());
         }
     }
-    let run = json!([s.python, "-c", format!("$({CODE_ENV})")]);
-    if s.use_image_entrypoint {
-        c.insert("args".into(), run);
-    } else {
-        c.insert("command".into(), run);
-    }
+    let run = json!([s.python, format!("{CODE_MOUNT_PATH}/{PROGRAM_FILE}")]);
+    c.insert(
+        if s.use_image_entrypoint {
+            "args"
+        } else {
+            "command"
+        }
+        .into(),
+        run,
+    );
 
     let mut env: Vec<Value> = match app.get("env") {
         Some(Value::Array(items)) => items
@@ -174,86 +143,166 @@ fn container(app: &JsonMap, s: &Settings, name: &str, step: &str, timeout: u32) 
             .filter(|e| {
                 !e.get("name")
                     .and_then(Value::as_str)
-                    .is_some_and(|n| OWN_ENV.contains(&n))
+                    .is_some_and(|n| STEP_ENV.contains(&n) || LEGACY_ENV.contains(&n))
             })
             .cloned()
             .collect(),
         _ => Vec::new(),
     };
     let mut set = |k: &str, v: String| env.push(json!({"name": k, "value": v}));
-    set(STEP_ENV, step.into());
-    set(DATABASE_ENV, s.database.clone());
-    set(MANAGE_COMMAND_ENV, s.manage_command.join(" "));
-    set(TIMEOUT_ENV, timeout.to_string());
-    set(CODE_ENV, CODE_MARKER.into());
+    set(ENV_MODE, s.mode.as_str().into());
+    set(ENV_DATABASE, s.database.clone());
+    set(ENV_MANAGE_COMMAND, s.manage_command.join(" "));
+    set(ENV_WAIT_TIMEOUT, s.wait_timeout.to_string());
+    set(ENV_MIGRATE_TIMEOUT, s.migrate_timeout.to_string());
     c.insert("env".into(), Value::Array(env));
 
-    c.insert(
-        "terminationMessagePath".into(),
-        "/dev/termination-log".into(),
-    );
+    let mut mounts = match app.get("volumeMounts") {
+        Some(Value::Array(items)) => items.clone(),
+        _ => Vec::new(),
+    };
+    mounts.push(json!({"name": CODE_VOLUME, "mountPath": CODE_MOUNT_PATH, "readOnly": true}));
+    c.insert("volumeMounts".into(), Value::Array(mounts));
+
+    c.insert("terminationMessagePath".into(), TERMINATION_LOG.into());
     c.insert(
         "terminationMessagePolicy".into(),
         "FallbackToLogsOnError".into(),
     );
-    c
+    Value::Object(c)
+}
+
+/// Writes [`PROGRAM`] into `dir` (created if missing) as `django_migrate.py`, readable by
+/// any user: the Django step may run as another UID than this copy (OpenShift's random
+/// UIDs, the app's `runAsUser`). Written to a temporary name first, then renamed, so a
+/// reader never sees half a file.
+pub fn install(dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+    std::fs::create_dir_all(dir)?;
+    let target = dir.join(PROGRAM_FILE);
+    let partial = dir.join(format!(".{PROGRAM_FILE}.partial"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&partial)?;
+    file.write_all(PROGRAM.as_bytes())?;
+    file.sync_all()?;
+    // The umask may have narrowed the mode given to open.
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    drop(file);
+    std::fs::rename(&partial, &target)?;
+    Ok(target)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn code_survives_kubernetes_env_expansion() {
-        // The kubelet expands $(VAR) and turns $$ into $ inside env values.
-        assert!(
-            !SOURCE.contains("$("),
-            "the Python code must not contain $("
-        );
-        assert!(
-            !SOURCE.contains("$$"),
-            "the Python code must not contain $$"
-        );
-    }
-
-    #[test]
-    fn copies_app_fields_and_drops_own_env_names() {
-        let app: JsonMap = serde_json::from_value(json!({
+    fn app() -> JsonMap {
+        serde_json::from_value(json!({
             "name": "web", "image": "app:1", "imagePullPolicy": "IfNotPresent",
             "workingDir": "/app", "ports": [{"containerPort": 8000}],
-            "env": [{"name": "A", "value": "1"}, {"name": "DJANGO_MIGRATE_CODE", "value": "x"}],
+            "volumeMounts": [{"name": "media", "mountPath": "/media"}],
+            "env": [{"name": "A", "value": "1"}, {"name": "DJANGO_MIGRATE_CODE", "value": "x"},
+                    {"name": "DJANGO_MIGRATE_MODE", "value": "y"}],
             "livenessProbe": {"httpGet": {"path": "/"}}
         }))
-        .unwrap();
-        let [wait, migrate] = init_containers(&app, &Settings::default());
-        assert_eq!(wait["name"], WAIT_FOR_DB);
-        assert_eq!(migrate["name"], MIGRATE);
-        assert_eq!(migrate["image"], "app:1");
-        assert_eq!(migrate["workingDir"], "/app");
-        assert!(migrate.get("ports").is_none());
-        assert!(migrate.get("livenessProbe").is_none());
-        let env = migrate["env"].as_array().unwrap();
-        assert_eq!(env[0]["name"], "A");
-        let code: Vec<_> = env.iter().filter(|e| e["name"] == CODE_ENV).collect();
-        assert_eq!(code.len(), 1);
-        assert_eq!(code[0]["value"], CODE_MARKER);
-        assert_eq!(
-            migrate["command"],
-            json!(["python3", "-c", "$(DJANGO_MIGRATE_CODE)"])
-        );
-        let mut expanded = migrate.clone();
-        expand_code(&mut expanded);
-        assert_eq!(expanded["env"][env.len() - 1]["value"], super::code());
-        collapse_code(&mut expanded);
-        assert_eq!(expanded, migrate);
+        .unwrap()
     }
 
     #[test]
-    fn the_marker_is_escaped_like_any_string() {
-        let json: String = serde_json::to_string(&json!({"value": CODE_MARKER})).unwrap();
-        assert!(json.contains(marker_json()));
-        let spliced = json.replace(marker_json(), code_json());
-        let back: Value = serde_json::from_str(&spliced).unwrap();
-        assert_eq!(back["value"], super::code());
+    fn the_step_copies_app_fields_and_mounts_the_code() {
+        let step = step_container(&app(), &Settings::default());
+        assert_eq!(step["name"], MIGRATE_CONTAINER);
+        assert_eq!(step["image"], "app:1");
+        assert_eq!(step["workingDir"], "/app");
+        assert!(step.get("ports").is_none());
+        assert!(step.get("livenessProbe").is_none());
+        assert_eq!(
+            step["command"],
+            json!(["python3", "/django-migrate/django_migrate.py"])
+        );
+        let env = step["env"].as_array().unwrap();
+        assert_eq!(env[0]["name"], "A");
+        let names: Vec<&str> = env.iter().map(|e| e["name"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "A",
+                ENV_MODE,
+                ENV_DATABASE,
+                ENV_MANAGE_COMMAND,
+                ENV_WAIT_TIMEOUT,
+                ENV_MIGRATE_TIMEOUT
+            ]
+        );
+        assert_eq!(
+            step["volumeMounts"],
+            json!([{"name": "media", "mountPath": "/media"},
+                   {"name": CODE_VOLUME, "mountPath": CODE_MOUNT_PATH, "readOnly": true}])
+        );
+    }
+
+    #[test]
+    fn the_copy_container_is_restricted_and_names_a_user_only_under_root_pods() {
+        let c = code_container(&CodeImage::default(), None);
+        assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+        assert!(c["securityContext"].get("runAsUser").is_none());
+        let root: JsonMap = serde_json::from_value(json!({"runAsUser": 0})).unwrap();
+        let c = code_container(&CodeImage::default(), Some(&root));
+        assert_eq!(c["securityContext"]["runAsUser"], IMAGE_USER);
+    }
+
+    /// One vocabulary: the program reads every env var the engine sets, and writes the
+    /// phases and exit codes of `names`.
+    #[test]
+    fn the_program_uses_the_names_the_engine_sets() {
+        use crate::names::{exit, phase};
+        for name in STEP_ENV {
+            assert!(
+                PROGRAM.contains(&format!("os.environ.get(\"{name}\"")),
+                "{name}"
+            );
+        }
+        for (constant, code) in [
+            ("EXIT_OK", exit::OK),
+            ("EXIT_TIMEOUT", exit::TIMEOUT),
+            ("EXIT_MIGRATE_FAILED", exit::MIGRATE_FAILED),
+            ("EXIT_CREDENTIALS", exit::CREDENTIALS),
+            ("EXIT_NOT_FOUND", exit::NOT_FOUND),
+        ] {
+            assert!(
+                PROGRAM.contains(&format!("\n{constant} = {code}\n")),
+                "{constant}"
+            );
+        }
+        for p in phase::ALL {
+            let line = format!("\nPHASE_{} = \"{p}\"\n", p.to_uppercase());
+            assert!(PROGRAM.contains(&line), "{line}");
+        }
+        assert!(PROGRAM.contains(&format!("\"{TERMINATION_LOG}\"")));
+    }
+
+    #[test]
+    fn install_writes_a_file_any_user_can_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile_dir();
+        let path = install(&dir.join("code")).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), PROGRAM);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        // Twice is fine (a restarted init container).
+        install(&dir.join("code")).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("django-migrate-install-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

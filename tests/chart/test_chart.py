@@ -134,6 +134,10 @@ def test_deployment_runs_serve_with_the_controller_in_a_restricted_pod():
     args = container["args"]
     assert args[0] == "serve" and "--controller" in args
     assert "--tls-cert=/etc/django-migrate-webhook/tls/tls.crt" in args
+    # The injected code-copy container runs the chart's own image.
+    image = container["image"]
+    assert f"--code-image={image}" in args
+    assert f"--code-image-pull-policy={container['imagePullPolicy']}" in args
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["requests"]
@@ -229,6 +233,14 @@ def test_generated_certificate_is_signed_by_the_ca_bundle_and_names_the_service(
     assert secret["metadata"]["name"] == one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
 
 
+def test_the_injected_image_can_be_mirrored():
+    docs = render({"image": {"tag": "9.9.9"},
+                   "injection": {"image": {"repository": "mirror.internal/django-migrate-webhook", "pullPolicy": "Always"}}})
+    args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--code-image=mirror.internal/django-migrate-webhook:9.9.9" in args
+    assert "--code-image-pull-policy=Always" in args
+
+
 def test_non_default_values_are_honoured():
     docs = render({
         "replicaCount": 3,
@@ -261,6 +273,8 @@ def test_non_default_values_are_honoured():
     {"tls": {"mode": "selfmade"}},
     {"image": {"tag": 1.2}},
     {"controller": {"enabled": "yes"}},
+    {"injection": {"image": {"pullPolicy": "Sometimes"}}},
+    {"injection": {"registry": "x"}},
 ])
 def test_schema_rejects_bad_values(bad):
     chart = helm.Chart.load(CHART)

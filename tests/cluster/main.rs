@@ -26,14 +26,16 @@ async fn apply_injects_labelled_deployments_only_and_dry_run_stores_nothing() {
 
     let (_, warnings) = apply(&deployment(&ns.name, "web", "shop:1", true, &[]), &[]);
     assert!(
-        warnings.contains("Warning: django-migrate: injected init containers django-wait-for-db and django-migrate"),
+        warnings.contains("Warning: django-migrate: injected init containers django-migrate-code and django-migrate"),
         "kubectl shows the warnings: {warnings}"
     );
     let stored = get_deployment(&client, &ns.name, "web").await;
     assert_eq!(
         init_names(&stored),
-        ["django-wait-for-db", "django-migrate"]
+        ["django-migrate-code", "django-migrate"]
     );
+    let volumes = &stored["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(volumes[0]["name"], "django-migrate-code", "{volumes}");
     let template = &stored["spec"]["template"];
     assert_eq!(
         template["spec"]["readinessGates"][0]["conditionType"],
@@ -61,7 +63,7 @@ async fn apply_injects_labelled_deployments_only_and_dry_run_stores_nothing() {
     let answered: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         init_names(&answered),
-        ["django-wait-for-db", "django-migrate"]
+        ["django-migrate-code", "django-migrate"]
     );
     let get = kubectl(&["get", "deployment", "dry", "-n", &ns.name], None);
     assert!(!get.status.success(), "a dry run must store nothing");
@@ -120,12 +122,15 @@ async fn updates_follow_the_app_and_no_op_changes_start_no_rollout() {
     let (_, warnings) = apply(&deployment(&ns.name, "web", "shop:2", true, &[]), &[]);
     assert!(warnings.contains("updated init containers"), "{warnings}");
     let stored = get_deployment(&client, &ns.name, "web").await;
-    for c in stored["spec"]["template"]["spec"]["initContainers"]
-        .as_array()
-        .unwrap()
-    {
-        assert_eq!(c["image"], "shop:2");
-    }
+    let init = &stored["spec"]["template"]["spec"]["initContainers"];
+    assert_eq!(
+        init[0]["image"], "django-migrate-webhook:0.1.0",
+        "the webhook's own image"
+    );
+    assert_eq!(
+        init[1]["image"], "shop:2",
+        "the Django step follows the app"
+    );
     rs_count(2).await;
 
     // Opt-out: the label removed removes the injection.
@@ -145,6 +150,107 @@ async fn updates_follow_the_app_and_no_op_changes_start_no_rollout() {
         stored["spec"]["template"]["metadata"]["labels"]
             .get("django-migrate.io/injected")
             .is_none()
+    );
+    assert!(
+        stored["spec"]["template"]["spec"].get("volumes").is_none(),
+        "{stored}"
+    );
+}
+
+/// A Deployment stored by an earlier release (two Django init containers, the program in
+/// `DJANGO_MIGRATE_CODE`) takes the new shape on its next UPDATE, and an opt-out removes
+/// the old shape completely.
+#[tokio::test]
+async fn the_shape_of_an_earlier_release_is_rewritten_on_update() {
+    let client = client().await;
+    let ns = Namespace::new("e2e-upgrade");
+    // Stored before this webhook was registered, as the earlier release left it.
+    let fixture = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/admission/upgrade-legacy-shape.request.json"
+    ))
+    .unwrap();
+    let mut legacy: Value = serde_json::from_str(&fixture).unwrap();
+    let mut legacy = legacy["request"]["oldObject"].take();
+    for key in [
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "managedFields",
+    ] {
+        legacy["metadata"].as_object_mut().unwrap().remove(key);
+    }
+    legacy.as_object_mut().unwrap().remove("status");
+    legacy["metadata"]["namespace"] = json!(ns.name);
+    let legacy_text = legacy
+        .to_string()
+        .replace("<DJANGO_MIGRATE_CODE>", "import os");
+    let out = kubectl(&["create", "-f", "-"], Some(&legacy_text));
+    assert!(out.status.success(), "{}", text(&out).1);
+    let name = legacy["metadata"]["name"].as_str().unwrap().to_owned();
+    let stored = get_deployment(&client, &ns.name, &name).await;
+    assert_eq!(
+        init_names(&stored),
+        ["django-wait-for-db", "django-migrate"]
+    );
+    legacy["metadata"]["name"] = json!("old");
+    let out = kubectl(
+        &["create", "-f", "-"],
+        Some(
+            &legacy
+                .to_string()
+                .replace("<DJANGO_MIGRATE_CODE>", "import os"),
+        ),
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+
+    let webhook = Webhook::start::<&str>(&[]).await;
+    register(&ns, &webhook, "Fail");
+    wait_until_effective(&ns).await;
+    let out = kubectl(
+        &[
+            "annotate",
+            "deployment",
+            &name,
+            "-n",
+            &ns.name,
+            "team=payments",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let stored = get_deployment(&client, &ns.name, &name).await;
+    assert_eq!(
+        init_names(&stored),
+        ["django-migrate-code", "django-migrate"]
+    );
+    let template = stored["spec"]["template"].to_string();
+    assert!(!template.contains("DJANGO_MIGRATE_CODE"), "{template}");
+    assert!(
+        template.len() < 4000,
+        "{} bytes: {template}",
+        template.len()
+    );
+
+    // Opt-out from the old shape.
+    let out = kubectl(
+        &[
+            "label",
+            "deployment",
+            "old",
+            "-n",
+            &ns.name,
+            "django-migrate.io/inject-",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let stored = get_deployment(&client, &ns.name, "old").await;
+    assert!(init_names(&stored).is_empty(), "{stored}");
+    assert!(
+        !stored.to_string().contains("django-migrate.io/injected"),
+        "{stored}"
     );
 }
 
@@ -203,6 +309,14 @@ async fn webhook_down_fails_closed_or_open_as_configured() {
     }
 }
 
+/// The step's JSON summary, as `django_migrate.py` writes it.
+fn summary(exit_code: i32, phase: &str, result: &str, message: &str, applied: &[&str]) -> String {
+    json!({"mode": "migrate", "phase": phase, "result": result, "exit_code": exit_code,
+           "message": message, "applied": applied,
+           "seconds": {"total": 3.4, "database": 0.1, "lock_wait": 0.0, "migrate": 3.1}})
+    .to_string()
+}
+
 /// Patches a pod's status as the kubelet would after running the init containers.
 async fn play_kubelet(client: &Client, pod: &Pod, migrate_exit: i32, message: &str) {
     let ok = migrate_exit == 0;
@@ -220,8 +334,7 @@ async fn play_kubelet(client: &Client, pod: &Pod, migrate_exit: i32, message: &s
             {"type": "Ready", "status": "False"},
         ],
         "initContainerStatuses": [
-            status("django-wait-for-db", true, json!({"terminated": {"exitCode": 0, "reason": "Completed",
-                "message": "wait-for-db: database 'default' reachable after 0.4s"}})),
+            status("django-migrate-code", true, json!({"terminated": {"exitCode": 0, "reason": "Completed"}})),
             status("django-migrate", ok, json!({"terminated": {"exitCode": migrate_exit,
                 "reason": if ok { "Completed" } else { "Error" }, "message": message}})),
         ],
@@ -341,11 +454,18 @@ async fn the_controller_gates_pods_and_a_second_replica_takes_over() {
     let mut web = deployment(&ns.name, "web", "shop:1", true, &[]);
     web = web.replace("replicas: 1", "replicas: 2");
     apply(&web, &[]);
-    let summary = "migrate: applied 6 migrations in 3.1s (waited 0.0s for the lock): catalog.0001_initial, ...";
+    let applied = "applied 2 migrations in 3.1s (waited 0.0s for the lock): catalog.0001_initial, orders.0001_initial";
+    let done = summary(
+        0,
+        "done",
+        "applied",
+        applied,
+        &["catalog.0001_initial", "orders.0001_initial"],
+    );
     for pod in pods(&client, &ns.name, "web", 2).await {
-        gate_of(&client, &pod, "False", "MigrationsPending").await;
-        play_kubelet(&client, &pod, 0, summary).await;
-        assert_eq!(gate_of(&client, &pod, "True", "Migrated").await, summary);
+        gate_of(&client, &pod, "False", "MigrationStepPending").await;
+        play_kubelet(&client, &pod, 0, &done).await;
+        assert_eq!(gate_of(&client, &pod, "True", "Migrated").await, applied);
         set_ready(&client, &pod).await;
     }
     eventually("web 2/2 available", WAIT, || async {
@@ -359,15 +479,21 @@ async fn the_controller_gates_pods_and_a_second_replica_takes_over() {
     })
     .await;
     assert!(
-        deployment_events.iter().any(|(_, m)| m.contains(summary)),
+        deployment_events.iter().any(|(_, m)| m.contains(applied)),
         "{deployment_events:?}"
     );
 
     // Failure: exit code 2 gives MigrationFailed and an Event; the Deployment is not available.
     apply(&deployment(&ns.name, "broken", "shop:1", true, &[]), &[]);
     let pod = pods(&client, &ns.name, "broken", 1).await.remove(0);
-    let failed = "migrate: migration orders.0003_order_reference failed: ProgrammingError: boom";
-    play_kubelet(&client, &pod, 2, failed).await;
+    let failed = "migration orders.0003_order_reference failed: ProgrammingError: boom";
+    play_kubelet(
+        &client,
+        &pod,
+        2,
+        &summary(2, "migrating", "failed", failed, &[]),
+    )
+    .await;
     let message = gate_of(&client, &pod, "False", "MigrationFailed").await;
     assert_eq!(message, format!("exit code 2: {failed}"));
     let pod_events = eventually("a MigrationFailed Event on the pod", WAIT, || async {
@@ -411,7 +537,7 @@ async fn the_controller_gates_pods_and_a_second_replica_takes_over() {
     wait_until_effective(&ns).await;
     apply(&deployment(&ns.name, "after", "shop:1", true, &[]), &[]);
     let pod = pods(&client, &ns.name, "after", 1).await.remove(0);
-    play_kubelet(&client, &pod, 0, summary).await;
+    play_kubelet(&client, &pod, 0, &done).await;
     gate_of(&client, &pod, "True", "Migrated").await;
     let new_holder = lease_holder(&client, &ns.name).await.unwrap();
     assert_ne!(new_holder, holder);

@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 /// Any bytes: the answer is a 200 AdmissionReview or a 400/413 `Status`, always JSON.
 pub fn check_review_bytes(data: &[u8]) {
-    let reply = admission::review(data);
+    let reply = admission::review(data, &Default::default());
     let body: Value = serde_json::from_slice(&reply.body).expect("every answer is JSON");
     match reply.status {
         200 => {
@@ -218,7 +218,7 @@ fn review(operation: &str, object: &Value, old: Option<&Value>) -> Value {
 
 /// The answer's response, after checking it is well formed.
 fn answer(review: &Value) -> Value {
-    let reply = admission::review(review.to_string().as_bytes());
+    let reply = admission::review(review.to_string().as_bytes(), &Default::default());
     let body: Value = serde_json::from_slice(&reply.body).expect("JSON answer");
     assert_eq!(reply.status, 200, "a valid Deployment gets a 200: {body}");
     body["response"].clone()
@@ -242,6 +242,12 @@ fn without_owned(d: &Value) -> Value {
     {
         spec.remove("initContainers");
         spec.remove("readinessGates");
+        if let Some(volumes) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
+            volumes.retain(|v| v["name"] != "django-migrate-code");
+            if volumes.is_empty() {
+                spec.remove("volumes");
+            }
+        }
     }
     if let Some(labels) = d
         .pointer_mut("/spec/template/metadata/labels")
@@ -293,13 +299,14 @@ pub fn check_mutation(input: &Input) {
         .collect();
     for init in spec["initContainers"].as_array().into_iter().flatten() {
         let name = init["name"].as_str().unwrap_or_default();
-        if [
-            "django-wait-for-db",
-            "django-migrate",
-            "django-wait-for-migrations",
-        ]
-        .contains(&name)
-        {
+        if name == "django-migrate-code" {
+            let s = &init["securityContext"];
+            assert_eq!(s["runAsNonRoot"], true, "{init}");
+            assert_eq!(s["allowPrivilegeEscalation"], false, "{init}");
+            assert_eq!(s["readOnlyRootFilesystem"], true, "{init}");
+            assert_eq!(s["capabilities"]["drop"], json!(["ALL"]), "{init}");
+        }
+        if ["django-migrate", "django-wait-for-migrations"].contains(&name) {
             assert!(
                 app_contexts.contains(&&init["securityContext"]),
                 "{name} has a securityContext no app container has: {init}"

@@ -111,7 +111,7 @@ fn inject_preview_agrees_with_the_webhook() {
         assert_eq!(status, 200);
         let response = &body["response"];
         let object = &request["object"];
-        let preview = preview::inject(&object.to_string(), OutputFormat::Json);
+        let preview = preview::inject(&object.to_string(), OutputFormat::Json, &Default::default());
         if response["allowed"] == true {
             let preview = preview.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let expected = match patch_of(response) {
@@ -135,22 +135,47 @@ fn inject_preview_agrees_with_the_webhook() {
     assert!(compared >= 20, "only {compared} fixtures compared");
 }
 
+/// The injection adds a few KB that point at an image, not the program: on the README's
+/// example, at most [`FOOTPRINT_BUDGET`] bytes beyond one copy of the app container's
+/// env, envFrom, volumeMounts, resources and securityContext.
+#[test]
+fn the_example_stays_within_the_footprint_budget() {
+    let path = repo().join("examples/django-deployment.yaml");
+    let text = fs::read_to_string(&path).unwrap();
+    let original: Value = serde_yaml_ng::from_str(&text).unwrap();
+    let (mutated, _) = admit(&original);
+    let app = &original["spec"]["template"]["spec"]["containers"][0];
+    let (added, beyond) = footprint(&original, &mutated, app);
+    let before = serde_json::to_vec(&original["spec"]["template"])
+        .unwrap()
+        .len();
+    eprintln!(
+        "examples/django-deployment.yaml: pod template {before} -> {} bytes; {added} added, {beyond} beyond the copied fields (budget {FOOTPRINT_BUDGET})",
+        before + added
+    );
+    assert!(
+        beyond <= FOOTPRINT_BUDGET,
+        "{beyond} bytes beyond the copied fields"
+    );
+}
+
 /// The example in the README: `inject` output contains what the README promises, and
 /// `inject` on its own output changes nothing.
 #[test]
 fn example_injects_and_reinjects_to_the_same_text() {
     let path = repo().join("examples/django-deployment.yaml");
     let input = fs::read_to_string(&path).unwrap();
-    let first = preview::inject(&input, OutputFormat::Yaml).unwrap();
+    let first = preview::inject(&input, OutputFormat::Yaml, &Default::default()).unwrap();
     assert_eq!(first.mutated, 1);
     for needle in [
-        "name: django-wait-for-db",
+        "name: django-migrate-code",
         "name: django-migrate",
+        "/django-migrate/django_migrate.py",
         "conditionType: django-migrate.io/migrated",
     ] {
         assert!(first.output.contains(needle), "missing {needle}");
     }
-    let second = preview::inject(&first.output, OutputFormat::Yaml).unwrap();
+    let second = preview::inject(&first.output, OutputFormat::Yaml, &Default::default()).unwrap();
     assert_eq!(second.mutated, 0);
     assert_eq!(second.output, first.output);
 }

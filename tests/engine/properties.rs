@@ -2,8 +2,8 @@
 //! mutation must keep" hold for any shape of Deployment, not only the fixtures.
 
 use django_migrate_webhook::deployment::Deployment;
-use django_migrate_webhook::injected;
 use django_migrate_webhook::mutation::{Operation, mutate};
+use django_migrate_webhook::{injected, names};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -161,10 +161,11 @@ fn deployment() -> impl Strategy<Value = Value> {
 fn run(op: Operation, new: &Value, old: Option<&Value>) -> (Value, json_patch::Patch) {
     let parse = |v: &Value| serde_json::from_value::<Deployment>(v.clone()).unwrap();
     let old_parsed = old.map(parse);
-    let m = mutate(op, &parse(new), old_parsed.as_ref()).expect("valid settings are not denied");
+    let m = mutate(op, &parse(new), old_parsed.as_ref(), &Default::default())
+        .expect("valid settings are not denied");
     let mut out = new.clone();
-    json_patch::patch(&mut out, &m.patch()).expect("the patch applies to the object");
-    (out, m.patch())
+    json_patch::patch(&mut out, &m.patch).expect("the patch applies to the object");
+    (out, m.patch)
 }
 
 fn app_of(d: &Value) -> Value {
@@ -217,7 +218,9 @@ proptest! {
         prop_assert_eq!(ours.len(), 2);
         prop_assert_eq!(&init[init.len() - 2..], &ours[..]);
         let app = app_of(&input);
-        for c in &ours {
+        prop_assert_eq!(&ours[0]["name"], names::CODE_CONTAINER);
+        prop_assert_eq!(&ours[0]["image"], injected::default_image());
+        for c in &ours[1..] {
             prop_assert_eq!(&c["image"], &app["image"]);
             prop_assert_eq!(c.get("workingDir"), app.get("workingDir"));
             prop_assert_eq!(c.get("securityContext"), app.get("securityContext"));
@@ -242,7 +245,7 @@ proptest! {
             }
         }
         let (followed, _) = run(Operation::Update, &bumped, Some(&out));
-        for c in injected_containers(&followed) {
+        for c in &injected_containers(&followed)[1..] {
             prop_assert_eq!(&c["image"], "app:99");
         }
         // Clean opt-out.
@@ -300,7 +303,7 @@ proptest! {
     /// Arbitrary bytes get an answer, never a panic.
     #[test]
     fn review_answers_any_bytes(body in prop::collection::vec(any::<u8>(), 0..256)) {
-        let reply = django_migrate_webhook::admission::review(&body);
+        let reply = django_migrate_webhook::admission::review(&body, &Default::default());
         prop_assert!(reply.status == 200 || reply.status == 400);
     }
 
@@ -313,7 +316,7 @@ proptest! {
         pointers(&review, String::new(), &mut all);
         let target = pick.get(&all).clone();
         *review.pointer_mut(&target).unwrap() = value;
-        let reply = django_migrate_webhook::admission::review(&serde_json::to_vec(&review).unwrap());
+        let reply = django_migrate_webhook::admission::review(&serde_json::to_vec(&review).unwrap(), &Default::default());
         prop_assert!(reply.status == 200 || reply.status == 400, "{target}: {}", reply.status);
         let body: Value = serde_json::from_slice(&reply.body).unwrap();
         if reply.status == 400 {

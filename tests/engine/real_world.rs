@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use django_migrate_webhook::injected;
+use django_migrate_webhook::names;
 use django_migrate_webhook::preview::{self, OutputFormat};
 use serde::Deserialize;
 use serde_json::Value;
@@ -61,25 +61,46 @@ fn check(name: &str, original: &Value, app: &str) -> (Value, Vec<String>) {
         &before[..],
         "{name}: user init containers"
     );
-    let (wait, migrate) = (after[before.len()], after[before.len() + 1]);
-    assert_eq!(wait["name"], injected::WAIT_FOR_DB);
-    assert_eq!(migrate["name"], injected::MIGRATE);
+    let (copy, migrate) = (after[before.len()], after[before.len() + 1]);
+    assert_eq!(copy["name"], names::CODE_CONTAINER);
+    assert_eq!(migrate["name"], names::MIGRATE_CONTAINER);
     let app_container = containers(original, "containers")
         .into_iter()
         .find(|c| c["name"] == app)
         .unwrap_or_else(|| panic!("{name}: no container {app}"));
-    for c in [wait, migrate] {
+    let (added, beyond) = footprint(original, &mutated, app_container);
+    eprintln!(
+        "{name}: the injection adds {added} bytes to the pod template, {beyond} beyond the app's copied fields"
+    );
+    assert!(
+        beyond <= FOOTPRINT_BUDGET,
+        "{name}: {beyond} bytes beyond the copied fields"
+    );
+    for c in [migrate] {
         for field in [
             "image",
             "imagePullPolicy",
             "envFrom",
-            "volumeMounts",
             "workingDir",
             "securityContext",
             "resources",
         ] {
             assert_eq!(c.get(field), app_container.get(field), "{name}: {field}");
         }
+        let mounts = c["volumeMounts"].as_array().unwrap();
+        let app_mounts = app_container["volumeMounts"]
+            .as_array()
+            .map_or(&[][..], |m| &m[..]);
+        assert_eq!(
+            &mounts[..app_mounts.len()],
+            app_mounts,
+            "{name}: mounts copied in order"
+        );
+        assert_eq!(
+            mounts.len(),
+            app_mounts.len() + 1,
+            "{name}: plus the code volume"
+        );
         let env: Vec<&Value> = c["env"].as_array().unwrap().iter().collect();
         let app_env: Vec<&Value> = app_container
             .get("env")
@@ -97,11 +118,11 @@ fn check(name: &str, original: &Value, app: &str) -> (Value, Vec<String>) {
     assert!(
         gates
             .iter()
-            .any(|g| g["conditionType"] == injected::READINESS_GATE),
+            .any(|g| g["conditionType"] == names::READINESS_GATE),
         "{name}: readiness gate"
     );
     assert_eq!(
-        mutated["spec"]["template"]["metadata"]["labels"][injected::INJECTED_LABEL],
+        mutated["spec"]["template"]["metadata"]["labels"][names::INJECTED_LABEL],
         "true"
     );
     // Stable: the stored object, sent back unchanged, needs no patch.
@@ -191,9 +212,10 @@ fn real_world_yaml_round_trips_through_inject() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let first = preview::inject(&text, OutputFormat::Yaml).unwrap();
+        let first = preview::inject(&text, OutputFormat::Yaml, &Default::default()).unwrap();
         assert_eq!(first.mutated, 1, "{}", path.display());
-        let second = preview::inject(&first.output, OutputFormat::Yaml).unwrap();
+        let second =
+            preview::inject(&first.output, OutputFormat::Yaml, &Default::default()).unwrap();
         assert_eq!(second.mutated, 0, "{}", path.display());
         assert_eq!(second.output, first.output, "{}", path.display());
     }

@@ -1,6 +1,8 @@
 //! Runs a pod's init containers as local processes, the way the kubelet would start
 //! them: `$(VAR)` expansion of env values, command and args, the container's env only,
-//! the container's workingDir, and the termination message read back from a file.
+//! the container's workingDir, volumes as host directories (a path under a mount's
+//! `mountPath` in the command is resolved into the directory that stands for the
+//! volume), and the termination message read back from a file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +49,10 @@ pub struct Container {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub working_dir: PathBuf,
+    /// `(mountPath, volume name)` of the container's volumeMounts.
+    pub mounts: Vec<(String, String)>,
+    /// Host directory of each volume (by name) that a mount refers to.
+    pub volumes: BTreeMap<String, PathBuf>,
 }
 
 impl Container {
@@ -75,17 +81,46 @@ impl Container {
             argv = entrypoint.to_vec();
         }
         argv.extend(words("args"));
+        let mounts = spec["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                (
+                    m["mountPath"].as_str().unwrap().to_owned(),
+                    m["name"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
         Container {
             name: spec["name"].as_str().unwrap().to_owned(),
             argv,
             env,
-            working_dir: PathBuf::from(spec["workingDir"].as_str().expect("workingDir")),
+            working_dir: spec["workingDir"]
+                .as_str()
+                .map_or_else(std::env::temp_dir, PathBuf::from),
+            mounts,
+            volumes: BTreeMap::new(),
         }
     }
 
+    /// `word` with a leading mount path replaced by the directory of its volume.
+    fn resolve(&self, word: &str) -> String {
+        for (path, volume) in &self.mounts {
+            if let (Some(rest), Some(dir)) =
+                (word.strip_prefix(path.as_str()), self.volumes.get(volume))
+                && (rest.is_empty() || rest.starts_with('/'))
+            {
+                return format!("{}{rest}", dir.display());
+            }
+        }
+        word.to_owned()
+    }
+
     pub fn start(&self) -> Child {
-        Command::new(&self.argv[0])
-            .args(&self.argv[1..])
+        let argv: Vec<String> = self.argv.iter().map(|w| self.resolve(w)).collect();
+        Command::new(&argv[0])
+            .args(&argv[1..])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(&self.env)
@@ -94,7 +129,7 @@ impl Container {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.argv[0]))
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", argv[0]))
     }
 
     /// Runs to completion (bounded by `limit`) and returns the exit code and the logs.

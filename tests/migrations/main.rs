@@ -11,6 +11,9 @@ mod sqlite;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+
+use django_migrate_webhook::{injected, names};
 
 use serde_json::{Value, json};
 
@@ -88,7 +91,8 @@ pub fn deployment(python: &Path, env: &[(String, String)], annotations: Pairs) -
     })
 }
 
-/// The init containers of `deployment` after `django-migrate-webhook inject`.
+/// The init containers of `deployment` after `django-migrate-webhook inject`: the code
+/// copy, then the Django step.
 pub fn injected_init_containers(deployment: &Value) -> Vec<Value> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_django-migrate-webhook"))
         .args(["inject", "-o", "json"])
@@ -141,7 +145,9 @@ impl Pods {
         Pods { dir, python, env }
     }
 
-    /// The injected init containers for this Deployment plus extra env and annotations.
+    /// The injected init containers for this Deployment plus extra env and annotations:
+    /// `[code copy, Django step]`. The code volume is a directory of this scratch space,
+    /// and the copy has run into it once, so the step can also be run on its own.
     pub fn containers(&self, extra_env: Pairs, annotations: Pairs) -> Vec<Container> {
         let mut env = self.env.clone();
         env.extend(
@@ -149,10 +155,43 @@ impl Pods {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
-        injected_init_containers(&deployment(&self.python, &env, annotations))
-            .iter()
-            .map(|spec| Container::from_spec(spec, &[]))
-            .collect()
+        let containers: Vec<Container> =
+            injected_init_containers(&deployment(&self.python, &env, annotations))
+                .iter()
+                .map(|spec| {
+                    let mut c = Container::from_spec(spec, &[]);
+                    if c.name == names::CODE_CONTAINER {
+                        // The webhook's image: this build of the binary.
+                        assert_eq!(c.argv[0], injected::BINARY_IN_IMAGE);
+                        c.argv[0] = env!("CARGO_BIN_EXE_django-migrate-webhook").into();
+                    }
+                    c.volumes
+                        .insert(names::CODE_VOLUME.into(), self.code_dir(None));
+                    c
+                })
+                .collect();
+        let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names[0], names::CODE_CONTAINER, "{names:?}");
+        assert_eq!(names.len(), 2, "{names:?}");
+        let copy = containers[0].run(Duration::from_secs(20));
+        assert_eq!(copy.code, 0, "{}", copy.logs);
+        containers
+    }
+
+    /// The directory that stands for pod `pod`'s code volume (an emptyDir).
+    fn code_dir(&self, pod: Option<usize>) -> PathBuf {
+        match pod {
+            Some(i) => self.dir.path().join(format!("pod-{i}-code")),
+            None => self.dir.path().join("code"),
+        }
+    }
+
+    /// The step's summary (the termination message as JSON).
+    pub fn summary(&self, pod: Option<usize>) -> Value {
+        let text = self.termination_message(pod);
+        serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("the termination message is not a JSON summary ({e}): {text}")
+        })
     }
 
     fn log_path(&self, pod: Option<usize>) -> PathBuf {
@@ -172,6 +211,8 @@ impl Pods {
                     TERMINATION_LOG_ENV.into(),
                     self.log_path(Some(pod)).to_string_lossy().into(),
                 );
+                c.volumes
+                    .insert(names::CODE_VOLUME.into(), self.code_dir(Some(pod)));
                 c
             })
             .collect()

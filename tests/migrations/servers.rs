@@ -234,9 +234,15 @@ fn race(server: &Server, python: std::path::PathBuf, django: &str, behind: bool)
             assert_eq!(exit.code, 0, "{context}: pod {i} {name}:\n{}", exit.logs);
         }
         assert_eq!(exits.len(), 2, "{context}: pod {i}");
-        let summary = pods.termination_message(Some(i));
-        if summary.starts_with("migrate: applied ") && !summary.contains("by another pod") {
+        let summary = pods.summary(Some(i));
+        if summary["result"] == "applied" {
             appliers += 1;
+        } else {
+            assert!(
+                ["applied-by-other-pod", "nothing-pending"]
+                    .contains(&summary["result"].as_str().unwrap()),
+                "{context}: pod {i}: {summary}"
+            );
         }
     }
     assert_eq!(
@@ -270,6 +276,8 @@ fn the_checks_catch_naive_concurrent_migrate() {
         ],
         env: pods.env.iter().cloned().collect(),
         working_dir: crate::repo().join("tests/django"),
+        mounts: Vec::new(),
+        volumes: Default::default(),
     };
     let first = naive.run(LIMIT);
     assert_eq!(first.code, 0, "{}", first.logs);
@@ -367,7 +375,7 @@ fn wait_for_db_succeeds_when_the_database_comes_up_10s_later() {
         let database = s.create_database("late");
         let port = free_port();
         let pods = s.pods(test_python(), &database, port, &s.password);
-        let wait = &pods.containers(&[], &[("wait-timeout", "60")])[0];
+        let wait = &pods.containers(&[], &[("wait-timeout", "60")])[1];
         let started = Instant::now();
         let child = wait.start();
         thread::sleep(Duration::from_secs(10));
@@ -393,14 +401,17 @@ fn wrong_password_exits_3_at_once() {
         let s = server(engine);
         let database = s.create_database("password");
         let pods = s.pods(test_python(), &database, s.port, "not-the-password");
-        let wait = &pods.containers(&[], &[])[0];
+        let wait = &pods.containers(&[], &[])[1];
         let started = Instant::now();
         let exit = wait.run(LIMIT);
         let took = started.elapsed();
         assert_eq!(exit.code, 3, "{engine:?}: {}", exit.logs);
-        let summary = pods.termination_message(None);
-        assert!(summary.contains("rejected the credentials"), "{summary}");
-        assert!(summary.contains(needle), "{summary}");
+        let summary = pods.summary(None);
+        assert_eq!(summary["result"], "credentials-rejected", "{summary}");
+        assert_eq!(summary["phase"], "database", "{summary}");
+        let message = summary["message"].as_str().unwrap();
+        assert!(message.contains("rejected the credentials"), "{summary}");
+        assert!(message.contains(needle), "{summary}");
         assert!(took < Duration::from_secs(2), "{engine:?}: took {took:?}");
         eprintln!("{engine:?}: wrong password -> exit 3 after {took:.1?}");
     }
@@ -411,15 +422,19 @@ fn nothing_listening_exits_1_at_the_timeout() {
     for engine in [Engine::Postgresql, Engine::Mysql] {
         let s = server(engine);
         let pods = s.pods(test_python(), "unused", free_port(), &s.password);
-        let wait = &pods.containers(&[], &[("wait-timeout", "3")])[0];
+        let wait = &pods.containers(&[], &[("wait-timeout", "3")])[1];
         let started = Instant::now();
         let exit = wait.run(LIMIT);
         let took = started.elapsed();
         assert_eq!(exit.code, 1, "{engine:?}: {}", exit.logs);
+        let summary = pods.summary(None);
+        assert_eq!(summary["phase"], "database", "{summary}");
         assert!(
-            pods.termination_message(None).contains("gave up after"),
-            "{}",
-            exit.logs
+            summary["message"]
+                .as_str()
+                .unwrap()
+                .contains("gave up after"),
+            "{summary}"
         );
         assert!(
             took >= Duration::from_secs(3) && took < Duration::from_secs(10),
@@ -443,7 +458,7 @@ fn a_server_that_never_answers_cannot_hang_the_pod() {
             }
         });
         let pods = s.pods(test_python(), "unused", port, &s.password);
-        let wait = &pods.containers(&[], &[("wait-timeout", "3")])[0];
+        let wait = &pods.containers(&[], &[("wait-timeout", "3")])[1];
         let started = Instant::now();
         let exit = wait.run(LIMIT);
         let took = started.elapsed();
@@ -464,9 +479,16 @@ fn a_failing_migration_exits_2_and_names_it() {
         let (name, exit, _) = exits.last().unwrap();
         assert_eq!(name, "django-migrate");
         assert_eq!(exit.code, 2, "{engine:?}: {}", exit.logs);
-        let summary = pods.termination_message(None);
+        let summary = pods.summary(None);
+        assert_eq!(summary["result"], "failed", "{summary}");
+        assert_eq!(
+            summary["failed_migration"], "broken.0001_explode",
+            "{summary}"
+        );
         assert!(
-            summary.contains("migration broken.0001_explode failed: RuntimeError: this migration fails on purpose"),
+            summary["message"].as_str().unwrap().contains(
+                "migration broken.0001_explode failed: RuntimeError: this migration fails on purpose"
+            ),
             "{summary}"
         );
     }
@@ -497,11 +519,9 @@ fn wait_mode_pods_finish_once_a_migrate_pod_applied_everything() {
             for (name, exit, _) in w.join().unwrap() {
                 assert_eq!(exit.code, 0, "{engine:?} worker {i} {name}: {}", exit.logs);
             }
-            let summary = workers.termination_message(Some(i));
-            assert!(
-                summary.starts_with("wait-for-migrations: applied by another pod"),
-                "{summary}"
-            );
+            let summary = workers.summary(Some(i));
+            assert_eq!(summary["result"], "applied-by-other-pod", "{summary}");
+            assert_eq!(summary["mode"], "wait", "{summary}");
         }
         s.assert_applied_once(&database, &format!("{engine:?} wait mode"));
     }
@@ -524,9 +544,9 @@ fn nothing_pending_costs_about_one_django_start() {
             let exit = containers[1].run(LIMIT);
             times.push(started.elapsed());
             assert_eq!(exit.code, 0, "{}", exit.logs);
-            assert!(
-                pods.termination_message(None)
-                    .starts_with("migrate: nothing to apply"),
+            assert_eq!(
+                pods.summary(None)["result"],
+                "nothing-pending",
                 "{}",
                 exit.logs
             );

@@ -40,13 +40,16 @@ fn count_runs(db: &str) -> i64 {
 }
 
 #[test]
-fn wait_for_db_and_migrate_apply_every_migration_once() {
-    let (pods, db) = sqlite_pods();
+fn one_step_waits_for_the_database_and_applies_every_migration_once() {
+    let (mut pods, db) = sqlite_pods();
+    let loads = pods.dir.path().join("settings-loads");
+    pods.env
+        .push(("SETTINGS_LOADS_FILE".into(), loads.to_string_lossy().into()));
     let containers = pods.containers(&[], &[]);
     let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["django-wait-for-db", "django-migrate"]);
+    assert_eq!(names, ["django-migrate-code", "django-migrate"]);
 
-    let exit = containers[0].run(LIMIT);
+    let exit = containers[1].run(LIMIT);
     assert_eq!(exit.code, 0, "{}", exit.logs);
     assert!(
         exit.logs
@@ -55,35 +58,58 @@ fn wait_for_db_and_migrate_apply_every_migration_once() {
         exit.logs
     );
     assert!(
-        pods.termination_message(None)
-            .starts_with("wait-for-db: database 'default' reachable")
-    );
-
-    let exit = containers[1].run(LIMIT);
-    assert_eq!(exit.code, 0, "{}", exit.logs);
-    assert!(
         exit.logs
             .contains("no cross-pod lock for the sqlite backend"),
         "{}",
         exit.logs
     );
-    let summary = pods.termination_message(None);
+    assert!(pods.termination_message(None).len() <= 4096);
+    let summary = pods.summary(None);
+    assert_eq!(summary["result"], "applied", "{summary}");
+    assert_eq!(summary["phase"], "done", "{summary}");
+    assert_eq!(summary["exit_code"], 0, "{summary}");
+    assert_eq!(summary["applied"].as_array().unwrap().len(), 6, "{summary}");
     assert!(
-        summary.starts_with("migrate: applied 6 migrations in "),
+        summary["applied"]
+            .as_array()
+            .unwrap()
+            .contains(&"catalog.0003_backfill_slugs".into()),
         "{summary}"
     );
-    assert!(summary.contains("catalog.0003_backfill_slugs"), "{summary}");
-    assert!(summary.len() <= 4096);
+    assert!(
+        summary["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("applied 6 migrations in "),
+        "{summary}"
+    );
     assert_eq!(count_runs(&db), 1);
+    // The database wait and the migration share one Django start.
+    let starts = std::fs::read_to_string(&loads).unwrap();
+    assert_eq!(starts.lines().count(), 1, "Django started {starts:?}");
 
     // A restarted pod finds nothing to do and leaves the data alone.
     let exit = containers[1].run(LIMIT);
     assert_eq!(exit.code, 0, "{}", exit.logs);
-    assert!(
-        pods.termination_message(None)
-            .starts_with("migrate: nothing to apply")
-    );
+    assert_eq!(pods.summary(None)["result"], "nothing-pending");
     assert_eq!(count_runs(&db), 1);
+}
+
+#[test]
+fn the_code_copy_writes_the_embedded_program_readable_by_anyone() {
+    use std::os::unix::fs::PermissionsExt;
+    let (pods, _) = sqlite_pods();
+    let containers = pods.containers(&[], &[]);
+    let pod = pods.pod(&containers, 7);
+    let exit = pod[0].run(LIMIT);
+    assert_eq!(exit.code, 0, "{}", exit.logs);
+    let file = pods.dir.path().join("pod-7-code/django_migrate.py");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        django_migrate_webhook::injected::PROGRAM
+    );
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o444, 0o444, "mode {mode:o}");
 }
 
 #[test]
@@ -93,10 +119,21 @@ fn wait_mode_times_out_with_exit_1_while_migrations_are_pending() {
     assert_eq!(containers[1].name, "django-wait-for-migrations");
     let exit = containers[1].run(LIMIT);
     assert_eq!(exit.code, 1, "{}", exit.logs);
-    let summary = pods.termination_message(None);
-    assert!(summary.contains("gave up after"), "{summary}");
+    let summary = pods.summary(None);
+    assert_eq!(summary["result"], "timeout", "{summary}");
+    assert_eq!(summary["phase"], "waiting", "{summary}");
     assert!(
-        summary.contains("still pending: catalog.0001_initial"),
+        summary["message"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after"),
+        "{summary}"
+    );
+    assert!(
+        summary["pending"]
+            .as_array()
+            .unwrap()
+            .contains(&"catalog.0001_initial".into()),
         "{summary}"
     );
 }
@@ -123,10 +160,14 @@ fn missing_manage_py_settings_or_alias_exit_4() {
     ];
     for (env, annotations, needle) in cases {
         let containers = pods.containers(env, annotations);
-        let exit = containers[0].run(LIMIT);
+        let exit = containers[1].run(LIMIT);
         assert_eq!(exit.code, 4, "{needle}: {}", exit.logs);
-        let summary = pods.termination_message(None);
-        assert!(summary.contains(needle), "{summary}");
+        let summary = pods.summary(None);
+        assert_eq!(summary["result"], "not-found", "{summary}");
+        assert!(
+            summary["message"].as_str().unwrap().contains(needle),
+            "{summary}"
+        );
     }
 }
 
@@ -178,7 +219,10 @@ fn manage_command_and_image_entrypoint_from_annotations() {
         &[("use-image-entrypoint", "true")],
     ));
     assert!(specs[1].get("command").is_none(), "only args: {}", specs[1]);
-    let migrate = crate::kubelet::Container::from_spec(&specs[1], &entrypoint);
+    let mut migrate = crate::kubelet::Container::from_spec(&specs[1], &entrypoint);
+    // The code volume, as the copy container leaves it.
+    let code = pods.containers(&[], &[])[1].volumes.clone();
+    migrate.volumes = code;
     let exit = migrate.run(LIMIT);
     assert_eq!(exit.code, 0, "{}", exit.logs);
     assert_eq!(count_runs(&wrapped), 1);

@@ -47,6 +47,7 @@ async fn start() -> Fixture {
         cert_reload_interval: Duration::from_millis(200),
         shutdown_delay: Duration::ZERO,
         controller: None,
+        code_image: Default::default(),
     };
     let running = server::start(&options).await.expect("server starts");
     Fixture {
@@ -534,6 +535,7 @@ async fn certificates_rotate_without_a_restart_or_a_failed_request() {
         cert_reload_interval: Duration::from_millis(100),
         shutdown_delay: Duration::ZERO,
         controller: None,
+        code_image: Default::default(),
     };
     let running = server::start(&options).await.unwrap();
     let addr = running.webhook_addr;

@@ -4,11 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use django_migrate_webhook::injected;
+use django_migrate_webhook::names;
 use serde_json::{Value, json};
 
-/// Stands for the embedded Python code in fixtures, so they do not change with it.
+/// Stands for the program that earlier releases carried in `DJANGO_MIGRATE_CODE`, in
+/// fixtures of Deployments injected by them.
 pub const CODE_PLACEHOLDER: &str = "<DJANGO_MIGRATE_CODE>";
+/// What the placeholder expands to: the engine removes that env var by name, whatever
+/// its value, so a short stand-in is as good as the old program.
+pub const LEGACY_CODE: &str = "import os\n# the migration program of an earlier release\n";
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -25,12 +29,12 @@ pub fn replace_strings(v: &mut Value, from: &str, to: &str) {
 }
 
 pub fn with_code(mut v: Value) -> Value {
-    replace_strings(&mut v, CODE_PLACEHOLDER, injected::code());
+    replace_strings(&mut v, CODE_PLACEHOLDER, LEGACY_CODE);
     v
 }
 
 pub fn without_code(mut v: Value) -> Value {
-    replace_strings(&mut v, injected::code(), CODE_PLACEHOLDER);
+    replace_strings(&mut v, LEGACY_CODE, CODE_PLACEHOLDER);
     v
 }
 
@@ -65,7 +69,10 @@ pub fn patch_of(response: &Value) -> Option<Value> {
 
 /// Runs a review through the same function the server uses and returns the response.
 pub fn respond(review: &Value) -> (u16, Value) {
-    let reply = django_migrate_webhook::admission::review(&serde_json::to_vec(review).unwrap());
+    let reply = django_migrate_webhook::admission::review(
+        &serde_json::to_vec(review).unwrap(),
+        &Default::default(),
+    );
     let body: Value = serde_json::from_slice(&reply.body).expect("reply body is JSON");
     (reply.status, body)
 }
@@ -106,7 +113,7 @@ pub fn without_owned(object: &Value) -> Value {
         .and_then(Value::as_object_mut)
     {
         if let Some(labels) = meta.get_mut("labels").and_then(Value::as_object_mut) {
-            labels.remove(injected::INJECTED_LABEL);
+            labels.remove(names::INJECTED_LABEL);
             if labels.is_empty() {
                 meta.remove("labels");
             }
@@ -123,12 +130,13 @@ pub fn without_owned(object: &Value) -> Value {
         .and_then(Value::as_object_mut)
     {
         for (key, field, values) in [
-            ("initContainers", "name", &injected::RESERVED_NAMES[..]),
+            ("initContainers", "name", &names::RESERVED_CONTAINERS[..]),
             (
                 "readinessGates",
                 "conditionType",
-                &[injected::READINESS_GATE][..],
+                &[names::READINESS_GATE][..],
             ),
+            ("volumes", "name", &[names::CODE_VOLUME][..]),
         ] {
             if let Some(items) = spec.get_mut(key).and_then(Value::as_array_mut) {
                 items.retain(|i| !i[field].as_str().is_some_and(|n| values.contains(&n)));
@@ -153,4 +161,61 @@ pub fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Bytes the injection may add to a pod template (compact JSON) beyond one copy of the
+/// app container's env, envFrom, volumeMounts, resources and securityContext.
+pub const FOOTPRINT_BUDGET: usize = 3000;
+/// Longest value of an env var the injection sets itself.
+pub const MAX_INJECTED_ENV_VALUE: usize = 256;
+
+fn compact_len(v: Option<&Value>) -> usize {
+    v.map_or(0, |v| serde_json::to_vec(v).unwrap().len())
+}
+
+/// `(bytes added to the pod template, bytes added beyond the app's copied fields)`, after
+/// checking that no env value the injection sets itself is longer than
+/// [`MAX_INJECTED_ENV_VALUE`].
+pub fn footprint(original: &Value, mutated: &Value, app: &Value) -> (usize, usize) {
+    let template = |d: &Value| compact_len(d.pointer("/spec/template"));
+    let added = template(mutated) - template(original);
+    let copied: usize = [
+        "env",
+        "envFrom",
+        "volumeMounts",
+        "resources",
+        "securityContext",
+    ]
+    .iter()
+    .map(|f| compact_len(app.get(*f)))
+    .sum();
+    let app_env: Vec<&Value> = app
+        .get("env")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    for c in mutated
+        .pointer("/spec/template/spec/initContainers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| {
+            c["name"]
+                .as_str()
+                .is_some_and(|n| names::RESERVED_CONTAINERS.contains(&n))
+        })
+    {
+        for e in c["env"].as_array().into_iter().flatten() {
+            if app_env.contains(&e) {
+                continue;
+            }
+            let len = e["value"].as_str().map_or(0, str::len);
+            assert!(
+                len <= MAX_INJECTED_ENV_VALUE,
+                "injected env {} is {len} bytes long",
+                e["name"]
+            );
+        }
+    }
+    (added, added.saturating_sub(copied))
 }

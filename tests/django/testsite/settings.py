@@ -34,3 +34,8 @@ else:
             "PASSWORD": os.environ.get("DB_PASSWORD", ""),
         }
     }
+
+# Tests count Django start-ups: each start appends its PID to this file.
+if os.environ.get("SETTINGS_LOADS_FILE"):
+    with open(os.environ["SETTINGS_LOADS_FILE"], "a") as _loads:
+        _loads.write("%d\n" % os.getpid())

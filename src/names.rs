@@ -1,0 +1,164 @@
+//! Every name of the contract, in one place: labels, annotations, the condition type and
+//! its reasons, container, volume and env names, step modes, phases and exit codes.
+//!
+//! The engine, the controller, the CLI and the tests use these; `django_migrate.py` reads
+//! the env names and writes the phases and exit codes below (a unit test checks that the
+//! two sides agree).
+
+/// Prefix of every label and annotation the webhook reads or writes.
+pub const PREFIX: &str = "django-migrate.io/";
+
+// ---------------------------------------------------------------- labels
+
+/// The opt-in label on the Deployment.
+pub const INJECT_LABEL: &str = "django-migrate.io/inject";
+/// Pod-template label that marks injected pods, so the controller watches only those.
+pub const INJECTED_LABEL: &str = "django-migrate.io/injected";
+
+// ---------------------------------------------------------------- annotations
+
+pub const CONTAINER: &str = "django-migrate.io/container";
+pub const MODE: &str = "django-migrate.io/mode";
+pub const MANAGE_PY: &str = "django-migrate.io/manage-py";
+pub const PYTHON: &str = "django-migrate.io/python";
+pub const DATABASE: &str = "django-migrate.io/database";
+pub const MANAGE_COMMAND: &str = "django-migrate.io/manage-command";
+pub const WAIT_TIMEOUT: &str = "django-migrate.io/wait-timeout";
+pub const MIGRATE_TIMEOUT: &str = "django-migrate.io/migrate-timeout";
+pub const READINESS_GATE_ANNOTATION: &str = "django-migrate.io/readiness-gate";
+pub const USE_IMAGE_ENTRYPOINT: &str = "django-migrate.io/use-image-entrypoint";
+
+/// Every annotation the webhook understands; anything else under the prefix is a typo.
+pub const KNOWN_ANNOTATIONS: [&str; 10] = [
+    CONTAINER,
+    MODE,
+    MANAGE_PY,
+    PYTHON,
+    DATABASE,
+    MANAGE_COMMAND,
+    WAIT_TIMEOUT,
+    MIGRATE_TIMEOUT,
+    READINESS_GATE_ANNOTATION,
+    USE_IMAGE_ENTRYPOINT,
+];
+
+// ---------------------------------------------------------------- readiness gate
+
+/// Pod condition set by the controller once the migration step of a pod succeeded.
+pub const READINESS_GATE: &str = "django-migrate.io/migrated";
+
+/// Reasons of the [`READINESS_GATE`] condition: each tells a different state apart.
+pub mod reason {
+    /// The step succeeded: migrations applied (here or by another pod) or nothing pending.
+    pub const MIGRATED: &str = "Migrated";
+    /// The step has not started yet (earlier init containers, image pull, scheduling).
+    pub const PENDING: &str = "MigrationStepPending";
+    /// The step is running: waiting for the database, the lock, or migrating.
+    pub const RUNNING: &str = "MigrationStepRunning";
+    /// Gave up waiting for the database.
+    pub const DATABASE_UNREACHABLE: &str = "DatabaseUnreachable";
+    /// The database rejected the credentials.
+    pub const CREDENTIALS_REJECTED: &str = "DatabaseCredentialsRejected";
+    /// Gave up waiting for the migration lock or for another pod's migrations.
+    pub const LOCK_TIMEOUT: &str = "MigrationLockTimeout";
+    /// A migration failed.
+    pub const FAILED: &str = "MigrationFailed";
+    /// The settings or the management command were not found.
+    pub const DJANGO_NOT_FOUND: &str = "DjangoNotFound";
+    /// A pending migration is unsafe for the release still serving and was held back.
+    pub const UNSAFE_BLOCKED: &str = "UnsafeMigrationBlocked";
+    /// The code copy container failed.
+    pub const CODE_COPY_FAILED: &str = "MigrationCodeCopyFailed";
+
+    /// Every reason, for metrics and documentation.
+    pub const ALL: [&str; 10] = [
+        MIGRATED,
+        PENDING,
+        RUNNING,
+        DATABASE_UNREACHABLE,
+        CREDENTIALS_REJECTED,
+        LOCK_TIMEOUT,
+        FAILED,
+        DJANGO_NOT_FOUND,
+        UNSAFE_BLOCKED,
+        CODE_COPY_FAILED,
+    ];
+}
+
+// ---------------------------------------------------------------- containers and volume
+
+/// Init container of the webhook's own image that copies the program into [`CODE_VOLUME`].
+pub const CODE_CONTAINER: &str = "django-migrate-code";
+/// The Django step in `migrate` mode.
+pub const MIGRATE_CONTAINER: &str = "django-migrate";
+/// The Django step in `wait` mode.
+pub const WAIT_CONTAINER: &str = "django-wait-for-migrations";
+/// The separate database wait of earlier releases: removed when found.
+pub const LEGACY_WAIT_FOR_DB_CONTAINER: &str = "django-wait-for-db";
+/// Init container names owned by the webhook: containers with these names are replaced.
+pub const RESERVED_CONTAINERS: [&str; 4] = [
+    CODE_CONTAINER,
+    MIGRATE_CONTAINER,
+    WAIT_CONTAINER,
+    LEGACY_WAIT_FOR_DB_CONTAINER,
+];
+
+/// The `emptyDir` volume the program is copied into.
+pub const CODE_VOLUME: &str = "django-migrate-code";
+/// Where [`CODE_VOLUME`] is mounted in both init containers.
+pub const CODE_MOUNT_PATH: &str = "/django-migrate";
+/// File name of the program inside [`CODE_MOUNT_PATH`].
+pub const PROGRAM_FILE: &str = "django_migrate.py";
+
+/// Path the kubelet reads the termination message from.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+// ---------------------------------------------------------------- env of the Django step
+
+/// `migrate` or `wait`.
+pub const ENV_MODE: &str = "DJANGO_MIGRATE_MODE";
+/// Django database alias.
+pub const ENV_DATABASE: &str = "DJANGO_MIGRATE_DATABASE";
+/// The management command, words separated by spaces.
+pub const ENV_MANAGE_COMMAND: &str = "DJANGO_MIGRATE_MANAGE_COMMAND";
+/// Seconds to wait for the database.
+pub const ENV_WAIT_TIMEOUT: &str = "DJANGO_MIGRATE_WAIT_TIMEOUT";
+/// Seconds to wait for the lock, other pods' migrations and lock-timeout retries.
+pub const ENV_MIGRATE_TIMEOUT: &str = "DJANGO_MIGRATE_MIGRATE_TIMEOUT";
+/// Env vars set by the webhook on the Django step; same-named vars of the app are dropped.
+pub const STEP_ENV: [&str; 5] = [
+    ENV_MODE,
+    ENV_DATABASE,
+    ENV_MANAGE_COMMAND,
+    ENV_WAIT_TIMEOUT,
+    ENV_MIGRATE_TIMEOUT,
+];
+/// Env vars of earlier releases that carried the program and the step; dropped when found.
+pub const LEGACY_ENV: [&str; 3] = [
+    "DJANGO_MIGRATE_CODE",
+    "DJANGO_MIGRATE_STEP",
+    "DJANGO_MIGRATE_TIMEOUT",
+];
+
+// ---------------------------------------------------------------- summary and exit codes
+
+/// Phases the step reports in its summary (`phase`): the one it was in when it ended.
+pub mod phase {
+    pub const DATABASE: &str = "database";
+    pub const LOCK: &str = "lock";
+    pub const MIGRATING: &str = "migrating";
+    pub const WAITING: &str = "waiting";
+    pub const DONE: &str = "done";
+    pub const SETUP: &str = "setup";
+    pub const ALL: [&str; 6] = [SETUP, DATABASE, LOCK, WAITING, MIGRATING, DONE];
+}
+
+/// Exit codes of the Django step.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const TIMEOUT: i32 = 1;
+    pub const MIGRATE_FAILED: i32 = 2;
+    pub const CREDENTIALS: i32 = 3;
+    pub const NOT_FOUND: i32 = 4;
+    pub const UNSAFE: i32 = 5;
+}
