@@ -9,7 +9,7 @@ update:  the typical Deployment being labelled: oldObject without the label, obj
          it and a new image (~8 KB)
 rollout: a new image for the typical Deployment once it is injected: object and
          oldObject both carry the injected init containers, as `kubectl apply` or
-         `kubectl set image` sends them (~70 KB: the injected code is in both)
+         `kubectl set image` sends them (~12 KB)
 
 The injected form comes from the project's own `inject` command (built if needed).
 

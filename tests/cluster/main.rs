@@ -183,6 +183,8 @@ async fn the_shape_of_an_earlier_release_is_rewritten_on_update() {
     }
     legacy.as_object_mut().unwrap().remove("status");
     legacy["metadata"]["namespace"] = json!(ns.name);
+    // The fixture mounts a volume it does not declare; an API server wants it declared.
+    legacy["spec"]["template"]["spec"]["volumes"] = json!([{"name": "media", "emptyDir": {}}]);
     let legacy_text = legacy
         .to_string()
         .replace("<DJANGO_MIGRATE_CODE>", "import os");
@@ -248,10 +250,8 @@ async fn the_shape_of_an_earlier_release_is_rewritten_on_update() {
     assert!(out.status.success(), "{}", text(&out).1);
     let stored = get_deployment(&client, &ns.name, "old").await;
     assert!(init_names(&stored).is_empty(), "{stored}");
-    assert!(
-        !stored.to_string().contains("django-migrate.io/injected"),
-        "{stored}"
-    );
+    let template = stored["spec"]["template"].to_string();
+    assert!(!template.contains("django-migrate"), "{template}");
 }
 
 #[tokio::test]
