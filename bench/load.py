@@ -67,8 +67,7 @@ class Server:
         self.proc = None
 
     def start(self, log):
-        self.proc = subprocess.Popen(["taskset", "-c", "1", *self.argv],
-                                     stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(["taskset", "-c", "1", *self.argv], stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -97,8 +96,23 @@ def wait_listening(port, deadline=10.0):
 
 def h2load(url, body, shape, duration=None, requests=None, log=None):
     flags, connections, streams = SHAPES[shape]
-    argv = ["taskset", "-c", "0", "h2load", *flags, "-t", "1", "-c", str(connections),
-            "-m", str(streams), "-d", str(body), "-H", "Content-Type: application/json"]
+    argv = [
+        "taskset",
+        "-c",
+        "0",
+        "h2load",
+        *flags,
+        "-t",
+        "1",
+        "-c",
+        str(connections),
+        "-m",
+        str(streams),
+        "-d",
+        str(body),
+        "-H",
+        "Content-Type: application/json",
+    ]
     if duration is not None:
         argv += ["-D", str(duration)]
     if requests is not None:
@@ -112,8 +126,7 @@ def h2load(url, body, shape, duration=None, requests=None, log=None):
     if not (m and codes and took):
         sys.exit(f"cannot read h2load's output:\n{out}")
     seconds = float(took.group(1)) / (1000 if took.group(2) == "ms" else 1)
-    return {"done": int(m.group(2)), "ok": int(codes.group(1)), "failed": int(m.group(4)),
-            "seconds": seconds}
+    return {"done": int(m.group(2)), "ok": int(codes.group(1)), "failed": int(m.group(4)), "seconds": seconds}
 
 
 def latencies_us(log):
@@ -166,10 +179,22 @@ def startup_ms(tls_cert, tls_key, runs=7):
     for _ in range(runs):
         port, admin = free_port(), free_port()
         started = time.monotonic()
-        proc = subprocess.Popen([str(WEBHOOK), "serve", "--listen", f"127.0.0.1:{port}",
-                                 "--metrics-listen", f"127.0.0.1:{admin}", "--tls-cert", tls_cert,
-                                 "--tls-key", tls_key], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                str(WEBHOOK),
+                "serve",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--metrics-listen",
+                f"127.0.0.1:{admin}",
+                "--tls-cert",
+                tls_cert,
+                "--tls-key",
+                tls_key,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             while http_get(admin, "/readyz") != 200:
                 if time.monotonic() - started > 10:
@@ -189,29 +214,46 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="A B rounds per cell")
     parser.add_argument("--inputs", default="small,typical,large,update,rollout")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="of: " + ", ".join(SHAPES))
-    parser.add_argument("--growth-requests", type=int, default=1_000_000,
-                        help="requests of the memory growth run (0 skips it)")
+    parser.add_argument(
+        "--growth-requests", type=int, default=1_000_000, help="requests of the memory growth run (0 skips it)"
+    )
     args = parser.parse_args()
     inputs = args.inputs.split(",")
     shapes = args.shapes.split(",")
     for name in inputs:
         if not (INPUTS / f"{name}.json").exists():
-            sys.exit(f"no input {name}: have " + ", ".join(p.stem for p in sorted(INPUTS.glob('*.json'))))
+            sys.exit(f"no input {name}: have " + ", ".join(p.stem for p in sorted(INPUTS.glob("*.json"))))
     for shape in shapes:
         if shape not in SHAPES:
             sys.exit(f"no shape {shape!r}: have " + ", ".join(SHAPES))
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="django-migrate-bench."))
-    subprocess.run([str(WEBHOOK), "certs", "--out", str(tmp), "--ip", "127.0.0.1"],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(WEBHOOK), "certs", "--out", str(tmp), "--ip", "127.0.0.1"], check=True, stdout=subprocess.DEVNULL
+    )
     cert, key = str(tmp / "tls.crt"), str(tmp / "tls.key")
     port, admin, floor_port = free_port(), free_port(), free_port()
-    webhook = Server("webhook", [str(WEBHOOK), "serve", "--listen", f"127.0.0.1:{port}",
-                                 "--metrics-listen", f"127.0.0.1:{admin}", "--tls-cert", cert,
-                                 "--tls-key", key], f"https://127.0.0.1:{port}/mutate")
-    floor = Server("floor", [str(FLOOR), f"127.0.0.1:{floor_port}", cert, key,
-                             *[str(INPUTS / f"{n}.json") for n in inputs]],
-                   f"https://127.0.0.1:{floor_port}/{{input}}")
+    webhook = Server(
+        "webhook",
+        [
+            str(WEBHOOK),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--metrics-listen",
+            f"127.0.0.1:{admin}",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ],
+        f"https://127.0.0.1:{port}/mutate",
+    )
+    floor = Server(
+        "floor",
+        [str(FLOOR), f"127.0.0.1:{floor_port}", cert, key, *[str(INPUTS / f"{n}.json") for n in inputs]],
+        f"https://127.0.0.1:{floor_port}/{{input}}",
+    )
     servers = [webhook, floor]
     log = open(tmp / "servers.log", "w")
     try:
@@ -220,11 +262,15 @@ def main():
         wait_listening(port)
         wait_listening(floor_port)
         print(f"# {os.cpu_count()} cores, {platform_line()}")
-        print(f"# {args.duration}s runs after {args.warmup}s warm-up, {args.rounds} rounds, "
-              "servers on core 1, h2load on core 0\n")
-        header = (f"{'input':8} {'load':14} | {'req/s':>8} {'floor':>8} {'ratio':>5} | "
-                  f"{'p50 ms':>6} {'p90':>6} {'p99':>6} | {'floor p99':>9} | "
-                  f"{'CPU µs/req':>10} {'floor':>6} {'ratio':>5} | {'peak MiB':>8} {'floor':>5} | errors")
+        print(
+            f"# {args.duration}s runs after {args.warmup}s warm-up, {args.rounds} rounds, "
+            "servers on core 1, h2load on core 0\n"
+        )
+        header = (
+            f"{'input':8} {'load':14} | {'req/s':>8} {'floor':>8} {'ratio':>5} | "
+            f"{'p50 ms':>6} {'p90':>6} {'p99':>6} | {'floor p99':>9} | "
+            f"{'CPU µs/req':>10} {'floor':>6} {'ratio':>5} | {'peak MiB':>8} {'floor':>5} | errors"
+        )
         print(header)
         print("-" * len(header))
         rows = []
@@ -251,18 +297,23 @@ def main():
                     }
                 w, f = row["webhook"], row["floor"]
                 lat = w["lat"]
-                print(f"{name:8} {shape:14} | {w['rps']:8.0f} {f['rps']:8.0f} {w['rps'] / f['rps']:5.2f} | "
-                      f"{pct(lat, 50) / 1000:6.2f} {pct(lat, 90) / 1000:6.2f} {pct(lat, 99) / 1000:6.2f} | "
-                      f"{pct(f['lat'], 99) / 1000:9.2f} | "
-                      f"{w['cpu_us']:10.0f} {f['cpu_us']:6.0f} {w['cpu_us'] / f['cpu_us']:5.2f} | "
-                      f"{w['peak_kib'] / 1024:8.1f} {f['peak_kib'] / 1024:5.1f} | "
-                      f"{w['errors']}/{f['errors']}", flush=True)
+                print(
+                    f"{name:8} {shape:14} | {w['rps']:8.0f} {f['rps']:8.0f} {w['rps'] / f['rps']:5.2f} | "
+                    f"{pct(lat, 50) / 1000:6.2f} {pct(lat, 90) / 1000:6.2f} {pct(lat, 99) / 1000:6.2f} | "
+                    f"{pct(f['lat'], 99) / 1000:9.2f} | "
+                    f"{w['cpu_us']:10.0f} {f['cpu_us']:6.0f} {w['cpu_us'] / f['cpu_us']:5.2f} | "
+                    f"{w['peak_kib'] / 1024:8.1f} {f['peak_kib'] / 1024:5.1f} | "
+                    f"{w['errors']}/{f['errors']}",
+                    flush=True,
+                )
                 rows.append(row)
         x64 = [r for r in rows if r["shape"] == "h1 x64" and r["input"] == "typical"]
         peak = {side: max((r[side]["peak_kib"] for r in x64), default=0) for side in ("webhook", "floor")}
         if x64:
-            print(f"\npeak RSS (VmHWM) under the 64-connection load, typical input: webhook {peak['webhook'] / 1024:.1f} MiB, "
-                  f"floor {peak['floor'] / 1024:.1f} MiB")
+            print(
+                "\npeak RSS (VmHWM) under the 64-connection load, typical input: "
+                f"webhook {peak['webhook'] / 1024:.1f} MiB, floor {peak['floor'] / 1024:.1f} MiB"
+            )
         for s in servers:
             s.stop()
 
@@ -280,9 +331,11 @@ def main():
             fresh.check_alive()
             fresh.stop()
             growth = (first, last, hwm, r["failed"] + r["done"] - r["ok"])
-            print(f"RSS after 10 000 requests {first / 1024:.2f} MiB, after {args.growth_requests:,} "
-                  f"{last / 1024:.2f} MiB (growth {(last - first) / 1024:+.2f} MiB, "
-                  f"errors {growth[3]}, VmHWM {hwm / 1024:.1f} MiB)")
+            print(
+                f"RSS after 10 000 requests {first / 1024:.2f} MiB, after {args.growth_requests:,} "
+                f"{last / 1024:.2f} MiB (growth {(last - first) / 1024:+.2f} MiB, "
+                f"errors {growth[3]}, VmHWM {hwm / 1024:.1f} MiB)"
+            )
 
         start = startup_ms(cert, key)
         print(f"process start to /readyz 200: {start:.1f} ms (median of 7)")
@@ -311,8 +364,14 @@ def targets(rows, peak, growth, start):
     for row in rows:
         w, f = row["webhook"], row["floor"]
         if row["shape"] == "h1 x16" and row["input"] in ("small", "typical", "update"):
-            line(w["rps"] >= f["rps"], f"{row['input']}, h1 x16: throughput {w['rps'] / f['rps']:.2f}x the floor (>= 1.0)")
-            line(w["cpu_us"] <= f["cpu_us"], f"{row['input']}, h1 x16: CPU per request {w['cpu_us'] / f['cpu_us']:.2f}x the floor (<= 1.0)")
+            line(
+                w["rps"] >= f["rps"],
+                f"{row['input']}, h1 x16: throughput {w['rps'] / f['rps']:.2f}x the floor (>= 1.0)",
+            )
+            line(
+                w["cpu_us"] <= f["cpu_us"],
+                f"{row['input']}, h1 x16: CPU per request {w['cpu_us'] / f['cpu_us']:.2f}x the floor (<= 1.0)",
+            )
         if row["shape"] == "h1 x1" and row["input"] == "typical":
             p99 = pct(w["lat"], 99) / 1000
             line(p99 <= 0.35, f"typical, h1 x1: p99 {p99:.3f} ms (<= 0.35)")

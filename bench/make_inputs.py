@@ -42,8 +42,11 @@ def review(obj, operation="CREATE", old=None):
         "object": obj,
         "oldObject": old,
         "dryRun": False,
-        "options": {"kind": "CreateOptions" if operation == "CREATE" else "UpdateOptions",
-                    "apiVersion": "meta.k8s.io/v1", "fieldManager": "kubectl-client-side-apply"},
+        "options": {
+            "kind": "CreateOptions" if operation == "CREATE" else "UpdateOptions",
+            "apiVersion": "meta.k8s.io/v1",
+            "fieldManager": "kubectl-client-side-apply",
+        },
     }
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
 
@@ -59,26 +62,54 @@ def deployment(name, containers, volumes=(), managed=False, extra_annotations=No
         "annotations": {"django-migrate.io/database": "postgresql", **(extra_annotations or {})},
     }
     if managed:
-        meta["managedFields"] = [{
-            "manager": "kubectl-client-side-apply",
-            "operation": "Update",
-            "apiVersion": "apps/v1",
-            "time": "2026-11-24T10:00:00Z",
-            "fieldsType": "FieldsV1",
-            "fieldsV1": {"f:metadata": {"f:annotations": {".": {}, "f:django-migrate.io/database": {},
-                                                        "f:kubectl.kubernetes.io/last-applied-configuration": {}},
-                                        "f:labels": {".": {}, "f:app": {}, "f:django-migrate.io/inject": {}}},
-                         "f:spec": {"f:progressDeadlineSeconds": {}, "f:replicas": {}, "f:revisionHistoryLimit": {},
-                                    "f:selector": {}, "f:strategy": {"f:rollingUpdate": {".": {}, "f:maxSurge": {},
-                                                                                        "f:maxUnavailable": {}},
-                                                                     "f:type": {}},
-                                    "f:template": {"f:metadata": {"f:labels": {".": {}, "f:app": {}}},
-                                                   "f:spec": {"f:containers": {"k:{\"name\":\"web\"}": {
-                                                       ".": {}, "f:env": {}, "f:envFrom": {}, "f:image": {},
-                                                       "f:livenessProbe": {}, "f:readinessProbe": {},
-                                                       "f:ports": {}, "f:resources": {}, "f:volumeMounts": {}}},
-                                                       "f:volumes": {}}}}},
-        }]
+        meta["managedFields"] = [
+            {
+                "manager": "kubectl-client-side-apply",
+                "operation": "Update",
+                "apiVersion": "apps/v1",
+                "time": "2026-11-24T10:00:00Z",
+                "fieldsType": "FieldsV1",
+                "fieldsV1": {
+                    "f:metadata": {
+                        "f:annotations": {
+                            ".": {},
+                            "f:django-migrate.io/database": {},
+                            "f:kubectl.kubernetes.io/last-applied-configuration": {},
+                        },
+                        "f:labels": {".": {}, "f:app": {}, "f:django-migrate.io/inject": {}},
+                    },
+                    "f:spec": {
+                        "f:progressDeadlineSeconds": {},
+                        "f:replicas": {},
+                        "f:revisionHistoryLimit": {},
+                        "f:selector": {},
+                        "f:strategy": {
+                            "f:rollingUpdate": {".": {}, "f:maxSurge": {}, "f:maxUnavailable": {}},
+                            "f:type": {},
+                        },
+                        "f:template": {
+                            "f:metadata": {"f:labels": {".": {}, "f:app": {}}},
+                            "f:spec": {
+                                "f:containers": {
+                                    'k:{"name":"web"}': {
+                                        ".": {},
+                                        "f:env": {},
+                                        "f:envFrom": {},
+                                        "f:image": {},
+                                        "f:livenessProbe": {},
+                                        "f:readinessProbe": {},
+                                        "f:ports": {},
+                                        "f:resources": {},
+                                        "f:volumeMounts": {},
+                                    }
+                                },
+                                "f:volumes": {},
+                            },
+                        },
+                    },
+                },
+            }
+        ]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -107,8 +138,14 @@ def deployment(name, containers, volumes=(), managed=False, extra_annotations=No
 
 
 def probe(path):
-    return {"httpGet": {"path": path, "port": 8000, "scheme": "HTTP"}, "initialDelaySeconds": 5,
-            "periodSeconds": 10, "timeoutSeconds": 2, "successThreshold": 1, "failureThreshold": 3}
+    return {
+        "httpGet": {"path": path, "port": 8000, "scheme": "HTTP"},
+        "initialDelaySeconds": 5,
+        "periodSeconds": 10,
+        "timeoutSeconds": 2,
+        "successThreshold": 1,
+        "failureThreshold": 3,
+    }
 
 
 def web_container(image="registry.example.com/shop/web:1.42.0", env_count=6, mounts=2, name="web"):
@@ -118,8 +155,10 @@ def web_container(image="registry.example.com/shop/web:1.42.0", env_count=6, mou
         {"name": "DATABASE_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "shop-db", "key": "password"}}},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
     ]
-    env += [{"name": f"SHOP_SETTING_{i:02}", "value": f"value-{i:02}-" + "x" * 24}
-            for i in range(max(0, env_count - len(env)))]
+    env += [
+        {"name": f"SHOP_SETTING_{i:02}", "value": f"value-{i:02}-" + "x" * 24}
+        for i in range(max(0, env_count - len(env)))
+    ]
     return {
         "name": name,
         "image": image,
@@ -132,8 +171,11 @@ def web_container(image="registry.example.com/shop/web:1.42.0", env_count=6, mou
         "volumeMounts": [{"name": f"data-{i}", "mountPath": f"/srv/data/{i}"} for i in range(mounts)],
         "livenessProbe": probe("/healthz"),
         "readinessProbe": probe("/readyz"),
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "File",
     }
@@ -153,23 +195,34 @@ def volumes(n):
 
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
-    small_container = {"name": "web", "image": "registry.example.com/shop/web:1.42.0",
-                       "command": ["gunicorn", "shop.wsgi"],
-                       "env": [{"name": "DJANGO_SETTINGS_MODULE", "value": "shop.settings"}]}
+    small_container = {
+        "name": "web",
+        "image": "registry.example.com/shop/web:1.42.0",
+        "command": ["gunicorn", "shop.wsgi"],
+        "env": [{"name": "DJANGO_SETTINGS_MODULE", "value": "shop.settings"}],
+    }
     small = review(deployment("shop", [small_container]))
     typical_obj = deployment("shop", [web_container()], volumes(2), managed=True)
     typical = review(typical_obj)
     large_containers = [web_container(env_count=40, mounts=12)]
     large_containers += [web_container(name=n, env_count=40, mounts=12) for n in ("worker", "beat")]
-    large_obj = deployment("shop", large_containers, volumes(24), managed=True,
-                           extra_annotations={"django-migrate.io/container": "web"})
+    large_obj = deployment(
+        "shop", large_containers, volumes(24), managed=True, extra_annotations={"django-migrate.io/container": "web"}
+    )
     large_obj["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = json.dumps(
-        {"apiVersion": "apps/v1", "kind": "Deployment", "spec": large_obj["spec"]}, separators=(",", ":"))
+        {"apiVersion": "apps/v1", "kind": "Deployment", "spec": large_obj["spec"]}, separators=(",", ":")
+    )
     large = review(large_obj)
-    injected = json.loads(subprocess.run(
-        ["cargo", "run", "--quiet", "--release", "--", "inject", "-o", "json", "-f", "-"],
-        input=json.dumps(typical_obj), capture_output=True, text=True, check=True,
-        cwd=OUT.parent.parent.parent).stdout)
+    injected = json.loads(
+        subprocess.run(
+            ["cargo", "run", "--quiet", "--release", "--", "inject", "-o", "json", "-f", "-"],
+            input=json.dumps(typical_obj),
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=OUT.parent.parent.parent,
+        ).stdout
+    )
     old_obj = copy.deepcopy(injected)
     new_obj = copy.deepcopy(injected)
     new_obj["metadata"]["generation"] = 2
@@ -181,8 +234,7 @@ def main():
     labelled["metadata"]["generation"] = 2
     labelled["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.example.com/shop/web:1.43.0"
     update = review(labelled, operation="UPDATE", old=unlabelled)
-    docs = (("small", small), ("typical", typical), ("large", large), ("update", update),
-            ("rollout", rollout))
+    docs = (("small", small), ("typical", typical), ("large", large), ("update", update), ("rollout", rollout))
     for name, doc in docs:
         text = json.dumps(doc, separators=(",", ":"))
         (OUT / f"{name}.json").write_text(text)

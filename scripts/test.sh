@@ -6,7 +6,9 @@
 # Debian's sources (scripts/kube/build.sh: ~7 minutes once, then cached under
 # ~/.cache/django-migrate-webhook). It starts both database servers and the control plane
 # on free loopback ports under temporary directories and stops them (by PID) when it exits.
-# Extra arguments go to `cargo test`.
+# Extra arguments go to `cargo test`. Opt-in: with DJANGO_MIGRATE_REAL_WORLD_DIR set to
+# the folder of the real-world Deployments (shared/real-world-deployments beside this
+# checkout), the real-world tier runs too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,6 +72,11 @@ source "$cluster/env"
 
 say "cargo test (tiers: unit, engine, server, migrations, cluster)"
 cargo test --locked "$@"
+
+if [ -n "${DJANGO_MIGRATE_REAL_WORLD_DIR:-}" ]; then
+    say "cargo test (tier: real_world, from $DJANGO_MIGRATE_REAL_WORLD_DIR)"
+    cargo test --locked --test real_world "$@"
+fi
 
 say "pytest (tier: chart)"
 .venv/bin/python -m pytest -q tests/chart

@@ -305,12 +305,21 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Controlle
     Ok(Action::await_change())
 }
 
-/// True when this pod's step applied migrations itself (not another pod).
-fn applied_migrations(pod: &Pod) -> bool {
+/// The summary of this pod's finished migrate step.
+fn finished_summary(pod: &Pod) -> Option<Summary> {
     status_of(pod, MIGRATE_CONTAINER)
         .and_then(|s| s.state.as_ref()?.terminated.as_ref()?.message.as_deref())
         .and_then(Summary::parse)
-        .is_some_and(|s| !s.applied.is_empty())
+}
+
+/// True when this pod's step applied migrations itself (not another pod).
+fn applied_migrations(pod: &Pod) -> bool {
+    finished_summary(pod).is_some_and(|s| !s.applied.is_empty())
+}
+
+/// True when this pod's step applied operations unsafe for the previous release.
+fn applied_unsafe(pod: &Pod) -> bool {
+    finished_summary(pod).is_some_and(|s| s.unsafe_operations.iter().any(|u| u.applied))
 }
 
 fn count_gated(store: &Store<Pod>) -> i64 {
@@ -325,6 +334,9 @@ fn count_gated(store: &Store<Pod>) -> i64 {
 async fn publish_events(ctx: &Context, pod: &Pod, desired: &Desired, failed: bool) {
     let (type_, reason) = if failed {
         (EventType::Warning, desired.reason)
+    } else if applied_unsafe(pod) {
+        // `unsafe-migrations: warn`: applied, and the team is told what may break.
+        (EventType::Warning, "UnsafeMigrationsApplied")
     } else {
         (EventType::Normal, "MigrationsApplied")
     };

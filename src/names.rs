@@ -25,11 +25,14 @@ pub const DATABASE: &str = "django-migrate.io/database";
 pub const MANAGE_COMMAND: &str = "django-migrate.io/manage-command";
 pub const WAIT_TIMEOUT: &str = "django-migrate.io/wait-timeout";
 pub const MIGRATE_TIMEOUT: &str = "django-migrate.io/migrate-timeout";
+pub const LOCK_TIMEOUT: &str = "django-migrate.io/lock-timeout";
+pub const UNSAFE_MIGRATIONS: &str = "django-migrate.io/unsafe-migrations";
+pub const ALLOW_UNSAFE: &str = "django-migrate.io/allow-unsafe";
 pub const READINESS_GATE_ANNOTATION: &str = "django-migrate.io/readiness-gate";
 pub const USE_IMAGE_ENTRYPOINT: &str = "django-migrate.io/use-image-entrypoint";
 
 /// Every annotation the webhook understands; anything else under the prefix is a typo.
-pub const KNOWN_ANNOTATIONS: [&str; 10] = [
+pub const KNOWN_ANNOTATIONS: [&str; 13] = [
     CONTAINER,
     MODE,
     MANAGE_PY,
@@ -38,6 +41,9 @@ pub const KNOWN_ANNOTATIONS: [&str; 10] = [
     MANAGE_COMMAND,
     WAIT_TIMEOUT,
     MIGRATE_TIMEOUT,
+    LOCK_TIMEOUT,
+    UNSAFE_MIGRATIONS,
+    ALLOW_UNSAFE,
     READINESS_GATE_ANNOTATION,
     USE_IMAGE_ENTRYPOINT,
 ];
@@ -125,13 +131,22 @@ pub const ENV_MANAGE_COMMAND: &str = "DJANGO_MIGRATE_MANAGE_COMMAND";
 pub const ENV_WAIT_TIMEOUT: &str = "DJANGO_MIGRATE_WAIT_TIMEOUT";
 /// Seconds to wait for the lock, other pods' migrations and lock-timeout retries.
 pub const ENV_MIGRATE_TIMEOUT: &str = "DJANGO_MIGRATE_MIGRATE_TIMEOUT";
+/// Seconds one DDL statement may wait for a table lock.
+pub const ENV_LOCK_TIMEOUT: &str = "DJANGO_MIGRATE_LOCK_TIMEOUT";
+/// `warn` or `deny`.
+pub const ENV_UNSAFE_MIGRATIONS: &str = "DJANGO_MIGRATE_UNSAFE_MIGRATIONS";
+/// Comma-separated `app_label.migration_name` allowed under `deny`.
+pub const ENV_ALLOW_UNSAFE: &str = "DJANGO_MIGRATE_ALLOW_UNSAFE";
 /// Env vars set by the webhook on the Django step; same-named vars of the app are dropped.
-pub const STEP_ENV: [&str; 5] = [
+pub const STEP_ENV: [&str; 8] = [
     ENV_MODE,
     ENV_DATABASE,
     ENV_MANAGE_COMMAND,
     ENV_WAIT_TIMEOUT,
     ENV_MIGRATE_TIMEOUT,
+    ENV_LOCK_TIMEOUT,
+    ENV_UNSAFE_MIGRATIONS,
+    ENV_ALLOW_UNSAFE,
 ];
 /// Env vars of earlier releases that carried the program and the step; dropped when found.
 pub const LEGACY_ENV: [&str; 3] = [

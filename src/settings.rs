@@ -9,10 +9,37 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 pub use crate::names::{
-    CONTAINER, DATABASE, INJECT_LABEL, KNOWN_ANNOTATIONS, MANAGE_COMMAND, MANAGE_PY,
-    MIGRATE_TIMEOUT, MODE, PREFIX, PYTHON, READINESS_GATE_ANNOTATION as READINESS_GATE,
-    USE_IMAGE_ENTRYPOINT, WAIT_TIMEOUT,
+    ALLOW_UNSAFE, CONTAINER, DATABASE, INJECT_LABEL, KNOWN_ANNOTATIONS, LOCK_TIMEOUT,
+    MANAGE_COMMAND, MANAGE_PY, MIGRATE_TIMEOUT, MODE, PREFIX, PYTHON,
+    READINESS_GATE_ANNOTATION as READINESS_GATE, UNSAFE_MIGRATIONS, USE_IMAGE_ENTRYPOINT,
+    WAIT_TIMEOUT,
 };
+
+/// Default for `lock-timeout`, in seconds: a query of the running release waits at most
+/// this long behind a migration's table lock request (well under the 5 s that users and
+/// load balancers notice), and a DDL statement still gets the lock when the tables are
+/// only briefly busy.
+pub const DEFAULT_LOCK_TIMEOUT_SECONDS: u32 = 3;
+/// Longest `lock-timeout` accepted: longer stalls the service as if there were none.
+pub const MAX_LOCK_TIMEOUT_SECONDS: u32 = 600;
+
+/// What to do with pending operations that break the release still serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnsafeMigrations {
+    /// Apply them and name them in the log, the summary, the condition and an Event.
+    Warn,
+    /// Apply nothing and exit 5, unless each is allowed by name.
+    Deny,
+}
+
+impl UnsafeMigrations {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnsafeMigrations::Warn => "warn",
+            UnsafeMigrations::Deny => "deny",
+        }
+    }
+}
 
 /// Longest timeout accepted, in seconds (one day): longer is almost certainly a mistake.
 pub const MAX_TIMEOUT_SECONDS: u32 = 86_400;
@@ -48,6 +75,11 @@ pub struct Settings {
     pub manage_command: Vec<String>,
     pub wait_timeout: u32,
     pub migrate_timeout: u32,
+    /// Seconds one DDL statement may wait for a table lock.
+    pub lock_timeout: u32,
+    pub unsafe_migrations: UnsafeMigrations,
+    /// `app_label.migration_name` that may be applied under `deny`.
+    pub allow_unsafe: Vec<String>,
     pub readiness_gate: bool,
     pub use_image_entrypoint: bool,
 }
@@ -63,6 +95,9 @@ impl Default for Settings {
             manage_command: vec!["python3".into(), "manage.py".into()],
             wait_timeout: 300,
             migrate_timeout: 1800,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT_SECONDS,
+            unsafe_migrations: UnsafeMigrations::Warn,
+            allow_unsafe: Vec::new(),
             readiness_gate: true,
             use_image_entrypoint: false,
         }
@@ -146,6 +181,54 @@ fn parse_timeout(annotation: &str, value: &str) -> Result<u32, InvalidAnnotation
     }
 }
 
+fn parse_lock_timeout(annotation: &str, value: &str) -> Result<u32, InvalidAnnotation> {
+    let allowed = || {
+        format!(
+            "allowed: a whole number of seconds from 1 to {MAX_LOCK_TIMEOUT_SECONDS}, e.g. \"{DEFAULT_LOCK_TIMEOUT_SECONDS}\""
+        )
+    };
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(annotation, value, allowed()));
+    }
+    match value.parse::<u32>() {
+        Ok(n) if (1..=MAX_LOCK_TIMEOUT_SECONDS).contains(&n) => Ok(n),
+        _ => Err(invalid(annotation, value, allowed())),
+    }
+}
+
+/// `app_label.migration_name[,...]`: Python identifiers around one dot.
+fn parse_migration_names(annotation: &str, value: &str) -> Result<Vec<String>, InvalidAnnotation> {
+    let is_identifier = |s: &str| {
+        s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    let is_name = |s: &str| {
+        s.split_once('.').is_some_and(|(app, migration)| {
+            is_identifier(app)
+                && !migration.is_empty()
+                && migration
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+    };
+    let names: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if names.is_empty() || !names.iter().all(|n| is_name(n)) {
+        return Err(invalid(
+            annotation,
+            value,
+            "allowed: comma-separated app_label.migration_name, e.g. \"shop.0042_remove_product_legacy_code\"",
+        ));
+    }
+    Ok(names)
+}
+
 fn parse_word(annotation: &str, value: &str, example: &str) -> Result<String, InvalidAnnotation> {
     if is_plain_word(value) {
         Ok(value.to_owned())
@@ -208,6 +291,15 @@ impl Settings {
                 MANAGE_COMMAND => manage_command = Some(value),
                 WAIT_TIMEOUT => s.wait_timeout = parse_timeout(key, value)?,
                 MIGRATE_TIMEOUT => s.migrate_timeout = parse_timeout(key, value)?,
+                LOCK_TIMEOUT => s.lock_timeout = parse_lock_timeout(key, value)?,
+                UNSAFE_MIGRATIONS => {
+                    s.unsafe_migrations = match value {
+                        "warn" => UnsafeMigrations::Warn,
+                        "deny" => UnsafeMigrations::Deny,
+                        _ => return Err(invalid(key, value, "allowed: \"warn\" or \"deny\"")),
+                    }
+                }
+                ALLOW_UNSAFE => s.allow_unsafe = parse_migration_names(key, value)?,
                 READINESS_GATE => s.readiness_gate = parse_bool(key, value)?,
                 USE_IMAGE_ENTRYPOINT => s.use_image_entrypoint = parse_bool(key, value)?,
                 _ => {
@@ -288,6 +380,13 @@ mod tests {
             (MIGRATE_TIMEOUT, "0"),
             (MIGRATE_TIMEOUT, "+5"),
             (MIGRATE_TIMEOUT, "99999999999"),
+            (LOCK_TIMEOUT, "0"),
+            (LOCK_TIMEOUT, "601"),
+            (LOCK_TIMEOUT, "2.5"),
+            (UNSAFE_MIGRATIONS, "block"),
+            (ALLOW_UNSAFE, "shop"),
+            (ALLOW_UNSAFE, "shop.0042; rm"),
+            (ALLOW_UNSAFE, ",,"),
             (READINESS_GATE, "yes"),
             (USE_IMAGE_ENTRYPOINT, "1"),
             (CONTAINER, ""),

@@ -14,19 +14,27 @@
 #      credentials fail at once);
 #    - migrate mode: nothing pending -> exit 0 at once; otherwise take a session-level lock
 #      on a separate connection (PostgreSQL pg_try_advisory_lock, MySQL/MariaDB GET_LOCK,
-#      polled, never a blocking wait), re-check, run `migrate`, release;
+#      polled, never a blocking wait), re-check, classify the pending operations (unsafe
+#      ones are named, and held back under `deny`), run `migrate` with a lock timeout on
+#      every statement (retried with backoff while nothing of the migration was applied),
+#      release;
 #    - wait mode: wait until nothing is pending, never migrate.
 #
+# The timeouts bound waiting (for the database, the lock, other pods, lock-timeout
+# retries); a running migration is never cut by this program.
+#
 # Exit codes: 0 ok, 1 timed out, 2 migrate failed, 3 credentials rejected,
-# 4 settings or manage command not found. A JSON summary (at most 4 KiB) goes to the
-# termination log, which Kubernetes shows in the pod status and the controller reads.
+# 4 settings or manage command not found, 5 unsafe migration held back. A JSON summary
+# (at most 4 KiB) goes to the termination log, which Kubernetes shows in the pod status
+# and the controller reads.
 #
 # The names below (env vars, phases, exit codes) are the ones of src/names.rs.
 
 import hashlib
 import json
-import select
 import os
+import random
+import select
 import shutil
 import signal
 import subprocess
@@ -39,6 +47,9 @@ ALIAS = os.environ.get("DJANGO_MIGRATE_DATABASE", "default")
 MANAGE_COMMAND = os.environ.get("DJANGO_MIGRATE_MANAGE_COMMAND", "python3 manage.py").split()
 WAIT_TIMEOUT = float(os.environ.get("DJANGO_MIGRATE_WAIT_TIMEOUT", "300"))
 MIGRATE_TIMEOUT = float(os.environ.get("DJANGO_MIGRATE_MIGRATE_TIMEOUT", "1800"))
+LOCK_TIMEOUT = int(os.environ.get("DJANGO_MIGRATE_LOCK_TIMEOUT", "3"))
+UNSAFE_MIGRATIONS = os.environ.get("DJANGO_MIGRATE_UNSAFE_MIGRATIONS", "warn")
+ALLOW_UNSAFE = {m.strip() for m in os.environ.get("DJANGO_MIGRATE_ALLOW_UNSAFE", "").split(",") if m.strip()}
 TERMINATION_LOG = os.environ.get("DJANGO_MIGRATE_TERMINATION_LOG", "/dev/termination-log")
 STATUS_FD_ENV = "DJANGO_MIGRATE_STATUS_FD"
 POLL_SECONDS = float(os.environ.get("DJANGO_MIGRATE_POLL_SECONDS", "2"))
@@ -48,12 +59,15 @@ MAX_BACKOFF_SECONDS = 5.0
 MAX_SUMMARY_BYTES = 4096
 # How long past a wait's deadline the watchdog lets a stuck driver call run.
 WATCHDOG_GRACE_SECONDS = 15
+# Longest pause between two attempts of a migration that hit the lock timeout.
+MAX_RETRY_BACKOFF_SECONDS = 30.0
 
 EXIT_OK = 0
 EXIT_TIMEOUT = 1
 EXIT_MIGRATE_FAILED = 2
 EXIT_CREDENTIALS = 3
 EXIT_NOT_FOUND = 4
+EXIT_UNSAFE = 5
 
 PHASE_SETUP = "setup"
 PHASE_DATABASE = "database"
@@ -69,7 +83,7 @@ class Report:
     """What the summary says; filled in as the step goes."""
 
     phase = PHASE_SETUP
-    applied = []
+    applied = []  # appended to while `migrate` runs
     pending = []
     failed_migration = None
     database_seconds = 0.0
@@ -325,9 +339,7 @@ def pending_migrations(connection):
 
     executor = MigrationExecutor(connection)
     targets = executor.loader.graph.leaf_nodes()
-    return [
-        "%s.%s" % (m.app_label, m.name) for m, backwards in executor.migration_plan(targets) if not backwards
-    ]
+    return ["%s.%s" % (m.app_label, m.name) for m, backwards in executor.migration_plan(targets) if not backwards]
 
 
 class Lock:
@@ -371,32 +383,316 @@ class Lock:
             self.connection.close()
 
 
-def run_migrate(connection, watchdog):
-    """Runs `migrate` under the lock; never cut by the watchdog."""
+# ---------------------------------------------------------------- unsafe operations
+
+
+def pending_plan(connection):
+    """The pending plan as (migration, project state before it) pairs."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    first_install = not executor.loader.applied_migrations
+    out = []
+    for migration, backwards in plan:
+        if backwards:
+            continue
+        state = executor.loader.project_state((migration.app_label, migration.name), at_end=False)
+        out.append((migration, state))
+    return out, first_install
+
+
+def database_operations(operations):
+    """The operations that touch the database: SeparateDatabaseAndState counts only its
+    database side."""
+    from django.db.migrations.operations import SeparateDatabaseAndState
+
+    for op in operations:
+        if isinstance(op, SeparateDatabaseAndState):
+            yield from database_operations(op.database_operations)
+        else:
+            yield op
+
+
+def field_type(field, connection):
+    try:
+        return field.db_type(connection)
+    except Exception:  # noqa: BLE001 - fields that need their model to answer
+        return field.deconstruct()[1]
+
+
+def why_unsafe(op, app_label, state, connection):
+    """Why `op` breaks the release still serving, or None. `state` is the project state
+    just before it."""
+    from django.db import models
+    from django.db.migrations import operations as ops
+
+    if isinstance(op, ops.RemoveField):
+        return "drops column %s.%s, which the previous release still reads" % (op.model_name, op.name)
+    if isinstance(op, ops.DeleteModel):
+        return "drops the table of model %s, which the previous release still reads" % op.name
+    if isinstance(op, ops.RenameField):
+        return "renames column %s.%s to %s; the previous release still uses the old name" % (
+            op.model_name,
+            op.old_name,
+            op.new_name,
+        )
+    if isinstance(op, ops.RenameModel):
+        return "renames model %s to %s (and its table); the previous release still uses the old one" % (
+            op.old_name,
+            op.new_name,
+        )
+    if isinstance(op, ops.AlterModelTable):
+        return "renames the table of model %s; the previous release still uses the old name" % op.name
+    if isinstance(op, ops.AddField):
+        field = op.field
+        if field.many_to_many or field.null:
+            return None
+        if getattr(field, "db_default", models.NOT_PROVIDED) is not models.NOT_PROVIDED:
+            return None
+        return "adds non-nullable column %s.%s without a database default; inserts of the previous release fail" % (
+            op.model_name,
+            op.name,
+        )
+    if isinstance(op, ops.AlterField):
+        try:
+            old = state.models[app_label, op.model_name_lower].fields[op.name]
+        except KeyError:
+            return None
+        new = op.field
+        if old.null and not new.null:
+            return "makes column %s.%s non-nullable; the previous release may still write NULL" % (
+                op.model_name,
+                op.name,
+            )
+        old_type, new_type = field_type(old, connection), field_type(new, connection)
+        if old_type != new_type:
+            widened = (
+                type(old) is type(new)
+                and getattr(old, "max_length", None)
+                and getattr(new, "max_length", None)
+                and new.max_length > old.max_length
+            )
+            if not widened:
+                return "changes the type of column %s.%s from %s to %s" % (op.model_name, op.name, old_type, new_type)
+    return None
+
+
+def classify(plan, first_install, connection):
+    """Unsafe and unverifiable operations of the pending plan. Operations on models
+    created earlier in the same plan are not unsafe: the previous release never used
+    them; nor is anything on a first install."""
+    from django.db.migrations import operations as ops
+
+    unsafe, unchecked = [], []
+    if first_install:
+        return unsafe, unchecked
+    created = set()
+    for migration, state in plan:
+        name = "%s.%s" % (migration.app_label, migration.name)
+        for op in database_operations(migration.operations):
+            if isinstance(op, ops.CreateModel):
+                created.add((migration.app_label, op.name_lower))
+            if isinstance(op, (ops.RunSQL, ops.RunPython)):
+                unchecked.append({"migration": name, "operation": op.__class__.__name__})
+                continue
+            model = getattr(op, "model_name_lower", None) or getattr(op, "name_lower", None)
+            if (migration.app_label, model) in created and not isinstance(op, ops.CreateModel):
+                continue
+            why = why_unsafe(op, migration.app_label, state, connection)
+            if why:
+                unsafe.append(
+                    {
+                        "migration": name,
+                        "operation": "%s(%s)" % (op.__class__.__name__, op.describe()),
+                        "why": why,
+                        "applied": False,
+                    }
+                )
+            try:
+                op.state_forwards(migration.app_label, state)
+            except Exception:  # noqa: BLE001 - the state is only needed for the checks
+                pass
+    return unsafe, unchecked
+
+
+def hold_back_unsafe(connection):
+    """Names unsafe operations; under `deny` exits 5 unless each is allowed by name."""
+    plan, first_install = pending_plan(connection)
+    unsafe, unchecked = classify(plan, first_install, connection)
+    for item in unchecked:
+        log("%s: %s cannot be checked for safety; review it by hand" % (item["migration"], item["operation"]))
+    if not unsafe:
+        return
+    blocked = [u for u in unsafe if UNSAFE_MIGRATIONS == "deny" and u["migration"] not in ALLOW_UNSAFE]
+    for u in unsafe:
+        allowed = "allowed by django-migrate.io/allow-unsafe" if u["migration"] in ALLOW_UNSAFE else UNSAFE_MIGRATIONS
+        log(
+            "unsafe for the release still serving (%s): %s %s: %s" % (allowed, u["migration"], u["operation"], u["why"])
+        )
+    Report.unsafe_operations = unsafe
+    if blocked:
+        first = blocked[0]
+        finish(
+            EXIT_UNSAFE,
+            "unsafe-blocked",
+            "held back %d unsafe operation(s) under django-migrate.io/unsafe-migrations: deny; first: %s %s: %s; "
+            "nothing was applied; ship it in a later release, or allow it with django-migrate.io/allow-unsafe: %s"
+            % (len(blocked), first["migration"], first["operation"], first["why"], first["migration"]),
+        )
+
+
+# ---------------------------------------------------------------- migrate
+
+
+def is_lock_timeout(error):
+    """PostgreSQL lock_not_available (lock_timeout); MySQL/MariaDB 1205 (lock wait timeout,
+    for metadata and row locks)."""
+    cause = error.__cause__ or error
+    code = getattr(cause, "pgcode", None) or getattr(cause, "sqlstate", None)
+    if code == "55P03":
+        return True
+    args = getattr(cause, "args", ())
+    return bool(args) and args[0] == 1205
+
+
+def set_lock_timeout(connection, seconds):
+    """Every statement of `migrate` waits at most `seconds` for a table lock (0: no limit),
+    so ordinary queries never queue longer than that behind it."""
+    seconds = int(seconds)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET lock_timeout = '%ds'" % seconds)
+        elif connection.vendor == "mysql" and seconds:
+            cursor.execute("SET SESSION lock_wait_timeout = %d" % seconds)
+            cursor.execute("SET SESSION innodb_lock_wait_timeout = %d" % seconds)
+
+
+class Progress:
+    """Which migration `migrate` is applying and how many of its statements ran."""
+
+    migration = None
+    atomic = True
+    statements = 0
+    failed_sql = None
+
+
+READ_ONLY_STATEMENTS = ("SELECT", "SHOW", "SET", "EXPLAIN", "DESCRIBE", "SAVEPOINT", "RELEASE", "ROLLBACK")
+
+
+def changes_something(sql):
+    """False for statements that leave the schema and data as they were (introspection,
+    session settings, savepoints)."""
+    words = str(sql).lstrip().split(None, 1)
+    return bool(words) and words[0].upper() not in READ_ONLY_STATEMENTS
+
+
+def track_progress(connection):
+    """Wraps MigrationExecutor.apply_migration and the connection's execute to follow
+    `migrate` statement by statement. CREATE/DROP INDEX CONCURRENTLY runs without the lock
+    timeout: it waits for older transactions by design, blocks no reads or writes, and a
+    timeout would leave an invalid index behind."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    original = MigrationExecutor.apply_migration
+
+    def apply_migration(self, state, migration, fake=False, fake_initial=False):
+        Progress.migration = "%s.%s" % (migration.app_label, migration.name)
+        Progress.atomic = migration.atomic and connection.features.can_rollback_ddl
+        Progress.statements = 0
+        Progress.failed_sql = None
+        result = original(self, state, migration, fake=fake, fake_initial=fake_initial)
+        Report.applied.append(Progress.migration)
+        Progress.migration = None
+        return result
+
+    MigrationExecutor.apply_migration = apply_migration
+
+    def execute(run, sql, params, many, context):
+        concurrent = connection.vendor == "postgresql" and "CONCURRENTLY" in str(sql).upper()
+        if concurrent:
+            set_lock_timeout(connection, 0)
+        try:
+            result = run(sql, params, many, context)
+        except Exception:
+            Progress.failed_sql = str(sql)
+            raise
+        finally:
+            if concurrent:
+                set_lock_timeout(connection, LOCK_TIMEOUT)
+        if Progress.migration is not None and changes_something(sql):
+            Progress.statements += 1
+        return result
+
+    return connection.execute_wrapper(execute)
+
+
+def run_migrate(connection, watchdog, deadline):
+    """Runs `migrate` under the lock; never cut by the watchdog. A migration that hit the
+    lock timeout and left nothing applied is retried with backoff and jitter until the
+    deadline. Returns None, or the error message for exit 2."""
     from django.core.management import call_command
 
     Report.phase = PHASE_MIGRATING
     watchdog.disarm()
-    log("applying %d migrations: %s" % (len(Report.pending), describe(Report.pending)))
+    log(
+        "applying %d migrations (lock timeout %ds per statement): %s"
+        % (len(Report.pending), LOCK_TIMEOUT, describe(Report.pending))
+    )
     started = time.monotonic()
-    before = list(Report.pending)
-    try:
-        call_command("migrate", database=ALIAS, interactive=False, verbosity=1)
-    except Exception as e:  # noqa: BLE001 - any failure of a migration is reported
-        Report.migrate_seconds = time.monotonic() - started
-        connection.close()
-        try:
-            still = pending_migrations(connection)
-        except Exception:  # noqa: BLE001
-            still = before
-        Report.applied = [m for m in before if m not in still]
-        Report.pending = still
-        Report.failed_migration = still[0] if still else None
-        name = Report.failed_migration or "unknown migration"
-        return "migration %s failed: %s: %s" % (name, e.__class__.__name__, first_line(e))
+    attempt = 0
+    with track_progress(connection):
+        while True:
+            attempt += 1
+            try:
+                set_lock_timeout(connection, LOCK_TIMEOUT)
+                call_command("migrate", database=ALIAS, interactive=False, verbosity=1)
+                break
+            except Exception as e:  # noqa: BLE001 - any failure of a migration is reported
+                Report.migrate_seconds = time.monotonic() - started
+                failed = Progress.migration
+                nothing_applied = Progress.atomic or Progress.statements == 0
+                statement = (Progress.failed_sql or "").strip().splitlines()[0][:200] if Progress.failed_sql else ""
+                Progress.migration = None
+                connection.close()
+                try:
+                    Report.pending = pending_migrations(connection)
+                except Exception:  # noqa: BLE001
+                    pass
+                if not is_lock_timeout(e) or failed is None:
+                    Report.failed_migration = failed or (Report.pending[0] if Report.pending else None)
+                    name = Report.failed_migration or "unknown migration"
+                    return "migration %s failed: %s: %s" % (name, e.__class__.__name__, first_line(e))
+                if not nothing_applied:
+                    Report.failed_migration = failed
+                    return (
+                        "migration %s is half-applied: %d statement(s) ran, then a statement timed out on its "
+                        "table lock after %ds and was not applied: %s; it is not retried blindly: check the "
+                        "database, then apply the rest or mark it applied (migrate --fake)"
+                        % (failed, Progress.statements, LOCK_TIMEOUT, statement)
+                    )
+                left = deadline - time.monotonic()
+                pause = min(MAX_RETRY_BACKOFF_SECONDS, 2.0 ** min(attempt, 5)) * random.uniform(0.5, 1.0)
+                if left <= pause:
+                    Report.failed_migration = failed
+                    finish(
+                        EXIT_TIMEOUT,
+                        "timeout",
+                        "gave up after %.0fs and %d attempts: migration %s kept timing out on a table lock "
+                        "(a long transaction holds it); nothing of it was applied; statement: %s"
+                        % (elapsed(), attempt, failed, statement),
+                    )
+                Report.retries += 1
+                log(
+                    "migration %s hit the lock timeout (%ds) and was rolled back, nothing applied; "
+                    "retry %d in %.1fs (%.0fs left); statement: %s"
+                    % (failed, LOCK_TIMEOUT, Report.retries, pause, left, statement)
+                )
+                time.sleep(pause)
     Report.migrate_seconds = time.monotonic() - started
-    Report.applied = before
     Report.pending = []
+    for u in Report.unsafe_operations:
+        u["applied"] = u["migration"] in Report.applied
     return None
 
 
@@ -431,7 +727,10 @@ def poll_until_applied(connection, lock, watchdog):
                 "gave up after %.0fs waiting for %s; still pending: %s" % (elapsed(), what, describe(Report.pending)),
             )
         if lock is not None:
-            log("another pod holds the migration lock; %d pending; checking again in %.0fs" % (len(Report.pending), POLL_SECONDS))
+            log(
+                "another pod holds the migration lock; %d pending; checking again in %.0fs"
+                % (len(Report.pending), POLL_SECONDS)
+            )
         else:
             log("%d migrations pending; checking again in %.0fs" % (len(Report.pending), POLL_SECONDS))
         time.sleep(min(POLL_SECONDS, max(left, 0.1)))
@@ -452,10 +751,11 @@ def poll_until_applied(connection, lock, watchdog):
 
 def step_migrate(connections, connection, watchdog):
     lock = Lock(connections)
+    deadline = time.monotonic() + MIGRATE_TIMEOUT
     if not lock.supported:
         log("no cross-pod lock for the %s backend: running migrate directly" % lock.vendor)
-    elif not poll_until_applied(connection, lock, watchdog):
-        return
+    else:
+        poll_until_applied(connection, lock, watchdog)
     try:
         if lock.supported:
             # Another pod may have finished between our check and the lock.
@@ -468,18 +768,34 @@ def step_migrate(connections, connection, watchdog):
                     "applied-by-other-pod",
                     "applied by another pod (waited %.1fs for the lock)" % Report.lock_wait_seconds,
                 )
-        error = run_migrate(connection, watchdog)
+        hold_back_unsafe(connection)
+        error = run_migrate(connection, watchdog, deadline)
     finally:
         if lock.supported:
             lock.release()
     if error:
         finish(EXIT_MIGRATE_FAILED, "failed", error)
     Report.phase = PHASE_DONE
+    unsafe = [u for u in Report.unsafe_operations if u["applied"]]
+    note = ""
+    if unsafe:
+        note = "; %d unsafe for the previous release: %s" % (
+            len(unsafe),
+            ", ".join("%s %s" % (u["migration"], u["operation"]) for u in unsafe),
+        )
+    retries = " after %d lock-timeout retries" % Report.retries if Report.retries else ""
     finish(
         EXIT_OK,
         "applied",
-        "applied %d migrations in %.1fs (waited %.1fs for the lock): %s"
-        % (len(Report.applied), Report.migrate_seconds, Report.lock_wait_seconds, describe(Report.applied)),
+        "applied %d migrations in %.1fs%s (waited %.1fs for the lock): %s%s"
+        % (
+            len(Report.applied),
+            Report.migrate_seconds,
+            retries,
+            Report.lock_wait_seconds,
+            describe(Report.applied),
+            note,
+        ),
     )
 
 
@@ -496,7 +812,7 @@ def run_inner():
     try:
         from django.conf import settings
 
-        settings.DATABASES
+        settings.DATABASES  # noqa: B018 - loads the settings module
     except Exception as e:  # noqa: BLE001 - any import error in the settings module
         finish(
             EXIT_NOT_FOUND,
@@ -518,6 +834,12 @@ def run_inner():
         )
     if MODE not in ("migrate", "wait"):
         finish(EXIT_NOT_FOUND, "not-found", "unknown DJANGO_MIGRATE_MODE %r: allowed migrate or wait" % MODE)
+    if UNSAFE_MIGRATIONS not in ("warn", "deny"):
+        finish(
+            EXIT_NOT_FOUND,
+            "not-found",
+            "unknown DJANGO_MIGRATE_UNSAFE_MIGRATIONS %r: allowed warn or deny" % UNSAFE_MIGRATIONS,
+        )
     watchdog = Watchdog()
     with_connect_timeout(connection)
     wait_for_connection(connection, watchdog)
@@ -526,7 +848,10 @@ def run_inner():
         Report.phase = PHASE_DONE
         finish(EXIT_OK, "nothing-pending", "nothing to apply (%.1fs)" % elapsed())
     if MODE == "wait":
-        log("%d migrations pending: %s; waiting for them to be applied" % (len(Report.pending), describe(Report.pending)))
+        log(
+            "%d migrations pending: %s; waiting for them to be applied"
+            % (len(Report.pending), describe(Report.pending))
+        )
         poll_until_applied(connection, None, watchdog)
     else:
         step_migrate(connections, connection, watchdog)

@@ -13,9 +13,10 @@ use serde_json::{Value, json};
 
 use crate::deployment::JsonMap;
 use crate::names::{
-    CODE_CONTAINER, CODE_MOUNT_PATH, CODE_VOLUME, ENV_DATABASE, ENV_MANAGE_COMMAND,
-    ENV_MIGRATE_TIMEOUT, ENV_MODE, ENV_WAIT_TIMEOUT, LEGACY_ENV, MIGRATE_CONTAINER, PROGRAM_FILE,
-    RESERVED_CONTAINERS, STEP_ENV, TERMINATION_LOG, WAIT_CONTAINER,
+    CODE_CONTAINER, CODE_MOUNT_PATH, CODE_VOLUME, ENV_ALLOW_UNSAFE, ENV_DATABASE, ENV_LOCK_TIMEOUT,
+    ENV_MANAGE_COMMAND, ENV_MIGRATE_TIMEOUT, ENV_MODE, ENV_UNSAFE_MIGRATIONS, ENV_WAIT_TIMEOUT,
+    LEGACY_ENV, MIGRATE_CONTAINER, PROGRAM_FILE, RESERVED_CONTAINERS, STEP_ENV, TERMINATION_LOG,
+    WAIT_CONTAINER,
 };
 use crate::settings::{Mode, Settings};
 
@@ -155,6 +156,11 @@ pub fn step_container(app: &JsonMap, s: &Settings) -> Value {
     set(ENV_MANAGE_COMMAND, s.manage_command.join(" "));
     set(ENV_WAIT_TIMEOUT, s.wait_timeout.to_string());
     set(ENV_MIGRATE_TIMEOUT, s.migrate_timeout.to_string());
+    set(ENV_LOCK_TIMEOUT, s.lock_timeout.to_string());
+    set(ENV_UNSAFE_MIGRATIONS, s.unsafe_migrations.as_str().into());
+    if !s.allow_unsafe.is_empty() {
+        set(ENV_ALLOW_UNSAFE, s.allow_unsafe.join(","));
+    }
     c.insert("env".into(), Value::Array(env));
 
     let mut mounts = match app.get("volumeMounts") {
@@ -236,7 +242,9 @@ mod tests {
                 ENV_DATABASE,
                 ENV_MANAGE_COMMAND,
                 ENV_WAIT_TIMEOUT,
-                ENV_MIGRATE_TIMEOUT
+                ENV_MIGRATE_TIMEOUT,
+                ENV_LOCK_TIMEOUT,
+                ENV_UNSAFE_MIGRATIONS
             ]
         );
         assert_eq!(
@@ -273,6 +281,7 @@ mod tests {
             ("EXIT_MIGRATE_FAILED", exit::MIGRATE_FAILED),
             ("EXIT_CREDENTIALS", exit::CREDENTIALS),
             ("EXIT_NOT_FOUND", exit::NOT_FOUND),
+            ("EXIT_UNSAFE", exit::UNSAFE),
         ] {
             assert!(
                 PROGRAM.contains(&format!("\n{constant} = {code}\n")),

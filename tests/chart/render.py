@@ -4,6 +4,7 @@
 
 The cluster tier uses it to register the chart's own MutatingWebhookConfiguration.
 """
+
 import json
 import pathlib
 import sys

@@ -1,13 +1,13 @@
 """The chart tier: the chart rendered, linted and installed with Helm's own Go SDK
 (helm-python-sdk), its objects checked as a platform engineer would, and applied to the
 real test control plane (scripts/kube/) so that the API server validates every object."""
+
 import base64
 import json
 import os
 import pathlib
 import subprocess
 import tempfile
-import time
 
 import helm_python as helm
 import pytest
@@ -73,8 +73,16 @@ def test_lint_passes_in_every_tls_mode(mode):
 
 
 # Volume types the restricted Pod Security Standard allows.
-RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
-                      "persistentVolumeClaim", "projected", "secret"}
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
 def assert_restricted(pod):
@@ -87,10 +95,19 @@ def assert_restricted(pod):
     for forbidden in ("hostNetwork", "hostPID", "hostIPC"):
         assert not pod.get(forbidden), forbidden
     assert not psc.get("windowsOptions", {}).get("hostProcess")
-    safe_sysctls = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-                    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range"}
+    safe_sysctls = {
+        "kernel.shm_rmid_forced",
+        "net.ipv4.ip_local_port_range",
+        "net.ipv4.ip_unprivileged_port_start",
+        "net.ipv4.tcp_syncookies",
+        "net.ipv4.ping_group_range",
+    }
     assert {s["name"] for s in psc.get("sysctls", [])} <= safe_sysctls
-    assert psc.get("seLinuxOptions", {}).get("type", "container_t") in ("container_t", "container_init_t", "container_kvm_t")
+    assert psc.get("seLinuxOptions", {}).get("type", "container_t") in (
+        "container_t",
+        "container_init_t",
+        "container_kvm_t",
+    )
     assert not {k for k in pod.get("metadata", {}).get("annotations", {}) if k.startswith("container.apparmor")}
     # Restricted: volume types, non-root, seccomp.
     for volume in pod.get("volumes", []):
@@ -108,7 +125,9 @@ def assert_restricted(pod):
         assert sc.get("allowPrivilegeEscalation") is False, name
         assert sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, name
         assert sc.get("runAsUser", psc.get("runAsUser", 1)) != 0, name
-        assert sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type") in ("RuntimeDefault", "Localhost"), name
+        assert sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type") in ("RuntimeDefault", "Localhost"), (
+            name
+        )
         assert "ALL" in sc.get("capabilities", {}).get("drop", []), name
         assert set(sc.get("capabilities", {}).get("add", [])) <= {"NET_BIND_SERVICE"}, name
         assert sc.get("readOnlyRootFilesystem") is True, name
@@ -118,9 +137,13 @@ def test_shutdown_delay_fits_in_the_grace_period():
     pod = one(render(), "Deployment")["spec"]["template"]["spec"]
     assert "--shutdown-delay=5" in pod["containers"][0]["args"]
     assert pod["terminationGracePeriodSeconds"] == 30
-    pod = one(render({"shutdownDelaySeconds": 20, "terminationGracePeriodSeconds": 45}), "Deployment")["spec"]["template"]["spec"]
+    pod = one(render({"shutdownDelaySeconds": 20, "terminationGracePeriodSeconds": 45}), "Deployment")["spec"][
+        "template"
+    ]["spec"]
     assert "--shutdown-delay=20" in pod["containers"][0]["args"]
-    with pytest.raises(helm.HelmError, match=r"terminationGracePeriodSeconds \(30\) must be at least shutdownDelaySeconds \(15\) \+ 21"):
+    with pytest.raises(
+        helm.HelmError, match=r"terminationGracePeriodSeconds \(30\) must be at least shutdownDelaySeconds \(15\) \+ 21"
+    ):
         render({"shutdownDelaySeconds": 15})
 
 
@@ -190,10 +213,15 @@ def test_webhook_configuration_follows_the_design(mode):
     assert hook["sideEffects"] == "None"
     assert hook["admissionReviewVersions"] == ["v1"]
     assert hook["matchPolicy"] == "Equivalent"
-    assert hook["rules"] == [{
-        "apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-        "resources": ["deployments"], "scope": "Namespaced",
-    }]
+    assert hook["rules"] == [
+        {
+            "apiGroups": ["apps"],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["deployments"],
+            "scope": "Namespaced",
+        }
+    ]
     assert hook["objectSelector"] == {"matchLabels": {"django-migrate.io/inject": "true"}}
     (expr,) = hook["namespaceSelector"]["matchExpressions"]
     assert expr["key"] == "kubernetes.io/metadata.name" and expr["operator"] == "NotIn"
@@ -204,7 +232,10 @@ def test_webhook_configuration_follows_the_design(mode):
     if mode == "certManager":
         assert "caBundle" not in hook["clientConfig"]
         cert = one(docs, "Certificate")
-        assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/{cert['metadata']['name']}"
+        assert (
+            config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+            == f"{NAMESPACE}/{cert['metadata']['name']}"
+        )
         assert cert["spec"]["secretName"] == volume
         assert f"{service}.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
         assert one(docs, "Issuer")["spec"] == {"selfSigned": {}}
@@ -222,34 +253,52 @@ def test_generated_certificate_is_signed_by_the_ca_bundle_and_names_the_service(
     assert secret["data"]["ca.crt"] == hook["clientConfig"]["caBundle"]
     for name in ("ca.crt", "tls.crt", "tls.key"):
         (tmp_path / name).write_bytes(base64.b64decode(secret["data"][name]))
-    verify = subprocess.run(["openssl", "verify", "-CAfile", tmp_path / "ca.crt", tmp_path / "tls.crt"],
-                            capture_output=True, text=True)
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", tmp_path / "ca.crt", tmp_path / "tls.crt"], capture_output=True, text=True
+    )
     assert verify.returncode == 0, verify.stderr
-    sans = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", tmp_path / "tls.crt"],
-                          capture_output=True, text=True, check=True).stdout
+    sans = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", tmp_path / "tls.crt"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     service = one(docs, "Service")["metadata"]["name"]
     for name in (service, f"{service}.{NAMESPACE}", f"{service}.{NAMESPACE}.svc"):
         assert f"DNS:{name}," in sans + ",", sans
-    assert secret["metadata"]["name"] == one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
+    assert (
+        secret["metadata"]["name"]
+        == one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
+    )
 
 
 def test_the_injected_image_can_be_mirrored():
-    docs = render({"image": {"tag": "9.9.9"},
-                   "injection": {"image": {"repository": "mirror.internal/django-migrate-webhook", "pullPolicy": "Always"}}})
+    docs = render(
+        {
+            "image": {"tag": "9.9.9"},
+            "injection": {"image": {"repository": "mirror.internal/django-migrate-webhook", "pullPolicy": "Always"}},
+        }
+    )
     args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--code-image=mirror.internal/django-migrate-webhook:9.9.9" in args
     assert "--code-image-pull-policy=Always" in args
 
 
 def test_non_default_values_are_honoured():
-    docs = render({
-        "replicaCount": 3,
-        "priorityClassName": "system-cluster-critical",
-        "controller": {"enabled": False},
-        "webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 10, "namespaceSelector": {"matchLabels": {"team": "django"}}},
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
-        "podDisruptionBudget": {"enabled": False},
-    })
+    docs = render(
+        {
+            "replicaCount": 3,
+            "priorityClassName": "system-cluster-critical",
+            "controller": {"enabled": False},
+            "webhook": {
+                "failurePolicy": "Ignore",
+                "timeoutSeconds": 10,
+                "namespaceSelector": {"matchLabels": {"team": "django"}},
+            },
+            "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+            "podDisruptionBudget": {"enabled": False},
+        }
+    )
     deployment = one(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 3
     assert deployment["spec"]["template"]["spec"]["priorityClassName"] == "system-cluster-critical"
@@ -263,19 +312,22 @@ def test_non_default_values_are_honoured():
     assert not kinds & {"PodDisruptionBudget", "ClusterRole", "Role"}
 
 
-@pytest.mark.parametrize("bad", [
-    {"replicaCount": "two"},
-    {"replicaCount": 0},
-    {"unknownKey": True},
-    {"webhook": {"failurePolicy": "Sometimes"}},
-    {"webhook": {"timeoutSeconds": 60}},
-    {"webhook": {"url": "http://insecure.example/mutate"}},
-    {"tls": {"mode": "selfmade"}},
-    {"image": {"tag": 1.2}},
-    {"controller": {"enabled": "yes"}},
-    {"injection": {"image": {"pullPolicy": "Sometimes"}}},
-    {"injection": {"registry": "x"}},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"replicaCount": "two"},
+        {"replicaCount": 0},
+        {"unknownKey": True},
+        {"webhook": {"failurePolicy": "Sometimes"}},
+        {"webhook": {"timeoutSeconds": 60}},
+        {"webhook": {"url": "http://insecure.example/mutate"}},
+        {"tls": {"mode": "selfmade"}},
+        {"image": {"tag": 1.2}},
+        {"controller": {"enabled": "yes"}},
+        {"injection": {"image": {"pullPolicy": "Sometimes"}}},
+        {"injection": {"registry": "x"}},
+    ],
+)
 def test_schema_rejects_bad_values(bad):
     chart = helm.Chart.load(CHART)
     with pytest.raises(helm.HelmValuesError):
@@ -348,13 +400,21 @@ def test_install_and_upgrade_keep_the_generated_ca():
     config = helm.Config(namespace=namespace)
     try:
         config.install(CHART, "dmw", values, namespace=namespace, create_namespace=True, timeout=120)
-        first = json.loads(kubectl("get", "secret", "dmw-django-migrate-webhook-tls", "-n", namespace, "-o", "json").stdout)
+        first = json.loads(
+            kubectl("get", "secret", "dmw-django-migrate-webhook-tls", "-n", namespace, "-o", "json").stdout
+        )
         config.upgrade(CHART, "dmw", {**values, "replicaCount": 3}, namespace=namespace, timeout=120)
-        second = json.loads(kubectl("get", "secret", "dmw-django-migrate-webhook-tls", "-n", namespace, "-o", "json").stdout)
+        second = json.loads(
+            kubectl("get", "secret", "dmw-django-migrate-webhook-tls", "-n", namespace, "-o", "json").stdout
+        )
         assert second["data"] == first["data"], "the upgrade re-rolled the certificate"
-        hook = json.loads(kubectl("get", "mutatingwebhookconfiguration", "dmw-django-migrate-webhook", "-o", "json").stdout)
+        hook = json.loads(
+            kubectl("get", "mutatingwebhookconfiguration", "dmw-django-migrate-webhook", "-o", "json").stdout
+        )
         assert hook["webhooks"][0]["clientConfig"]["caBundle"] == first["data"]["ca.crt"]
-        deployment = json.loads(kubectl("get", "deployment", "dmw-django-migrate-webhook", "-n", namespace, "-o", "json").stdout)
+        deployment = json.loads(
+            kubectl("get", "deployment", "dmw-django-migrate-webhook", "-n", namespace, "-o", "json").stdout
+        )
         assert deployment["spec"]["replicas"] == 3
         assert_service_account_can_do_exactly_what_the_controller_needs(namespace)
     finally:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Django's command-line utility for the test project."""
+
 import os
 import sys
 

@@ -1,5 +1,6 @@
-//! The engine tier: golden AdmissionReview fixtures, the nine real-world Django
-//! Deployments, property tests over generated Deployments, and the fuzzers' corpus.
+//! The engine tier: golden AdmissionReview fixtures, property tests over generated
+//! Deployments, and the fuzzers' corpus. (The real-world Deployments have a tier of
+//! their own: `tests/real_world`.)
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -8,4 +9,3 @@ mod fuzz_checks;
 mod fuzz_corpus;
 mod golden;
 mod properties;
-mod real_world;

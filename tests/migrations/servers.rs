@@ -15,20 +15,20 @@ const LIMIT: Duration = Duration::from_secs(120);
 const PODS: usize = 10;
 
 /// Races use all the machine's cores; running two at once would only slow both down.
-static ONE_RACE_AT_A_TIME: Mutex<()> = Mutex::new(());
+pub(crate) static ONE_RACE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Engine {
+pub(crate) enum Engine {
     Postgresql,
     Mysql,
 }
 
 #[derive(Clone, Debug)]
-struct Server {
-    engine: Engine,
-    port: u16,
-    user: String,
-    password: String,
+pub(crate) struct Server {
+    pub engine: Engine,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
 }
 
 fn env_var(name: &str) -> String {
@@ -40,7 +40,7 @@ fn env_var(name: &str) -> String {
     })
 }
 
-fn server(engine: Engine) -> Server {
+pub(crate) fn server(engine: Engine) -> Server {
     let port = match engine {
         Engine::Postgresql => env_var("DJANGO_MIGRATE_TEST_POSTGRES_PORT"),
         Engine::Mysql => env_var("DJANGO_MIGRATE_TEST_MARIADB_PORT"),
@@ -57,7 +57,7 @@ static DATABASES: AtomicUsize = AtomicUsize::new(0);
 
 impl Server {
     /// Runs SQL with the server's own command-line client and returns its output.
-    fn sql(&self, database: &str, sql: &str) -> String {
+    pub(crate) fn sql(&self, database: &str, sql: &str) -> String {
         let out = match self.engine {
             Engine::Postgresql => Command::new("psql")
                 .args([
@@ -99,7 +99,7 @@ impl Server {
     }
 
     /// A new, empty database for one test.
-    fn create_database(&self, label: &str) -> String {
+    pub(crate) fn create_database(&self, label: &str) -> String {
         let name = format!(
             "t{}_{}_{label}",
             std::process::id(),
@@ -113,7 +113,7 @@ impl Server {
         name
     }
 
-    fn scalar(&self, database: &str, sql: &str) -> i64 {
+    pub(crate) fn scalar(&self, database: &str, sql: &str) -> i64 {
         let text = self.sql(database, sql);
         text.parse()
             .unwrap_or_else(|_| panic!("{sql} gave {text:?}"))
@@ -128,7 +128,13 @@ impl Server {
 
     /// The app container's env for `database` on this server, with `port` overridable
     /// for tests that point the pod somewhere else.
-    fn pods(&self, python: std::path::PathBuf, database: &str, port: u16, password: &str) -> Pods {
+    pub(crate) fn pods(
+        &self,
+        python: std::path::PathBuf,
+        database: &str,
+        port: u16,
+        password: &str,
+    ) -> Pods {
         Pods::new(
             python,
             &[
@@ -144,7 +150,7 @@ impl Server {
     }
 
     /// How the user checks that every migration was applied exactly once.
-    fn assert_applied_once(&self, database: &str, context: &str) {
+    pub(crate) fn assert_applied_once(&self, database: &str, context: &str) {
         assert_eq!(
             self.scalar(database, "SELECT COUNT(*) FROM catalog_migrationrun"),
             1,

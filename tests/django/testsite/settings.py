@@ -3,6 +3,7 @@
 DB_ENGINE is sqlite (default), postgresql or mysql; DB_NAME, DB_HOST, DB_PORT, DB_USER
 and DB_PASSWORD describe the server. For SQLite, DB_NAME is the file path.
 """
+
 import os
 
 SECRET_KEY = "test-only-not-secret"
@@ -13,6 +14,12 @@ INSTALLED_APPS = ["catalog", "orders"]
 if os.environ.get("BROKEN_MIGRATION") == "1":
     # An app whose only migration raises.
     INSTALLED_APPS.append("broken")
+if os.environ.get("UNSAFE_APP") == "1":
+    # Migrations that drop a column, forget one in the state only, and add a nullable one.
+    INSTALLED_APPS.append("inventory")
+if os.environ.get("TWO_STEP_APP") == "1":
+    # A migration of two statements on two tables.
+    INSTALLED_APPS.append("twostep")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 _engine = os.environ.get("DB_ENGINE", "sqlite")

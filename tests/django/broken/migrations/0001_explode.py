@@ -1,4 +1,5 @@
 """A migration that fails, to test how the migrate step reports it."""
+
 from django.db import migrations
 
 

@@ -1,4 +1,5 @@
 """A slow data migration that records every run: concurrent `migrate` runs it twice."""
+
 import os
 import time
 

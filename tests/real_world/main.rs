@@ -1,5 +1,10 @@
-//! The nine real Django Deployments in `../shared/real-world-deployments/` (other
-//! projects' files: read from there, never copied into this repository).
+//! The real-world tier: the nine real Django Deployments in
+//! `../shared/real-world-deployments/` (other projects' files: read from there, never
+//! copied into this repository). Opt-in: `scripts/test.sh` runs it when
+//! `DJANGO_MIGRATE_REAL_WORLD_DIR` names their folder (CI sets it).
+
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::path::PathBuf;
 
@@ -14,6 +19,7 @@ fn real_world_dir() -> PathBuf {
     let dir = std::env::var_os("DJANGO_MIGRATE_REAL_WORLD_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("../shared/real-world-deployments"));
+    // Opted in but missing is a failure, never a skip.
     assert!(
         dir.is_dir(),
         "the real-world Deployments are not at {}: they live in shared/real-world-deployments \
