@@ -14,6 +14,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group};
 use django_migrate_webhook::admission::{self, Outcome};
+use django_migrate_webhook::injected::CodeImage;
 
 /// The allocator of the `serve` binary and of the floor server.
 #[global_allocator]
@@ -38,10 +39,11 @@ fn load(name: &str) -> (Vec<u8>, floor::Prepared) {
 fn engine(c: &mut Criterion) {
     for name in INPUTS {
         let (body, prepared) = load(name);
+        let image = CodeImage::default();
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function("webhook", |b| {
-            b.iter(|| admission::review(black_box(&body), &Default::default()))
+            b.iter(|| admission::review(black_box(&body), &image))
         });
         group.bench_function("floor", |b| {
             b.iter(|| floor::answer(black_box(&body), &prepared))
@@ -64,13 +66,11 @@ fn main() {
     let name = std::env::var("ENGINE_INPUT").unwrap_or_else(|_| "typical".into());
     let side = std::env::var("ENGINE_SIDE").unwrap_or_else(|_| "webhook".into());
     let (body, prepared) = load(&name);
+    let image = CodeImage::default();
     for _ in 0..n {
         match side.as_str() {
             "floor" => drop(black_box(floor::answer(black_box(&body), &prepared))),
-            _ => drop(black_box(admission::review(
-                black_box(&body),
-                &Default::default(),
-            ))),
+            _ => drop(black_box(admission::review(black_box(&body), &image))),
         }
     }
 }

@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{
-    ContainerStateTerminated, ContainerStatus, ObjectReference, Pod, PodCondition,
-};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodCondition};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -30,8 +28,9 @@ use tokio::sync::watch;
 use crate::names::{
     CODE_CONTAINER, INJECTED_LABEL, MIGRATE_CONTAINER, READINESS_GATE, WAIT_CONTAINER, reason,
 };
-use crate::summary::{self, Summary};
+use crate::summary;
 use crate::telemetry::Metrics;
+use crate::watched::{Exit, StepStatus, WatchedPod};
 
 /// Name this controller reports in Events and field managers.
 pub const CONTROLLER_NAME: &str = "django-migrate-webhook";
@@ -75,100 +74,76 @@ pub struct Desired {
     pub message: String,
 }
 
-fn has_gate(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.readiness_gates.as_ref())
-        .is_some_and(|g| g.iter().any(|g| g.condition_type == READINESS_GATE))
+fn has_gate(pod: &WatchedPod) -> bool {
+    pod.spec.gated
 }
 
-fn status_of<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
-    pod.status
-        .as_ref()?
-        .init_container_statuses
-        .as_ref()?
-        .iter()
-        .find(|s| s.name == name)
+fn status_of<'a>(pod: &'a WatchedPod, name: &str) -> Option<&'a StepStatus> {
+    pod.step_status(name)
 }
 
-/// The condition message for a terminated step: the summary's message (or the raw
+/// The condition message for a finished run: the summary's message (or the raw
 /// termination message when it is not a summary), prefixed with the exit code on failure.
-fn describe_exit(name: &str, code: i32, message: Option<&str>) -> (String, Option<Summary>) {
-    let raw = message.map(str::trim).filter(|m| !m.is_empty());
-    let summary = raw.and_then(Summary::parse);
-    let text = summary
-        .as_ref()
-        .map(|s| s.message.trim())
-        .filter(|m| !m.is_empty())
-        .or(raw);
-    let message = match (code, text) {
+fn describe_exit(name: &str, exit: &Exit) -> String {
+    match (exit.code, exit.message.as_deref()) {
         (0, Some(m)) => m.to_owned(),
         (0, None) => format!("init container {name} exited 0"),
         (c, Some(m)) => format!("exit code {c}: {m}"),
         (c, None) => format!("init container {name} exited with code {c}"),
-    };
-    (message, summary)
+    }
 }
 
-fn failed(name: &str, t: &ContainerStateTerminated) -> Desired {
-    let (message, summary) = describe_exit(name, t.exit_code, t.message.as_deref());
+fn failed(name: &str, exit: &Exit) -> Desired {
     Desired {
         status: "False",
-        reason: summary::failure_reason(t.exit_code, summary.as_ref().map(|s| s.phase.as_str())),
-        message,
+        reason: summary::failure_reason(exit.code, exit.phase.as_deref()),
+        message: describe_exit(name, exit),
     }
 }
 
 /// The condition a pod should carry, from its init container statuses. `None` for pods
 /// without the gate (the `readiness-gate: "false"` escape hatch).
-pub fn desired_condition(pod: &Pod) -> Option<Desired> {
+pub fn desired_condition(pod: &WatchedPod) -> Option<Desired> {
     if !has_gate(pod) {
         return None;
     }
     // The code copy comes first; when it fails, the step never starts.
     if let Some(copy) = status_of(pod, CODE_CONTAINER) {
-        let terminated = copy.state.as_ref().and_then(|s| s.terminated.as_ref());
-        let last = copy.last_state.as_ref().and_then(|s| s.terminated.as_ref());
-        if let Some(t) = terminated.or(last).filter(|t| t.exit_code != 0) {
-            let (message, _) = describe_exit(CODE_CONTAINER, t.exit_code, t.message.as_deref());
+        let ended = copy.terminated.as_ref().or(copy.last_terminated.as_ref());
+        if let Some(exit) = ended.filter(|e| e.code != 0) {
             return Some(Desired {
                 status: "False",
                 reason: reason::CODE_COPY_FAILED,
-                message: format!("{CODE_CONTAINER} {message}"),
+                message: format!("{CODE_CONTAINER} {}", describe_exit(CODE_CONTAINER, exit)),
             });
         }
     }
-    let step = [MIGRATE_CONTAINER, WAIT_CONTAINER]
+    let Some(step) = [MIGRATE_CONTAINER, WAIT_CONTAINER]
         .into_iter()
-        .find_map(|name| status_of(pod, name).map(|s| (name, s)));
-    let Some((name, status)) = step else {
+        .find_map(|name| status_of(pod, name))
+    else {
         return Some(Desired {
             status: "False",
             reason: reason::PENDING,
             message: "waiting for the init containers".to_owned(),
         });
     };
-    let state = status.state.as_ref();
-    if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
-        if t.exit_code != 0 {
-            return Some(failed(name, t));
+    let name = step.name;
+    if let Some(exit) = &step.terminated {
+        if exit.code != 0 {
+            return Some(failed(name, exit));
         }
         return Some(Desired {
             status: "True",
             reason: reason::MIGRATED,
-            message: describe_exit(name, 0, t.message.as_deref()).0,
+            message: describe_exit(name, exit),
         });
     }
     // A restarted step keeps its last failure until it succeeds.
-    if let Some(t) = status
-        .last_state
-        .as_ref()
-        .and_then(|s| s.terminated.as_ref())
-        .filter(|t| t.exit_code != 0)
-    {
-        return Some(failed(name, t));
+    if let Some(exit) = step.last_terminated.as_ref().filter(|e| e.code != 0) {
+        return Some(failed(name, exit));
     }
-    Some(if state.is_some_and(|s| s.running.is_some()) {
+    Some(if step.running {
         Desired {
             status: "False",
             reason: reason::RUNNING,
@@ -185,64 +160,18 @@ pub fn desired_condition(pod: &Pod) -> Option<Desired> {
     })
 }
 
-/// Drops everything of a watched pod that the controller does not read, before it is
-/// cached: the cache then costs a few hundred bytes per pod instead of the whole pod
-/// (containers, env, volumes, managedFields, other statuses).
-pub fn keep_what_is_read(pod: &mut Pod) {
-    let meta = &mut pod.metadata;
-    meta.annotations = None;
-    meta.managed_fields = None;
-    meta.labels = None;
-    meta.finalizers = None;
-    meta.generate_name = None;
-    if let Some(spec) = pod.spec.as_mut() {
-        let gates = spec.readiness_gates.take();
-        *spec = Default::default();
-        spec.readiness_gates = gates;
-    }
-    if let Some(status) = pod.status.as_mut() {
-        let mut conditions = status.conditions.take();
-        if let Some(c) = conditions.as_mut() {
-            c.retain(|c| c.type_ == READINESS_GATE);
-        }
-        let mut inits = status.init_container_statuses.take();
-        if let Some(inits) = inits.as_mut() {
-            inits.retain(|s| {
-                [CODE_CONTAINER, MIGRATE_CONTAINER, WAIT_CONTAINER].contains(&s.name.as_str())
-            });
-            for s in inits {
-                s.image.clear();
-                s.image_id.clear();
-                s.container_id = None;
-                s.resources = None;
-                s.volume_mounts = None;
-                s.allocated_resources = None;
-                s.user = None;
-            }
-        }
-        *status = Default::default();
-        status.conditions = conditions;
-        status.init_container_statuses = inits;
-    }
-}
-
-fn current_condition(pod: &Pod) -> Option<&PodCondition> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == READINESS_GATE)
+fn current_condition(pod: &WatchedPod) -> Option<&PodCondition> {
+    pod.status.gate.as_ref()
 }
 
 struct Context {
     client: Client,
     recorder: Recorder,
     metrics: Arc<Metrics>,
-    store: Store<Pod>,
+    store: Store<WatchedPod>,
 }
 
-async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+async fn reconcile(pod: Arc<WatchedPod>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     let Some(desired) = desired_condition(&pod) else {
         return Ok(Action::await_change());
     };
@@ -305,24 +234,22 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Controlle
     Ok(Action::await_change())
 }
 
-/// The summary of this pod's finished migrate step.
-fn finished_summary(pod: &Pod) -> Option<Summary> {
-    status_of(pod, MIGRATE_CONTAINER)
-        .and_then(|s| s.state.as_ref()?.terminated.as_ref()?.message.as_deref())
-        .and_then(Summary::parse)
+/// How this pod's migrate step ended, if it did.
+fn finished(pod: &WatchedPod) -> Option<&Exit> {
+    status_of(pod, MIGRATE_CONTAINER)?.terminated.as_ref()
 }
 
 /// True when this pod's step applied migrations itself (not another pod).
-fn applied_migrations(pod: &Pod) -> bool {
-    finished_summary(pod).is_some_and(|s| !s.applied.is_empty())
+fn applied_migrations(pod: &WatchedPod) -> bool {
+    finished(pod).is_some_and(|e| e.applied)
 }
 
 /// True when this pod's step applied operations unsafe for the previous release.
-fn applied_unsafe(pod: &Pod) -> bool {
-    finished_summary(pod).is_some_and(|s| s.unsafe_operations.iter().any(|u| u.applied))
+fn applied_unsafe(pod: &WatchedPod) -> bool {
+    finished(pod).is_some_and(|e| e.applied_unsafe)
 }
 
-fn count_gated(store: &Store<Pod>) -> i64 {
+fn count_gated(store: &Store<WatchedPod>) -> i64 {
     store
         .state()
         .iter()
@@ -331,7 +258,7 @@ fn count_gated(store: &Store<Pod>) -> i64 {
 }
 
 /// An Event on the pod and a summarised one on its Deployment.
-async fn publish_events(ctx: &Context, pod: &Pod, desired: &Desired, failed: bool) {
+async fn publish_events(ctx: &Context, pod: &WatchedPod, desired: &Desired, failed: bool) {
     let (type_, reason) = if failed {
         (EventType::Warning, desired.reason)
     } else if applied_unsafe(pod) {
@@ -377,7 +304,7 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// The Deployment that owns the pod's ReplicaSet.
-async fn deployment_of(ctx: &Context, pod: &Pod) -> Option<ObjectReference> {
+async fn deployment_of(ctx: &Context, pod: &WatchedPod) -> Option<ObjectReference> {
     let namespace = pod.namespace()?;
     let owner = pod
         .owner_references()
@@ -405,7 +332,7 @@ async fn deployment_of(ctx: &Context, pod: &Pod) -> Option<ObjectReference> {
     })
 }
 
-fn error_policy(_pod: Arc<Pod>, error: &ControllerError, _ctx: Arc<Context>) -> Action {
+fn error_policy(_pod: Arc<WatchedPod>, error: &ControllerError, _ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed; retrying in 5s");
     Action::requeue(Duration::from_secs(5))
 }
@@ -450,12 +377,11 @@ pub async fn run(
         }
         tracing::info!(identity = %options.identity, "holding the lease: reconciling pods");
         metrics.set_leader(true);
-        let pods: Api<Pod> = Api::all(client.clone());
+        let pods: Api<WatchedPod> = Api::all(client.clone());
         let config = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=true"));
         let (store, writer) = reflector::store();
         let stream = watcher(pods, config)
             .default_backoff()
-            .modify(keep_what_is_read)
             .reflect(writer)
             .applied_objects();
         let controller = Controller::for_stream(stream, store);
@@ -497,7 +423,7 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    fn pod(init: serde_json::Value, gate: bool) -> Pod {
+    fn pod(init: serde_json::Value, gate: bool) -> WatchedPod {
         let gates = if gate {
             json!([{"conditionType": READINESS_GATE}])
         } else {
@@ -603,7 +529,7 @@ mod tests {
             ),
         ];
         for (message, expected) in cases {
-            let code: i32 = Summary::parse(&message).map_or(2, |s| s.exit_code);
+            let code: i32 = crate::summary::Summary::parse(&message).map_or(2, |s| s.exit_code);
             let failed = json!({"terminated": {"exitCode": code, "message": message}});
             let p = pod(
                 json!([status(MIGRATE_CONTAINER, failed.clone(), json!({}))]),
@@ -659,36 +585,5 @@ mod tests {
     #[test]
     fn pods_without_the_gate_are_left_alone() {
         assert_eq!(desired_condition(&pod(json!([]), false)), None);
-    }
-
-    #[test]
-    fn the_cache_keeps_only_what_the_controller_reads() {
-        let mut p: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "p", "namespace": "n", "uid": "u", "labels": {"a": "b"},
-                         "annotations": {"x": "y".repeat(1000)},
-                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                                              "name": "rs", "uid": "r", "controller": true}]},
-            "spec": {"containers": [{"name": "web", "image": "x",
-                                     "env": [{"name": "A", "value": "1".repeat(1000)}]}],
-                     "readinessGates": [{"conditionType": READINESS_GATE}]},
-            "status": {"phase": "Pending",
-                       "conditions": [{"type": "Ready", "status": "False"},
-                                      {"type": READINESS_GATE, "status": "False"}],
-                       "initContainerStatuses": [
-                           status("user-init", json!({"running": {}}), json!({})),
-                           status(MIGRATE_CONTAINER, json!({"running": {}}), json!({}))]},
-        }))
-        .unwrap();
-        let desired = desired_condition(&p);
-        keep_what_is_read(&mut p);
-        assert_eq!(desired_condition(&p), desired);
-        assert!(has_gate(&p));
-        assert_eq!(p.owner_references().len(), 1);
-        let size = serde_json::to_vec(&p).unwrap().len();
-        assert!(
-            size < 700,
-            "{size} bytes: {}",
-            serde_json::to_string(&p).unwrap()
-        );
     }
 }

@@ -15,3 +15,4 @@ pub mod settings;
 pub mod summary;
 pub mod telemetry;
 pub mod tls;
+pub mod watched;

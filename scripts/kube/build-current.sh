@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Build a current Kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubelet, kubectl) and etcd from Go modules, cached per version and recipe.
+#
+# Usage: build-current.sh VERSION [VERSION...]      e.g. build-current.sh 1.37.2 1.34.4
+# Writes: $KUBE_CACHE/v<VERSION>/bin/{kube-apiserver,kube-controller-manager,
+#         kube-scheduler,kubelet,kubectl,etcd}, and prints each phase's time.
+# Env:    KUBE_CACHE=~/.cache/django-migrate-webhook/kube-current
+#         GO=<the machine's go>  (>= the go line of the release's go.mod; GOTOOLCHAIN=local)
+#         ETCD_VERSION=3.6.16    KUBE_NICE=10    GO_BUILD_P=2
+#
+# k8s.io/kubernetes's own go.mod replaces its k8s.io/* staging modules with ./staging
+# paths and requires them at v0.0.0, which is not published; a dependency's replace
+# directives are ignored, so a tiny wrapper module requires k8s.io/kubernetes and re-pins
+# every staging module to the published v0.MINOR.PATCH (generated from the release's own
+# go.mod, fetched through the module proxy by the go client). etcd is built the same way
+# from go.etcd.io/etcd/server/v3. Binaries are static (CGO_ENABLED=0) and version-stamped
+# like upstream's hack/lib/version.sh, so `kubectl version` shows the real version.
+#
+# Idempotent: a version whose binaries and recipe stamp are in place is skipped.
+set -euo pipefail
+
+KUBE_CACHE="${KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/django-migrate-webhook/kube-current}"
+ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
+KUBE_NICE="${KUBE_NICE:-10}"
+GO_BUILD_P="${GO_BUILD_P:-2}"
+COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+# Bump when the recipe changes, so cached binaries are rebuilt.
+RECIPE="go-modules-wrapper-v1 etcd-$ETCD_VERSION components-${COMPONENTS[*]// /,}"
+
+log() { echo "+++ [build-current $(date +%H:%M:%S)] $*" >&2; }
+die() { echo "build-current: $*" >&2; exit 1; }
+
+# The machine's Go (never Debian's 1.19 that the 1.20 build uses): the first go on PATH
+# that is new enough, else /usr/local/go.
+if [[ -z "${GO:-}" ]]; then
+  for candidate in "$(command -v go || true)" /usr/local/go/bin/go; do
+    [[ -x "$candidate" ]] || continue
+    minor=$("$candidate" env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
+    if [[ -n "$minor" && "$minor" -ge 24 ]]; then GO=$candidate; break; fi
+  done
+fi
+[[ -n "${GO:-}" && -x "$GO" ]] || die "no Go >= 1.24 found: install Go (https://go.dev/dl) or set GO=/path/to/go"
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+log "using $("$GO" version) at $GO"
+
+(($#)) || die "usage: build-current.sh VERSION [VERSION...]"
+
+stamp() { # VERSION -> ldflags
+  local v=$1 minor ldf="" p
+  minor=${v#1.}; minor=${minor%%.*}
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldf+=" -X $p.gitVersion=v$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+    ldf+=" -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$ldf"
+}
+
+# wrapper go.mod for k8s.io/kubernetes@vVERSION, from the release's own go.mod
+wrapper_gomod() {
+  local version=$1 gomod=$2 staging="v0.${1#1.}"
+  echo "module example.invalid/kube-build"
+  echo
+  awk '/^go [0-9]/{print; exit}' "$gomod"
+  awk '/^godebug \(/{b=1} b{print} b&&/^\)/{b=0;next} !b&&/^godebug /{print}' "$gomod"
+  echo
+  echo "require k8s.io/kubernetes v$version"
+  echo
+  echo "replace ("
+  awk '/^replace \(/{r=1;next} r&&/^\)/{r=0;next} r{print;next} /^replace [^(]/{sub(/^replace /,"");print}' "$gomod" |
+    sed 's/^[[:space:]]*//' | grep -v -e '^$' -e '^//' |
+    while read -r line; do
+      if [[ "$line" =~ ^([^[:space:]]+)[[:space:]]+=\>[[:space:]]+\./staging/src/ ]]; then
+        echo "	${BASH_REMATCH[1]} => ${BASH_REMATCH[1]} $staging"
+      else
+        echo "	$line"
+      fi
+    done
+  echo ")"
+}
+
+build_version() {
+  local version=${1#v} out work t0 t1 t2 t3 dl gomod c
+  out="$KUBE_CACHE/v$version/bin"
+  work="$KUBE_CACHE/v$version/work"
+  local ok=1
+  for c in "${COMPONENTS[@]}" etcd; do [[ -x "$out/$c" ]] || ok=0; done
+  [[ "$(cat "$out/.recipe" 2>/dev/null)" == "$RECIPE" ]] || ok=0
+  if ((ok)); then
+    log "v$version already built in $out"
+    return 0
+  fi
+  mkdir -p "$out" "$work/kube" "$work/etcd"
+  t0=$(date +%s)
+
+  log "v$version: fetching k8s.io/kubernetes's go.mod"
+  dl=$(cd / && "$GO" mod download -json "k8s.io/kubernetes@v$version" 2>&1) || die "cannot download k8s.io/kubernetes@v$version: $dl"
+  gomod=$(sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p' <<<"$dl")
+  [[ -f "$gomod" ]] || die "no go.mod for k8s.io/kubernetes@v$version: $dl"
+  wrapper_gomod "$version" "$gomod" >"$work/kube/go.mod"
+  cat >"$work/kube/tools.go" <<EOF
+//go:build tools
+
+package tools
+
+import (
+$(for c in "${COMPONENTS[@]}"; do echo "	_ \"k8s.io/kubernetes/cmd/$c\""; done)
+)
+EOF
+  (cd "$work/kube" && "$GO" mod tidy >/dev/null 2>&1 || "$GO" mod tidy)
+  t1=$(date +%s)
+  log "v$version: modules resolved in $((t1 - t0))s; compiling ${COMPONENTS[*]} (nice $KUBE_NICE, -p $GO_BUILD_P)"
+  for c in "${COMPONENTS[@]}"; do
+    local ts
+    ts=$(date +%s)
+    (cd "$work/kube" && nice -n "$KUBE_NICE" "$GO" build -p "$GO_BUILD_P" -trimpath \
+      -ldflags "-s -w$(stamp "$version")" -o "$out/$c" "k8s.io/kubernetes/cmd/$c")
+    log "v$version: $c in $(($(date +%s) - ts))s"
+  done
+  t2=$(date +%s)
+
+  cat >"$work/etcd/go.mod" <<EOF
+module example.invalid/etcd-build
+
+go 1.24.0
+
+require go.etcd.io/etcd/server/v3 v$ETCD_VERSION
+EOF
+  cat >"$work/etcd/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/server/v3"
+EOF
+  (cd "$work/etcd" && "$GO" mod tidy >/dev/null 2>&1 || "$GO" mod tidy)
+  (cd "$work/etcd" && nice -n "$KUBE_NICE" "$GO" build -p "$GO_BUILD_P" -trimpath -ldflags "-s -w" \
+    -o "$out/etcd" go.etcd.io/etcd/server/v3)
+  t3=$(date +%s)
+  log "v$version: etcd v$ETCD_VERSION in $((t3 - t2))s"
+  echo "$RECIPE" >"$out/.recipe"
+  log "v$version: done in $((t3 - t0))s (modules $((t1 - t0))s, kubernetes $((t2 - t1))s, etcd $((t3 - t2))s)"
+  "$out/kube-apiserver" --version >&2
+  "$out/kubectl" version --client 2>/dev/null | head -1 >&2 || true
+  "$out/etcd" --version | head -1 >&2
+}
+
+for v in "$@"; do
+  build_version "$v"
+done
