@@ -90,7 +90,7 @@ def summary_message(i):
             "phase": "done",
             "result": "nothing-pending" if i % 50 else "applied",
             "exit_code": 0,
-            "message": "nothing to apply (0.4s)" if i % 50 else "applied 2 migrations in 3.1s: shop.0041_a, shop.0042_b",
+            "message": "nothing to apply (0.4s)" if i % 50 else "applied 2 migrations: shop.0041_a, shop.0042_b",
             "applied": [] if i % 50 else ["shop.0041_a", "shop.0042_b"],
             "pending": [],
             "failed_migration": None,
@@ -115,9 +115,7 @@ def kubelet_status(pod, i):
             "phase": "Running",
             "initContainerStatuses": [
                 status(init[0]["name"], init[0]["image"], {"terminated": terminated}),
-                status(
-                    init[1]["name"], init[1]["image"], {"terminated": dict(terminated, message=summary_message(i))}
-                ),
+                status(init[1]["name"], init[1]["image"], {"terminated": dict(terminated, message=summary_message(i))}),
             ],
         }
     }
@@ -139,7 +137,8 @@ def cpu_seconds(pid):
 
 
 def gated(api, namespace):
-    pods = api.request("GET", "/api/v1/namespaces/%s/pods?labelSelector=django-migrate.io%%2Finjected%%3Dtrue" % namespace)
+    selector = "labelSelector=django-migrate.io%2Finjected%3Dtrue"
+    pods = api.request("GET", "/api/v1/namespaces/%s/pods?%s" % (namespace, selector))
     done = 0
     for pod in pods["items"]:
         for c in pod.get("status", {}).get("conditions", []) or []:
@@ -160,9 +159,7 @@ def main():
     template = injected_pod_template()
     log = tempfile.NamedTemporaryFile(prefix="controller-", suffix=".log", delete=False)
     server_dir = tempfile.mkdtemp(prefix="controller-bench-")
-    subprocess.run(
-        [BINARY, "certs", "--out", server_dir, "--dns", "localhost"], check=True, capture_output=True
-    )
+    subprocess.run([BINARY, "certs", "--out", server_dir, "--dns", "localhost"], check=True, capture_output=True)
     controller = subprocess.Popen(
         [
             BINARY, "serve", "--controller", "--lease-namespace", ns, "--identity", "bench",
