@@ -2,10 +2,13 @@
 # Runs every test tier. On a fresh Debian machine it first installs what the tiers need:
 # PostgreSQL and MariaDB from Debian (scripts/databases.sh), Python venvs with Django
 # 5.2 (.venv, tests/requirements.txt) and Django 4.2 (.venv-django42,
-# tests/requirements-django42.txt), and a Kubernetes v1.20.2 control plane built from
-# Debian's sources (scripts/kube/build.sh: ~7 minutes once, then cached under
-# ~/.cache/django-migrate-webhook). It starts both database servers and the control plane
-# on free loopback ports under temporary directories and stops them (by PID) when it exits.
+# tests/requirements-django42.txt), and Kubernetes control planes built from the
+# k8s.io/kubernetes Go modules with the machine's Go (scripts/kube/build-current.sh: about
+# 15 minutes per version on 2 cores once, then cached under ~/.cache/django-migrate-webhook).
+# It starts both database servers on free loopback ports, runs every tier against the
+# newest Kubernetes, then the tiers that talk to Kubernetes (cluster, chart) again against
+# each older version in KUBE_VERSIONS, each control plane on free loopback ports under a
+# temporary directory, and stops everything it started (by PID) when it exits.
 # Extra arguments go to `cargo test`. Opt-in: with DJANGO_MIGRATE_REAL_WORLD_DIR set to
 # the folder of the real-world Deployments (shared/real-world-deployments beside this
 # checkout), the real-world tier runs too.
@@ -53,24 +56,34 @@ venv .venv-django42 tests/requirements-django42.txt
 export DJANGO_MIGRATE_TEST_PYTHON="$PWD/.venv/bin/python"
 export DJANGO_MIGRATE_TEST_PYTHON_DJANGO42="$PWD/.venv-django42/bin/python"
 
-say "building (or reusing) the Kubernetes test control plane"
-bash scripts/kube/build.sh >&2
+# The newest Kubernetes the module proxy serves that builds and runs here, and an older
+# supported one.
+read -r -a kube_versions <<<"${KUBE_VERSIONS:-1.37.2 1.34.4}"
+say "building (or reusing) Kubernetes ${kube_versions[*]}"
+bash scripts/kube/build-current.sh "${kube_versions[@]}" >&2
 
 databases=$(mktemp -d /tmp/django-migrate-databases.XXXXXX)
-cluster=$(mktemp -d /tmp/django-migrate-cluster.XXXXXX)
+cluster=""
 cleanup() {
-    bash scripts/kube/stop-cluster.sh "$cluster" --purge >/dev/null || true
+    if [ -n "$cluster" ]; then bash scripts/kube/stop-cluster.sh "$cluster" --purge >/dev/null || true; fi
     bash scripts/databases.sh stop "$databases" || true
 }
 trap cleanup EXIT
 bash scripts/databases.sh start "$databases"
 # shellcheck disable=SC1091
 source "$databases/env"
-bash scripts/kube/start-cluster.sh "$cluster" >/dev/null
-# shellcheck disable=SC1091
-source "$cluster/env"
 
-say "cargo test (tiers: unit, engine, server, migrations, cluster)"
+# start_cluster VERSION: a fresh control plane of that version; its env is sourced.
+start_cluster() {
+    if [ -n "$cluster" ]; then bash scripts/kube/stop-cluster.sh "$cluster" --purge >/dev/null || true; fi
+    cluster=$(mktemp -d /tmp/django-migrate-cluster.XXXXXX)
+    KUBE_VERSION=$1 bash scripts/kube/start-cluster.sh "$cluster" >/dev/null
+    # shellcheck disable=SC1091
+    source "$cluster/env"
+}
+
+start_cluster "${kube_versions[0]}"
+say "cargo test (tiers: unit, engine, server, migrations, cluster on Kubernetes v$KUBE_VERSION)"
 cargo test --locked "$@"
 
 if [ -n "${DJANGO_MIGRATE_REAL_WORLD_DIR:-}" ]; then
@@ -78,5 +91,13 @@ if [ -n "${DJANGO_MIGRATE_REAL_WORLD_DIR:-}" ]; then
     cargo test --locked --test real_world "$@"
 fi
 
-say "pytest (tier: chart)"
+say "pytest (tier: chart on Kubernetes v$KUBE_VERSION)"
 .venv/bin/python -m pytest -q tests/chart
+
+for version in "${kube_versions[@]:1}"; do
+    start_cluster "$version"
+    say "cargo test (tier: cluster on Kubernetes v$KUBE_VERSION)"
+    cargo test --locked --test cluster "$@"
+    say "pytest (tier: chart on Kubernetes v$KUBE_VERSION)"
+    .venv/bin/python -m pytest -q tests/chart
+done

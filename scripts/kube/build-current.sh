@@ -31,8 +31,7 @@ RECIPE="go-modules-wrapper-v1 etcd-$ETCD_VERSION components-${COMPONENTS[*]// /,
 log() { echo "+++ [build-current $(date +%H:%M:%S)] $*" >&2; }
 die() { echo "build-current: $*" >&2; exit 1; }
 
-# The machine's Go (never Debian's 1.19 that the 1.20 build uses): the first go on PATH
-# that is new enough, else /usr/local/go.
+# The machine's Go: the first go on PATH that is new enough, else /usr/local/go.
 if [[ -z "${GO:-}" ]]; then
   for candidate in "$(command -v go || true)" /usr/local/go/bin/go; do
     [[ -x "$candidate" ]] || continue
@@ -79,6 +78,13 @@ wrapper_gomod() {
   echo ")"
 }
 
+tidy() { # DIR: resolve and download every dependency of the wrapper module
+  if ! (cd "$1" && "$GO" mod tidy) >"$1/tidy.log" 2>&1; then
+    cat "$1/tidy.log" >&2
+    die "go mod tidy failed in $1"
+  fi
+}
+
 build_version() {
   local version=${1#v} out work t0 t1 t2 t3 dl gomod c
   out="$KUBE_CACHE/v$version/bin"
@@ -107,7 +113,7 @@ import (
 $(for c in "${COMPONENTS[@]}"; do echo "	_ \"k8s.io/kubernetes/cmd/$c\""; done)
 )
 EOF
-  (cd "$work/kube" && "$GO" mod tidy >/dev/null 2>&1 || "$GO" mod tidy)
+  tidy "$work/kube"
   t1=$(date +%s)
   log "v$version: modules resolved in $((t1 - t0))s; compiling ${COMPONENTS[*]} (nice $KUBE_NICE, -p $GO_BUILD_P)"
   for c in "${COMPONENTS[@]}"; do
@@ -133,7 +139,7 @@ package tools
 
 import _ "go.etcd.io/etcd/server/v3"
 EOF
-  (cd "$work/etcd" && "$GO" mod tidy >/dev/null 2>&1 || "$GO" mod tidy)
+  tidy "$work/etcd"
   (cd "$work/etcd" && nice -n "$KUBE_NICE" "$GO" build -p "$GO_BUILD_P" -trimpath -ldflags "-s -w" \
     -o "$out/etcd" go.etcd.io/etcd/server/v3)
   t3=$(date +%s)

@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
-# Start a real control plane on loopback: etcd + kube-apiserver
-# (+ kube-controller-manager), no kubelet / scheduler.
+# Start a real control plane on loopback: etcd + kube-apiserver (+ kube-controller-manager)
+# of a current Kubernetes built by build-current.sh; no kubelet, no scheduler.
 #
 # Usage: start-cluster.sh [STATE_DIR]        (default /tmp/kube-e2e)
-# Env:   KUBE_BIN=~/.cache/django-migrate-webhook/kube/bin   where build.sh put the binaries
-#        ETCD_PORT ETCD_PEER_PORT APISERVER_PORT CM_PORT     default: free loopback ports
+# Env:   KUBE_VERSION=1.37.2                 which build of build-current.sh to start
+#        KUBE_BIN=$KUBE_CACHE/v$KUBE_VERSION/bin   kube-apiserver, kube-controller-manager, etcd, kubectl
+#        ETCD_PORT ETCD_PEER_PORT APISERVER_PORT CM_PORT   default: free loopback ports
 #        WITH_CONTROLLER_MANAGER=1           0 = apiserver only
 #        START_TIMEOUT=120                   seconds to wait for readiness
+#        EXTRA_APISERVER_FLAGS / EXTRA_CM_FLAGS   word-split extra flags
 #
 # Writes under STATE_DIR:
 #   kubeconfig          admin (client cert, group system:masters)
-#   env                 shell snippet: KUBECONFIG, KUBE_APISERVER_URL, KUBE_CA_FILE, KUBE_ADMIN_TOKEN
+#   env                 shell snippet: PATH (the kubectl of the same version), KUBECONFIG,
+#                       KUBE_APISERVER_URL, KUBE_CA_FILE, KUBE_ADMIN_TOKEN, KUBE_VERSION
 #   pki/                CA, serving cert, client certs, service-account key pair, tokens.csv
 #   logs/*.log          component logs
 #   pids/*.pid          PIDs used by stop-cluster.sh
+#
+# Since 1.24 there is no --insecure-port on the apiserver and no --port on the
+# controller-manager, and no service-account token Secrets: Pods are admitted once the
+# namespace's default ServiceAccount exists. ValidatingAdmissionPolicy is on by default.
 set -euo pipefail
 
 STATE_DIR="${1:-/tmp/kube-e2e}"
-KUBE_BIN="${KUBE_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/django-migrate-webhook/kube/bin}"
+KUBE_VERSION="${KUBE_VERSION:-1.37.2}"
+KUBE_CACHE="${KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/django-migrate-webhook/kube-current}"
+KUBE_BIN="${KUBE_BIN:-$KUBE_CACHE/v$KUBE_VERSION/bin}"
+ETCD_BIN="${ETCD_BIN:-$KUBE_BIN/etcd}"
+KUBECTL="${KUBECTL:-$KUBE_BIN/kubectl}"
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -25,18 +36,15 @@ ETCD_PORT="${ETCD_PORT:-$(free_port)}"
 ETCD_PEER_PORT="${ETCD_PEER_PORT:-$(free_port)}"
 APISERVER_PORT="${APISERVER_PORT:-$(free_port)}"
 CM_PORT="${CM_PORT:-$(free_port)}"
-# The kubectl of the same version, from build.sh.
-export PATH="$KUBE_BIN:$PATH"
 WITH_CONTROLLER_MANAGER="${WITH_CONTROLLER_MANAGER:-1}"
 START_TIMEOUT="${START_TIMEOUT:-120}"
 
 log() { echo "+++ [start-cluster $(date +%H:%M:%S)] $*" >&2; }
 die() { echo "start-cluster: $*" >&2; exit 1; }
 
-ETCD_BIN="$KUBE_BIN/etcd"; [[ -x "$ETCD_BIN" ]] || ETCD_BIN=$(command -v etcd || true)
-[[ -x "$ETCD_BIN" ]] || die "etcd not found (run scripts/kube/build.sh)"
-[[ -x "$KUBE_BIN/kube-apiserver" ]] || die "$KUBE_BIN/kube-apiserver not found (run scripts/kube/build.sh)"
-command -v kubectl >/dev/null || die "kubectl not found (run scripts/kube/build.sh)"
+[[ -x "$ETCD_BIN" ]] || die "etcd not found at $ETCD_BIN (run scripts/kube/build-current.sh $KUBE_VERSION)"
+[[ -x "$KUBE_BIN/kube-apiserver" ]] || die "$KUBE_BIN/kube-apiserver not found (run scripts/kube/build-current.sh $KUBE_VERSION)"
+[[ -x "$KUBECTL" ]] || die "kubectl not found at $KUBECTL (run scripts/kube/build-current.sh $KUBE_VERSION)"
 command -v openssl >/dev/null || die "openssl not found"
 
 mkdir -p "$STATE_DIR"/{pki,logs,pids,etcd}
@@ -46,7 +54,7 @@ PKI="$STATE_DIR/pki"
 
 running() { local f="$STATE_DIR/pids/$1.pid"; [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null; }
 for c in etcd kube-apiserver kube-controller-manager; do
-  running "$c" && die "$c already running (pid $(cat "$STATE_DIR/pids/$c.pid")); run stop-cluster.sh $STATE_DIR first"
+  running "$c" && die "$c already running (pid $(cat "$STATE_DIR/pids/$c.pid")); stop it first"
 done
 port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 for p in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT"; do
@@ -77,21 +85,18 @@ if [[ ! -f "$PKI/ca.crt" ]]; then
     "subjectAltName=IP:127.0.0.1,IP:::1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   sign admin "/O=system:masters/CN=kube-admin" \
     "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth"
-  # Controller-manager runs with system:masters too (simplest: with
-  # --use-service-account-credentials=false it needs every controller's rights).
   sign controller-manager "/O=system:masters/CN=system:kube-controller-manager" \
     "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth"
   openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
   openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
-  # static bearer token as an alternative credential for test clients
   echo "$(openssl rand -hex 24),kube-admin-token,uid-admin-token,system:masters" >"$PKI/tokens.csv"
   chmod 600 "$PKI"/*.key "$PKI/tokens.csv"
 fi
 ADMIN_TOKEN=$(cut -d, -f1 "$PKI/tokens.csv")
 APISERVER_URL="https://127.0.0.1:$APISERVER_PORT"
 
-write_kubeconfig() { # file user cert key
-  cat >"$1" <<EOF
+write_kubeconfig() { # file user cert
+  cat >"$1" <<KC
 apiVersion: v1
 kind: Config
 clusters:
@@ -113,20 +118,21 @@ contexts:
 - name: kube-e2e-token
   context: {cluster: kube-e2e, user: token-admin}
 current-context: kube-e2e
-EOF
+KC
   chmod 600 "$1"
 }
 write_kubeconfig "$STATE_DIR/kubeconfig" kube-admin admin
 write_kubeconfig "$STATE_DIR/controller-manager.kubeconfig" kube-controller-manager controller-manager
-cat >"$STATE_DIR/env" <<EOF
+cat >"$STATE_DIR/env" <<ENV
 export PATH=$KUBE_BIN:\$PATH
+export KUBE_VERSION=$KUBE_VERSION
 export KUBECONFIG=$STATE_DIR/kubeconfig
 export KUBE_APISERVER_URL=$APISERVER_URL
 export KUBE_CA_FILE=$PKI/ca.crt
 export KUBE_ADMIN_TOKEN=$ADMIN_TOKEN
-EOF
+ENV
 
-start_bg() { # name logfile cmd...
+start_bg() { # name cmd...
   local name=$1; shift
   setsid "$@" >"$STATE_DIR/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$STATE_DIR/pids/$name.pid"
@@ -151,6 +157,10 @@ wait_for() { # desc cmd...
   log "$desc ready after $(elapsed)s"
 }
 
+# Extra flags, split on whitespace on purpose.
+read -r -a extra_apiserver <<<"${EXTRA_APISERVER_FLAGS:-}"
+read -r -a extra_cm <<<"${EXTRA_CM_FLAGS:-}"
+
 # ------------------------------------------------------------------- etcd
 rm -f "$STATE_DIR"/pids/*.pid
 start_bg etcd "$ETCD_BIN" \
@@ -165,11 +175,10 @@ start_bg etcd "$ETCD_BIN" \
   --log-level warn --logger zap
 wait_for "etcd" curl -sf "http://127.0.0.1:$ETCD_PORT/health"
 
-# ------------------------------------------------------------------- apiserver
-# Flags are for v1.20 (it still has the insecure port: disable it).
+# ------------------------------------------------------------------- apiserver (>= 1.24 flags)
 start_bg kube-apiserver "$KUBE_BIN/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-  --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --insecure-port 0 \
+  --bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
   --advertise-address 127.0.0.1 --endpoint-reconciler-type none \
   --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
   --client-ca-file "$PKI/ca.crt" \
@@ -183,12 +192,12 @@ start_bg kube-apiserver "$KUBE_BIN/kube-apiserver" \
   --allow-privileged=true \
   --profiling=false \
   --cert-dir "$STATE_DIR/apiserver-certs" \
-  --v 1
+  --v 1 "${extra_apiserver[@]}"
 export KUBECONFIG="$STATE_DIR/kubeconfig"
-wait_for "kube-apiserver /readyz" kubectl get --raw /readyz
+wait_for "kube-apiserver /readyz" "$KUBECTL" get --raw /readyz
 API_READY=$(elapsed)
 
-# ------------------------------------------------------------------- controller-manager
+# ------------------------------------------------------------------- controller-manager (>= 1.24 flags)
 if [[ "$WITH_CONTROLLER_MANAGER" == 1 ]]; then
   [[ -x "$KUBE_BIN/kube-controller-manager" ]] || die "$KUBE_BIN/kube-controller-manager not found"
   port_busy "$CM_PORT" && die "port $CM_PORT already in use"
@@ -196,7 +205,7 @@ if [[ "$WITH_CONTROLLER_MANAGER" == 1 ]]; then
     --kubeconfig "$STATE_DIR/controller-manager.kubeconfig" \
     --authentication-kubeconfig "$STATE_DIR/controller-manager.kubeconfig" \
     --authorization-kubeconfig "$STATE_DIR/controller-manager.kubeconfig" \
-    --bind-address 127.0.0.1 --secure-port "$CM_PORT" --port 0 \
+    --bind-address 127.0.0.1 --secure-port "$CM_PORT" \
     --cert-dir "$STATE_DIR/controller-manager-certs" \
     --leader-elect=false \
     --use-service-account-credentials=false \
@@ -204,13 +213,12 @@ if [[ "$WITH_CONTROLLER_MANAGER" == 1 ]]; then
     --root-ca-file "$PKI/ca.crt" \
     --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
     --controllers '*' \
-    --v 1
+    --v 1 "${extra_cm[@]}"
   wait_for "kube-controller-manager /healthz" curl -skf "https://127.0.0.1:$CM_PORT/healthz"
-  # Pods can only be admitted once the ServiceAccount admission plugin finds
-  # the namespace's default SA *and its token secret* (v1.20 behaviour).
-  wait_for "default service account token" \
-    bash -c "kubectl -n default get sa default -o jsonpath='{.secrets[0].name}' | grep -q ."
+  # >= 1.24: Pods are admitted once the namespace's default SA exists (no token secret any more).
+  wait_for "default service account" "$KUBECTL" -n default get sa default
 fi
 
-log "cluster up in $(elapsed)s (apiserver ready at ${API_READY}s); KUBECONFIG=$STATE_DIR/kubeconfig"
+rss() { local f="$STATE_DIR/pids/$1.pid"; [[ -f "$f" ]] && awk '/VmRSS/{printf "%s=%d MB ", n, $2/1024}' n="$1" "/proc/$(cat "$f")/status"; }
+log "v$KUBE_VERSION cluster up in $(elapsed)s (apiserver ready at ${API_READY}s); RSS: $(rss etcd)$(rss kube-apiserver)$(rss kube-controller-manager)"
 echo "source $STATE_DIR/env"

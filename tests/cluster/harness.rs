@@ -22,7 +22,7 @@ pub fn kubeconfig() -> String {
     std::env::var("KUBECONFIG").unwrap_or_else(|_| {
         panic!(
             "KUBECONFIG is not set: the cluster tier needs the test control plane that \
-             scripts/test.sh builds and starts (or: scripts/kube/build.sh && \
+             scripts/test.sh builds and starts (or: scripts/kube/build-current.sh 1.37.2 && \
              scripts/kube/start-cluster.sh DIR && source DIR/env)"
         )
     })
@@ -44,7 +44,7 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("kubectl runs (scripts/kube/build.sh puts it on PATH via DIR/env)");
+        .expect("kubectl runs (scripts/kube/start-cluster.sh puts it on PATH via DIR/env)");
     if let Some(input) = stdin {
         child
             .stdin

@@ -1,5 +1,6 @@
-//! The cluster tier: a real kube-apiserver and kube-controller-manager (v1.20.2, built
-//! from Debian's sources by `scripts/kube/build.sh`), the webhook binary running locally
+//! The cluster tier: a real kube-apiserver and kube-controller-manager of a current
+//! Kubernetes (built from the Go modules by `scripts/kube/build-current.sh`; run once per
+//! version in `KUBE_VERSIONS` by `scripts/test.sh`), the webhook binary running locally
 //! with `serve` (and `--controller`), registered through a MutatingWebhookConfiguration.
 //! There is no kubelet: the tests play it by patching `pods/status`.
 
