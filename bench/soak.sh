@@ -41,7 +41,7 @@ while kill -0 "$load" 2>/dev/null; do
     now=$(( $(date +%s) - start ))
     rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
     hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
-    fds=$(ls "/proc/$pid/fd" | wc -l)
+    fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
     awk -v t="$now" -v r="$rss" -v h="$hwm" -v f="$fds" 'BEGIN { printf "%6d %9.2f %9.2f %4d\n", t, r / 1024, h / 1024, f }'
     samples+=("$now $rss $fds")
     sleep 30

@@ -29,4 +29,4 @@ cargo +nightly fuzz run "$target" "corpus/$target" -- \
 cargo +nightly fuzz cmin "$target" "corpus/$target" -- -max_len=262144
 rm -f "$kept"/*
 find "corpus/$target" -type f -size -8k -exec cp {} "$kept"/ \;
-echo "kept $(ls "$kept" | wc -l) inputs ($(du -sh "$kept" | cut -f1)) in tests/fixtures/fuzz/$target"
+echo "kept $(find "$kept" -mindepth 1 -maxdepth 1 | wc -l) inputs ($(du -sh "$kept" | cut -f1)) in tests/fixtures/fuzz/$target"

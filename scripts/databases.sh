@@ -23,7 +23,7 @@ as_root() {
 
 pg_bin() {
     local dir
-    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    dir=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1)
     [ -n "$dir" ] || die "PostgreSQL is not installed: run scripts/databases.sh install"
     echo "$dir"
 }
