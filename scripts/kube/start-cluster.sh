@@ -7,6 +7,11 @@
 #        KUBE_BIN=$KUBE_CACHE/v$KUBE_VERSION/bin   kube-apiserver, kube-controller-manager, etcd, kubectl
 #        ETCD_PORT ETCD_PEER_PORT APISERVER_PORT CM_PORT   default: free loopback ports
 #        WITH_CONTROLLER_MANAGER=1           0 = apiserver only
+#        WITH_NODE=0                         1 = also certs, kubeconfigs and apiserver flags for a
+#                                            real kubelet and scheduler (start-node.sh):
+#                                            Node,RBAC authorization, NodeRestriction, and the
+#                                            apiserver calling webhooks at Service endpoints
+#        NODE_NAME=e2e-node NODE_IP=10.244.0.1   the node of WITH_NODE=1 (the CNI bridge's address)
 #        START_TIMEOUT=120                   seconds to wait for readiness
 #        EXTRA_APISERVER_FLAGS / EXTRA_CM_FLAGS   word-split extra flags
 #
@@ -37,6 +42,9 @@ ETCD_PEER_PORT="${ETCD_PEER_PORT:-$(free_port)}"
 APISERVER_PORT="${APISERVER_PORT:-$(free_port)}"
 CM_PORT="${CM_PORT:-$(free_port)}"
 WITH_CONTROLLER_MANAGER="${WITH_CONTROLLER_MANAGER:-1}"
+WITH_NODE="${WITH_NODE:-0}"
+NODE_NAME="${NODE_NAME:-e2e-node}"
+NODE_IP="${NODE_IP:-10.244.0.1}"
 START_TIMEOUT="${START_TIMEOUT:-120}"
 
 log() { echo "+++ [start-cluster $(date +%H:%M:%S)] $*" >&2; }
@@ -92,6 +100,21 @@ if [[ ! -f "$PKI/ca.crt" ]]; then
   echo "$(openssl rand -hex 24),kube-admin-token,uid-admin-token,system:masters" >"$PKI/tokens.csv"
   chmod 600 "$PKI"/*.key "$PKI/tokens.csv"
 fi
+if [[ "$WITH_NODE" == 1 && ! -f "$PKI/kubelet-client.crt" ]]; then
+  log "generating node certs (node $NODE_NAME at $NODE_IP)"
+  # kubelet -> apiserver: the Node authorizer's identity
+  sign kubelet-client "/O=system:nodes/CN=system:node:$NODE_NAME" \
+    "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth"
+  # the kubelet's serving certificate (apiserver -> kubelet for logs and exec)
+  sign kubelet-serving "/CN=$NODE_NAME" \
+    "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" \
+    "subjectAltName=IP:127.0.0.1,IP:$NODE_IP,DNS:$NODE_NAME,DNS:localhost"
+  sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+    "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth"
+  sign scheduler "/CN=system:kube-scheduler" \
+    "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=clientAuth"
+  chmod 600 "$PKI"/*.key
+fi
 ADMIN_TOKEN=$(cut -d, -f1 "$PKI/tokens.csv")
 APISERVER_URL="https://127.0.0.1:$APISERVER_PORT"
 
@@ -123,6 +146,22 @@ KC
 }
 write_kubeconfig "$STATE_DIR/kubeconfig" kube-admin admin
 write_kubeconfig "$STATE_DIR/controller-manager.kubeconfig" kube-controller-manager controller-manager
+node_args=()
+authorization=RBAC
+admission=NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ResourceQuota
+if [[ "$WITH_NODE" == 1 ]]; then
+  write_kubeconfig "$STATE_DIR/kubelet.kubeconfig" kubelet kubelet-client
+  write_kubeconfig "$STATE_DIR/scheduler.kubeconfig" kube-scheduler scheduler
+  authorization=Node,RBAC
+  admission+=,NodeRestriction
+  # Webhooks behind a Service are called at its endpoints' pod IPs, which the host reaches
+  # on the CNI bridge: no kube-proxy is needed.
+  node_args=(--kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt"
+    --kubelet-client-key "$PKI/apiserver-kubelet-client.key"
+    --kubelet-certificate-authority "$PKI/ca.crt"
+    --kubelet-preferred-address-types "InternalIP,Hostname"
+    --enable-aggregator-routing=true)
+fi
 cat >"$STATE_DIR/env" <<ENV
 export PATH=$KUBE_BIN:\$PATH
 export KUBE_VERSION=$KUBE_VERSION
@@ -183,16 +222,16 @@ start_bg kube-apiserver "$KUBE_BIN/kube-apiserver" \
   --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
   --client-ca-file "$PKI/ca.crt" \
   --token-auth-file "$PKI/tokens.csv" \
-  --authorization-mode RBAC \
+  --authorization-mode "$authorization" \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --service-account-key-file "$PKI/sa.pub" \
   --service-account-signing-key-file "$PKI/sa.key" \
   --service-cluster-ip-range 10.0.0.0/24 \
-  --enable-admission-plugins NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ResourceQuota \
+  --enable-admission-plugins "$admission" \
   --allow-privileged=true \
   --profiling=false \
   --cert-dir "$STATE_DIR/apiserver-certs" \
-  --v 1 "${extra_apiserver[@]}"
+  --v 1 "${node_args[@]}" "${extra_apiserver[@]}"
 export KUBECONFIG="$STATE_DIR/kubeconfig"
 wait_for "kube-apiserver /readyz" "$KUBECTL" get --raw /readyz
 API_READY=$(elapsed)

@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Turn the control plane from `WITH_NODE=1 start-cluster.sh STATE_DIR` into a
+# real single-node cluster: containerd and runc from Debian, a CNI bridge, kube-scheduler
+# and a kubelet of the control plane's version, with locally built images imported.
+#
+# Usage: start-node.sh [STATE_DIR]            (default /tmp/kube-e2e)
+# Env:   KUBE_BIN (from STATE_DIR/env)        the kubelet and scheduler of the control plane
+#        IMAGES_DIR=~/.cache/django-migrate-webhook/images   docker-archive tarballs (build-images.sh)
+#        NODE_NAME=e2e-node NODE_IP=10.244.0.1  the node's address is the bridge's own: a
+#                                             kubelet refuses a loopback node IP
+#        POD_SUBNET=10.244.0.0/24 BRIDGE=kubebr0 BRIDGE_IP=10.244.0.1
+#        SNAPSHOTTER=overlayfs|native         RUNTIME=runc|crun
+#        CGROUPS_PER_QOS=true|false
+#        KUBELET_PORT=30250 KUBELET_HEALTHZ_PORT=30248 SCHEDULER_PORT=30259
+#        KUBELET_ROOT=/var/lib/e2e-kubelet  CTR_ROOT=/opt/kube-node/containerd  CTR_STATE=/run/e2e-containerd
+#        START_TIMEOUT=120
+# Writes: STATE_DIR/{containerd.toml,kubelet-config.yaml,cni/net.d/,logs/,pids/,node-env}
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+STATE_DIR="${1:-/tmp/kube-e2e}"
+# shellcheck disable=SC1091
+[[ -f "$STATE_DIR/env" ]] && source "$STATE_DIR/env"
+KUBE_CACHE="${KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/django-migrate-webhook/kube-current}"
+KUBE_BIN="${KUBE_BIN:-$KUBE_CACHE/v${KUBE_VERSION:-1.37.2}/bin}"
+IMAGES_DIR="${IMAGES_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/django-migrate-webhook/images}"
+NODE_NAME="${NODE_NAME:-e2e-node}"
+NODE_IP="${NODE_IP:-10.244.0.1}"
+BRIDGE_IP="${BRIDGE_IP:-10.244.0.1}"
+POD_SUBNET="${POD_SUBNET:-10.244.0.0/24}"
+BRIDGE="${BRIDGE:-kubebr0}"
+SNAPSHOTTER="${SNAPSHOTTER:-overlayfs}"
+RUNTIME="${RUNTIME:-runc}"
+CGROUPS_PER_QOS="${CGROUPS_PER_QOS:-true}"
+KUBELET_PORT="${KUBELET_PORT:-30250}"
+KUBELET_HEALTHZ_PORT="${KUBELET_HEALTHZ_PORT:-30248}"
+SCHEDULER_PORT="${SCHEDULER_PORT:-30259}"
+KUBELET_ROOT="${KUBELET_ROOT:-/var/lib/e2e-kubelet}"
+CTR_ROOT="${CTR_ROOT:-/var/lib/e2e-containerd}"
+CTR_STATE="${CTR_STATE:-/run/e2e-containerd}"
+CTR_SOCK="$CTR_STATE/containerd.sock"
+START_TIMEOUT="${START_TIMEOUT:-120}"
+
+log() { echo "+++ [start-node $(date +%H:%M:%S)] $*" >&2; }
+die() { echo "start-node: $*" >&2; exit 1; }
+[[ -f "$STATE_DIR/kubelet.kubeconfig" ]] || die "no $STATE_DIR/kubelet.kubeconfig: run WITH_NODE=1 start-cluster.sh $STATE_DIR first"
+STATE_DIR=$(cd "$STATE_DIR" && pwd)
+PKI="$STATE_DIR/pki"
+for b in kubelet kube-scheduler; do [[ -x "$KUBE_BIN/$b" ]] || die "$KUBE_BIN/$b missing (KUBE_WHAT=... build.sh)"; done
+command -v containerd >/dev/null || die "containerd missing (apt-get install containerd runc containernetworking-plugins)"
+export KUBECONFIG="$STATE_DIR/kubeconfig"
+mkdir -p "$STATE_DIR"/{logs,pids,cni/net.d}
+
+T0=$(date +%s.%N)
+elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
+running() { local f="$STATE_DIR/pids/$1.pid"; [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null; }
+for c in containerd kube-scheduler kubelet; do
+  running "$c" && die "$c already running (pid $(cat "$STATE_DIR/pids/$c.pid"))"
+done
+port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+for p in "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT" "$SCHEDULER_PORT"; do port_busy "$p" && die "port $p already in use"; done
+start_bg() { # name cmd...
+  local name=$1; shift
+  setsid "$@" >"$STATE_DIR/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$STATE_DIR/pids/$name.pid"
+  log "started $name (pid $!)"
+}
+wait_for() { # desc cmd...
+  local desc=$1; shift
+  local deadline=$(( $(date +%s) + START_TIMEOUT ))
+  until "$@" >/dev/null 2>&1; do
+    if (( $(date +%s) > deadline )); then
+      echo "start-node: timed out waiting for $desc; last log lines:" >&2
+      for c in containerd kube-scheduler kubelet; do [[ -f "$STATE_DIR/logs/$c.log" ]] && { echo "--- $c" >&2; tail -n 20 "$STATE_DIR/logs/$c.log" >&2; }; done
+      exit 1
+    fi
+    for c in containerd kube-scheduler kubelet; do
+      if [[ -f "$STATE_DIR/pids/$c.pid" ]] && ! running "$c"; then
+        echo "start-node: $c exited; log tail:" >&2; tail -n 40 "$STATE_DIR/logs/$c.log" >&2; exit 1
+      fi
+    done
+    sleep 0.5
+  done
+  log "$desc ready after $(elapsed)s"
+}
+
+# ---------------------------------------------------------------- kernel settings
+# The kubelet sets these sysctls (unless protectKernelDefaults): remember the originals
+# so stop-node.sh can put them back.
+if [[ ! -f "$STATE_DIR/sysctl.orig" ]]; then
+  sysctl -e vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops \
+    kernel.keys.root_maxkeys kernel.keys.root_maxbytes >"$STATE_DIR/sysctl.orig"
+fi
+
+# ---------------------------------------------------------------- network
+# One bridge (address BRIDGE_IP, so the host can reach pod IPs for probes);
+# pods get 10.244.0.x on it. No default route in pods, no masquerading,
+# ip_forward untouched: pods reach only each other. Pods that need services on
+# 127.0.0.1 (apiserver, PostgreSQL) use hostNetwork.
+if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+  ip link add "$BRIDGE" type bridge
+fi
+ip addr show dev "$BRIDGE" | grep -q "inet $BRIDGE_IP/" || ip addr add "$BRIDGE_IP/${POD_SUBNET#*/}" dev "$BRIDGE"
+ip link set "$BRIDGE" up
+cat >"$STATE_DIR/cni/net.d/10-e2e.conflist" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "e2e-pods",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$BRIDGE",
+      "isGateway": false,
+      "isDefaultGateway": false,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "$POD_SUBNET", "gateway": "$BRIDGE_IP"}]],
+        "dataDir": "$CTR_STATE/cni-ipam"
+      }
+    }
+  ]
+}
+EOF
+
+# ---------------------------------------------------------------- containerd
+mkdir -p "$CTR_ROOT" "$CTR_STATE"
+sed -e "s#@CTR_ROOT@#$CTR_ROOT#g; s#@CTR_STATE@#$CTR_STATE#g; s#@CTR_SOCK@#$CTR_SOCK#g" \
+    -e "s#@SNAPSHOTTER@#$SNAPSHOTTER#g; s#@RUNTIME@#$RUNTIME#g; s#@CNI_CONF_DIR@#$STATE_DIR/cni/net.d#g" \
+    "$HERE/conf/containerd.toml.in" >"$STATE_DIR/containerd.toml"
+echo "export CTR_ROOT=$CTR_ROOT" >"$STATE_DIR/node-env.partial"
+# Guard against image pulls leaving the machine: every registry request from
+# containerd goes through a proxy address where nothing listens (loopback port 9),
+# so a missing image fails fast ("proxyconnect tcp: ... connection refused")
+# instead of reaching out. Test manifests should use imagePullPolicy: Never.
+start_bg containerd env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 \
+  http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 NO_PROXY= no_proxy= \
+  containerd --config "$STATE_DIR/containerd.toml"
+CTR=(ctr -a "$CTR_SOCK" -n k8s.io)
+wait_for "containerd" "${CTR[@]}" version
+for t in "$IMAGES_DIR"/*.tar; do
+  [[ -f "$t" ]] || continue
+  ref=$(tar -xOf "$t" manifest.json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["RepoTags"][0])')
+  if "${CTR[@]}" images ls -q | grep -qx "$ref" && "${CTR[@]}" images check "name==$ref" 2>/dev/null | grep -q 'complete'; then
+    # already there; make sure it is unpacked for this snapshotter
+    "${CTR[@]}" images unpack --snapshotter "$SNAPSHOTTER" "$ref" >/dev/null 2>&1 || true
+    continue
+  fi
+  "${CTR[@]}" images import --snapshotter "$SNAPSHOTTER" "$t" >/dev/null
+  log "imported $ref"
+done
+log "images ready after $(elapsed)s"
+
+# ---------------------------------------------------------------- scheduler
+start_bg kube-scheduler "$KUBE_BIN/kube-scheduler" \
+  --kubeconfig "$STATE_DIR/scheduler.kubeconfig" \
+  --authentication-kubeconfig "$STATE_DIR/scheduler.kubeconfig" \
+  --authorization-kubeconfig "$STATE_DIR/scheduler.kubeconfig" \
+  --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" \
+  --cert-dir "$STATE_DIR/scheduler-certs" \
+  --leader-elect=false --v 1
+wait_for "kube-scheduler /healthz" curl -skf "https://127.0.0.1:$SCHEDULER_PORT/healthz"
+
+# ---------------------------------------------------------------- kubelet
+if [[ "$CGROUPS_PER_QOS" == true ]]; then ENFORCE='["pods"]'; else ENFORCE='[]'; fi
+# Pods get this resolv.conf (no cluster DNS here): lookups go to loopback and fail
+# fast instead of reaching the machine's real resolver.
+printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >"$STATE_DIR/pod-resolv.conf"
+cat >"$STATE_DIR/kubelet-config.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $NODE_IP
+port: $KUBELET_PORT
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $KUBELET_HEALTHZ_PORT
+tlsCertFile: $PKI/kubelet-serving.crt
+tlsPrivateKeyFile: $PKI/kubelet-serving.key
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true, cacheTTL: 10s}
+  x509: {clientCAFile: $PKI/ca.crt}
+authorization:
+  mode: Webhook
+cgroupDriver: cgroupfs
+cgroupsPerQOS: $CGROUPS_PER_QOS
+enforceNodeAllocatable: $ENFORCE
+failSwapOn: false
+makeIPTablesUtilChains: false
+clusterDomain: cluster.local
+resolvConf: $STATE_DIR/pod-resolv.conf
+serializeImagePulls: false
+maxPods: 60
+rotateCertificates: false
+serverTLSBootstrap: false
+# computed every 2s, PATCHed only on change (node leases carry the heartbeat):
+# the node turns Ready ~2s after registration instead of ~10s
+nodeStatusUpdateFrequency: 2s
+syncFrequency: 20s
+fileCheckFrequency: 20s
+evictionHard:
+  memory.available: "100Mi"
+  nodefs.available: "1%"
+  imagefs.available: "1%"
+  nodefs.inodesFree: "1%"
+imageGCHighThresholdPercent: 99
+imageGCLowThresholdPercent: 98
+# These VMs run cgroup v1 (hybrid); kubelets from 1.35 refuse it unless told otherwise.
+failCgroupV1: false
+containerRuntimeEndpoint: unix://$CTR_SOCK
+imageServiceEndpoint: unix://$CTR_SOCK
+EOF
+mkdir -p "$KUBELET_ROOT"
+# Current kubelets carry no cloud credential provider; AWS_EC2_METADATA_DISABLED stays
+# as a second guard against anything probing the instance metadata address.
+start_bg kubelet env AWS_EC2_METADATA_DISABLED=true "$KUBE_BIN/kubelet" \
+  --config "$STATE_DIR/kubelet-config.yaml" \
+  --kubeconfig "$STATE_DIR/kubelet.kubeconfig" \
+  --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" \
+  --root-dir "$KUBELET_ROOT" \
+  --cert-dir "$STATE_DIR/kubelet-certs" \
+  --v 2
+wait_for "kubelet /healthz" curl -sf "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz"
+wait_for "node $NODE_NAME Ready" bash -c \
+  "kubectl get node $NODE_NAME -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
+
+cat >"$STATE_DIR/node-env" <<EOF
+export E2E_CTR_SOCK=$CTR_SOCK
+export E2E_NODE_NAME=$NODE_NAME
+export E2E_NODE_IP=$NODE_IP
+export E2E_KUBELET_ROOT=$KUBELET_ROOT
+export CONTAINER_RUNTIME_ENDPOINT=unix://$CTR_SOCK
+EOF
+log "node $NODE_NAME Ready after $(elapsed)s (snapshotter=$SNAPSHOTTER runtime=$RUNTIME cgroupsPerQOS=$CGROUPS_PER_QOS)"
