@@ -5,6 +5,9 @@
 #   scripts/databases.sh start DIR      start both servers under DIR on free ports; writes DIR/env
 #   scripts/databases.sh stop DIR       stop the servers recorded in DIR (by PID) and remove DIR
 #
+# With DB_EXTRA_LISTEN=ADDR and DB_EXTRA_CIDR=NET/BITS, PostgreSQL also listens on ADDR and
+# accepts the same user from NET (the node tier's pods reach it on the CNI bridge's address).
+#
 # DIR/env exports DJANGO_MIGRATE_TEST_POSTGRES_PORT, DJANGO_MIGRATE_TEST_MARIADB_PORT,
 # DJANGO_MIGRATE_TEST_DB_USER and DJANGO_MIGRATE_TEST_DB_PASSWORD. Both servers accept that
 # user with that password over TCP (and reject any other password); the user may create
@@ -89,7 +92,14 @@ start_postgres() {
     run_as postgres "$bin/initdb" -D "$data/data" -U "$DB_USER" --pwfile="$DIR/pgpass" \
         --auth=scram-sha-256 -E UTF8 --no-instructions >"$data/initdb.log" 2>&1 \
         || die "initdb failed: $(tail -n 5 "$data/initdb.log")"
-    run_as postgres "$bin/postgres" -D "$data/data" -p "$port" -c listen_addresses=127.0.0.1 \
+    local listen=127.0.0.1
+    if [ -n "${DB_EXTRA_LISTEN:-}" ]; then
+        listen="127.0.0.1,$DB_EXTRA_LISTEN"
+        echo "host all all ${DB_EXTRA_CIDR:?DB_EXTRA_CIDR must come with DB_EXTRA_LISTEN} scram-sha-256" \
+            >> "$data/data/pg_hba.conf"
+        echo "export DJANGO_MIGRATE_TEST_POSTGRES_NODE_HOST=$DB_EXTRA_LISTEN" >> "$DIR/env"
+    fi
+    run_as postgres "$bin/postgres" -D "$data/data" -p "$port" -c listen_addresses="$listen" \
         -c unix_socket_directories="$data" -c max_connections=200 -c fsync=off \
         >"$data/server.log" 2>&1 &
     wait_for PostgreSQL 150 "$bin/pg_isready" -h 127.0.0.1 -p "$port"

@@ -5,10 +5,14 @@
 # tests/requirements-django42.txt), and Kubernetes control planes built from the
 # k8s.io/kubernetes Go modules with the machine's Go (scripts/kube/build-current.sh: about
 # 15 minutes per version on 2 cores once, then cached under ~/.cache/django-migrate-webhook).
-# It starts both database servers on free loopback ports, runs every tier against the
-# newest Kubernetes, then the tiers that talk to Kubernetes (cluster, chart) again against
-# each older version in KUBE_VERSIONS, each control plane on free loopback ports under a
-# temporary directory, and stops everything it started (by PID) when it exits.
+# It builds the images of the node tier without a registry (scripts/kube/build-images.sh:
+# pause, busybox, the webhook from this build's release binary, a Django test image), starts
+# a control plane with a real node (kubelet, containerd and runc from Debian, a CNI bridge:
+# scripts/kube/start-node.sh) and both database servers (PostgreSQL also on the bridge's
+# address, for the pods), runs every tier against the newest Kubernetes, then the tiers that
+# talk to Kubernetes (cluster, chart, node) again against each older version in
+# KUBE_VERSIONS, and stops everything it started (by PID; mounts, namespaces, the bridge
+# and kernel settings restored) when it exits.
 # Extra arguments go to `cargo test`. Opt-in: with DJANGO_MIGRATE_REAL_WORLD_DIR set to
 # the folder of the real-world Deployments (shared/real-world-deployments beside this
 # checkout), the real-world tier runs too.
@@ -29,6 +33,11 @@ as_root() {
 # python3-venv for the test venvs; openssl and curl for the server tier's TLS checks.
 need=()
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# The node tier: containerd, runc and CNI plugins from Debian; busybox and debootstrap
+# for its images; gcc for the pause binary.
+for pkg in containerd runc containernetworking-plugins busybox-static debootstrap gcc iproute2; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 if ((${#need[@]})); then
@@ -62,27 +71,41 @@ read -r -a kube_versions <<<"${KUBE_VERSIONS:-1.37.2 1.34.4}"
 say "building (or reusing) Kubernetes ${kube_versions[*]}"
 bash scripts/kube/build-current.sh "${kube_versions[@]}" >&2
 
+say "building the webhook (release) and the node tier's images"
+cargo build --locked --release --bin django-migrate-webhook
+IMAGES="pause busybox webhook django" bash scripts/kube/build-images.sh >&2
+
 databases=$(mktemp -d /tmp/django-migrate-databases.XXXXXX)
 cluster=""
+stop_cluster() {
+    if [ -n "$cluster" ]; then
+        bash scripts/kube/stop-node.sh "$cluster" >/dev/null 2>&1 || true
+        bash scripts/kube/stop-cluster.sh "$cluster" --purge >/dev/null || true
+        cluster=""
+    fi
+}
 cleanup() {
-    if [ -n "$cluster" ]; then bash scripts/kube/stop-cluster.sh "$cluster" --purge >/dev/null || true; fi
+    stop_cluster
     bash scripts/databases.sh stop "$databases" || true
 }
 trap cleanup EXIT
-bash scripts/databases.sh start "$databases"
-# shellcheck disable=SC1091
-source "$databases/env"
 
-# start_cluster VERSION: a fresh control plane of that version; its env is sourced.
+# start_cluster VERSION: a fresh control plane of that version with a real node; its env
+# is sourced.
 start_cluster() {
-    if [ -n "$cluster" ]; then bash scripts/kube/stop-cluster.sh "$cluster" --purge >/dev/null || true; fi
+    stop_cluster
     cluster=$(mktemp -d /tmp/django-migrate-cluster.XXXXXX)
-    KUBE_VERSION=$1 bash scripts/kube/start-cluster.sh "$cluster" >/dev/null
+    WITH_NODE=1 KUBE_VERSION=$1 bash scripts/kube/start-cluster.sh "$cluster" >/dev/null
+    bash scripts/kube/start-node.sh "$cluster" >/dev/null
     # shellcheck disable=SC1091
     source "$cluster/env"
 }
 
 start_cluster "${kube_versions[0]}"
+# The pods reach PostgreSQL on the node's own address, the CNI bridge's (10.244.0.1).
+DB_EXTRA_LISTEN=10.244.0.1 DB_EXTRA_CIDR=10.244.0.0/24 bash scripts/databases.sh start "$databases"
+# shellcheck disable=SC1091
+source "$databases/env"
 say "cargo test (tiers: unit, engine, server, migrations, cluster on Kubernetes v$KUBE_VERSION)"
 cargo test --locked "$@"
 
@@ -93,6 +116,8 @@ fi
 
 say "pytest (tier: chart on Kubernetes v$KUBE_VERSION)"
 .venv/bin/python -m pytest -q tests/chart
+say "cargo test (tier: node on Kubernetes v$KUBE_VERSION)"
+cargo test --locked --test node "$@"
 
 for version in "${kube_versions[@]:1}"; do
     start_cluster "$version"
@@ -100,4 +125,6 @@ for version in "${kube_versions[@]:1}"; do
     cargo test --locked --test cluster "$@"
     say "pytest (tier: chart on Kubernetes v$KUBE_VERSION)"
     .venv/bin/python -m pytest -q tests/chart
+    say "cargo test (tier: node on Kubernetes v$KUBE_VERSION)"
+    cargo test --locked --test node "$@"
 done

@@ -331,6 +331,9 @@ spec:
       labels:
         app: {name}
     spec:
+      # This tier plays the kubelet: its pods stay off the real node of the node tier.
+      nodeSelector:
+        e2e.invalid/no-such-node: "true"
       containers:
         - name: web
           image: {image}

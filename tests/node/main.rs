@@ -1,0 +1,247 @@
+//! The node tier: a current Kubernetes with a real node (kubelet, containerd and runc from
+//! Debian, a CNI bridge; `scripts/kube/start-node.sh`), images built locally without a
+//! registry (`scripts/kube/build-images.sh`), and PostgreSQL on the node's own address.
+//! The webhook binary runs beside the cluster with `--controller`, registered through the
+//! chart's MutatingWebhookConfiguration; the kubelet runs the injected containers for real
+//! and owns pod readiness.
+
+// The cluster tier's harness; this tier uses part of it.
+#[allow(dead_code)]
+#[path = "../cluster/harness.rs"]
+mod harness;
+
+use std::process::Command;
+use std::time::Duration;
+
+use harness::*;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use serde_json::Value;
+
+const DJANGO_IMAGE: &str = "localhost/e2e/django:test";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: the node tier needs the node, the images and the databases \
+             that scripts/test.sh starts (scripts/kube/start-node.sh, build-images.sh, \
+             DB_EXTRA_LISTEN for scripts/databases.sh)"
+        )
+    })
+}
+
+fn webhook_image() -> String {
+    format!(
+        "localhost/e2e/django-migrate-webhook:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// SQL on the test PostgreSQL server, with its own client.
+fn psql(database: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &env("DJANGO_MIGRATE_TEST_POSTGRES_PORT"),
+        ])
+        .args(["-U", &env("DJANGO_MIGRATE_TEST_DB_USER"), "-d", database])
+        .args(["-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", env("DJANGO_MIGRATE_TEST_DB_PASSWORD"))
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn django_deployment(
+    ns: &str,
+    database: &str,
+    replicas: u32,
+    extra_env: &[(&str, &str)],
+) -> String {
+    let mut env = vec![
+        ("DB_ENGINE", "postgresql".to_owned()),
+        ("DB_NAME", database.to_owned()),
+        ("DB_HOST", env("DJANGO_MIGRATE_TEST_POSTGRES_NODE_HOST")),
+        ("DB_PORT", env("DJANGO_MIGRATE_TEST_POSTGRES_PORT")),
+        ("DB_USER", env("DJANGO_MIGRATE_TEST_DB_USER")),
+        ("DB_PASSWORD", env("DJANGO_MIGRATE_TEST_DB_PASSWORD")),
+        ("SLOW_MIGRATION_SECONDS", "2".to_owned()),
+    ];
+    env.extend(extra_env.iter().map(|(k, v)| (*k, v.to_string())));
+    let env: String = env
+        .iter()
+        .map(|(k, v)| format!("\n            - name: {k}\n              value: \"{v}\""))
+        .collect();
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+  namespace: {ns}
+  labels:
+    app: shop
+    django-migrate.io/inject: "true"
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels:
+      app: shop
+  template:
+    metadata:
+      labels:
+        app: shop
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+        - name: web
+          image: {DJANGO_IMAGE}
+          imagePullPolicy: Never
+          env:{env}
+"#
+    )
+}
+
+fn kubectl_ok(args: &[&str]) -> String {
+    let out = kubectl(args, None);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "kubectl {args:?}: {stderr}");
+    stdout
+}
+
+/// Three replicas of an opted-in Django Deployment on a real kubelet: every pod runs the
+/// code copy and the Django step, every migration is applied exactly once, the gate turns
+/// True and `kubectl rollout status` completes.
+#[tokio::test]
+async fn injected_pods_migrate_once_on_a_real_kubelet() {
+    let client = client().await;
+    let ns = Namespace::new("node-e2e");
+    let image = webhook_image();
+    let webhook = Webhook::start(&[
+        "--controller",
+        "--lease-namespace",
+        &ns.name,
+        "--code-image",
+        &image,
+        "--code-image-pull-policy",
+        "Never",
+    ])
+    .await;
+    register(&ns, &webhook, "Fail");
+    wait_until_effective(&ns).await;
+    let database = format!("e2e_{}", ns.name.replace('-', "_"));
+    psql("postgres", &format!("CREATE DATABASE {database}"));
+
+    let started = std::time::Instant::now();
+    let (_, warnings) = apply(&django_deployment(&ns.name, &database, 3, &[]), &[]);
+    assert!(warnings.contains("injected init containers"), "{warnings}");
+    let status = kubectl(
+        &[
+            "rollout",
+            "status",
+            "deployment/shop",
+            "-n",
+            &ns.name,
+            "--timeout=240s",
+        ],
+        None,
+    );
+    let pods: Vec<Pod> = pods_of(&client, &ns.name, "shop").await;
+    if !status.status.success() {
+        let describe = kubectl(&["describe", "pods", "-n", &ns.name], None);
+        panic!(
+            "rollout did not complete: {}\n{}\nwebhook log:\n{}",
+            text(&status).1,
+            text(&describe).0,
+            webhook.logs()
+        );
+    }
+    let rollout = started.elapsed();
+    assert_eq!(pods.len(), 3);
+
+    let mut appliers = 0;
+    for pod in &pods {
+        let status = pod.status.as_ref().unwrap();
+        let init = status.init_container_statuses.as_ref().unwrap();
+        let names: Vec<&str> = init.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["django-migrate-code", "django-migrate"],
+            "{}",
+            pod.name_any()
+        );
+        for s in init {
+            let t = s.state.as_ref().unwrap().terminated.as_ref().unwrap();
+            assert_eq!(
+                t.exit_code,
+                0,
+                "{} {}: {:?}",
+                pod.name_any(),
+                s.name,
+                t.message
+            );
+        }
+        let message = init[1]
+            .state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .message
+            .clone();
+        let summary: Value = serde_json::from_str(&message.unwrap_or_default()).unwrap();
+        if summary["result"] == "applied" {
+            appliers += 1;
+        }
+        let gate = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "django-migrate.io/migrated")
+            .expect("the gate condition");
+        assert_eq!(
+            (gate.status.as_str(), gate.reason.as_deref()),
+            ("True", Some("Migrated"))
+        );
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(
+            ready.status,
+            "True",
+            "the kubelet made {} Ready",
+            pod.name_any()
+        );
+    }
+    assert_eq!(appliers, 1, "exactly one pod applies the migrations");
+    let recorded = psql(
+        &database,
+        "SELECT COUNT(*), COUNT(DISTINCT (app, name)) FROM django_migrations WHERE app IN ('catalog', 'orders')",
+    );
+    assert_eq!(recorded, "6|6", "every migration recorded once");
+    assert_eq!(
+        psql(&database, "SELECT COUNT(*) FROM catalog_migrationrun"),
+        "1"
+    );
+    eprintln!(
+        "3 replicas on a real kubelet: rollout complete after {rollout:.1?}, 6 migrations applied once by one pod"
+    );
+    let _ = kubectl_ok(&[
+        "delete",
+        "deployment",
+        "shop",
+        "-n",
+        &ns.name,
+        "--wait=false",
+    ]);
+}
