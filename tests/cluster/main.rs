@@ -187,7 +187,8 @@ async fn the_shape_of_an_earlier_release_is_rewritten_on_update() {
     // The fixture mounts a volume it does not declare; an API server wants it declared.
     legacy["spec"]["template"]["spec"]["volumes"] = json!([{"name": "media", "emptyDir": {}}]);
     // This tier plays the kubelet: its pods stay off the real node of the node tier.
-    legacy["spec"]["template"]["spec"]["nodeSelector"] = json!({"e2e.invalid/no-such-node": "true"});
+    legacy["spec"]["template"]["spec"]["nodeSelector"] =
+        json!({"e2e.invalid/no-such-node": "true"});
     let legacy_text = legacy
         .to_string()
         .replace("<DJANGO_MIGRATE_CODE>", "import os");
