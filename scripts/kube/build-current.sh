@@ -19,6 +19,9 @@
 #
 # Idempotent: a version whose binaries and recipe stamp are in place is skipped.
 set -euo pipefail
+SCRIPT=build-current
+# shellcheck source=../lib.sh
+source "$(cd "$(dirname "$0")" && pwd)/../lib.sh"
 
 KUBE_CACHE="${KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/django-migrate-webhook/kube-current}"
 ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
@@ -28,8 +31,6 @@ COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubect
 # Bump when the recipe changes, so cached binaries are rebuilt.
 RECIPE="go-modules-wrapper-v1 etcd-$ETCD_VERSION components-${COMPONENTS[*]// /,}"
 
-log() { echo "+++ [build-current $(date +%H:%M:%S)] $*" >&2; }
-die() { echo "build-current: $*" >&2; exit 1; }
 
 # The machine's Go: the first go on PATH that is new enough, else /usr/local/go.
 if [[ -z "${GO:-}" ]]; then

@@ -15,12 +15,14 @@
 # Env:   IMAGES="pause busybox"
 # Idempotent: an image whose tarball exists is skipped (delete it to rebuild).
 set -euo pipefail
+SCRIPT=build-images
+# shellcheck source=../lib.sh
+source "$(cd "$(dirname "$0")" && pwd)/../lib.sh"
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT="${1:-${XDG_CACHE_HOME:-$HOME/.cache}/django-migrate-webhook/images}"
 IMAGES="${IMAGES:-pause busybox}"
 ROOT=$(cd "$HERE/../.." && pwd)
 mkdir -p "$OUT"
-log() { echo "+++ [build-images $(date +%H:%M:%S)] $*" >&2; }
 
 # pack_image ROOTFS REF OUT_TAR CMD_JSON [WORKDIR] [ENV_JSON] [USER]
 # Writes a single-layer docker-archive (manifest.json + config + layer.tar).

@@ -27,6 +27,11 @@
 # controller-manager, and no service-account token Secrets: Pods are admitted once the
 # namespace's default ServiceAccount exists. ValidatingAdmissionPolicy is on by default.
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+SCRIPT=start-cluster
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
+WATCHED=(etcd kube-apiserver kube-controller-manager)
 
 STATE_DIR="${1:-/tmp/kube-e2e}"
 KUBE_VERSION="${KUBE_VERSION:-1.37.2}"
@@ -34,9 +39,6 @@ KUBE_CACHE="${KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/django-migrate-webhook
 KUBE_BIN="${KUBE_BIN:-$KUBE_CACHE/v$KUBE_VERSION/bin}"
 ETCD_BIN="${ETCD_BIN:-$KUBE_BIN/etcd}"
 KUBECTL="${KUBECTL:-$KUBE_BIN/kubectl}"
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 ETCD_PORT="${ETCD_PORT:-$(free_port)}"
 ETCD_PEER_PORT="${ETCD_PEER_PORT:-$(free_port)}"
 APISERVER_PORT="${APISERVER_PORT:-$(free_port)}"
@@ -47,8 +49,6 @@ NODE_NAME="${NODE_NAME:-e2e-node}"
 NODE_IP="${NODE_IP:-10.244.0.1}"
 START_TIMEOUT="${START_TIMEOUT:-120}"
 
-log() { echo "+++ [start-cluster $(date +%H:%M:%S)] $*" >&2; }
-die() { echo "start-cluster: $*" >&2; exit 1; }
 
 [[ -x "$ETCD_BIN" ]] || die "etcd not found at $ETCD_BIN (run scripts/kube/build-current.sh $KUBE_VERSION)"
 [[ -x "$KUBE_BIN/kube-apiserver" ]] || die "$KUBE_BIN/kube-apiserver not found (run scripts/kube/build-current.sh $KUBE_VERSION)"
@@ -60,17 +60,14 @@ chmod 700 "$STATE_DIR/etcd" "$STATE_DIR/pki"
 STATE_DIR=$(cd "$STATE_DIR" && pwd)
 PKI="$STATE_DIR/pki"
 
-running() { local f="$STATE_DIR/pids/$1.pid"; [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null; }
 for c in etcd kube-apiserver kube-controller-manager; do
   running "$c" && die "$c already running (pid $(cat "$STATE_DIR/pids/$c.pid")); stop it first"
 done
-port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 for p in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT"; do
   port_busy "$p" && die "port $p already in use"
 done
 
 T0=$(date +%s.%N)
-elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
 
 # ------------------------------------------------------------------- PKI
 # All certs via openssl; reused if present (so a restart keeps the same CA).
@@ -171,30 +168,6 @@ export KUBE_CA_FILE=$PKI/ca.crt
 export KUBE_ADMIN_TOKEN=$ADMIN_TOKEN
 ENV
 
-start_bg() { # name cmd...
-  local name=$1; shift
-  setsid "$@" >"$STATE_DIR/logs/$name.log" 2>&1 </dev/null &
-  echo $! >"$STATE_DIR/pids/$name.pid"
-  log "started $name (pid $!)"
-}
-wait_for() { # desc cmd...
-  local desc=$1; shift
-  local deadline=$(( $(date +%s) + START_TIMEOUT ))
-  until "$@" >/dev/null 2>&1; do
-    if (( $(date +%s) > deadline )); then
-      echo "start-cluster: timed out waiting for $desc; last log lines:" >&2
-      tail -n 30 "$STATE_DIR"/logs/*.log >&2 || true
-      exit 1
-    fi
-    for c in etcd kube-apiserver kube-controller-manager; do
-      if [[ -f "$STATE_DIR/pids/$c.pid" ]] && ! running "$c"; then
-        echo "start-cluster: $c exited; log tail:" >&2; tail -n 40 "$STATE_DIR/logs/$c.log" >&2; exit 1
-      fi
-    done
-    sleep 0.5
-  done
-  log "$desc ready after $(elapsed)s"
-}
 
 # Extra flags, split on whitespace on purpose.
 read -r -a extra_apiserver <<<"${EXTRA_APISERVER_FLAGS:-}"

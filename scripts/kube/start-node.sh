@@ -17,6 +17,10 @@
 # Writes: STATE_DIR/{containerd.toml,kubelet-config.yaml,cni/net.d/,logs/,pids/,node-env}
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+SCRIPT=start-node
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
+WATCHED=(containerd kube-scheduler kubelet)
 STATE_DIR="${1:-/tmp/kube-e2e}"
 # shellcheck disable=SC1091
 [[ -f "$STATE_DIR/env" ]] && source "$STATE_DIR/env"
@@ -40,8 +44,6 @@ CTR_STATE="${CTR_STATE:-/run/e2e-containerd}"
 CTR_SOCK="$CTR_STATE/containerd.sock"
 START_TIMEOUT="${START_TIMEOUT:-120}"
 
-log() { echo "+++ [start-node $(date +%H:%M:%S)] $*" >&2; }
-die() { echo "start-node: $*" >&2; exit 1; }
 [[ -f "$STATE_DIR/kubelet.kubeconfig" ]] || die "no $STATE_DIR/kubelet.kubeconfig: run WITH_NODE=1 start-cluster.sh $STATE_DIR first"
 STATE_DIR=$(cd "$STATE_DIR" && pwd)
 PKI="$STATE_DIR/pki"
@@ -51,37 +53,10 @@ export KUBECONFIG="$STATE_DIR/kubeconfig"
 mkdir -p "$STATE_DIR"/{logs,pids,cni/net.d}
 
 T0=$(date +%s.%N)
-elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
-running() { local f="$STATE_DIR/pids/$1.pid"; [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null; }
 for c in containerd kube-scheduler kubelet; do
   running "$c" && die "$c already running (pid $(cat "$STATE_DIR/pids/$c.pid"))"
 done
-port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 for p in "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT" "$SCHEDULER_PORT"; do port_busy "$p" && die "port $p already in use"; done
-start_bg() { # name cmd...
-  local name=$1; shift
-  setsid "$@" >"$STATE_DIR/logs/$name.log" 2>&1 </dev/null &
-  echo $! >"$STATE_DIR/pids/$name.pid"
-  log "started $name (pid $!)"
-}
-wait_for() { # desc cmd...
-  local desc=$1; shift
-  local deadline=$(( $(date +%s) + START_TIMEOUT ))
-  until "$@" >/dev/null 2>&1; do
-    if (( $(date +%s) > deadline )); then
-      echo "start-node: timed out waiting for $desc; last log lines:" >&2
-      for c in containerd kube-scheduler kubelet; do [[ -f "$STATE_DIR/logs/$c.log" ]] && { echo "--- $c" >&2; tail -n 20 "$STATE_DIR/logs/$c.log" >&2; }; done
-      exit 1
-    fi
-    for c in containerd kube-scheduler kubelet; do
-      if [[ -f "$STATE_DIR/pids/$c.pid" ]] && ! running "$c"; then
-        echo "start-node: $c exited; log tail:" >&2; tail -n 40 "$STATE_DIR/logs/$c.log" >&2; exit 1
-      fi
-    done
-    sleep 0.5
-  done
-  log "$desc ready after $(elapsed)s"
-}
 
 # ---------------------------------------------------------------- kernel settings
 # The kubelet sets these sysctls (unless protectKernelDefaults): remember the originals

@@ -6,6 +6,9 @@
 # Usage: stop-node.sh [STATE_DIR] [--purge-containerd]   (default /tmp/kube-e2e)
 #   --purge-containerd  also delete containerd's root (imported images)
 set -uo pipefail
+SCRIPT=stop-node
+# shellcheck source=../lib.sh
+source "$(cd "$(dirname "$0")" && pwd)/../lib.sh"
 STATE_DIR="${1:-/tmp/kube-e2e}"
 PURGE_CTR=0; [[ "${2:-}" == "--purge-containerd" ]] && PURGE_CTR=1
 BRIDGE="${BRIDGE:-kubebr0}"
@@ -20,7 +23,6 @@ CTR_STATE=$(dirname "$CTR_SOCK")
 CTR_ROOT="${CTR_ROOT:-/var/lib/e2e-containerd}"
 KUBELET_ROOT="${E2E_KUBELET_ROOT:-/var/lib/e2e-kubelet}"
 CTR=(ctr -a "$CTR_SOCK" -n k8s.io)
-log() { echo "+++ [stop-node $(date +%H:%M:%S)] $*" >&2; }
 
 stop_pid() { # name pattern
   local name=$1 pat=$2 f="$STATE_DIR/pids/$1.pid"
