@@ -61,8 +61,10 @@ fn psql(database: &str, sql: &str) -> String {
 
 fn django_deployment(
     ns: &str,
+    name: &str,
     database: &str,
     replicas: u32,
+    annotations: &[(&str, &str)],
     extra_env: &[(&str, &str)],
 ) -> String {
     let mut env = vec![
@@ -79,24 +81,33 @@ fn django_deployment(
         .iter()
         .map(|(k, v)| format!("\n            - name: {k}\n              value: \"{v}\""))
         .collect();
+    let annotations: String = if annotations.is_empty() {
+        String::new()
+    } else {
+        let lines: String = annotations
+            .iter()
+            .map(|(k, v)| format!("\n    django-migrate.io/{k}: \"{v}\""))
+            .collect();
+        format!("\n  annotations:{lines}")
+    };
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
 metadata:
-  name: shop
+  name: {name}
   namespace: {ns}
   labels:
-    app: shop
-    django-migrate.io/inject: "true"
+    app: {name}
+    django-migrate.io/inject: "true"{annotations}
 spec:
   replicas: {replicas}
   selector:
     matchLabels:
-      app: shop
+      app: {name}
   template:
     metadata:
       labels:
-        app: shop
+        app: {name}
     spec:
       terminationGracePeriodSeconds: 2
       containers:
@@ -115,13 +126,10 @@ fn kubectl_ok(args: &[&str]) -> String {
     stdout
 }
 
-/// Three replicas of an opted-in Django Deployment on a real kubelet: every pod runs the
-/// code copy and the Django step, every migration is applied exactly once, the gate turns
-/// True and `kubectl rollout status` completes.
-#[tokio::test]
-async fn injected_pods_migrate_once_on_a_real_kubelet() {
-    let client = client().await;
-    let ns = Namespace::new("node-e2e");
+/// A namespace with the webhook (and its controller) registered for it, and a fresh
+/// database.
+async fn setup(prefix: &str) -> (Namespace, Webhook, String) {
+    let ns = Namespace::new(prefix);
     let image = webhook_image();
     let webhook = Webhook::start(&[
         "--controller",
@@ -137,9 +145,159 @@ async fn injected_pods_migrate_once_on_a_real_kubelet() {
     wait_until_effective(&ns).await;
     let database = format!("e2e_{}", ns.name.replace('-', "_"));
     psql("postgres", &format!("CREATE DATABASE {database}"));
+    (ns, webhook, database)
+}
+
+fn rollout(ns: &str, name: &str, timeout: &str) -> std::process::Output {
+    kubectl(
+        &[
+            "rollout",
+            "status",
+            &format!("deployment/{name}"),
+            "-n",
+            ns,
+            &format!("--timeout={timeout}"),
+        ],
+        None,
+    )
+}
+
+/// The gate condition of a pod: (status, reason, message).
+fn gate(pod: &Pod) -> Option<(String, String, String)> {
+    let c = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "django-migrate.io/migrated")?;
+    Some((
+        c.status.clone(),
+        c.reason.clone().unwrap_or_default(),
+        c.message.clone().unwrap_or_default(),
+    ))
+}
+
+/// A failing migration: the rollout stalls, the pod's condition and an Event on the
+/// Deployment name the migration, and `kubectl describe pod` shows it.
+#[tokio::test]
+async fn a_failing_migration_stalls_the_rollout_and_names_the_migration() {
+    let client = client().await;
+    let (ns, _webhook, database) = setup("node-fail").await;
+    apply(
+        &django_deployment(
+            &ns.name,
+            "shop",
+            &database,
+            1,
+            &[],
+            &[("BROKEN_MIGRATION", "1")],
+        ),
+        &[],
+    );
+    let status = rollout(&ns.name, "shop", "40s");
+    assert!(!status.status.success(), "the rollout must not complete");
+    let pod = eventually(
+        "the MigrationFailed condition",
+        Duration::from_secs(60),
+        || async {
+            let pods = pods_of(&client, &ns.name, "shop").await;
+            pods.into_iter()
+                .find(|p| gate(p).is_some_and(|(_, reason, _)| reason == "MigrationFailed"))
+        },
+    )
+    .await;
+    let (status, _, message) = gate(&pod).unwrap();
+    assert_eq!(status, "False");
+    assert!(message.contains("broken.0001_explode"), "{message}");
+    assert!(message.starts_with("exit code 2: "), "{message}");
+    let describe = kubectl_ok(&["describe", "pod", &pod.name_any(), "-n", &ns.name]);
+    assert!(describe.contains("broken.0001_explode"), "{describe}");
+    let events = eventually(
+        "a MigrationFailed Event on the Deployment",
+        Duration::from_secs(60),
+        || async {
+            let out = kubectl_ok(&[
+                "get",
+                "events",
+                "-n",
+                &ns.name,
+                "--field-selector",
+                "involvedObject.kind=Deployment,reason=MigrationFailed",
+                "-o",
+                "json",
+            ]);
+            let events: Value = serde_json::from_str(&out).unwrap();
+            let items = events["items"].as_array().cloned().unwrap_or_default();
+            (!items.is_empty()).then_some(items)
+        },
+    )
+    .await;
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("broken.0001_explode"))),
+        "{events:?}"
+    );
+    eprintln!(
+        "failing migration: rollout stalled, condition and Deployment Event name it: {message}"
+    );
+}
+
+/// Workers in `wait` mode stay unready until a migrate pod has applied everything.
+#[tokio::test]
+async fn wait_mode_workers_become_ready_after_the_web_pods_migrated() {
+    let client = client().await;
+    let (ns, _webhook, database) = setup("node-wait").await;
+    apply(
+        &django_deployment(&ns.name, "worker", &database, 2, &[("mode", "wait")], &[]),
+        &[],
+    );
+    // Waiting, not Ready, while nothing migrates.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let workers = pods_of(&client, &ns.name, "worker").await;
+    assert_eq!(workers.len(), 2);
+    for w in &workers {
+        let (status, reason, _) = gate(w).unwrap_or_default();
+        assert_eq!(status, "False", "{}: {reason}", w.name_any());
+    }
+    let started = std::time::Instant::now();
+    apply(
+        &django_deployment(&ns.name, "web", &database, 1, &[], &[]),
+        &[],
+    );
+    for name in ["web", "worker"] {
+        let status = rollout(&ns.name, name, "180s");
+        assert!(status.status.success(), "{name}: {}", text(&status).1);
+    }
+    let workers = pods_of(&client, &ns.name, "worker").await;
+    for w in &workers {
+        let (status, reason, message) = gate(w).unwrap();
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("True", "Migrated"),
+            "{message}"
+        );
+    }
+    eprintln!(
+        "wait mode: 2 workers Ready {:.1?} after the web Deployment was applied",
+        started.elapsed()
+    );
+}
+
+/// Three replicas of an opted-in Django Deployment on a real kubelet: every pod runs the
+/// code copy and the Django step, every migration is applied exactly once, the gate turns
+/// True and `kubectl rollout status` completes.
+#[tokio::test]
+async fn injected_pods_migrate_once_on_a_real_kubelet() {
+    let client = client().await;
+    let (ns, webhook, database) = setup("node-e2e").await;
 
     let started = std::time::Instant::now();
-    let (_, warnings) = apply(&django_deployment(&ns.name, &database, 3, &[]), &[]);
+    let (_, warnings) = apply(
+        &django_deployment(&ns.name, "shop", &database, 3, &[], &[]),
+        &[],
+    );
     assert!(warnings.contains("injected init containers"), "{warnings}");
     let status = kubectl(
         &[
