@@ -394,6 +394,48 @@ async fn injected_pods_migrate_once_on_a_real_kubelet() {
     eprintln!(
         "3 replicas on a real kubelet: rollout complete after {rollout:.1?}, 6 migrations applied once by one pod"
     );
+
+    // A rolling update to a release with a new app and its four migrations: applied once,
+    // and the previous release keeps all three replicas available until new pods are gated.
+    let started = std::time::Instant::now();
+    apply(
+        &django_deployment(&ns.name, "shop", &database, 3, &[], &[("UNSAFE_APP", "1")]),
+        &[],
+    );
+    let mut fewest = i64::MAX;
+    loop {
+        let d = get_deployment(&client, &ns.name, "shop").await;
+        let status = &d["status"];
+        fewest = fewest.min(status["availableReplicas"].as_i64().unwrap_or(0));
+        let done = status["updatedReplicas"] == 3
+            && status["availableReplicas"] == 3
+            && status["replicas"] == 3
+            && status["observedGeneration"] == d["metadata"]["generation"];
+        if done {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "the rolling update did not finish: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let updated = started.elapsed();
+    assert_eq!(
+        fewest, 3,
+        "available replicas dropped during the rolling update"
+    );
+    let recorded = psql(
+        &database,
+        "SELECT COUNT(*), COUNT(DISTINCT name) FROM django_migrations WHERE app = 'inventory'",
+    );
+    assert_eq!(
+        recorded, "4|4",
+        "the new release's migrations recorded once"
+    );
+    eprintln!(
+        "rolling update with 4 new migrations: done after {updated:.1?}, applied once, never fewer than 3 available"
+    );
     let _ = kubectl_ok(&[
         "delete",
         "deployment",
