@@ -34,8 +34,8 @@ as_root() {
 need=()
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # The node tier: containerd, runc and CNI plugins from Debian; busybox and debootstrap
-# for its images; gcc for the pause binary.
-for pkg in containerd runc containernetworking-plugins busybox-static debootstrap gcc iproute2; do
+# for its images; gcc for the pause binary; iptables for the one Service route pods use.
+for pkg in containerd runc containernetworking-plugins busybox-static debootstrap gcc iproute2 iptables; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 command -v openssl >/dev/null || need+=(openssl)

@@ -24,17 +24,18 @@ IMAGES="${IMAGES:-pause busybox}"
 ROOT=$(cd "$HERE/../.." && pwd)
 mkdir -p "$OUT"
 
-# pack_image ROOTFS REF OUT_TAR CMD_JSON [WORKDIR] [ENV_JSON] [USER]
+# pack_image ROOTFS REF OUT_TAR CMD_JSON [WORKDIR] [ENV_JSON] [USER] [ENTRYPOINT_JSON]
 # Writes a single-layer docker-archive (manifest.json + config + layer.tar).
 pack_image() {
   local rootfs=$1 ref=$2 out=$3 cmd=$4 workdir=${5:-/}
   local env=${6:-'["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]'} user=${7:-}
+  local entrypoint=${8:-null}
   local tmp; tmp=$(mktemp -d)
   tar --numeric-owner --xattrs --sort=name -C "$rootfs" -cf "$tmp/layer.tar" .
   local diff; diff=$(sha256sum "$tmp/layer.tar" | cut -d' ' -f1)
   cat >"$tmp/config.json" <<EOF
 {"architecture":"amd64","os":"linux","created":"$(date -u +%Y-%m-%dT%H:%M:%SZ)",
- "config":{"Env":$env,"Cmd":$cmd,"WorkingDir":"$workdir","User":"$user"},
+ "config":{"Env":$env,"Entrypoint":$entrypoint,"Cmd":$cmd,"WorkingDir":"$workdir","User":"$user"},
  "rootfs":{"type":"layers","diff_ids":["sha256:$diff"]},
  "history":[{"created_by":"e2e-node build-images.sh"}]}
 EOF
@@ -82,8 +83,10 @@ for img in $IMAGES; do
     cp /etc/ssl/certs/ca-certificates.crt "$r/etc/ssl/certs/"
     printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$r/etc/passwd"
     printf 'root:x:0:\nnonroot:x:65532:\n' >"$r/etc/group"
-    pack_image "$r" "localhost/e2e/django-migrate-webhook:$version" "$OUT/webhook.tar" '["serve"]' / \
-      '["PATH=/usr/local/bin:/usr/bin:/bin"]' 65532:65532
+    # ENTRYPOINT and CMD as the Dockerfile's
+    pack_image "$r" "localhost/e2e/django-migrate-webhook:$version" "$OUT/webhook.tar" \
+      '["serve","--tls-cert=/etc/django-migrate-webhook/tls/tls.crt","--tls-key=/etc/django-migrate-webhook/tls/tls.key"]' / \
+      '["PATH=/usr/local/bin:/usr/bin:/bin"]' 65532:65532 '["/usr/local/bin/django-migrate-webhook"]'
     rm -rf "$r";;
   django)
     ROOTFS="$OUT/rootfs-django"

@@ -9,6 +9,7 @@
 #        NODE_NAME=e2e-node NODE_IP=10.244.0.1  the node's address is the bridge's own: a
 #                                             kubelet refuses a loopback node IP
 #        POD_SUBNET=10.244.0.0/24 BRIDGE=kubebr0 BRIDGE_IP=10.244.0.1
+#        SERVICE_CIDR=10.0.0.0/24 KUBERNETES_SERVICE_IP=10.0.0.1 (start-cluster.sh's)
 #        SNAPSHOTTER=overlayfs|native         RUNTIME=runc|crun
 #        CGROUPS_PER_QOS=true|false
 #        KUBELET_PORT=30250 KUBELET_HEALTHZ_PORT=30248 SCHEDULER_PORT=30259
@@ -32,6 +33,8 @@ NODE_IP="${NODE_IP:-10.244.0.1}"
 BRIDGE_IP="${BRIDGE_IP:-10.244.0.1}"
 POD_SUBNET="${POD_SUBNET:-10.244.0.0/24}"
 BRIDGE="${BRIDGE:-kubebr0}"
+SERVICE_CIDR="${SERVICE_CIDR:-10.0.0.0/24}"
+KUBERNETES_SERVICE_IP="${KUBERNETES_SERVICE_IP:-10.0.0.1}"
 SNAPSHOTTER="${SNAPSHOTTER:-overlayfs}"
 RUNTIME="${RUNTIME:-runc}"
 CGROUPS_PER_QOS="${CGROUPS_PER_QOS:-true}"
@@ -49,6 +52,7 @@ STATE_DIR=$(cd "$STATE_DIR" && pwd)
 PKI="$STATE_DIR/pki"
 for b in kubelet kube-scheduler; do [[ -x "$KUBE_BIN/$b" ]] || die "$KUBE_BIN/$b missing (KUBE_WHAT=... build.sh)"; done
 command -v containerd >/dev/null || die "containerd missing (apt-get install containerd runc containernetworking-plugins)"
+command -v iptables >/dev/null || die "iptables missing (apt-get install iptables)"
 export KUBECONFIG="$STATE_DIR/kubeconfig"
 mkdir -p "$STATE_DIR"/{logs,pids,cni/net.d}
 
@@ -69,13 +73,25 @@ fi
 # ---------------------------------------------------------------- network
 # One bridge (address BRIDGE_IP, so the host can reach pod IPs for probes);
 # pods get 10.244.0.x on it. No default route in pods, no masquerading,
-# ip_forward untouched: pods reach only each other. Pods that need services on
-# 127.0.0.1 (apiserver, PostgreSQL) use hostNetwork.
+# ip_forward untouched: pods reach each other and the host's bridge address (where the
+# test databases also listen). Pods route only the Service range to the host, where one
+# DNAT rule stands in for kube-proxy for the one Service pods use, `kubernetes`
+# (KUBERNETES_SERVICE_IP:443 -> the API server on 127.0.0.1, hence route_localnet on the
+# bridge alone). The API server itself reaches webhook Services at their endpoints
+# (start-cluster.sh's --enable-aggregator-routing).
 if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
   ip link add "$BRIDGE" type bridge
 fi
 ip addr show dev "$BRIDGE" | grep -q "inet $BRIDGE_IP/" || ip addr add "$BRIDGE_IP/${POD_SUBNET#*/}" dev "$BRIDGE"
 ip link set "$BRIDGE" up
+api_port=${KUBE_APISERVER_URL##*:}
+[[ "$api_port" =~ ^[0-9]+$ ]] || die "no API server port in KUBE_APISERVER_URL ($STATE_DIR/env)"
+sysctl -q -w "net.ipv4.conf.$BRIDGE.route_localnet=1"
+iptables -t nat -N DJANGO-MIGRATE-E2E 2>/dev/null || iptables -t nat -F DJANGO-MIGRATE-E2E
+iptables -t nat -C PREROUTING -i "$BRIDGE" -j DJANGO-MIGRATE-E2E 2>/dev/null ||
+  iptables -t nat -A PREROUTING -i "$BRIDGE" -j DJANGO-MIGRATE-E2E
+iptables -t nat -A DJANGO-MIGRATE-E2E -d "$KUBERNETES_SERVICE_IP" -p tcp --dport 443 \
+  -j DNAT --to-destination "127.0.0.1:$api_port"
 cat >"$STATE_DIR/cni/net.d/10-e2e.conflist" <<EOF
 {
   "cniVersion": "0.4.0",
@@ -91,6 +107,7 @@ cat >"$STATE_DIR/cni/net.d/10-e2e.conflist" <<EOF
       "ipam": {
         "type": "host-local",
         "ranges": [[{"subnet": "$POD_SUBNET", "gateway": "$BRIDGE_IP"}]],
+        "routes": [{"dst": "$SERVICE_CIDR", "gw": "$BRIDGE_IP"}],
         "dataDir": "$CTR_STATE/cni-ipam"
       }
     }
@@ -115,13 +132,17 @@ CTR=(ctr -a "$CTR_SOCK" -n k8s.io)
 wait_for "containerd" "${CTR[@]}" version
 for t in "$IMAGES_DIR"/*.tar; do
   [[ -f "$t" ]] || continue
-  ref=$(tar -xOf "$t" manifest.json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["RepoTags"][0])')
-  if "${CTR[@]}" images ls -q | grep -qx "$ref" && "${CTR[@]}" images check "name==$ref" 2>/dev/null | grep -q 'complete'; then
+  read -r ref config < <(tar -xOf "$t" manifest.json |
+    python3 -c 'import json,sys; m=json.load(sys.stdin)[0]; print(m["RepoTags"][0], m["Config"])')
+  # The image's config digest names its content: a rebuilt tarball is imported again.
+  stamp="$CTR_ROOT/imported/${ref//[\/:]/_}"
+  if [[ "$(cat "$stamp" 2>/dev/null)" == "$config" ]] && "${CTR[@]}" images check "name==$ref" 2>/dev/null | grep -q 'complete'; then
     # already there; make sure it is unpacked for this snapshotter
     "${CTR[@]}" images unpack --snapshotter "$SNAPSHOTTER" "$ref" >/dev/null 2>&1 || true
     continue
   fi
   "${CTR[@]}" images import --snapshotter "$SNAPSHOTTER" "$t" >/dev/null
+  mkdir -p "$CTR_ROOT/imported" && echo "$config" >"$stamp"
   log "imported $ref"
 done
 log "images ready after $(elapsed)s"

@@ -81,7 +81,11 @@ for ns in /run/netns/cni-*; do
   umount "$ns" 2>/dev/null; rm -f "$ns"
 done
 for v in $(ip -o link show master "$BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$v" 2>/dev/null; done
-ip link del "$BRIDGE" 2>/dev/null && log "removed bridge $BRIDGE"
+ip link del "$BRIDGE" 2>/dev/null && log "removed bridge $BRIDGE"  # and its route_localnet
+if iptables -t nat -L DJANGO-MIGRATE-E2E >/dev/null 2>&1; then
+  while iptables -t nat -D PREROUTING -i "$BRIDGE" -j DJANGO-MIGRATE-E2E 2>/dev/null; do :; done
+  iptables -t nat -F DJANGO-MIGRATE-E2E && iptables -t nat -X DJANGO-MIGRATE-E2E && log "removed the Service DNAT"
+fi
 rm -rf "$CTR_STATE"
 # containerd 1.6 keeps shim sockets under /run/containerd/s whatever its state dir;
 # remove the (empty) directories it created there
