@@ -4,13 +4,15 @@
 #   scripts/databases.sh install        install the Debian packages (no system service is started)
 #   scripts/databases.sh start DIR      start both servers under DIR on free ports; writes DIR/env
 #   scripts/databases.sh stop DIR       stop the servers recorded in DIR (by PID) and remove DIR
+#   scripts/databases.sh restart-postgres DIR SECONDS
+#                                       PostgreSQL down for SECONDS, then back on the same port
 #
 # With DB_EXTRA_LISTEN=ADDR and DB_EXTRA_CIDR=NET/BITS, PostgreSQL also listens on ADDR and
 # accepts the same user from NET (the node tier's pods reach it on the CNI bridge's address).
 #
 # DIR/env exports DJANGO_MIGRATE_TEST_POSTGRES_PORT, DJANGO_MIGRATE_TEST_MARIADB_PORT,
-# DJANGO_MIGRATE_TEST_DB_USER and DJANGO_MIGRATE_TEST_DB_PASSWORD. Both servers accept that
-# user with that password over TCP (and reject any other password); the user may create
+# DJANGO_MIGRATE_TEST_DB_USER, DJANGO_MIGRATE_TEST_DB_PASSWORD and DJANGO_MIGRATE_TEST_DB_DIR.
+# Both servers accept that user with that password over TCP (and reject any other password); the user may create
 # databases.
 set -euo pipefail
 
@@ -99,14 +101,23 @@ start_postgres() {
             >> "$data/data/pg_hba.conf"
         echo "export DJANGO_MIGRATE_TEST_POSTGRES_NODE_HOST=$DB_EXTRA_LISTEN" >> "$DIR/env"
     fi
+    echo "$port $listen" > "$data/listen"
+    run_postgres
+    echo "export DJANGO_MIGRATE_TEST_POSTGRES_PORT=$port" >> "$DIR/env"
+    say "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (pid $(cat "$DIR/postgres.pid"))"
+}
+
+# run_postgres: starts the server initialised by start_postgres, on its port and addresses.
+run_postgres() {
+    local bin port listen data=$DIR/postgres
+    bin=$(pg_bin)
+    read -r port listen < "$data/listen"
     run_as postgres "$bin/postgres" -D "$data/data" -p "$port" -c listen_addresses="$listen" \
         -c unix_socket_directories="$data" -c max_connections=200 -c fsync=off \
-        >"$data/server.log" 2>&1 &
+        >>"$data/server.log" 2>&1 &
     wait_for PostgreSQL 150 "$bin/pg_isready" -h 127.0.0.1 -p "$port"
     # The server's own PID (`$!` is the background shell's), from its pid file.
     head -n 1 "$data/data/postmaster.pid" > "$DIR/postgres.pid"
-    echo "export DJANGO_MIGRATE_TEST_POSTGRES_PORT=$port" >> "$DIR/env"
-    say "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (pid $(cat "$DIR/postgres.pid"))"
 }
 
 start_mariadb() {
@@ -138,8 +149,11 @@ start() {
     mkdir -p "$DIR"
     [ "$(id -u)" != 0 ] || chmod 755 "$DIR"
     : > "$DIR/env"
-    echo "export DJANGO_MIGRATE_TEST_DB_USER=$DB_USER" >> "$DIR/env"
-    echo "export DJANGO_MIGRATE_TEST_DB_PASSWORD=$DB_PASSWORD" >> "$DIR/env"
+    {
+        echo "export DJANGO_MIGRATE_TEST_DB_USER=$DB_USER"
+        echo "export DJANGO_MIGRATE_TEST_DB_PASSWORD=$DB_PASSWORD"
+        echo "export DJANGO_MIGRATE_TEST_DB_DIR=$(cd "$DIR" && pwd)"
+    } >> "$DIR/env"
     start_postgres
     start_mariadb
 }
@@ -147,22 +161,39 @@ start() {
 stop() {
     [ -n "${DIR:-}" ] || die "usage: $0 stop DIR"
     [ -d "$DIR" ] || return 0
-    for name in postgres mariadb; do
+    stop_servers postgres mariadb
+    rm -rf "$DIR"
+}
+
+# restart-postgres DIR SECONDS: PostgreSQL down for SECONDS, then up again on the same
+# port with the same data, as a database failover or maintenance looks to its clients.
+restart_postgres() {
+    if [ -z "${DIR:-}" ] || [ ! -f "$DIR/postgres/listen" ]; then
+        die "usage: $0 restart-postgres DIR SECONDS (after start DIR)"
+    fi
+    stop_servers postgres
+    sleep "${1:?usage: $0 restart-postgres DIR SECONDS}"
+    run_postgres
+    say "PostgreSQL is back (pid $(cat "$DIR/postgres.pid"))"
+}
+
+stop_servers() {
+    for name in "$@"; do
         local pidfile=$DIR/$name.pid pid
         [ -f "$pidfile" ] || continue
         pid=$(cat "$pidfile")
         # Only a PID that still runs this server's binary is ours to stop.
         if kill -0 "$pid" 2>/dev/null && grep -qa -e postgres -e mariadbd "/proc/$pid/cmdline"; then
-            kill -TERM "$pid" 2>/dev/null || true
+            # PostgreSQL's fast shutdown (SIGINT) disconnects its clients; SIGTERM waits for them.
+            kill "-$([ "$name" = postgres ] && echo INT || echo TERM)" "$pid" 2>/dev/null || true
             for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
             if kill -0 "$pid" 2>/dev/null; then
-                say "$name (pid $pid) did not stop on SIGTERM; killing it"
+                say "$name (pid $pid) did not stop; killing it"
                 kill -KILL "$pid" 2>/dev/null || true
             fi
         fi
         rm -f "$pidfile"
     done
-    rm -rf "$DIR"
 }
 
 cmd=${1:-}
@@ -171,5 +202,6 @@ case "$cmd" in
     install) install ;;
     start) start ;;
     stop) stop ;;
-    *) die "usage: $0 install | start DIR | stop DIR" ;;
+    restart-postgres) restart_postgres "${3:-}" ;;
+    *) die "usage: $0 install | start DIR | stop DIR | restart-postgres DIR SECONDS" ;;
 esac

@@ -20,6 +20,10 @@ use serde_json::Value;
 
 const DJANGO_IMAGE: &str = "localhost/e2e/django:test";
 
+/// Tests share one PostgreSQL server; the test that restarts it takes this for writing,
+/// every other test for reading.
+static DATABASE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!(
@@ -67,6 +71,20 @@ fn django_deployment(
     annotations: &[(&str, &str)],
     extra_env: &[(&str, &str)],
 ) -> String {
+    django_deployment_with(ns, name, database, replicas, annotations, extra_env, "")
+}
+
+/// A Deployment of the Django test image; `extra_env` overrides or adds variables, and
+/// `init_containers` is YAML for the pod's own `initContainers:` list (indented 8).
+fn django_deployment_with(
+    ns: &str,
+    name: &str,
+    database: &str,
+    replicas: u32,
+    annotations: &[(&str, &str)],
+    extra_env: &[(&str, &str)],
+    init_containers: &str,
+) -> String {
     let mut env = vec![
         ("DB_ENGINE", "postgresql".to_owned()),
         ("DB_NAME", database.to_owned()),
@@ -76,7 +94,17 @@ fn django_deployment(
         ("DB_PASSWORD", env("DJANGO_MIGRATE_TEST_DB_PASSWORD")),
         ("SLOW_MIGRATION_SECONDS", "2".to_owned()),
     ];
-    env.extend(extra_env.iter().map(|(k, v)| (*k, v.to_string())));
+    for (k, v) in extra_env {
+        match env.iter_mut().find(|(name, _)| name == k) {
+            Some(slot) => slot.1 = v.to_string(),
+            None => env.push((k, v.to_string())),
+        }
+    }
+    let init_containers = if init_containers.is_empty() {
+        String::new()
+    } else {
+        format!("\n      initContainers:{init_containers}")
+    };
     let env: String = env
         .iter()
         .map(|(k, v)| format!("\n            - name: {k}\n              value: \"{v}\""))
@@ -109,7 +137,7 @@ spec:
       labels:
         app: {name}
     spec:
-      terminationGracePeriodSeconds: 2
+      terminationGracePeriodSeconds: 2{init_containers}
       containers:
         - name: web
           image: {DJANGO_IMAGE}
@@ -182,6 +210,7 @@ fn gate(pod: &Pod) -> Option<(String, String, String)> {
 /// Deployment name the migration, and `kubectl describe pod` shows it.
 #[tokio::test]
 async fn a_failing_migration_stalls_the_rollout_and_names_the_migration() {
+    let _db = DATABASE.read().await;
     let client = client().await;
     let (ns, _webhook, database) = setup("node-fail").await;
     apply(
@@ -247,6 +276,7 @@ async fn a_failing_migration_stalls_the_rollout_and_names_the_migration() {
 /// Workers in `wait` mode stay unready until a migrate pod has applied everything.
 #[tokio::test]
 async fn wait_mode_workers_become_ready_after_the_web_pods_migrated() {
+    let _db = DATABASE.read().await;
     let client = client().await;
     let (ns, _webhook, database) = setup("node-wait").await;
     apply(
@@ -290,6 +320,7 @@ async fn wait_mode_workers_become_ready_after_the_web_pods_migrated() {
 /// True and `kubectl rollout status` completes.
 #[tokio::test]
 async fn injected_pods_migrate_once_on_a_real_kubelet() {
+    let _db = DATABASE.read().await;
     let client = client().await;
     let (ns, webhook, database) = setup("node-e2e").await;
 
@@ -444,4 +475,253 @@ async fn injected_pods_migrate_once_on_a_real_kubelet() {
         &ns.name,
         "--wait=false",
     ]);
+}
+
+/// Waits for `kubectl rollout status`, and on failure shows the pods and the webhook's log.
+fn rollout_completes(ns: &str, name: &str, timeout: &str, webhook: &Webhook) {
+    let status = rollout(ns, name, timeout);
+    if !status.status.success() {
+        let describe = kubectl(&["describe", "pods", "-n", ns], None);
+        panic!(
+            "the rollout of {name} did not complete: {}\n{}\nwebhook log:\n{}",
+            text(&status).1,
+            text(&describe).0,
+            webhook.logs()
+        );
+    }
+}
+
+/// Catalog migrations recorded in `django_migrations`, and how many distinct ones.
+fn catalog_migrations(database: &str) -> String {
+    psql(
+        database,
+        "SELECT COUNT(*), COUNT(DISTINCT name) FROM django_migrations WHERE app = 'catalog'",
+    )
+}
+
+/// The database is reachable only through a native sidecar (a TCP proxy in an init
+/// container with `restartPolicy: Always`, as cloud-sql-proxy runs): the injected step runs
+/// after it has started, migrates through it, and the proxy keeps running beside the app.
+#[tokio::test]
+async fn the_step_migrates_through_a_native_sidecar_proxy() {
+    let _db = DATABASE.read().await;
+    let client = client().await;
+    let (ns, webhook, database) = setup("node-sidecar").await;
+    let target = format!(
+        "{}:{}",
+        env("DJANGO_MIGRATE_TEST_POSTGRES_NODE_HOST"),
+        env("DJANGO_MIGRATE_TEST_POSTGRES_PORT")
+    );
+    // The kubelet probes the pod IP, so the proxy listens on every address of the pod.
+    let proxy = format!(
+        r#"
+        - name: db-proxy
+          image: {DJANGO_IMAGE}
+          imagePullPolicy: Never
+          restartPolicy: Always
+          command: ["python3", "tcp_proxy.py"]
+          env:
+            - name: LISTEN
+              value: "0.0.0.0:15432"
+            - name: TARGET
+              value: "{target}"
+          startupProbe:
+            tcpSocket:
+              port: 15432
+            periodSeconds: 1"#
+    );
+    let started = std::time::Instant::now();
+    apply(
+        &django_deployment_with(
+            &ns.name,
+            "shop",
+            &database,
+            2,
+            &[],
+            &[("DB_HOST", "127.0.0.1"), ("DB_PORT", "15432")],
+            &proxy,
+        ),
+        &[],
+    );
+    rollout_completes(&ns.name, "shop", "180s", &webhook);
+    let seconds = started.elapsed();
+    let pods = pods_of(&client, &ns.name, "shop").await;
+    assert_eq!(pods.len(), 2);
+    for pod in &pods {
+        let spec = pod.spec.as_ref().unwrap();
+        let order: Vec<&str> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(order, ["db-proxy", "django-migrate-code", "django-migrate"]);
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.init_container_statuses.clone())
+            .unwrap_or_default();
+        let proxy = statuses.iter().find(|s| s.name == "db-proxy").unwrap();
+        assert!(
+            proxy.state.as_ref().is_some_and(|s| s.running.is_some()),
+            "the sidecar keeps running: {proxy:?}"
+        );
+        let step = statuses
+            .iter()
+            .find(|s| s.name == "django-migrate")
+            .unwrap();
+        let done = step.state.as_ref().and_then(|s| s.terminated.as_ref());
+        assert_eq!(done.map(|t| t.exit_code), Some(0), "{step:?}");
+        let (status, reason, _) = gate(pod).expect("the gate condition");
+        assert_eq!((status.as_str(), reason.as_str()), ("True", "Migrated"));
+        let logs = kubectl_ok(&["logs", "-n", &ns.name, &pod.name_any(), "-c", "db-proxy"]);
+        assert!(
+            logs.contains(&format!("-> {target}")),
+            "the step's connections went through the proxy: {logs}"
+        );
+    }
+    assert_eq!(catalog_migrations(&database), "3|3");
+    eprintln!(
+        "native sidecar proxy: 2 replicas migrated through it, rollout complete after {seconds:.1?}"
+    );
+}
+
+/// PostgreSQL goes down before the pods start and comes back 20 s later: the steps wait for
+/// it (phase `database`), then migrate once, and the rollout completes.
+#[tokio::test]
+async fn pods_waiting_for_a_restarted_database_recover() {
+    let _db = DATABASE.write().await;
+    let client = client().await;
+    let (ns, webhook, database) = setup("node-dbdown").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/databases.sh");
+    let mut restart = Command::new("bash")
+        .args([
+            script,
+            "restart-postgres",
+            &env("DJANGO_MIGRATE_TEST_DB_DIR"),
+            "20",
+        ])
+        .spawn()
+        .expect("scripts/databases.sh runs");
+    let port = env("DJANGO_MIGRATE_TEST_POSTGRES_PORT");
+    eventually("PostgreSQL to be down", Duration::from_secs(15), || async {
+        let up = std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap()));
+        up.is_err().then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    apply(
+        &django_deployment(&ns.name, "shop", &database, 2, &[], &[]),
+        &[],
+    );
+    let waiting = eventually(
+        "a step waiting for the database",
+        Duration::from_secs(60),
+        || async {
+            for pod in pods_of(&client, &ns.name, "shop").await {
+                let out = kubectl(
+                    &[
+                        "logs",
+                        "-n",
+                        &ns.name,
+                        &pod.name_any(),
+                        "-c",
+                        "django-migrate",
+                    ],
+                    None,
+                );
+                let logs = text(&out).0;
+                if logs.contains("not reachable") {
+                    return Some(logs);
+                }
+            }
+            None
+        },
+    )
+    .await;
+    let status = restart.wait().expect("restart-postgres finishes");
+    assert!(
+        status.success(),
+        "scripts/databases.sh restart-postgres failed"
+    );
+    rollout_completes(&ns.name, "shop", "180s", &webhook);
+    let seconds = started.elapsed();
+    for pod in pods_of(&client, &ns.name, "shop").await {
+        let (status, reason, _) = gate(&pod).expect("the gate condition");
+        assert_eq!((status.as_str(), reason.as_str()), ("True", "Migrated"));
+    }
+    assert_eq!(catalog_migrations(&database), "3|3");
+    assert_eq!(
+        psql(&database, "SELECT COUNT(*) FROM catalog_migrationrun"),
+        "1"
+    );
+    let attempts = waiting.matches("not reachable").count();
+    eprintln!(
+        "database down 20 s: the steps waited ({attempts}+ attempts logged), rollout complete after {seconds:.1?}, migrations once"
+    );
+}
+
+/// The pod that holds the migration lock is deleted mid-migration: its session ends, the
+/// lock passes to a waiting pod, which applies what was rolled back, and nothing is
+/// applied twice.
+#[tokio::test]
+async fn deleting_the_lock_holder_hands_the_migration_to_another_pod() {
+    let _db = DATABASE.read().await;
+    let client = client().await;
+    let (ns, webhook, database) = setup("node-holder").await;
+    let started = std::time::Instant::now();
+    apply(
+        &django_deployment(
+            &ns.name,
+            "shop",
+            &database,
+            2,
+            &[],
+            &[("SLOW_MIGRATION_SECONDS", "15")],
+        ),
+        &[],
+    );
+    let holder_sql = format!(
+        "SELECT host(a.client_addr) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND a.datname = '{database}'"
+    );
+    let holder_ip = eventually(
+        "a pod holding the migration lock",
+        Duration::from_secs(90),
+        || async {
+            let ip = psql("postgres", &holder_sql);
+            (!ip.is_empty()).then_some(ip)
+        },
+    )
+    .await;
+    let pods = pods_of(&client, &ns.name, "shop").await;
+    let holder = pods
+        .iter()
+        .find(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref())
+                .is_some_and(|ip| ip == holder_ip)
+        })
+        .unwrap_or_else(|| panic!("no pod has the lock holder's address {holder_ip}"))
+        .name_any();
+    kubectl_ok(&["delete", "pod", "-n", &ns.name, &holder, "--grace-period=2"]);
+    let deleted_at = started.elapsed();
+    rollout_completes(&ns.name, "shop", "240s", &webhook);
+    let seconds = started.elapsed();
+    let pods = pods_of(&client, &ns.name, "shop").await;
+    assert!(pods.iter().all(|p| p.name_any() != holder));
+    for pod in &pods {
+        let (status, reason, _) = gate(pod).expect("the gate condition");
+        assert_eq!((status.as_str(), reason.as_str()), ("True", "Migrated"));
+    }
+    assert_eq!(catalog_migrations(&database), "3|3");
+    assert_eq!(
+        psql(&database, "SELECT COUNT(*) FROM catalog_migrationrun"),
+        "1",
+        "the interrupted data migration ran to completion once"
+    );
+    eprintln!(
+        "lock holder {holder} deleted after {deleted_at:.1?}: another pod finished, rollout complete after {seconds:.1?}, nothing applied twice"
+    );
 }
