@@ -6,7 +6,7 @@
 # k8s.io/kubernetes Go modules with the machine's Go (scripts/kube/build-current.sh: about
 # 15 minutes per version on 2 cores once, then cached under ~/.cache/django-migrate-webhook).
 # It builds the images of the node tier without a registry (scripts/kube/build-images.sh:
-# pause, busybox, the webhook from this build's release binary, a Django test image), starts
+# pause, busybox, the webhook from the Dockerfile with buildah, a Django test image), starts
 # a control plane with a real node (kubelet, containerd and runc from Debian, a CNI bridge:
 # scripts/kube/start-node.sh) and both database servers (PostgreSQL also on the bridge's
 # address, for the pods), runs every tier against the newest Kubernetes, then the tiers that
@@ -34,8 +34,9 @@ as_root() {
 need=()
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # The node tier: containerd, runc and CNI plugins from Debian; busybox and debootstrap
-# for its images; gcc for the pause binary; iptables for the one Service route pods use.
-for pkg in containerd runc containernetworking-plugins busybox-static debootstrap gcc iproute2 iptables; do
+# for its images; gcc for the pause binary; iptables for the one Service route pods use;
+# buildah builds the webhook image from the Dockerfile.
+for pkg in containerd runc containernetworking-plugins busybox-static debootstrap gcc iproute2 iptables buildah; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 command -v openssl >/dev/null || need+=(openssl)
@@ -71,8 +72,7 @@ read -r -a kube_versions <<<"${KUBE_VERSIONS:-1.37.2 1.34.4}"
 say "building (or reusing) Kubernetes ${kube_versions[*]}"
 bash scripts/kube/build-current.sh "${kube_versions[@]}" >&2
 
-say "building the webhook (release) and the node tier's images"
-cargo build --locked --release --bin django-migrate-webhook
+say "building the node tier's images (the webhook's from the Dockerfile, with buildah)"
 IMAGES="pause busybox webhook django" bash scripts/kube/build-images.sh >&2
 
 databases=$(mktemp -d /tmp/django-migrate-databases.XXXXXX)

@@ -7,9 +7,8 @@
 #   localhost/e2e/django:test      debootstrap'ed bookworm minbase + python3 + Django 5.2 and
 #                                  psycopg2 (pip) + the test project of tests/django
 #   localhost/e2e/django-migrate-webhook:VERSION
-#                                  the webhook image assembled from this build's release binary
-#                                  and the layout of the Dockerfile's runtime stage (glibc, CA
-#                                  certificates, user 65532); WEBHOOK_BINARY names the binary
+#                                  the webhook image built from the project's Dockerfile by
+#                                  buildah, on local stand-ins for its base images (below)
 #
 # Usage: build-images.sh [OUT_DIR]     (default ~/.cache/django-migrate-webhook/images)
 # Env:   IMAGES="pause busybox"
@@ -48,6 +47,89 @@ EOF
   log "packed $ref -> $out ($(du -h "$out" | cut -f1))"
 }
 
+# The webhook image, built from the project's Dockerfile by buildah (Debian's, daemonless,
+# with its own storage under OUT/buildah) with `--pull=never --network=none`: its two base
+# images are local stand-ins made here, under the names the Dockerfile asks for.
+#   rust:X.Y-bookworm                 debootstrap'ed bookworm minbase + gcc + this machine's
+#                                     Rust toolchain (cargo, rustc, the std library); the
+#                                     crates come from this machine's cargo registry, mounted
+#                                     read-only, so cargo runs offline
+#   gcr.io/distroless/cc-debian12:nonroot
+#                                     glibc and libgcc from this machine, CA certificates, the
+#                                     users root and nonroot (65532), no shell
+# Rebuilt when this script, the Dockerfile, Cargo.toml, Cargo.lock or src/ change.
+build_webhook_image() {
+  local version rust_tag toolchain key buildah_root ref
+  version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -n 1)
+  ref="localhost/e2e/django-migrate-webhook:$version"
+  key=$(cd "$ROOT" && { cat "$HERE/build-images.sh" Dockerfile .dockerignore Cargo.toml Cargo.lock
+    find src -type f -print0 | sort -z | xargs -0 cat; } | sha256sum | cut -d' ' -f1)
+  if [[ -f "$OUT/webhook.tar" && "$(cat "$OUT/webhook.key" 2>/dev/null)" == "$key" ]]; then
+    log "webhook.tar is up to date"; return
+  fi
+  command -v buildah >/dev/null || die "buildah missing (apt-get install buildah)"
+  rust_tag=$(sed -n 's/^FROM rust:\([^ ]*\) .*/\1/p' "$ROOT/Dockerfile")
+  toolchain=$(rustc --print sysroot)
+  [[ "$(rustc --version)" == "rustc ${rust_tag%%-*}"* ]] ||
+    die "the Dockerfile builds with rust:$rust_tag but this machine has $(rustc --version): install that toolchain (rustup toolchain install ${rust_tag%%-*})"
+
+  local rust_root="$OUT/rootfs-rust"
+  if [[ ! -x "$rust_root/usr/bin/gcc" ]]; then
+    local uri t
+    uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+    log "debootstrap bookworm minbase + gcc into $rust_root"
+    rm -rf "$rust_root"
+    t=$(date +%s)
+    debootstrap --variant=minbase --include=gcc,libc6-dev,ca-certificates \
+      bookworm "$rust_root" "$uri" >"$OUT/debootstrap-rust.log" 2>&1 || { tail -20 "$OUT/debootstrap-rust.log"; exit 1; }
+    log "debootstrap took $(( $(date +%s) - t ))s"
+  fi
+  rm -rf "$rust_root/usr/local/lib/rustlib" "$rust_root/usr/local/cargo"
+  mkdir -p "$rust_root/usr/local/cargo/registry" "$rust_root/usr/local/lib"
+  install -m 0755 "$toolchain/bin/cargo" "$toolchain/bin/rustc" "$rust_root/usr/local/bin/"
+  cp -a "$toolchain"/lib/*.so* "$rust_root/usr/local/lib/"
+  cp -a "$toolchain/lib/rustlib" "$rust_root/usr/local/lib/"
+  pack_image "$rust_root" "docker.io/library/rust:$rust_tag" "$OUT/base-rust.tar" '["bash"]' / \
+    '["PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","CARGO_HOME=/usr/local/cargo","CARGO_NET_OFFLINE=true"]'
+
+  local r; r=$(mktemp -d)
+  mkdir -p "$r"/{etc/ssl/certs,tmp,lib64,lib/x86_64-linux-gnu,home/nonroot}
+  chmod 1777 "$r/tmp"
+  for lib in libc.so.6 libm.so.6 libgcc_s.so.1 libpthread.so.0 libdl.so.2 librt.so.1; do
+    cp -L "/lib/x86_64-linux-gnu/$lib" "$r/lib/x86_64-linux-gnu/"
+  done
+  cp -L /lib64/ld-linux-x86-64.so.2 "$r/lib64/"
+  cp /etc/ssl/certs/ca-certificates.crt "$r/etc/ssl/certs/"
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$r/etc/passwd"
+  printf 'root:x:0:\nnonroot:x:65532:\n' >"$r/etc/group"
+  chown 65532:65532 "$r/home/nonroot"
+  pack_image "$r" gcr.io/distroless/cc-debian12:nonroot "$OUT/base-distroless.tar" 'null' /home/nonroot \
+    '["PATH=/usr/local/bin:/usr/bin:/bin","SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"]' 65532:65532
+  rm -rf "$r"
+
+  # Guards: no registry is asked for anything (--pull=never, a proxy where nothing
+  # listens), and the build steps run without a network.
+  buildah_root="$OUT/buildah"
+  local b=(env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY=
+    buildah --root "$buildah_root/storage" --runroot "$buildah_root/run" --storage-driver overlay)
+  "${b[@]}" pull --quiet "docker-archive:$OUT/base-rust.tar" >/dev/null
+  "${b[@]}" pull --quiet "docker-archive:$OUT/base-distroless.tar" >/dev/null
+  local t; t=$(date +%s)
+  log "buildah bud $ROOT/Dockerfile (the release build runs inside; a few minutes)"
+  "${b[@]}" bud --pull=never --network=none --layers=false \
+    --volume "${CARGO_HOME:-$HOME/.cargo}/registry:/usr/local/cargo/registry:ro" \
+    -f "$ROOT/Dockerfile" -t "$ref" "$ROOT" >"$OUT/buildah-bud.log" 2>&1 ||
+    { tail -30 "$OUT/buildah-bud.log"; die "buildah bud failed: $OUT/buildah-bud.log"; }
+  log "buildah bud took $(( $(date +%s) - t ))s"
+  rm -f "$OUT/webhook.tar"
+  "${b[@]}" push --quiet "$ref" "docker-archive:$OUT/webhook.tar:$ref" >/dev/null
+  # Keep the base images, drop the rest (the build stage's container and layers).
+  "${b[@]}" rmi "$ref" >/dev/null 2>&1 || true
+  "${b[@]}" rmi --prune >/dev/null 2>&1 || true
+  echo "$key" >"$OUT/webhook.key"
+  log "built $ref from the Dockerfile -> $OUT/webhook.tar ($(du -h "$OUT/webhook.tar" | cut -f1))"
+}
+
 for img in $IMAGES; do
   case $img in
   pause)
@@ -69,25 +151,7 @@ for img in $IMAGES; do
     pack_image "$r" localhost/e2e/busybox:1.35 "$OUT/busybox.tar" '["/bin/sh"]'
     rm -rf "$r";;
   webhook)
-    version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -n 1)
-    binary="${WEBHOOK_BINARY:-$ROOT/target/release/django-migrate-webhook}"
-    [[ -x "$binary" ]] || { echo "build-images: $binary missing (cargo build --release)" >&2; exit 1; }
-    r=$(mktemp -d)
-    mkdir -p "$r"/{usr/local/bin,etc/ssl/certs,tmp,lib64,lib/x86_64-linux-gnu}
-    chmod 1777 "$r/tmp"
-    install -m 0755 "$binary" "$r/usr/local/bin/django-migrate-webhook"
-    # the shared libraries the binary links (what distroless/cc provides)
-    for lib in $(ldd "$binary" | awk '/=>/ {print $3} /ld-linux/ {print $1}'); do
-      cp -L "$lib" "$r$lib"
-    done
-    cp /etc/ssl/certs/ca-certificates.crt "$r/etc/ssl/certs/"
-    printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$r/etc/passwd"
-    printf 'root:x:0:\nnonroot:x:65532:\n' >"$r/etc/group"
-    # ENTRYPOINT and CMD as the Dockerfile's
-    pack_image "$r" "localhost/e2e/django-migrate-webhook:$version" "$OUT/webhook.tar" \
-      '["serve","--tls-cert=/etc/django-migrate-webhook/tls/tls.crt","--tls-key=/etc/django-migrate-webhook/tls/tls.key"]' / \
-      '["PATH=/usr/local/bin:/usr/bin:/bin"]' 65532:65532 '["/usr/local/bin/django-migrate-webhook"]'
-    rm -rf "$r";;
+    build_webhook_image;;
   django)
     ROOTFS="$OUT/rootfs-django"
     if [[ ! -x "$ROOTFS/usr/bin/python3" ]]; then
