@@ -2,7 +2,13 @@
 //! Status, never a panic. The checks are shared with the engine tier's corpus replay.
 #![no_main]
 
-#[path = "../../tests/engine/fuzz_checks.rs"]
-mod fuzz_checks;
+/// The part of the tests' support layer (`tests/support/`) that the fuzz targets share.
+#[allow(dead_code)]
+#[path = "../../tests/support"]
+mod support {
+    pub mod fuzz_checks;
+    pub mod review;
+}
+use support::fuzz_checks;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_checks::check_review_bytes(data));

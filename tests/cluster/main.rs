@@ -4,16 +4,18 @@
 //! with `serve` (and `--controller`), registered through a MutatingWebhookConfiguration.
 //! There is no kubelet: the tests play it by patching `pods/status`.
 
-mod harness;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::time::Duration;
 
-use harness::*;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use support::kube::*;
+use support::serve::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -21,7 +23,7 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn apply_injects_labelled_deployments_only_and_dry_run_stores_nothing() {
     let client = client().await;
     let ns = Namespace::new("e2e-apply");
-    let webhook = Webhook::start::<&str>(&[]).await;
+    let webhook = Serve::start::<&str>(&[]).await;
     register(&ns, &webhook, "Fail");
     wait_until_effective(&ns).await;
 
@@ -75,7 +77,7 @@ async fn apply_injects_labelled_deployments_only_and_dry_run_stores_nothing() {
 async fn updates_follow_the_app_and_no_op_changes_start_no_rollout() {
     let client = client().await;
     let ns = Namespace::new("e2e-update");
-    let webhook = Webhook::start::<&str>(&[]).await;
+    let webhook = Serve::start::<&str>(&[]).await;
     register(&ns, &webhook, "Fail");
     wait_until_effective(&ns).await;
     let v1 = deployment(&ns.name, "web", "shop:1", true, &[]);
@@ -211,7 +213,7 @@ async fn the_shape_of_an_earlier_release_is_rewritten_on_update() {
     );
     assert!(out.status.success(), "{}", text(&out).1);
 
-    let webhook = Webhook::start::<&str>(&[]).await;
+    let webhook = Serve::start::<&str>(&[]).await;
     register(&ns, &webhook, "Fail");
     wait_until_effective(&ns).await;
     let out = kubectl(
@@ -262,7 +264,7 @@ async fn the_shape_of_an_earlier_release_is_rewritten_on_update() {
 async fn an_invalid_annotation_fails_kubectl_apply_with_the_message() {
     let client = client().await;
     let ns = Namespace::new("e2e-deny");
-    let webhook = Webhook::start::<&str>(&[]).await;
+    let webhook = Serve::start::<&str>(&[]).await;
     register(&ns, &webhook, "Fail");
     wait_until_effective(&ns).await;
     let manifest = deployment(
@@ -294,7 +296,7 @@ async fn webhook_down_fails_closed_or_open_as_configured() {
     let client = client().await;
     for (policy, ns_name) in [("Fail", "e2e-down-fail"), ("Ignore", "e2e-down-ignore")] {
         let ns = Namespace::new(ns_name);
-        let mut webhook = Webhook::start::<&str>(&[]).await;
+        let mut webhook = Serve::start::<&str>(&[]).await;
         register(&ns, &webhook, policy);
         wait_until_effective(&ns).await;
         webhook.kill();
@@ -447,8 +449,8 @@ async fn the_controller_gates_pods_and_a_second_replica_takes_over() {
             "6".to_owned(),
         ]
     };
-    let mut a = Webhook::start(&controller("replica-a")).await;
-    let mut b = Webhook::start(&controller("replica-b")).await;
+    let mut a = Serve::start(&controller("replica-a")).await;
+    let mut b = Serve::start(&controller("replica-b")).await;
     register(&ns, &a, "Fail");
     wait_until_effective(&ns).await;
     let holder = eventually("a lease holder", WAIT, || lease_holder(&client, &ns.name)).await;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use arbitrary::{Arbitrary, Unstructured};
 
-use super::fuzz_checks;
+use super::support::fuzz_checks;
 use super::support::repo;
 
 fn corpus(target: &str) -> Vec<PathBuf> {

@@ -5,7 +5,6 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-mod fuzz_checks;
 mod fuzz_corpus;
 mod golden;
 mod properties;

@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::kubelet::{Container, Exit};
+use crate::support::free_port;
 use crate::{Pods, test_python, test_python_django42};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -343,14 +344,6 @@ fn ten_pods_mariadb_django42() {
     let s = server(Engine::Mysql);
     race(&s, test_python_django42(), "4.2", false);
     race(&s, test_python_django42(), "4.2", true);
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Forwards every connection on `listener` to `target`, like a database that came up.

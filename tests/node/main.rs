@@ -5,18 +5,17 @@
 //! chart's MutatingWebhookConfiguration; the kubelet runs the injected containers for real
 //! and owns pod readiness.
 
-// The cluster tier's harness; this tier uses part of it.
-#[allow(dead_code)]
-#[path = "../cluster/harness.rs"]
-mod harness;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
-use harness::*;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::Value;
+use support::kube::*;
+use support::serve::*;
 
 const DJANGO_IMAGE: &str = "localhost/e2e/django:test";
 
@@ -156,10 +155,10 @@ fn kubectl_ok(args: &[&str]) -> String {
 
 /// A namespace with the webhook (and its controller) registered for it, and a fresh
 /// database.
-async fn setup(prefix: &str) -> (Namespace, Webhook, String) {
+async fn setup(prefix: &str) -> (Namespace, Serve, String) {
     let ns = Namespace::new(prefix);
     let image = webhook_image();
-    let webhook = Webhook::start(&[
+    let webhook = Serve::start(&[
         "--controller",
         "--lease-namespace",
         &ns.name,
@@ -478,7 +477,7 @@ async fn injected_pods_migrate_once_on_a_real_kubelet() {
 }
 
 /// Waits for `kubectl rollout status`, and on failure shows the pods and the webhook's log.
-fn rollout_completes(ns: &str, name: &str, timeout: &str, webhook: &Webhook) {
+fn rollout_completes(ns: &str, name: &str, timeout: &str, webhook: &Serve) {
     let status = rollout(ns, name, timeout);
     if !status.status.success() {
         let describe = kubectl(&["describe", "pods", "-n", ns], None);

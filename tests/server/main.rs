@@ -478,14 +478,6 @@ fn the_binary_serves_with_certificates_from_certs() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind((LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Lays out a certificate pair the way the kubelet mounts a Secret: `tls.crt` and
 /// `tls.key` are symlinks into `..data`, itself a symlink to a timestamped directory.
 fn mount_secret(

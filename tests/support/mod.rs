@@ -1,11 +1,21 @@
-//! Helpers shared by the test tiers.
-#![allow(dead_code)]
+//! The test-support layer of every tier (and, for `review` and `fuzz_checks`, of the fuzz
+//! crate): review builders and patch decoding (`review`), `serve` on free ports with
+//! development certificates (`serve`), the test control plane (`kube`), the fuzz targets'
+//! checks (`fuzz_checks`), and fixtures and the footprint budget here.
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use django_migrate_webhook::names;
-use serde_json::{Value, json};
+use serde_json::Value;
+
+pub mod fuzz_checks;
+pub mod kube;
+pub mod review;
+pub mod serve;
+
+pub use review::*;
+pub use serve::*;
 
 /// Stands for the program that earlier releases carried in `DJANGO_MIGRATE_CODE`, in
 /// fixtures of Deployments injected by them.
@@ -35,117 +45,6 @@ pub fn with_code(mut v: Value) -> Value {
 
 pub fn without_code(mut v: Value) -> Value {
     replace_strings(&mut v, LEGACY_CODE, CODE_PLACEHOLDER);
-    v
-}
-
-/// An AdmissionReview request for a Deployment.
-pub fn review(operation: &str, object: &Value, old: Option<&Value>) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "b1f0c1d2-0000-4000-8000-000000000001",
-            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
-            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
-            "operation": operation,
-            "object": object,
-            "oldObject": old,
-        }
-    })
-}
-
-/// Decodes `response.patch` (a base64 string on the wire) into JSON Patch operations.
-pub fn patch_of(response: &Value) -> Option<Value> {
-    let patch = response.get("patch")?;
-    let text = patch
-        .as_str()
-        .unwrap_or_else(|| panic!("patch must be a base64 string on the wire, got {patch}"));
-    assert_eq!(response["patchType"], "JSONPatch");
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .expect("patch is valid base64");
-    Some(serde_json::from_slice(&bytes).expect("patch is JSON"))
-}
-
-/// Runs a review through the same function the server uses and returns the response.
-pub fn respond(review: &Value) -> (u16, Value) {
-    let reply = django_migrate_webhook::admission::review(
-        &serde_json::to_vec(review).unwrap(),
-        &Default::default(),
-    );
-    let body: Value = serde_json::from_slice(&reply.body).expect("reply body is JSON");
-    (reply.status, body)
-}
-
-pub fn apply(object: &Value, patch: &Value) -> Value {
-    let ops: json_patch::Patch = serde_json::from_value(patch.clone()).expect("valid JSON Patch");
-    let mut out = object.clone();
-    json_patch::patch(&mut out, &ops).unwrap_or_else(|e| panic!("patch does not apply: {e}"));
-    out
-}
-
-/// Runs the webhook on `object` (CREATE) and returns the stored object and the warnings.
-pub fn admit(object: &Value) -> (Value, Vec<String>) {
-    let (status, body) = respond(&review("CREATE", object, None));
-    assert_eq!(status, 200, "{body}");
-    let response = &body["response"];
-    assert_eq!(response["allowed"], true, "{response}");
-    let mutated = match patch_of(response) {
-        Some(p) => apply(object, &p),
-        None => object.clone(),
-    };
-    (mutated, warnings(response))
-}
-
-pub fn warnings(response: &Value) -> Vec<String> {
-    response
-        .get("warnings")
-        .and_then(Value::as_array)
-        .map(|w| w.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
-        .unwrap_or_default()
-}
-
-/// The object with everything the webhook owns removed, for "nothing else changed".
-pub fn without_owned(object: &Value) -> Value {
-    let mut v = object.clone();
-    if let Some(meta) = v
-        .pointer_mut("/spec/template/metadata")
-        .and_then(Value::as_object_mut)
-    {
-        if let Some(labels) = meta.get_mut("labels").and_then(Value::as_object_mut) {
-            labels.remove(names::INJECTED_LABEL);
-            if labels.is_empty() {
-                meta.remove("labels");
-            }
-        }
-        if meta.is_empty() {
-            v["spec"]["template"]
-                .as_object_mut()
-                .unwrap()
-                .remove("metadata");
-        }
-    }
-    if let Some(spec) = v
-        .pointer_mut("/spec/template/spec")
-        .and_then(Value::as_object_mut)
-    {
-        for (key, field, values) in [
-            ("initContainers", "name", &names::RESERVED_CONTAINERS[..]),
-            (
-                "readinessGates",
-                "conditionType",
-                &[names::READINESS_GATE][..],
-            ),
-            ("volumes", "name", &[names::CODE_VOLUME][..]),
-        ] {
-            if let Some(items) = spec.get_mut(key).and_then(Value::as_array_mut) {
-                items.retain(|i| !i[field].as_str().is_some_and(|n| values.contains(&n)));
-                if items.is_empty() {
-                    spec.remove(key);
-                }
-            }
-        }
-    }
     v
 }
 

@@ -1,10 +1,13 @@
 #![allow(dead_code)] // each fuzz target uses half of this module
 //! The fuzz targets' inputs and checks (`fuzz/`), shared with the engine tier, which
-//! replays the kept corpus (`tests/fixtures/fuzz/`) with them on every test run.
+//! replays the kept corpus (`tests/fixtures/fuzz/`) with them on every test run. What the
+//! webhook owns is `review::without_owned`, the definition every tier uses.
 
 use arbitrary::Arbitrary;
 use django_migrate_webhook::admission;
 use serde_json::{Map, Value, json};
+
+use super::review::{answer, apply, patch_of, review, without_owned};
 
 /// Any bytes: the answer is a 200 AdmissionReview or a 400/413 `Status`, always JSON.
 pub fn check_review_bytes(data: &[u8]) {
@@ -202,62 +205,6 @@ fn deployment(input: &Input, labelled: bool) -> Value {
     d
 }
 
-fn review(operation: &str, object: &Value, old: Option<&Value>) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "fuzz",
-            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
-            "operation": operation,
-            "object": object,
-            "oldObject": old,
-        }
-    })
-}
-
-/// The answer's response, after checking it is well formed.
-fn answer(review: &Value) -> Value {
-    let reply = admission::review(review.to_string().as_bytes(), &Default::default());
-    let body: Value = serde_json::from_slice(&reply.body).expect("JSON answer");
-    assert_eq!(reply.status, 200, "a valid Deployment gets a 200: {body}");
-    body["response"].clone()
-}
-
-fn decode_patch(response: &Value) -> Option<json_patch::Patch> {
-    use base64::Engine as _;
-    let text = response["patch"].as_str()?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .expect("base64 patch");
-    Some(serde_json::from_slice(&bytes).expect("JSON Patch"))
-}
-
-/// Everything but the parts the webhook owns.
-fn without_owned(d: &Value) -> Value {
-    let mut d = d.clone();
-    if let Some(spec) = d
-        .pointer_mut("/spec/template/spec")
-        .and_then(Value::as_object_mut)
-    {
-        spec.remove("initContainers");
-        spec.remove("readinessGates");
-        if let Some(volumes) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
-            volumes.retain(|v| v["name"] != "django-migrate-code");
-            if volumes.is_empty() {
-                spec.remove("volumes");
-            }
-        }
-    }
-    if let Some(labels) = d
-        .pointer_mut("/spec/template/metadata/labels")
-        .and_then(Value::as_object_mut)
-    {
-        labels.remove("django-migrate.io/injected");
-    }
-    d
-}
-
 /// A structured Deployment: allowed with a patch that applies, touches only what the
 /// webhook owns, never widens a securityContext, and is empty on a second pass; or denied
 /// with a message.
@@ -280,11 +227,10 @@ pub fn check_mutation(input: &Input) {
     for w in response["warnings"].as_array().into_iter().flatten() {
         assert!(w.as_str().is_some_and(|w| w.chars().count() <= 120), "{w}");
     }
-    let Some(patch) = decode_patch(&response) else {
+    let Some(patch) = patch_of(&response) else {
         return;
     };
-    let mut mutated = object.clone();
-    json_patch::patch(&mut mutated, &patch).expect("the patch applies");
+    let mutated = apply(&object, &patch);
     assert_eq!(
         without_owned(&mutated),
         without_owned(&object),

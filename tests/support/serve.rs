@@ -1,0 +1,129 @@
+//! The webhook binary on free loopback ports with its own development certificates, and
+//! polling until a condition holds.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_django-migrate-webhook");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` until it returns Some, or panics with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A `serve` process with its own development certificates.
+pub struct Serve {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub ca_bundle: String,
+    pub log: PathBuf,
+    /// Keeps the certificates on disk while the process runs.
+    _certs: tempfile::TempDir,
+}
+
+impl Serve {
+    /// Starts `serve`, with extra flags (e.g. `--controller`), and waits for `/readyz`.
+    pub async fn start<S: AsRef<std::ffi::OsStr>>(extra: &[S]) -> Serve {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(BIN)
+            .args(["certs", "--out"])
+            .arg(dir.path())
+            .args(["--ip", "127.0.0.1", "--dns", "localhost"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let ca = std::fs::read(dir.path().join("ca.crt")).unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let log = dir.path().join("serve.log");
+        let child = Command::new(BIN)
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{admin}")])
+            .arg("--tls-cert")
+            .arg(dir.path().join("tls.crt"))
+            .arg("--tls-key")
+            .arg(dir.path().join("tls.key"))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let webhook = Serve {
+            child: Some(child),
+            port,
+            ca_bundle: base64::engine::general_purpose::STANDARD.encode(ca),
+            log,
+            _certs: dir,
+        };
+        eventually(
+            "serve to answer /readyz",
+            Duration::from_secs(20),
+            || async {
+                let ok = std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok_and(|mut s| {
+                    use std::io::Read;
+                    let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
+                    let mut buf = String::new();
+                    let _ = s.read_to_string(&mut buf);
+                    buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200")
+                });
+                ok.then_some(())
+            },
+        )
+        .await;
+        webhook
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, as the kubelet stops a pod; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
