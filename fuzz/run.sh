@@ -4,9 +4,10 @@
 #
 # cargo fuzz needs a nightly toolchain for the sanitizer flags; only this directory is
 # built with it, the project itself stays on stable. The corpus grows in
-# fuzz/corpus/TARGET (not committed); at the end it is minimised, and its inputs under
-# 8 KiB are kept in tests/fixtures/fuzz/TARGET, which the engine tier replays on every
-# test run. A crash stops the run and leaves the input in fuzz/artifacts/TARGET.
+# fuzz/corpus/TARGET (not committed); at the end it is minimised, and the inputs that add
+# edge coverage (under 8 KiB) and past crashes are kept in tests/fixtures/fuzz/TARGET, which
+# the engine tier replays on every test run (under 1 MB in all). A crash stops the run and
+# leaves the input in fuzz/artifacts/TARGET.
 set -euo pipefail
 cd "$(dirname "$0")"
 target=${1:?usage: fuzz/run.sh admission_review|mutation [SECONDS]}
@@ -24,9 +25,16 @@ if [ "$target" = admission_review ]; then
 fi
 cargo +nightly fuzz run "$target" "corpus/$target" -- \
     -max_total_time="$seconds" -max_len=262144 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
-# Keep the smallest set of inputs that covers everything the corpus reached, without the
-# large ones: those are variations of the seed fixtures, which the tests run anyway.
+# The whole corpus stays in fuzz/corpus/TARGET (minimised, not committed: re-running this
+# script regrows it from the kept inputs). Committed, in tests/fixtures/fuzz/TARGET: the
+# fewest inputs under 8 KiB that reach every edge the corpus reached (-use_counters=0: edge
+# coverage, not hit counts), plus every crash libFuzzer left in artifacts/TARGET, which the
+# engine tier replays as regressions once fixed.
 cargo +nightly fuzz cmin "$target" "corpus/$target" -- -max_len=262144
-rm -f "$kept"/*
-find "corpus/$target" -type f -size -8k -exec cp {} "$kept"/ \;
-echo "kept $(find "$kept" -mindepth 1 -maxdepth 1 | wc -l) inputs ($(du -sh "$kept" | cut -f1)) in tests/fixtures/fuzz/$target"
+binary=$(find target -path "*/release/$target" -type f | head -n 1)
+rm -rf "$kept" && mkdir -p "$kept"
+"$binary" -merge=1 -use_counters=0 -max_len=8192 "$kept" "corpus/$target" >/dev/null 2>&1
+for crash in "artifacts/$target"/crash-*; do
+    [ -f "$crash" ] && cp "$crash" "$kept/"
+done
+echo "kept $(find "$kept" -mindepth 1 -maxdepth 1 | wc -l) inputs ($(du -sh --apparent-size "$kept" | cut -f1)) in tests/fixtures/fuzz/$target"
