@@ -17,7 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -28,8 +28,9 @@ use tokio::sync::watch;
 use crate::names::{
     CODE_CONTAINER, INJECTED_LABEL, MIGRATE_CONTAINER, READINESS_GATE, WAIT_CONTAINER, reason,
 };
+use crate::pod_states::{self, PodStates};
 use crate::summary;
-use crate::telemetry::Metrics;
+use crate::telemetry::{DeploymentLabels, Metrics};
 use crate::watched::{Exit, StepStatus, WatchedPod};
 
 /// Name this controller reports in Events and field managers.
@@ -168,14 +169,14 @@ struct Context {
     client: Client,
     recorder: Recorder,
     metrics: Arc<Metrics>,
-    store: Store<WatchedPod>,
+    states: Arc<PodStates>,
 }
 
 async fn reconcile(pod: Arc<WatchedPod>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     let Some(desired) = desired_condition(&pod) else {
         return Ok(Action::await_change());
     };
-    ctx.metrics.set_pods_gated(count_gated(&ctx.store));
+    ctx.states.set(pod_states::key(&pod), desired.reason);
     let current = current_condition(&pod);
     let unchanged = current.is_some_and(|c| {
         c.status == desired.status
@@ -227,6 +228,9 @@ async fn reconcile(pod: Arc<WatchedPod>, ctx: Arc<Context>) -> Result<Action, Co
     let failed_now = desired.status == "False"
         && summary::is_failure(desired.reason)
         && current.and_then(|c| c.reason.as_deref()) != Some(desired.reason);
+    if became_true || failed_now {
+        record_step(&ctx.metrics, &pod, failed_now.then_some(desired.reason));
+    }
     let applied_here = became_true && applied_migrations(&pod);
     if failed_now || applied_here {
         publish_events(&ctx, &pod, &desired, failed_now).await;
@@ -249,12 +253,36 @@ fn applied_unsafe(pod: &WatchedPod) -> bool {
     finished(pod).is_some_and(|e| e.applied_unsafe)
 }
 
-fn count_gated(store: &Store<WatchedPod>) -> i64 {
-    store
-        .state()
+/// The Deployment of a pod, for the metrics' labels: its ReplicaSet's name without the
+/// pod-template hash (the last `-` segment, which never contains a `-`).
+fn deployment_labels(pod: &WatchedPod) -> DeploymentLabels {
+    let replica_set = pod
+        .owner_references()
         .iter()
-        .filter(|p| has_gate(p) && current_condition(p).is_none_or(|c| c.status != "True"))
-        .count() as i64
+        .find(|o| o.kind == "ReplicaSet")
+        .map(|o| o.name.as_str());
+    DeploymentLabels {
+        namespace: pod.namespace().unwrap_or_default(),
+        deployment: replica_set
+            .map(|rs| rs.rsplit_once('-').map_or(rs, |(d, _)| d))
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+/// Counts a finished step once, when the controller records its outcome: its summary's
+/// durations, migrations, retries and held-back operations, and the failure reason.
+fn record_step(metrics: &Metrics, pod: &WatchedPod, failure: Option<&'static str>) {
+    let labels = deployment_labels(pod);
+    let step = [MIGRATE_CONTAINER, WAIT_CONTAINER]
+        .into_iter()
+        .find_map(|name| status_of(pod, name));
+    if let Some(exit) = step.and_then(|s| s.terminated.as_ref().or(s.last_terminated.as_ref())) {
+        metrics.observe_step(&labels, &exit.stats);
+    }
+    if let Some(reason) = failure {
+        metrics.step_failed(&labels, reason);
+    }
 }
 
 /// An Event on the pod and a summarised one on its Deployment.
@@ -380,9 +408,16 @@ pub async fn run(
         let pods: Api<WatchedPod> = Api::all(client.clone());
         let config = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=true"));
         let (store, writer) = reflector::store();
+        let states = Arc::new(PodStates::new(metrics.clone()));
+        let observer = states.clone();
         let stream = watcher(pods, config)
             .default_backoff()
             .reflect(writer)
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    observer.observe(event);
+                }
+            })
             .applied_objects();
         let controller = Controller::for_stream(stream, store);
         let reporter = Reporter {
@@ -393,7 +428,7 @@ pub async fn run(
             client: client.clone(),
             recorder: Recorder::new(client.clone(), reporter),
             metrics: metrics.clone(),
-            store: controller.store(),
+            states,
         });
         let running = controller
             .run(reconcile, error_policy, ctx)

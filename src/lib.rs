@@ -9,6 +9,7 @@ pub mod deployment;
 pub mod injected;
 pub mod mutation;
 pub mod names;
+pub mod pod_states;
 pub mod preview;
 pub mod server;
 pub mod settings;

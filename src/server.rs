@@ -94,6 +94,8 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// The webhook's own image, run by the injected code-copy container.
     pub code_image: Arc<CodeImage>,
+    /// The serving certificate, for its expiry in the metrics.
+    pub certs: Arc<CertStore>,
 }
 
 /// The router of the webhook port: `POST /mutate` and JSON errors for everything else.
@@ -131,6 +133,7 @@ pub fn admin_router(state: AppState) -> Router {
         .route(
             "/metrics",
             get(|State(s): State<AppState>| async move {
+                s.metrics.set_certificate_expiry(s.certs.expires_at());
                 (
                     [(
                         header::CONTENT_TYPE,
@@ -320,6 +323,7 @@ pub async fn start(options: &ServeOptions) -> Result<Running, ServerError> {
         ready: Arc::new(AtomicBool::new(true)),
         draining: Arc::new(AtomicBool::new(false)),
         code_image: Arc::new(options.code_image.clone()),
+        certs: certs.clone(),
     };
     let (stop, stopped) = watch::channel(false);
     let mut admin_stopped = stopped.clone();

@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 use crate::admission::Outcome;
+use crate::watched::StepStats;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -48,8 +49,30 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// The admission metrics. Counters for every outcome exist from the start, so a
-/// dashboard sees zeros instead of missing series.
+/// The Deployment a pod belongs to: the labels of the migration metrics, bounded by the
+/// number of opted-in Deployments.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeploymentLabels {
+    pub namespace: String,
+    pub deployment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    namespace: String,
+    deployment: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+type HistogramFamily = Family<DeploymentLabels, Histogram, fn() -> Histogram>;
+
+/// The webhook's and the controller's metrics. Counters for every admission outcome exist
+/// from the start, so a dashboard sees zeros instead of missing series.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -59,6 +82,24 @@ pub struct Metrics {
     time_to_gate: Histogram,
     patch_errors: Counter,
     leader: Gauge,
+    step_duration: HistogramFamily,
+    lock_wait: HistogramFamily,
+    applied: Family<DeploymentLabels, Counter>,
+    retries: Family<DeploymentLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    unsafe_blocked: Family<DeploymentLabels, Counter>,
+    pods: Family<ReasonLabel, Gauge>,
+    certificate_expiry: Gauge,
+}
+
+/// Seconds a Django step takes, or waits for the lock: from a check that finds nothing
+/// to do to the default migrate timeout.
+const STEP_BUCKETS: [f64; 12] = [
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
+];
+
+fn step_histogram() -> Histogram {
+    Histogram::new(STEP_BUCKETS)
 }
 
 /// Seconds from pod creation to the gate turning True: image pulls, the database wait
@@ -113,6 +154,54 @@ impl Metrics {
             "1 while this replica holds the controller Lease",
             leader.clone(),
         );
+        let step_duration: HistogramFamily = Family::new_with_constructor(step_histogram);
+        registry.register(
+            "step_duration_seconds",
+            "Duration of finished Django steps (the summary's seconds.total), by Deployment",
+            step_duration.clone(),
+        );
+        let lock_wait: HistogramFamily = Family::new_with_constructor(step_histogram);
+        registry.register(
+            "step_lock_wait_seconds",
+            "Time finished Django steps waited for the migration lock or other pods' migrations",
+            lock_wait.clone(),
+        );
+        let applied = Family::<DeploymentLabels, Counter>::default();
+        registry.register(
+            "migrations_applied",
+            "Migrations applied by injected steps",
+            applied.clone(),
+        );
+        let retries = Family::<DeploymentLabels, Counter>::default();
+        registry.register(
+            "lock_timeout_retries",
+            "Migrations retried after a DDL statement hit the lock timeout",
+            retries.clone(),
+        );
+        let failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "step_failures",
+            "Django steps that ended in failure, by condition reason",
+            failures.clone(),
+        );
+        let unsafe_blocked = Family::<DeploymentLabels, Counter>::default();
+        registry.register(
+            "unsafe_migrations_blocked",
+            "Unsafe operations held back by unsafe-migrations: deny",
+            unsafe_blocked.clone(),
+        );
+        let pods = Family::<ReasonLabel, Gauge>::default();
+        registry.register(
+            "controller_pods",
+            "Injected pods by the reason of their migrated condition (as seen by the leader)",
+            pods.clone(),
+        );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the serving certificate in use expires (Unix time)",
+            certificate_expiry.clone(),
+        );
         Arc::new(Metrics {
             registry,
             by_outcome,
@@ -121,7 +210,54 @@ impl Metrics {
             time_to_gate,
             patch_errors,
             leader,
+            step_duration,
+            lock_wait,
+            applied,
+            retries,
+            failures,
+            unsafe_blocked,
+            pods,
+            certificate_expiry,
         })
+    }
+
+    /// Records a finished Django step of a pod of `deployment`.
+    pub fn observe_step(&self, deployment: &DeploymentLabels, stats: &StepStats) {
+        self.step_duration
+            .get_or_create(deployment)
+            .observe(f64::from(stats.seconds_total));
+        self.lock_wait
+            .get_or_create(deployment)
+            .observe(f64::from(stats.seconds_lock_wait));
+        self.applied
+            .get_or_create(deployment)
+            .inc_by(u64::from(stats.applied));
+        self.retries
+            .get_or_create(deployment)
+            .inc_by(u64::from(stats.retries));
+        self.unsafe_blocked
+            .get_or_create(deployment)
+            .inc_by(u64::from(stats.unsafe_blocked));
+    }
+
+    /// Counts a step that ended in failure with condition reason `reason`.
+    pub fn step_failed(&self, deployment: &DeploymentLabels, reason: &'static str) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                namespace: deployment.namespace.clone(),
+                deployment: deployment.deployment.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Sets the number of pods whose condition has `reason`.
+    pub fn set_pods(&self, reason: &'static str, n: i64) {
+        self.pods.get_or_create(&ReasonLabel { reason }).set(n);
+    }
+
+    pub fn set_certificate_expiry(&self, unix_seconds: i64) {
+        self.certificate_expiry.set(unix_seconds);
     }
 
     pub fn observe(&self, outcome: Outcome, seconds: f64) {

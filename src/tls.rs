@@ -3,6 +3,7 @@
 //! can be swapped in for new connections without restarting the server.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustls::crypto::CryptoProvider;
@@ -86,20 +87,37 @@ pub fn pair_from_pem(
 #[derive(Debug)]
 pub struct CertStore {
     current: RwLock<Arc<CertifiedKey>>,
+    /// When the served leaf certificate expires (Unix seconds; 0 when unreadable).
+    expires_at: AtomicI64,
 }
 
 impl CertStore {
     pub fn new(key: CertifiedKey) -> Arc<CertStore> {
         Arc::new(CertStore {
+            expires_at: AtomicI64::new(not_after(&key).unwrap_or(0)),
             current: RwLock::new(Arc::new(key)),
         })
     }
 
     /// Replaces the pair used by new connections; open connections keep theirs.
     pub fn replace(&self, key: CertifiedKey) {
+        self.expires_at
+            .store(not_after(&key).unwrap_or(0), Ordering::Relaxed);
         let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
         *guard = Arc::new(key);
     }
+
+    /// When the certificate served to new connections expires, in Unix seconds.
+    pub fn expires_at(&self) -> i64 {
+        self.expires_at.load(Ordering::Relaxed)
+    }
+}
+
+/// The leaf certificate's `notAfter`, in Unix seconds.
+pub fn not_after(key: &CertifiedKey) -> Option<i64> {
+    let leaf = key.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 impl ResolvesServerCert for CertStore {
@@ -161,5 +179,32 @@ pub async fn reload_on_change(
             }
         }
         seen = Some(current);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_served_certificate_expiry_is_read_and_follows_a_replacement() {
+        let pair = |year| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            params.not_after = rcgen::date_time_ymd(year, 1, 2);
+            let cert = params.self_signed(&key).unwrap();
+            let path = Path::new("test");
+            pair_from_pem(
+                path,
+                cert.pem().as_bytes(),
+                path,
+                key.serialize_pem().as_bytes(),
+            )
+            .unwrap()
+        };
+        let store = CertStore::new(pair(2031));
+        assert_eq!(store.expires_at(), 1_925_078_400);
+        store.replace(pair(2032));
+        assert_eq!(store.expires_at(), 1_925_078_400 + 365 * 86_400);
     }
 }

@@ -70,6 +70,33 @@ pub struct Exit {
     pub applied: bool,
     /// This run applied operations unsafe for the previous release.
     pub applied_unsafe: bool,
+    /// The summary's numbers, for the controller's metrics.
+    pub stats: StepStats,
+}
+
+/// The numbers of a step's summary that the metrics use (zero without a summary).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepStats {
+    pub seconds_total: f32,
+    pub seconds_lock_wait: f32,
+    /// Migrations this run applied itself.
+    pub applied: u32,
+    pub retries: u32,
+    /// Unsafe operations held back (`unsafe-migrations: deny`).
+    pub unsafe_blocked: u32,
+}
+
+impl StepStats {
+    fn of(s: &Summary) -> StepStats {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        StepStats {
+            seconds_total: s.seconds.total as f32,
+            seconds_lock_wait: s.seconds.lock_wait as f32,
+            applied: count(s.applied.len()),
+            retries: s.retries,
+            unsafe_blocked: count(s.unsafe_operations.iter().filter(|u| !u.applied).count()),
+        }
+    }
 }
 
 impl Exit {
@@ -94,6 +121,7 @@ impl Exit {
             applied_unsafe: summary
                 .as_ref()
                 .is_some_and(|s| s.unsafe_operations.iter().any(|u| u.applied)),
+            stats: summary.as_ref().map(StepStats::of).unwrap_or_default(),
         }
     }
 }

@@ -1,0 +1,170 @@
+//! How many injected pods carry each condition reason, kept up to date from the watch
+//! stream (deletions, re-lists) and the reconciler (the reason it computed), so that the
+//! gauges cost O(1) per event instead of a scan of the whole cache per reconcile.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use kube::runtime::watcher;
+
+use crate::names::reason;
+use crate::telemetry::Metrics;
+use crate::watched::WatchedPod;
+
+/// The pods the leader has seen, by `namespace/name`, with their condition reason.
+pub struct PodStates {
+    inner: Mutex<Inner>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_pod: HashMap<String, &'static str>,
+    counts: HashMap<&'static str, i64>,
+    /// Pods seen since a re-list started; the others were deleted meanwhile.
+    relisted: Option<HashSet<String>>,
+}
+
+pub fn key(pod: &WatchedPod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+impl PodStates {
+    pub fn new(metrics: Arc<Metrics>) -> PodStates {
+        PodStates {
+            inner: Mutex::new(Inner::default()),
+            metrics,
+        }
+    }
+
+    /// Records the reason the reconciler computed for a pod.
+    pub fn set(&self, key: String, new: &'static str) {
+        let mut inner = self.lock();
+        let old = inner.by_pod.insert(key, new);
+        if old != Some(new) {
+            inner.shift(old, Some(new));
+            self.publish(&inner, old, Some(new));
+        }
+    }
+
+    /// Follows the watch stream: deletions and re-lists (after which pods deleted while
+    /// the watch was down are forgotten).
+    pub fn observe(&self, event: &watcher::Event<WatchedPod>) {
+        let mut inner = self.lock();
+        match event {
+            watcher::Event::Delete(pod) => {
+                if let Some(old) = inner.by_pod.remove(&key(pod)) {
+                    inner.shift(Some(old), None);
+                    self.publish(&inner, Some(old), None);
+                }
+            }
+            watcher::Event::Init => inner.relisted = Some(HashSet::new()),
+            watcher::Event::InitApply(pod) => {
+                if let Some(seen) = inner.relisted.as_mut() {
+                    seen.insert(key(pod));
+                }
+            }
+            watcher::Event::InitDone => {
+                let Some(seen) = inner.relisted.take() else {
+                    return;
+                };
+                let gone: Vec<String> = inner
+                    .by_pod
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                for k in gone {
+                    if let Some(old) = inner.by_pod.remove(&k) {
+                        inner.shift(Some(old), None);
+                        self.publish(&inner, Some(old), None);
+                    }
+                }
+            }
+            watcher::Event::Apply(_) => {}
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The counts stay consistent under a panic elsewhere: keep using them.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, inner: &Inner, old: Option<&'static str>, new: Option<&'static str>) {
+        for r in [old, new].into_iter().flatten() {
+            self.metrics
+                .set_pods(r, inner.counts.get(r).copied().unwrap_or(0));
+        }
+        let total: i64 = inner.counts.values().sum();
+        let migrated = inner.counts.get(reason::MIGRATED).copied().unwrap_or(0);
+        self.metrics.set_pods_gated(total - migrated);
+    }
+}
+
+impl Inner {
+    fn shift(&mut self, old: Option<&'static str>, new: Option<&'static str>) {
+        if let Some(old) = old {
+            *self.counts.entry(old).or_default() -= 1;
+        }
+        if let Some(new) = new {
+            *self.counts.entry(new).or_default() += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str) -> WatchedPod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "n"},
+            "spec": {"containers": []},
+        }))
+        .unwrap()
+    }
+
+    fn gauge(metrics: &Metrics, line_start: &str) -> String {
+        metrics
+            .encode()
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
+    fn counts_follow_reasons_deletions_and_relists() {
+        let metrics = Metrics::new();
+        let states = PodStates::new(metrics.clone());
+        states.set("n/a".into(), reason::RUNNING);
+        states.set("n/b".into(), reason::RUNNING);
+        states.set("n/a".into(), reason::MIGRATED);
+        assert_eq!(
+            gauge(&metrics, "django_migrate_controller_pods_gated "),
+            "django_migrate_controller_pods_gated 1"
+        );
+        assert!(
+            metrics
+                .encode()
+                .contains("django_migrate_controller_pods{reason=\"Migrated\"} 1")
+        );
+        states.observe(&watcher::Event::Delete(pod("b")));
+        assert_eq!(
+            gauge(&metrics, "django_migrate_controller_pods_gated "),
+            "django_migrate_controller_pods_gated 0"
+        );
+        // A re-list that no longer has `a`: it was deleted while the watch was down.
+        states.observe(&watcher::Event::Init);
+        states.observe(&watcher::Event::InitDone);
+        assert!(
+            metrics
+                .encode()
+                .contains("django_migrate_controller_pods{reason=\"Migrated\"} 0")
+        );
+    }
+}
