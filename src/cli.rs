@@ -117,6 +117,11 @@ pub struct ServeArgs {
     /// Seconds a leader's claim lasts without renewal; another replica takes over within it.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300), value_name = "SECONDS")]
     pub lease_duration: u64,
+    /// Patch opted-in Deployments found stored without the injection (applied while the
+    /// webhook was unreachable) so that the API server sends them through it again.
+    /// Needs `patch` on Deployments.
+    #[arg(long, requires = "controller")]
+    pub heal_missed_injections: bool,
     #[command(flatten)]
     pub code_image: CodeImageArgs,
 }

@@ -25,6 +25,7 @@ use serde_json::json;
 use thiserror::Error;
 use tokio::sync::watch;
 
+use crate::missed;
 use crate::names::{
     CODE_CONTAINER, INJECTED_LABEL, MIGRATE_CONTAINER, READINESS_GATE, WAIT_CONTAINER, reason,
 };
@@ -65,6 +66,9 @@ pub struct ControllerOptions {
     pub lease_duration: u64,
     /// Seconds before expiry at which the leader renews.
     pub lease_grace: u64,
+    /// Patch opted-in Deployments stored without the injection so that the API server
+    /// sends them through the webhook again.
+    pub heal_missed_injections: bool,
 }
 
 /// The condition the controller wants on a pod.
@@ -176,7 +180,11 @@ async fn reconcile(pod: Arc<WatchedPod>, ctx: Arc<Context>) -> Result<Action, Co
     let Some(desired) = desired_condition(&pod) else {
         return Ok(Action::await_change());
     };
-    ctx.states.set(pod_states::key(&pod), desired.reason);
+    ctx.states.set(
+        pod_states::key(&pod),
+        deployment_labels(&pod),
+        desired.reason,
+    );
     let current = current_condition(&pod);
     let unchanged = current.is_some_and(|c| {
         c.status == desired.status
@@ -424,6 +432,12 @@ pub async fn run(
             controller: CONTROLLER_NAME.into(),
             instance: Some(options.identity.clone()),
         };
+        let deployments = missed::run(
+            client.clone(),
+            Recorder::new(client.clone(), reporter.clone()),
+            metrics.clone(),
+            options.heal_missed_injections,
+        );
         let ctx = Arc::new(Context {
             client: client.clone(),
             recorder: Recorder::new(client.clone(), reporter),
@@ -434,7 +448,7 @@ pub async fn run(
             .run(reconcile, error_policy, ctx)
             .for_each(|_| futures_util::future::ready(()));
         let stopping = tokio::select! {
-            _ = running => false,
+            _ = async { tokio::join!(running, deployments) } => false,
             _ = leader.wait_for(|l| !*l) => false,
             _ = stop.wait_for(|s| *s) => true,
         };

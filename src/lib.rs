@@ -7,6 +7,7 @@ pub mod cli;
 pub mod controller;
 pub mod deployment;
 pub mod injected;
+pub mod missed;
 pub mod mutation;
 pub mod names;
 pub mod pod_states;

@@ -39,6 +39,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         identity: args.identity.unwrap_or_else(default_identity),
         lease_duration: args.lease_duration,
         lease_grace: (args.lease_duration / 3).max(1),
+        heal_missed_injections: args.heal_missed_injections,
     });
     let options = server::ServeOptions {
         listen: args.listen,

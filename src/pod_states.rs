@@ -1,4 +1,5 @@
-//! How many injected pods carry each condition reason, kept up to date from the watch
+//! How many injected pods of each Deployment carry each condition reason, kept up to date
+//! from the watch
 //! stream (deletions, re-lists) and the reconciler (the reason it computed), so that the
 //! gauges cost O(1) per event instead of a scan of the whole cache per reconcile.
 
@@ -8,19 +9,22 @@ use std::sync::{Arc, Mutex};
 use kube::runtime::watcher;
 
 use crate::names::reason;
-use crate::telemetry::Metrics;
+use crate::telemetry::{DeploymentLabels, Metrics};
 use crate::watched::WatchedPod;
 
-/// The pods the leader has seen, by `namespace/name`, with their condition reason.
+/// The pods the leader has seen, by `namespace/name`, with their Deployment and condition
+/// reason.
 pub struct PodStates {
     inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
 }
 
+type State = (Arc<DeploymentLabels>, &'static str);
+
 #[derive(Default)]
 struct Inner {
-    by_pod: HashMap<String, &'static str>,
-    counts: HashMap<&'static str, i64>,
+    by_pod: HashMap<String, State>,
+    counts: HashMap<State, i64>,
     /// Pods seen since a re-list started; the others were deleted meanwhile.
     relisted: Option<HashSet<String>>,
 }
@@ -41,14 +45,27 @@ impl PodStates {
         }
     }
 
-    /// Records the reason the reconciler computed for a pod.
-    pub fn set(&self, key: String, new: &'static str) {
+    /// Records the reason the reconciler computed for a pod of `deployment`.
+    pub fn set(&self, key: String, deployment: DeploymentLabels, reason: &'static str) {
         let mut inner = self.lock();
-        let old = inner.by_pod.insert(key, new);
-        if old != Some(new) {
-            inner.shift(old, Some(new));
-            self.publish(&inner, old, Some(new));
+        if inner
+            .by_pod
+            .get(&key)
+            .is_some_and(|(d, r)| *r == reason && **d == deployment)
+        {
+            return;
         }
+        // One shared copy of the labels per Deployment, not one per pod.
+        let deployment = inner
+            .counts
+            .keys()
+            .find(|(d, _)| **d == deployment)
+            .map(|(d, _)| d.clone())
+            .unwrap_or_else(|| Arc::new(deployment));
+        let new = (deployment, reason);
+        let old = inner.by_pod.insert(key, new.clone());
+        inner.shift(old.as_ref(), Some(&new));
+        self.publish(&inner, old.as_ref(), Some(&new));
     }
 
     /// Follows the watch stream: deletions and re-lists (after which pods deleted while
@@ -58,8 +75,8 @@ impl PodStates {
         match event {
             watcher::Event::Delete(pod) => {
                 if let Some(old) = inner.by_pod.remove(&key(pod)) {
-                    inner.shift(Some(old), None);
-                    self.publish(&inner, Some(old), None);
+                    inner.shift(Some(&old), None);
+                    self.publish(&inner, Some(&old), None);
                 }
             }
             watcher::Event::Init => inner.relisted = Some(HashSet::new()),
@@ -80,8 +97,8 @@ impl PodStates {
                     .collect();
                 for k in gone {
                     if let Some(old) = inner.by_pod.remove(&k) {
-                        inner.shift(Some(old), None);
-                        self.publish(&inner, Some(old), None);
+                        inner.shift(Some(&old), None);
+                        self.publish(&inner, Some(&old), None);
                     }
                 }
             }
@@ -94,25 +111,34 @@ impl PodStates {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn publish(&self, inner: &Inner, old: Option<&'static str>, new: Option<&'static str>) {
-        for r in [old, new].into_iter().flatten() {
-            self.metrics
-                .set_pods(r, inner.counts.get(r).copied().unwrap_or(0));
+    fn publish(&self, inner: &Inner, old: Option<&State>, new: Option<&State>) {
+        for state in [old, new].into_iter().flatten() {
+            let n = inner.counts.get(state).copied().unwrap_or(0);
+            self.metrics.set_pods(&state.0, state.1, n);
         }
-        let total: i64 = inner.counts.values().sum();
-        let migrated = inner.counts.get(reason::MIGRATED).copied().unwrap_or(0);
-        self.metrics.set_pods_gated(total - migrated);
+        inner.gated_changed(&self.metrics);
     }
 }
 
 impl Inner {
-    fn shift(&mut self, old: Option<&'static str>, new: Option<&'static str>) {
+    fn shift(&mut self, old: Option<&State>, new: Option<&State>) {
         if let Some(old) = old {
-            *self.counts.entry(old).or_default() -= 1;
+            *self.counts.entry(old.clone()).or_default() -= 1;
         }
         if let Some(new) = new {
-            *self.counts.entry(new).or_default() += 1;
+            *self.counts.entry(new.clone()).or_default() += 1;
         }
+    }
+
+    fn gated_changed(&self, metrics: &Metrics) {
+        let gated = self.by_pod.values().len() as i64
+            - self
+                .counts
+                .iter()
+                .filter(|((_, r), _)| *r == reason::MIGRATED)
+                .map(|(_, n)| n)
+                .sum::<i64>();
+        metrics.set_pods_gated(gated);
     }
 }
 
@@ -141,18 +167,20 @@ mod tests {
     fn counts_follow_reasons_deletions_and_relists() {
         let metrics = Metrics::new();
         let states = PodStates::new(metrics.clone());
-        states.set("n/a".into(), reason::RUNNING);
-        states.set("n/b".into(), reason::RUNNING);
-        states.set("n/a".into(), reason::MIGRATED);
+        let shop = || DeploymentLabels {
+            namespace: "n".into(),
+            deployment: "shop".into(),
+        };
+        states.set("n/a".into(), shop(), reason::RUNNING);
+        states.set("n/b".into(), shop(), reason::RUNNING);
+        states.set("n/a".into(), shop(), reason::MIGRATED);
         assert_eq!(
             gauge(&metrics, "django_migrate_controller_pods_gated "),
             "django_migrate_controller_pods_gated 1"
         );
-        assert!(
-            metrics
-                .encode()
-                .contains("django_migrate_controller_pods{reason=\"Migrated\"} 1")
-        );
+        assert!(metrics.encode().contains(
+            r#"django_migrate_controller_pods{namespace="n",deployment="shop",reason="Migrated"} 1"#
+        ));
         states.observe(&watcher::Event::Delete(pod("b")));
         assert_eq!(
             gauge(&metrics, "django_migrate_controller_pods_gated "),
@@ -161,10 +189,8 @@ mod tests {
         // A re-list that no longer has `a`: it was deleted while the watch was down.
         states.observe(&watcher::Event::Init);
         states.observe(&watcher::Event::InitDone);
-        assert!(
-            metrics
-                .encode()
-                .contains("django_migrate_controller_pods{reason=\"Migrated\"} 0")
-        );
+        assert!(metrics.encode().contains(
+            r#"django_migrate_controller_pods{namespace="n",deployment="shop",reason="Migrated"} 0"#
+        ));
     }
 }

@@ -65,7 +65,9 @@ struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
+struct PodLabels {
+    namespace: String,
+    deployment: String,
     reason: &'static str,
 }
 
@@ -88,8 +90,14 @@ pub struct Metrics {
     retries: Family<DeploymentLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     unsafe_blocked: Family<DeploymentLabels, Counter>,
-    pods: Family<ReasonLabel, Gauge>,
+    pods: Family<PodLabels, Gauge>,
     certificate_expiry: Gauge,
+    not_injected: Family<NamespaceLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabel {
+    namespace: String,
 }
 
 /// Seconds a Django step takes, or waits for the lock: from a check that finds nothing
@@ -190,10 +198,10 @@ impl Metrics {
             "Unsafe operations held back by unsafe-migrations: deny",
             unsafe_blocked.clone(),
         );
-        let pods = Family::<ReasonLabel, Gauge>::default();
+        let pods = Family::<PodLabels, Gauge>::default();
         registry.register(
             "controller_pods",
-            "Injected pods by the reason of their migrated condition (as seen by the leader)",
+            "Injected pods by Deployment and the reason of their migrated condition (as seen by the leader)",
             pods.clone(),
         );
         let certificate_expiry = Gauge::default();
@@ -201,6 +209,12 @@ impl Metrics {
             "certificate_expiry_timestamp_seconds",
             "When the serving certificate in use expires (Unix time)",
             certificate_expiry.clone(),
+        );
+        let not_injected = Family::<NamespaceLabel, Gauge>::default();
+        registry.register(
+            "deployments_not_injected",
+            "Deployments labelled django-migrate.io/inject=true stored without the migration step",
+            not_injected.clone(),
         );
         Arc::new(Metrics {
             registry,
@@ -218,6 +232,7 @@ impl Metrics {
             unsafe_blocked,
             pods,
             certificate_expiry,
+            not_injected,
         })
     }
 
@@ -251,9 +266,23 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets the number of pods whose condition has `reason`.
-    pub fn set_pods(&self, reason: &'static str, n: i64) {
-        self.pods.get_or_create(&ReasonLabel { reason }).set(n);
+    /// Sets the number of pods of `deployment` whose condition has `reason`.
+    pub fn set_pods(&self, deployment: &DeploymentLabels, reason: &'static str, n: i64) {
+        self.pods
+            .get_or_create(&PodLabels {
+                namespace: deployment.namespace.clone(),
+                deployment: deployment.deployment.clone(),
+                reason,
+            })
+            .set(n);
+    }
+
+    pub fn set_deployments_not_injected(&self, namespace: &str, n: i64) {
+        self.not_injected
+            .get_or_create(&NamespaceLabel {
+                namespace: namespace.to_owned(),
+            })
+            .set(n);
     }
 
     pub fn set_certificate_expiry(&self, unix_seconds: i64) {

@@ -178,21 +178,28 @@ def test_deployment_runs_serve_with_the_controller_in_a_restricted_pod():
         assert doc["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
 
 
-def test_rbac_grants_exactly_what_the_controller_needs():
-    docs = render()
-    rules = {
+def cluster_rules(docs):
+    return {
         (group, resource): sorted(rule["verbs"])
         for rule in one(docs, "ClusterRole")["rules"]
         for group in rule["apiGroups"]
         for resource in rule["resources"]
     }
-    assert rules == {
+
+
+def test_rbac_grants_exactly_what_the_controller_needs():
+    docs = render()
+    assert cluster_rules(docs) == {
         ("", "pods"): ["get", "list", "watch"],
         ("", "pods/status"): ["patch"],
         ("apps", "replicasets"): ["get"],
+        ("apps", "deployments"): ["get", "list", "watch"],
         ("", "events"): ["create", "patch"],
         ("events.k8s.io", "events"): ["create", "patch"],
     }
+    assert (
+        "--heal-missed-injections" not in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
     role = one(docs, "Role")
     assert role["metadata"]["namespace"] == NAMESPACE
     assert role["rules"] == [
@@ -201,6 +208,12 @@ def test_rbac_grants_exactly_what_the_controller_needs():
     sa = one(docs, "ServiceAccount")["metadata"]["name"]
     for kind in ("ClusterRoleBinding", "RoleBinding"):
         assert one(docs, kind)["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+
+
+def test_healing_missed_injections_adds_the_flag_and_patch_on_deployments_only():
+    docs = render({"controller": {"healMissedInjections": True}})
+    assert cluster_rules(docs)[("apps", "deployments")] == ["get", "list", "patch", "watch"]
+    assert "--heal-missed-injections" in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 @pytest.mark.parametrize("mode", list(TLS_MODES))
@@ -359,7 +372,7 @@ def test_the_api_server_accepts_every_rendered_object(mode):
 VERBS = ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
 
 
-def assert_service_account_can_do_exactly_what_the_controller_needs(namespace):
+def assert_service_account_can_do_exactly_what_the_controller_needs(namespace, heal=False):
     """`kubectl auth can-i` as the installed chart's ServiceAccount, asked by the real API
     server's RBAC authorizer: the controller's verbs and not one more."""
     user = f"system:serviceaccount:{namespace}:dmw-django-migrate-webhook"
@@ -373,7 +386,7 @@ def assert_service_account_can_do_exactly_what_the_controller_needs(namespace):
         ("leases.coordination.k8s.io", "default"): set(),
         ("secrets", None): set(),
         ("configmaps", None): set(),
-        ("deployments.apps", None): set(),
+        ("deployments.apps", None): {"get", "list", "watch"} | ({"patch"} if heal else set()),
         ("mutatingwebhookconfigurations.admissionregistration.k8s.io", None): set(),
     }
     wrong = []

@@ -315,6 +315,84 @@ async fn webhook_down_fails_closed_or_open_as_configured() {
     }
 }
 
+/// An opted-in Deployment applied while the webhook is down with `failurePolicy: Ignore`
+/// is stored without the injection. The controller reports it (a Warning Event on the
+/// Deployment, a log line, the gauge by namespace); with healing on, it sends it through
+/// the webhook again once the webhook is back, and the gauge returns to 0.
+#[tokio::test]
+async fn a_missed_injection_is_reported_and_healed_when_enabled() {
+    let client = client().await;
+    let ns = Namespace::new("e2e-missed");
+    let mut down = Serve::start::<&str>(&[]).await;
+    register(&ns, &down, "Ignore");
+    wait_until_effective(&ns).await;
+    down.kill();
+    apply(&deployment(&ns.name, "web", "shop:1", true, &[]), &[]);
+    assert!(init_names(&get_deployment(&client, &ns.name, "web").await).is_empty());
+
+    let gauge = format!(
+        r#"django_migrate_deployments_not_injected{{namespace="{}"}}"#,
+        ns.name
+    );
+    let lease = format!("--lease-namespace={}", ns.name);
+    let reporting = Serve::start(&["--controller", &lease]).await;
+    register(&ns, &reporting, "Ignore");
+    let events = eventually("a MigrationStepNotInjected Event", Duration::from_secs(30), || async {
+        let out = kubectl(
+            &["get", "events", "-n", &ns.name, "--field-selector",
+              "involvedObject.kind=Deployment,involvedObject.name=web,reason=MigrationStepNotInjected",
+              "-o", "jsonpath={.items[*].message}"],
+            None,
+        );
+        let notes = text(&out).0;
+        (!notes.is_empty()).then_some(notes)
+    })
+    .await;
+    assert!(
+        events.contains("controller.healMissedInjections"),
+        "{events}"
+    );
+    let metrics = reporting.metrics();
+    assert!(metrics.contains(&format!("{gauge} 1")), "{metrics}");
+    assert!(
+        reporting
+            .logs()
+            .contains("stored without the migration step")
+    );
+    // Reported, not touched: without healing the Deployment stays as stored.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(init_names(&get_deployment(&client, &ns.name, "web").await).is_empty());
+    drop(reporting);
+
+    let healing = Serve::start(&["--controller", &lease, "--heal-missed-injections"]).await;
+    register(&ns, &healing, "Ignore");
+    let healed = eventually(
+        "the Deployment sent through the webhook again",
+        Duration::from_secs(60),
+        || async {
+            let d = get_deployment(&client, &ns.name, "web").await;
+            (!init_names(&d).is_empty()).then_some(d)
+        },
+    )
+    .await;
+    assert_eq!(
+        init_names(&healed),
+        ["django-migrate-code", "django-migrate"]
+    );
+    eventually("the gauge back to 0", Duration::from_secs(30), || async {
+        healing
+            .metrics()
+            .contains(&format!("{gauge} 0"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        healing.logs().contains("sent through the webhook again"),
+        "{}",
+        healing.logs()
+    );
+}
+
 /// The step's JSON summary, as `django_migrate.py` writes it.
 fn summary(exit_code: i32, phase: &str, result: &str, message: &str, applied: &[&str]) -> String {
     json!({"mode": "migrate", "phase": phase, "result": result, "exit_code": exit_code,

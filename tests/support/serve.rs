@@ -42,6 +42,8 @@ where
 pub struct Serve {
     pub child: Option<Child>,
     pub port: u16,
+    /// The admin port: `/healthz`, `/readyz`, `/metrics`.
+    pub admin: u16,
     pub ca_bundle: String,
     pub log: PathBuf,
     /// Keeps the certificates on disk while the process runs.
@@ -79,6 +81,7 @@ impl Serve {
         let webhook = Serve {
             child: Some(child),
             port,
+            admin,
             ca_bundle: base64::engine::general_purpose::STANDARD.encode(ca),
             log,
             _certs: dir,
@@ -99,6 +102,16 @@ impl Serve {
         )
         .await;
         webhook
+    }
+
+    /// The admin port's `/metrics`.
+    pub fn metrics(&self) -> String {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin)).expect("admin port");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
     }
 
     pub fn logs(&self) -> String {
