@@ -240,10 +240,10 @@ impl Metrics {
     pub fn observe_step(&self, deployment: &DeploymentLabels, stats: &StepStats) {
         self.step_duration
             .get_or_create(deployment)
-            .observe(f64::from(stats.seconds_total));
+            .observe(stats.seconds_total);
         self.lock_wait
             .get_or_create(deployment)
-            .observe(f64::from(stats.seconds_lock_wait));
+            .observe(stats.seconds_lock_wait);
         self.applied
             .get_or_create(deployment)
             .inc_by(u64::from(stats.applied));
@@ -307,8 +307,16 @@ impl Metrics {
         self.patch_errors.inc();
     }
 
+    /// Marks this replica as the leader or not. A replica that stops leading drops the
+    /// gauges only the leader keeps (pods by reason, missed injections, pods gated), so
+    /// that no stale value of a former leader stays behind to alert on.
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+        if !leader {
+            self.pods.clear();
+            self.not_injected.clear();
+            self.pods_gated.set(0);
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -317,5 +325,46 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod readme {
+    use super::*;
+
+    /// The README's metrics table lists exactly what `/metrics` exports.
+    #[test]
+    fn every_metric_is_documented_and_every_documented_metric_exists() {
+        // Families with labels show up once they have a series.
+        let metrics = Metrics::new();
+        let shop = DeploymentLabels {
+            namespace: "n".into(),
+            deployment: "shop".into(),
+        };
+        metrics.observe_step(&shop, &StepStats::default());
+        metrics.step_failed(&shop, "MigrationFailed");
+        metrics.set_pods(&shop, "Migrated", 1);
+        metrics.set_deployments_not_injected("n", 0);
+        let exported: std::collections::BTreeSet<String> = metrics
+            .encode()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| {
+                let mut parts = l.split(' ');
+                let name = parts.next().unwrap_or_default();
+                match parts.next() {
+                    Some("counter") => format!("{name}_total"),
+                    _ => name.to_owned(),
+                }
+            })
+            .collect();
+        let readme = include_str!("../README.md");
+        let documented: std::collections::BTreeSet<String> = readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `django_migrate_"))
+            .filter_map(|l| l.split('`').next())
+            .map(|name| format!("django_migrate_{name}"))
+            .collect();
+        assert_eq!(exported, documented);
     }
 }

@@ -77,8 +77,8 @@ pub struct Exit {
 /// The numbers of a step's summary that the metrics use (zero without a summary).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StepStats {
-    pub seconds_total: f32,
-    pub seconds_lock_wait: f32,
+    pub seconds_total: f64,
+    pub seconds_lock_wait: f64,
     /// Migrations this run applied itself.
     pub applied: u32,
     pub retries: u32,
@@ -90,8 +90,8 @@ impl StepStats {
     fn of(s: &Summary) -> StepStats {
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         StepStats {
-            seconds_total: s.seconds.total as f32,
-            seconds_lock_wait: s.seconds.lock_wait as f32,
+            seconds_total: s.seconds.total,
+            seconds_lock_wait: s.seconds.lock_wait,
             applied: count(s.applied.len()),
             retries: s.retries,
             unsafe_blocked: count(s.unsafe_operations.iter().filter(|u| !u.applied).count()),

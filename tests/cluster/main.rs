@@ -611,6 +611,37 @@ async fn the_controller_gates_pods_and_a_second_replica_takes_over() {
         "{}",
         follower.logs()
     );
+    // The holder's metrics, from the steps' summaries; the follower keeps none.
+    let ns_label = format!("namespace=\"{}\"", ns.name);
+    let metrics = eventually("the leader's migration metrics", WAIT, || async {
+        let m = leader.metrics();
+        m.contains(&format!(
+            "django_migrate_step_failures_total{{{ns_label},deployment=\"broken\",reason=\"MigrationFailed\"}} 1"
+        ))
+        .then_some(m)
+    })
+    .await;
+    for line in [
+        format!("django_migrate_migrations_applied_total{{{ns_label},deployment=\"web\"}} 4"),
+        format!("django_migrate_step_duration_seconds_count{{{ns_label},deployment=\"web\"}} 2"),
+        format!("django_migrate_step_duration_seconds_sum{{{ns_label},deployment=\"web\"}} 6.8"),
+        format!(
+            "django_migrate_controller_pods{{{ns_label},deployment=\"web\",reason=\"Migrated\"}} 2"
+        ),
+        format!(
+            "django_migrate_controller_pods{{{ns_label},deployment=\"broken\",reason=\"MigrationFailed\"}} 1"
+        ),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line} in\n{metrics}"
+        );
+    }
+    assert!(
+        !follower
+            .metrics()
+            .contains("django_migrate_controller_pods{")
+    );
 
     // The holder dies without releasing the Lease: the other takes over.
     // (In a cluster a Service sends admission requests to the live replica; here the
