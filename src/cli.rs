@@ -36,6 +36,41 @@ pub enum Command {
     /// Write the embedded migration program into DIR (what the injected
     /// `django-migrate-code` init container runs; needs no shell).
     InstallCode(InstallCodeArgs),
+    /// Show the opted-in Deployments: injected or not (and why not), their settings, the
+    /// migration step of each pod of the current ReplicaSet, and whether the rollout
+    /// waits on the gate. Reads the cluster with your kubeconfig, like kubectl.
+    ///
+    /// Exit codes: 0 all injected and no step failed, 1 a Deployment is not injected or a
+    /// step failed or was blocked as unsafe, 3 the cluster could not be read. As a kubectl
+    /// plugin: link this binary as `kubectl-django_migrate` on PATH, then
+    /// `kubectl django-migrate status`.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// One Deployment (default: every opted-in Deployment in the namespace).
+    #[arg(value_name = "DEPLOYMENT")]
+    pub deployment: Option<String>,
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long, conflicts_with_all = ["namespace", "deployment"])]
+    pub all_namespaces: bool,
+    /// The kubeconfig context to use (default: the current one).
+    #[arg(long, value_name = "CONTEXT")]
+    pub context: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub output: StatusOutput,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusOutput {
+    Table,
+    Json,
+    Yaml,
 }
 
 /// The image of the injected code-copy container: the webhook's own.

@@ -14,6 +14,7 @@ pub mod pod_states;
 pub mod preview;
 pub mod server;
 pub mod settings;
+pub mod status;
 pub mod summary;
 pub mod telemetry;
 pub mod tls;

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use django_migrate_webhook::cli::{
-    CertsArgs, Cli, Command, InjectArgs, InstallCodeArgs, ServeArgs,
+    CertsArgs, Cli, Command, InjectArgs, InstallCodeArgs, ServeArgs, StatusArgs, StatusOutput,
 };
-use django_migrate_webhook::{certs, controller, injected, preview, server, telemetry};
+use django_migrate_webhook::{certs, controller, injected, preview, server, status, telemetry};
 
 /// The webhook's answer is built from many small JSON values; mimalloc serves those
 /// allocations faster than glibc's malloc (see the README's "Performance"). It is built
@@ -17,6 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Status(args) => return show_status(args),
         Command::Serve(args) => serve(args),
         Command::Inject(args) => inject(args),
         Command::Certs(args) => make_certs(args),
@@ -109,4 +110,61 @@ fn default_identity() -> String {
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into());
     format!("{host}-{}", std::process::id())
+}
+
+/// `status`: 0 all good, 1 a Deployment not injected or a step failed, 3 the cluster could
+/// not be read.
+fn show_status(args: StatusArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let scope = if args.all_namespaces {
+        status::Scope::AllNamespaces
+    } else {
+        status::Scope::Namespace(args.namespace)
+    };
+    let result = runtime.block_on(async {
+        let options = kube::config::KubeConfigOptions {
+            context: args.context,
+            ..Default::default()
+        };
+        let config = kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read the kubeconfig: {e}"))?;
+        let client = kube::Client::try_from(config).map_err(status::StatusError::Client)?;
+        Ok::<_, anyhow::Error>(status::collect(&client, &scope, args.deployment.as_deref()).await?)
+    });
+    let statuses = match result {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(3);
+        }
+    };
+    let printed = match args.output {
+        StatusOutput::Table => Ok(status::table(&statuses)),
+        StatusOutput::Json => serde_json::to_string_pretty(&statuses)
+            .map(|s| s + "\n")
+            .map_err(anyhow::Error::from),
+        StatusOutput::Yaml => serde_yaml_ng::to_string(&statuses).map_err(anyhow::Error::from),
+    };
+    match printed {
+        Ok(text) => print!("{text}"),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(3);
+        }
+    }
+    if statuses.iter().any(status::DeploymentStatus::has_problem) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

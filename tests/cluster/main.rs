@@ -7,6 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -390,6 +391,139 @@ async fn a_missed_injection_is_reported_and_healed_when_enabled() {
         healing.logs().contains("sent through the webhook again"),
         "{}",
         healing.logs()
+    );
+}
+
+/// `status` against the control plane, with Deployments in each state: migrated, failed,
+/// blocked as unsafe, and not injected (the opt-in label only on the pod template).
+#[tokio::test]
+async fn status_tells_migrated_failed_blocked_and_not_injected_apart() {
+    let client = client().await;
+    let ns = Namespace::new("e2e-status");
+    let lease = format!("--lease-namespace={}", ns.name);
+    let webhook = Serve::start(&["--controller", &lease]).await;
+    register(&ns, &webhook, "Fail");
+    wait_until_effective(&ns).await;
+    let applied = "applied 2 migrations in 3.1s (waited 0.0s for the lock): catalog.0001_initial, orders.0001_initial";
+    let blocked =
+        "held back 1 unsafe operation: inventory.0002_remove_item_legacy RemoveField(item.legacy)";
+    let unsafe_summary = json!({"mode": "migrate", "phase": "lock", "result": "unsafe-blocked",
+        "exit_code": 5, "message": blocked, "applied": [],
+        "pending": ["inventory.0002_remove_item_legacy"],
+        "seconds": {"total": 1.2, "database": 0.1, "lock_wait": 0.4, "migrate": 0.0},
+        "unsafe_operations": [{"migration": "inventory.0002_remove_item_legacy",
+            "operation": "RemoveField(item.legacy)", "why": "the release still serving reads it",
+            "applied": false}]})
+    .to_string();
+    let failed = "migration orders.0003_order_reference failed: ProgrammingError: boom";
+    for (name, exit, message, reason) in [
+        (
+            "web",
+            0,
+            summary(
+                0,
+                "done",
+                "applied",
+                applied,
+                &["catalog.0001_initial", "orders.0001_initial"],
+            ),
+            "Migrated",
+        ),
+        (
+            "broken",
+            2,
+            summary(2, "migrating", "failed", failed, &[]),
+            "MigrationFailed",
+        ),
+        ("risky", 5, unsafe_summary, "UnsafeMigrationBlocked"),
+    ] {
+        apply(
+            &deployment(
+                &ns.name,
+                name,
+                "shop:1",
+                true,
+                &[("django-migrate.io/lock-timeout", "5")],
+            ),
+            &[],
+        );
+        let pod = pods(&client, &ns.name, name, 1).await.remove(0);
+        play_kubelet(&client, &pod, exit, &message).await;
+        gate_of(
+            &client,
+            &pod,
+            if exit == 0 { "True" } else { "False" },
+            reason,
+        )
+        .await;
+    }
+    // The opt-in label on the pod template only: the webhook never sees it as opted in.
+    let misplaced = deployment(&ns.name, "legacy", "shop:1", false, &[]).replace(
+        "      labels:\n        app: legacy",
+        "      labels:\n        app: legacy\n        django-migrate.io/inject: \"true\"",
+    );
+    apply(&misplaced, &[]);
+
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("status")
+            .args(args)
+            .output()
+            .expect("status runs");
+        let (stdout, stderr) = text(&out);
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, table, stderr) = run(&["-n", &ns.name]);
+    eprintln!("$ django-migrate-webhook status -n {}\n{table}", ns.name);
+    assert_eq!(
+        code,
+        Some(1),
+        "a failed step and a missed injection exit 1: {stderr}"
+    );
+    for expected in [
+        "web         yes       1/1",
+        "pod web-",
+        "applied 2 migrations (catalog.0001_initial, orders.0001_initial) in 3.4s, lock wait 0.0s",
+        "broken      yes       0/1",
+        "waiting on the gate (1 pod)",
+        "failed in 3.4s, lock wait 0.0s: exit code 2: migration orders.0003_order_reference failed",
+        "blocked as unsafe in 1.2s, lock wait 0.4s: exit code 5: held back 1 unsafe operation",
+        "legacy      no",
+        "not injected: the label django-migrate.io/inject: \"true\" is on the pod template only",
+        "settings: lock-timeout=5",
+    ] {
+        assert!(table.contains(expected), "missing {expected:?} in\n{table}");
+    }
+    let (code, json_out, _) = run(&["-n", &ns.name, "-o", "json"]);
+    assert_eq!(code, Some(1));
+    let statuses: Vec<Value> = serde_json::from_str(&json_out).unwrap();
+    let names: Vec<&str> = statuses
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["broken", "legacy", "risky", "web"]);
+    let risky = &statuses[2]["pods"][0];
+    assert_eq!(risky["phase"], "blocked as unsafe");
+    assert_eq!(
+        risky["summary"]["unsafe_operations"][0]["migration"],
+        "inventory.0002_remove_item_legacy"
+    );
+    assert_eq!(
+        statuses[3]["pods"][0]["summary"]["applied"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(statuses[0]["rollout"]["waiting_on_gate"], 1);
+    let (code, yaml_out, _) = run(&["web", "-n", &ns.name, "-o", "yaml"]);
+    assert_eq!(code, Some(0), "a healthy Deployment exits 0: {yaml_out}");
+    assert!(yaml_out.contains("phase: applied"), "{yaml_out}");
+    let (code, _, stderr) = run(&["nosuch", "-n", &ns.name]);
+    assert_eq!(code, Some(3));
+    assert!(
+        stderr.contains(&format!("deployment {}/nosuch not found", ns.name)),
+        "{stderr}"
     );
 }
 

@@ -1,0 +1,578 @@
+//! `status`: what a platform team asks every week, answered from the cluster with the
+//! user's kubeconfig. For each opted-in Deployment: injected or not (and the likely reason
+//! when not), its settings, the migration step of each pod of its current ReplicaSet (from
+//! the pod's init container statuses and the step's summary), and whether the rollout
+//! waits on the gate.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, ListParams, LogParams};
+use kube::{Client, ResourceExt};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::names::{
+    CODE_CONTAINER, INJECT_LABEL, INJECTED_LABEL, MIGRATE_CONTAINER, PREFIX, READINESS_GATE,
+    WAIT_CONTAINER, exit,
+};
+use crate::settings::Settings;
+use crate::summary::Summary;
+
+/// The name of the webhook in the chart's MutatingWebhookConfiguration.
+pub const WEBHOOK_NAME: &str = "inject.django-migrate.io";
+
+#[derive(Debug, Error)]
+pub enum StatusError {
+    #[error("cannot build a Kubernetes client from the kubeconfig: {0}")]
+    Client(#[source] kube::Error),
+    #[error("cannot read {what}: {source}")]
+    Read {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("deployment {namespace}/{name} not found")]
+    NotFound { namespace: String, name: String },
+}
+
+/// Where to look.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    /// The kubeconfig's namespace (or `-n`).
+    Namespace(Option<String>),
+    AllNamespaces,
+}
+
+/// One opted-in Deployment.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeploymentStatus {
+    pub namespace: String,
+    pub name: String,
+    /// The pod template carries the migration step.
+    pub injected: bool,
+    /// Why it is not injected, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_injected: Option<String>,
+    /// Its `django-migrate.io/` annotations.
+    pub settings: BTreeMap<String, String>,
+    pub rollout: Rollout,
+    /// The pods of the current ReplicaSet.
+    pub pods: Vec<PodStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Rollout {
+    pub replicas: i32,
+    pub updated: i32,
+    pub available: i32,
+    /// Pods of the current ReplicaSet whose gate is not True: the rollout waits on them.
+    pub waiting_on_gate: usize,
+}
+
+/// The migration step of one pod.
+#[derive(Clone, Debug, Serialize)]
+pub struct PodStatus {
+    pub name: String,
+    /// `pending`, `waiting for the database`, `waiting for the lock`, `waiting for other
+    /// pods' migrations`, `migrating`, `running`, `applied`, `failed` or `blocked as unsafe`.
+    pub phase: String,
+    /// The gate condition's reason, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The condition's message, or the step's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The step's summary, once it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
+}
+
+impl DeploymentStatus {
+    /// Not injected, or a pod's step failed or was blocked.
+    pub fn has_problem(&self) -> bool {
+        !self.injected
+            || self
+                .pods
+                .iter()
+                .any(|p| p.phase == "failed" || p.phase == "blocked as unsafe")
+    }
+}
+
+/// Reads the status of the opted-in Deployments in `scope`, or of `name` only.
+pub async fn collect(
+    client: &Client,
+    scope: &Scope,
+    name: Option<&str>,
+) -> Result<Vec<DeploymentStatus>, StatusError> {
+    let read = |what: String| move |source| StatusError::Read { what, source };
+    let namespace = match scope {
+        Scope::Namespace(ns) => Some(
+            ns.clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned()),
+        ),
+        Scope::AllNamespaces => None,
+    };
+    let deployments: Api<Deployment> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let mut found: Vec<Deployment> = match name {
+        Some(name) => {
+            let ns = namespace.clone().unwrap_or_default();
+            match deployments
+                .get_opt(name)
+                .await
+                .map_err(read(format!("deployment {ns}/{name}")))?
+            {
+                Some(d) => vec![d],
+                None => {
+                    return Err(StatusError::NotFound {
+                        namespace: ns,
+                        name: name.to_owned(),
+                    });
+                }
+            }
+        }
+        // Opted in on the Deployment or, by mistake, only on the pod template: filtered
+        // here, since a label selector sees only the Deployment's own labels.
+        None => deployments
+            .list(&ListParams::default())
+            .await
+            .map_err(read("deployments".into()))?
+            .items
+            .into_iter()
+            .filter(|d| opted_in(d) || label_only_on_template(d))
+            .collect(),
+    };
+    found.sort_by_key(|d| (d.namespace(), d.name_any()));
+    let hooks = webhook_selectors(client).await;
+    let mut out = Vec::with_capacity(found.len());
+    for d in &found {
+        out.push(deployment_status(client, d, hooks.as_deref()).await?);
+    }
+    Ok(out)
+}
+
+fn label_true(labels: Option<&BTreeMap<String, String>>, key: &str) -> bool {
+    labels.and_then(|l| l.get(key)).is_some_and(|v| v == "true")
+}
+
+fn opted_in(d: &Deployment) -> bool {
+    label_true(d.metadata.labels.as_ref(), INJECT_LABEL)
+}
+
+fn template_labels(d: &Deployment) -> Option<&BTreeMap<String, String>> {
+    d.spec.as_ref()?.template.metadata.as_ref()?.labels.as_ref()
+}
+
+fn label_only_on_template(d: &Deployment) -> bool {
+    !opted_in(d) && label_true(template_labels(d), INJECT_LABEL)
+}
+
+/// The namespace selectors of this webhook's registrations (`None` when they cannot be
+/// read, `Some(empty)` when none is installed).
+async fn webhook_selectors(client: &Client) -> Option<Vec<LabelSelector>> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let list = api.list(&ListParams::default()).await.ok()?;
+    Some(
+        list.items
+            .into_iter()
+            .flat_map(|c| c.webhooks.unwrap_or_default())
+            .filter(|w| w.name == WEBHOOK_NAME)
+            .map(|w| w.namespace_selector.unwrap_or_default())
+            .collect(),
+    )
+}
+
+/// True when `selector` selects an object with `labels` (matchLabels and the four
+/// matchExpressions operators).
+pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_match = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let expressions_match = selector.match_expressions.iter().flatten().all(|e| {
+        let value = labels.get(&e.key);
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    labels_match && expressions_match
+}
+
+async fn why_not_injected(
+    client: &Client,
+    d: &Deployment,
+    hooks: Option<&[LabelSelector]>,
+) -> String {
+    if label_only_on_template(d) {
+        return format!(
+            "the label {INJECT_LABEL}: \"true\" is on the pod template only: put it on the Deployment's metadata"
+        );
+    }
+    if let Err(e) = Settings::from_annotations(d.metadata.annotations.as_ref()) {
+        return format!("the webhook denies its annotations: {e}");
+    }
+    let namespace = d.namespace().unwrap_or_default();
+    match hooks {
+        Some([]) => {
+            return format!(
+                "no MutatingWebhookConfiguration has the webhook {WEBHOOK_NAME}: is the chart installed?"
+            );
+        }
+        Some(selectors) => {
+            let api: Api<Namespace> = Api::all(client.clone());
+            if let Ok(ns) = api.get(&namespace).await {
+                let labels = ns.metadata.labels.unwrap_or_default();
+                if !selectors.iter().any(|s| selects(s, &labels)) {
+                    return format!(
+                        "namespace {namespace} is not selected by the webhook's namespaceSelector (excluded)"
+                    );
+                }
+            }
+        }
+        None => {}
+    }
+    "stored without the step: applied while the webhook was unreachable (failurePolicy Ignore)? Re-apply it".to_owned()
+}
+
+async fn deployment_status(
+    client: &Client,
+    d: &Deployment,
+    hooks: Option<&[LabelSelector]>,
+) -> Result<DeploymentStatus, StatusError> {
+    let namespace = d.namespace().unwrap_or_default();
+    let name = d.name_any();
+    let injected = label_true(template_labels(d), INJECTED_LABEL);
+    let not_injected = if injected {
+        None
+    } else {
+        Some(why_not_injected(client, d, hooks).await)
+    };
+    let settings = d
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with(PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let status = d.status.clone().unwrap_or_default();
+    let mut rollout = Rollout {
+        replicas: status.replicas.unwrap_or(0),
+        updated: status.updated_replicas.unwrap_or(0),
+        available: status.available_replicas.unwrap_or(0),
+        waiting_on_gate: 0,
+    };
+    let pods = if injected {
+        current_pods(client, d).await?
+    } else {
+        Vec::new()
+    };
+    let mut out = Vec::with_capacity(pods.len());
+    for pod in &pods {
+        let p = pod_status(client, pod).await;
+        if p.reason.as_deref() != Some(crate::names::reason::MIGRATED) {
+            rollout.waiting_on_gate += 1;
+        }
+        out.push(p);
+    }
+    Ok(DeploymentStatus {
+        namespace,
+        name,
+        injected,
+        not_injected,
+        settings,
+        rollout,
+        pods: out,
+    })
+}
+
+/// The pods of the Deployment's current ReplicaSet (the one of its revision).
+async fn current_pods(client: &Client, d: &Deployment) -> Result<Vec<Pod>, StatusError> {
+    let namespace = d.namespace().unwrap_or_default();
+    let revision = d
+        .annotations()
+        .get("deployment.kubernetes.io/revision")
+        .cloned();
+    let uid = d.uid().unwrap_or_default();
+    let read = |what: String| move |source| StatusError::Read { what, source };
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &namespace);
+    let current = replica_sets
+        .list(&ListParams::default())
+        .await
+        .map_err(read(format!("replicasets in {namespace}")))?
+        .items
+        .into_iter()
+        .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
+        .max_by_key(|rs| {
+            let own = rs
+                .annotations()
+                .get("deployment.kubernetes.io/revision")
+                .cloned();
+            (own == revision, rs.metadata.creation_timestamp.clone())
+        });
+    let Some(rs) = current else {
+        return Ok(Vec::new());
+    };
+    let Some(hash) = rs.labels().get("pod-template-hash").cloned() else {
+        return Ok(Vec::new());
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let mut list = pods
+        .list(&ListParams::default().labels(&format!("pod-template-hash={hash}")))
+        .await
+        .map_err(read(format!("pods in {namespace}")))?
+        .items;
+    list.retain(|p| {
+        p.owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == rs.metadata.uid.as_ref())
+    });
+    list.sort_by_key(|p| p.name_any());
+    Ok(list)
+}
+
+async fn pod_status(client: &Client, pod: &Pod) -> PodStatus {
+    let status = pod.status.clone().unwrap_or_default();
+    let gate = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == READINESS_GATE);
+    let inits = status.init_container_statuses.unwrap_or_default();
+    let find = |name: &str| inits.iter().find(|s| s.name == name);
+    let step = find(MIGRATE_CONTAINER).or_else(|| find(WAIT_CONTAINER));
+    let ended = step.and_then(|s| {
+        let state = s.state.as_ref()?;
+        state.terminated.clone().or_else(|| {
+            // A restarted step: its last run tells why.
+            s.last_state.as_ref()?.terminated.clone()
+        })
+    });
+    let summary = ended
+        .as_ref()
+        .and_then(|t| t.message.as_deref())
+        .and_then(Summary::parse);
+    let copy_failed = find(CODE_CONTAINER)
+        .and_then(|s| s.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code))
+        .is_some_and(|c| c != 0);
+    let running = step.is_some_and(|s| s.state.as_ref().is_some_and(|st| st.running.is_some()));
+    let phase = if step.is_none() && !copy_failed && inits.is_empty() {
+        "pending".to_owned()
+    } else if copy_failed {
+        "failed".to_owned()
+    } else if let Some(t) = ended.as_ref().filter(|_| !running) {
+        match t.exit_code {
+            0 => "applied".to_owned(),
+            exit::UNSAFE => "blocked as unsafe".to_owned(),
+            _ => "failed".to_owned(),
+        }
+    } else if running {
+        running_phase(client, pod).await
+    } else {
+        "pending".to_owned()
+    };
+    PodStatus {
+        name: pod.name_any(),
+        phase,
+        reason: gate.and_then(|g| g.reason.clone()),
+        message: gate
+            .and_then(|g| g.message.clone())
+            .or_else(|| summary.as_ref().map(|s| s.message.clone())),
+        summary,
+    }
+}
+
+/// What a running step is doing, from the phase in its last log line
+/// (`django-migrate migrate [lock]: ...`).
+async fn running_phase(client: &Client, pod: &Pod) -> String {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+    let container = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .map(|c| c.name.as_str())
+        .find(|n| *n == MIGRATE_CONTAINER || *n == WAIT_CONTAINER)
+        .unwrap_or(MIGRATE_CONTAINER)
+        .to_owned();
+    let params = LogParams {
+        container: Some(container),
+        tail_lines: Some(1),
+        ..LogParams::default()
+    };
+    let last = api.logs(&pod.name_any(), &params).await.unwrap_or_default();
+    phase_of_log_line(&last).to_owned()
+}
+
+/// The step's phase from one of its log lines.
+pub fn phase_of_log_line(line: &str) -> &'static str {
+    let phase = line
+        .split_once('[')
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(p, _)| p);
+    match phase {
+        Some(crate::names::phase::DATABASE) => "waiting for the database",
+        Some(crate::names::phase::LOCK) => "waiting for the lock",
+        Some(crate::names::phase::WAITING) => "waiting for other pods' migrations",
+        Some(crate::names::phase::MIGRATING) => "migrating",
+        _ => "running",
+    }
+}
+
+/// The human table: one line per Deployment, then one per pod.
+pub fn table(statuses: &[DeploymentStatus]) -> String {
+    use std::fmt::Write as _;
+    if statuses.is_empty() {
+        return "no Deployment labelled django-migrate.io/inject=true here\n".to_owned();
+    }
+    let mut rows = vec![[
+        "NAMESPACE".to_owned(),
+        "DEPLOYMENT".to_owned(),
+        "INJECTED".to_owned(),
+        "PODS MIGRATED".to_owned(),
+        "ROLLOUT".to_owned(),
+    ]];
+    for s in statuses {
+        let migrated = s.pods.len() - s.rollout.waiting_on_gate;
+        let rollout = if !s.injected {
+            "-".to_owned()
+        } else if s.rollout.waiting_on_gate > 0 {
+            let n = s.rollout.waiting_on_gate;
+            format!(
+                "waiting on the gate ({n} pod{})",
+                if n == 1 { "" } else { "s" }
+            )
+        } else if s.rollout.updated >= s.rollout.replicas
+            && s.rollout.available >= s.rollout.replicas
+        {
+            "complete".to_owned()
+        } else {
+            format!("{}/{} available", s.rollout.available, s.rollout.replicas)
+        };
+        rows.push([
+            s.namespace.clone(),
+            s.name.clone(),
+            if s.injected { "yes" } else { "no" }.to_owned(),
+            if s.injected {
+                format!("{migrated}/{}", s.pods.len())
+            } else {
+                "-".to_owned()
+            },
+            rollout,
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        let Some(s) = i.checked_sub(1).map(|i| &statuses[i]) else {
+            continue;
+        };
+        if let Some(why) = &s.not_injected {
+            let _ = writeln!(out, "  not injected: {why}");
+        }
+        if !s.settings.is_empty() {
+            let settings: Vec<String> = s
+                .settings
+                .iter()
+                .map(|(k, v)| format!("{}={v}", k.trim_start_matches(PREFIX)))
+                .collect();
+            let _ = writeln!(out, "  settings: {}", settings.join(" "));
+        }
+        for p in &s.pods {
+            let _ = writeln!(out, "  pod {}: {}", p.name, pod_line(p));
+        }
+    }
+    out
+}
+
+fn pod_line(p: &PodStatus) -> String {
+    let mut line = p.phase.clone();
+    if let Some(s) = &p.summary {
+        if !s.applied.is_empty() {
+            line.push_str(&format!(
+                " {} migrations ({})",
+                s.applied.len(),
+                s.applied.join(", ")
+            ));
+        } else if p.phase == "applied" {
+            line.push_str(&format!(" ({})", s.result));
+        }
+        line.push_str(&format!(
+            " in {:.1}s, lock wait {:.1}s",
+            s.seconds.total, s.seconds.lock_wait
+        ));
+        if s.retries > 0 {
+            line.push_str(&format!(", {} lock-timeout retries", s.retries));
+        }
+    }
+    if p.phase != "applied"
+        && let Some(m) = &p.message
+    {
+        line.push_str(&format!(": {m}"));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    #[test]
+    fn namespace_selectors_follow_the_api_semantics() {
+        let labels: BTreeMap<String, String> = [
+            ("kubernetes.io/metadata.name".to_owned(), "shop".to_owned()),
+            ("team".to_owned(), "a".to_owned()),
+        ]
+        .into();
+        let expr = |op: &str, values: &[&str]| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "kubernetes.io/metadata.name".into(),
+                operator: op.into(),
+                values: Some(values.iter().map(|v| v.to_string()).collect()),
+            }]),
+            ..LabelSelector::default()
+        };
+        assert!(selects(&LabelSelector::default(), &labels));
+        assert!(selects(&expr("NotIn", &["kube-system"]), &labels));
+        assert!(!selects(&expr("NotIn", &["shop"]), &labels));
+        assert!(selects(&expr("In", &["shop"]), &labels));
+        let only_b = LabelSelector {
+            match_labels: Some([("team".to_owned(), "b".to_owned())].into()),
+            ..LabelSelector::default()
+        };
+        assert!(!selects(&only_b, &labels));
+    }
+
+    #[test]
+    fn the_phase_of_a_running_step_comes_from_its_log() {
+        assert_eq!(
+            phase_of_log_line("django-migrate migrate [lock]: waiting for the migration lock"),
+            "waiting for the lock"
+        );
+        assert_eq!(
+            phase_of_log_line("django-migrate migrate [database]: attempt 2: not reachable"),
+            "waiting for the database"
+        );
+        assert_eq!(phase_of_log_line(""), "running");
+    }
+}
