@@ -12,6 +12,7 @@ pub mod mutation;
 pub mod names;
 pub mod pod_states;
 pub mod preview;
+pub mod process;
 pub mod server;
 pub mod settings;
 pub mod status;

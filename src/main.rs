@@ -6,7 +6,7 @@ use clap::Parser;
 use django_migrate_webhook::cli::{
     CertsArgs, Cli, Command, InjectArgs, InstallCodeArgs, ServeArgs, StatusArgs, StatusOutput,
 };
-use django_migrate_webhook::{certs, controller, injected, preview, server, status, telemetry};
+use django_migrate_webhook::{certs, controller, injected, preview, process, status, telemetry};
 
 /// The webhook's answer is built from many small JSON values; mimalloc serves those
 /// allocations faster than glibc's malloc (see the README's "Performance"). It is built
@@ -42,7 +42,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         lease_grace: (args.lease_duration / 3).max(1),
         heal_missed_injections: args.heal_missed_injections,
     });
-    let options = server::ServeOptions {
+    let options = process::ServeOptions {
         listen: args.listen,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
@@ -56,7 +56,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
-        .block_on(server::run(&options))?;
+        .block_on(process::run(&options))?;
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! The HTTPS webhook listener and the plain-HTTP admin listener (health and metrics).
+//! The HTTPS webhook listener and the plain-HTTP admin listener (health and metrics),
+//! two of the parts `process` starts side by side.
 //!
 //! The accept loop is written out instead of hidden in a framework so that every
 //! connection gets `TCP_NODELAY` (without it h2 stalls ~40 ms per burst), a TLS handshake
@@ -12,7 +13,6 @@
 //! process exits.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -36,7 +36,6 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{self, Outcome};
-use crate::controller::{self, ControllerError, ControllerOptions};
 use crate::injected::CodeImage;
 use crate::telemetry::Metrics;
 use crate::tls::{self, CertStore, TlsError};
@@ -59,30 +58,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub enum ServerError {
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error(transparent)]
-    Controller(#[from] ControllerError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-}
-
-/// What `serve` needs to start.
-#[derive(Clone, Debug)]
-pub struct ServeOptions {
-    pub listen: SocketAddr,
-    pub tls_cert: PathBuf,
-    pub tls_key: PathBuf,
-    pub metrics_listen: SocketAddr,
-    /// How often the certificate files are checked for a new pair.
-    pub cert_reload_interval: Duration,
-    /// How long to keep serving after SIGTERM before the listener closes.
-    pub shutdown_delay: Duration,
-    /// Run the readiness-gate controller too.
-    pub controller: Option<ControllerOptions>,
-    /// The webhook's own image, run by the injected code-copy container.
-    pub code_image: CodeImage,
 }
 
 /// State shared by the handlers.
@@ -96,6 +76,25 @@ pub struct AppState {
     pub code_image: Arc<CodeImage>,
     /// The serving certificate, for its expiry in the metrics.
     pub certs: Arc<CertStore>,
+}
+
+impl AppState {
+    pub fn new(code_image: CodeImage, certs: Arc<CertStore>) -> AppState {
+        AppState {
+            metrics: Metrics::new(),
+            ready: Arc::new(AtomicBool::new(true)),
+            draining: Arc::new(AtomicBool::new(false)),
+            code_image: Arc::new(code_image),
+            certs,
+        }
+    }
+
+    /// Marks the server as going away: `/readyz` fails and HTTP/1 answers carry
+    /// `Connection: close`, while the listener keeps accepting.
+    pub fn start_draining(&self) {
+        self.ready.store(false, Ordering::Relaxed);
+        self.draining.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The router of the webhook port: `POST /mutate` and JSON errors for everything else.
@@ -262,103 +261,51 @@ fn too_large() -> admission::Reply {
     )
 }
 
-/// A started server: its bound addresses and a handle to stop it.
-pub struct Running {
-    pub webhook_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    pub state: AppState,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+/// Binds a listener, with the address in the error.
+pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    Ok((listener, bound))
 }
 
-impl Running {
-    /// Marks the server as going away: `/readyz` fails and HTTP/1 answers carry
-    /// `Connection: close`, while the listener keeps accepting.
-    pub fn start_draining(&self) {
-        self.state.ready.store(false, Ordering::Relaxed);
-        self.state.draining.store(true, Ordering::Relaxed);
-    }
-
-    /// Drains for `delay`, then stops accepting, answers the requests in flight and
-    /// returns when every connection is closed.
-    pub async fn shutdown(self, delay: Duration) {
-        self.start_draining();
-        if !delay.is_zero() {
-            tracing::info!(
-                seconds = delay.as_secs_f64(),
-                "still serving while the endpoints drop this pod"
-            );
-            tokio::time::sleep(delay).await;
-        }
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        tracing::info!("all connections closed");
-    }
+/// The webhook listener: HTTPS with the certificate `state.certs` serves. It stops
+/// accepting when `stop` turns true, answers the requests in flight and returns once every
+/// connection is closed.
+pub fn spawn_webhook(
+    listener: TcpListener,
+    state: AppState,
+    stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, ServerError> {
+    let config = tls::server_config(state.certs.clone())?;
+    Ok(tokio::spawn(serve_tls(
+        listener,
+        TlsAcceptor::from(config),
+        webhook_router(state.clone()),
+        state.draining.clone(),
+        stop,
+    )))
 }
 
-/// Binds both listeners and starts serving in the background.
-pub async fn start(options: &ServeOptions) -> Result<Running, ServerError> {
-    let pair = tls::load_pair(&options.tls_cert, &options.tls_key)?;
-    let certs = CertStore::new(pair);
-    let config = tls::server_config(certs.clone())?;
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })
-    };
-    let webhook = bind(options.listen).await?;
-    let admin = bind(options.metrics_listen).await?;
-    let webhook_addr = webhook.local_addr().map_err(|source| ServerError::Bind {
-        addr: options.listen,
-        source,
-    })?;
-    let admin_addr = admin.local_addr().map_err(|source| ServerError::Bind {
-        addr: options.metrics_listen,
-        source,
-    })?;
-    let state = AppState {
-        metrics: Metrics::new(),
-        ready: Arc::new(AtomicBool::new(true)),
-        draining: Arc::new(AtomicBool::new(false)),
-        code_image: Arc::new(options.code_image.clone()),
-        certs: certs.clone(),
-    };
-    let (stop, stopped) = watch::channel(false);
-    let mut admin_stopped = stopped.clone();
-    let admin_app = admin_router(state.clone());
-    let admin_task = tokio::spawn(async move {
-        let result = axum::serve(admin, admin_app)
+/// The admin listener (`/healthz`, `/readyz`, `/metrics`), until `stop` turns true.
+pub fn spawn_admin(
+    listener: TcpListener,
+    state: AppState,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let app = admin_router(state);
+    tokio::spawn(async move {
+        let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
-                let _ = admin_stopped.wait_for(|s| *s).await;
+                let _ = stop.wait_for(|s| *s).await;
             })
             .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "admin server failed");
         }
-    });
-    let reload_task = tokio::spawn(tls::reload_on_change(
-        certs.clone(),
-        options.tls_cert.clone(),
-        options.tls_key.clone(),
-        options.cert_reload_interval,
-        stopped.clone(),
-    ));
-    let webhook_task = tokio::spawn(serve_tls(
-        webhook,
-        TlsAcceptor::from(config),
-        webhook_router(state.clone()),
-        state.draining.clone(),
-        stopped,
-    ));
-    tracing::info!(%webhook_addr, %admin_addr, "serving");
-    Ok(Running {
-        webhook_addr,
-        admin_addr,
-        state,
-        stop,
-        tasks: vec![webhook_task, admin_task, reload_task],
     })
 }
 
@@ -446,82 +393,5 @@ async fn serve_tls(
     };
     if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
         tracing::warn!("connections still open after the drain timeout; closing them");
-    }
-}
-
-/// Runs until SIGTERM or Ctrl-C, then drains and returns.
-pub async fn run(options: &ServeOptions) -> Result<(), ServerError> {
-    // Fail before listening when the controller cannot reach the cluster at all.
-    let client = match &options.controller {
-        Some(_) => Some(controller::client().await?),
-        None => None,
-    };
-    let running = start(options).await?;
-    let (stop_controller, controller_stopped) = watch::channel(false);
-    let mut controller_task = match (client, options.controller.clone()) {
-        (Some(client), Some(controller_options)) => Some(tokio::spawn(controller::run(
-            client,
-            controller_options,
-            running.state.metrics.clone(),
-            controller_stopped,
-        ))),
-        _ => None,
-    };
-    // A controller that stops on its own (it cannot reach the cluster) stops the server,
-    // so that the pod restarts instead of serving without its controller.
-    let controller_done = async {
-        match controller_task.as_mut() {
-            Some(task) => task.await,
-            None => std::future::pending().await,
-        }
-    };
-    let failed = tokio::select! {
-        _ = shutdown_signal() => None,
-        result = controller_done => Some(result),
-    };
-    if failed.is_some() {
-        controller_task = None;
-    }
-    tracing::info!("shutting down");
-    running.start_draining();
-    let _ = stop_controller.send(true);
-    if let Some(task) = controller_task
-        && let Ok(Err(e)) = task.await
-    {
-        tracing::warn!(error = %e, "controller stopped with an error");
-    }
-    // A controller that failed leaves the pod broken anyway: no point waiting.
-    let delay = if failed.is_some() {
-        Duration::ZERO
-    } else {
-        options.shutdown_delay
-    };
-    running.shutdown(delay).await;
-    match failed {
-        Some(Ok(Err(e))) => Err(e.into()),
-        _ => Ok(()),
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }

@@ -527,6 +527,49 @@ async fn status_tells_migrated_failed_blocked_and_not_injected_apart() {
     );
 }
 
+/// A controller that stops on its own (here: its Lease cannot be created, the namespace
+/// does not exist) stops the process with a non-zero exit, so that the pod restarts
+/// instead of serving without its controller.
+#[tokio::test]
+async fn serve_exits_non_zero_when_the_controller_stops_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["certs", "--out"])
+        .arg(dir.path())
+        .args(["--ip", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let started = std::time::Instant::now();
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            BIN,
+            "serve",
+            "--controller",
+            "--lease-namespace",
+            "no-such-namespace-e2e",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--tls-cert")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls.key"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot set up the leader-election Lease no-such-namespace-e2e/"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "no shutdown delay when the controller failed"
+    );
+}
+
 /// The step's JSON summary, as `django_migrate.py` writes it.
 fn summary(exit_code: i32, phase: &str, result: &str, message: &str, applied: &[&str]) -> String {
     json!({"mode": "migrate", "phase": phase, "result": result, "exit_code": exit_code,
@@ -796,7 +839,24 @@ async fn the_controller_gates_pods_and_a_second_replica_takes_over() {
     );
     assert!(follower.logs().contains("holding the lease"));
 
-    // A clean shutdown releases the Lease and exits 0.
+    // A clean shutdown: the Lease is released while the listener still serves its
+    // 5 s shutdown delay (the two run concurrently), then the process exits 0.
+    let started = std::time::Instant::now();
+    follower.sigterm();
+    eventually("the Lease released", Duration::from_secs(4), || async {
+        (lease_holder(&client, &ns.name).await.as_deref() != Some(new_holder.as_str()))
+            .then_some(())
+    })
+    .await;
+    let released = started.elapsed();
+    assert!(
+        follower.is_running(),
+        "the Lease is released during the shutdown delay, not after it"
+    );
     let status = follower.terminate().unwrap();
     assert!(status.success(), "serve exited with {status}");
+    eprintln!(
+        "shutdown: Lease released {released:.1?} after SIGTERM, exit 0 after {:.1?}",
+        started.elapsed()
+    );
 }

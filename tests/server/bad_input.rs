@@ -360,7 +360,7 @@ async fn bad_input_gets_a_clear_answer_in_bounded_time() {
     let mut sender = http1(&fx).await;
     let (status, _) = read(sender.send_request(post("/mutate", over)).await.unwrap()).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    fx.running.shutdown(Duration::ZERO).await;
+    fx.running.shutdown(Duration::ZERO).await.unwrap();
 }
 
 /// Sends `prefix` one byte at a time and returns how long the server took to hang up.
@@ -483,5 +483,6 @@ async fn slow_and_idle_clients_do_not_stop_the_others() {
         .unwrap()
         .running
         .shutdown(Duration::ZERO)
-        .await;
+        .await
+        .unwrap();
 }

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use django_migrate_webhook::{certs, server};
+use django_migrate_webhook::{certs, process, server};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
@@ -30,7 +30,7 @@ mod shutdown;
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 struct Fixture {
-    running: server::Running,
+    running: process::Running,
     ca: Vec<u8>,
     _dir: tempfile::TempDir,
 }
@@ -39,7 +39,7 @@ async fn start() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let generated = certs::generate(&["localhost".into()], &[LOCALHOST]).unwrap();
     certs::write(dir.path(), &generated).unwrap();
-    let options = server::ServeOptions {
+    let options = process::ServeOptions {
         listen: SocketAddr::new(LOCALHOST, 0),
         tls_cert: dir.path().join("tls.crt"),
         tls_key: dir.path().join("tls.key"),
@@ -49,7 +49,7 @@ async fn start() -> Fixture {
         controller: None,
         code_image: Default::default(),
     };
-    let running = server::start(&options).await.expect("server starts");
+    let running = process::start(&options, None).await.expect("server starts");
     Fixture {
         running,
         ca: generated.ca_cert.into_bytes(),
@@ -162,7 +162,7 @@ async fn http1_keep_alive_answers_admission_reviews_with_a_base64_patch() {
             "django-migrate"
         );
     }
-    fx.running.shutdown(Duration::ZERO).await;
+    fx.running.shutdown(Duration::ZERO).await.unwrap();
 }
 
 #[tokio::test]
@@ -197,7 +197,7 @@ async fn h2_serves_concurrent_streams() {
         assert_eq!(status, StatusCode::OK);
         assert!(body["response"]["patch"].is_string());
     }
-    fx.running.shutdown(Duration::ZERO).await;
+    fx.running.shutdown(Duration::ZERO).await.unwrap();
 }
 
 #[tokio::test]
@@ -207,7 +207,7 @@ async fn tls12_and_tls13_clients_connect() {
         let stream = tls(fx.running.webhook_addr, &fx.ca, &[b"http/1.1"], &[version]).await;
         assert_eq!(stream.get_ref().1.protocol_version(), Some(version.version));
     }
-    fx.running.shutdown(Duration::ZERO).await;
+    fx.running.shutdown(Duration::ZERO).await.unwrap();
 }
 
 /// A ClientHello written by hand (no modern TLS library sends a TLS 1.1 one): ECDHE
@@ -265,7 +265,7 @@ async fn tls11_is_refused() {
         );
         assert_eq!(refused[5], 2, "fatal alert");
     }
-    fx.running.shutdown(Duration::ZERO).await;
+    fx.running.shutdown(Duration::ZERO).await.unwrap();
 }
 
 #[tokio::test]
@@ -303,7 +303,7 @@ async fn bad_requests_get_json_errors() {
         let message = body["message"].as_str().unwrap();
         assert!(message.contains(needle), "{message}");
     }
-    fx.running.shutdown(Duration::ZERO).await;
+    fx.running.shutdown(Duration::ZERO).await.unwrap();
 }
 
 #[tokio::test]
@@ -342,7 +342,7 @@ async fn bodies_over_8_mib_get_413() {
     let request = Request::post("/mutate").body(body).unwrap();
     let (status, _) = read(h2.send_request(request).await.unwrap()).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    fx.running.shutdown(Duration::ZERO).await;
+    fx.running.shutdown(Duration::ZERO).await.unwrap();
 }
 
 async fn get_admin(addr: SocketAddr, path: &str) -> (StatusCode, String) {
@@ -391,7 +391,7 @@ async fn health_and_metrics_report_requests_by_outcome() {
         );
     }
     assert!(metrics.contains("django_migrate_admission_duration_seconds_bucket{le=\"0.001\"}"));
-    fx.running.shutdown(Duration::ZERO).await;
+    fx.running.shutdown(Duration::ZERO).await.unwrap();
 }
 
 /// The real binary: `certs` writes the files, `serve` starts from flags, answers over
@@ -519,7 +519,7 @@ async fn certificates_rotate_without_a_restart_or_a_failed_request() {
     let first = certs::generate(&["localhost".into()], &[LOCALHOST]).unwrap();
     let second = certs::generate(&["localhost".into()], &[LOCALHOST]).unwrap();
     mount_secret(dir.path(), "..2026_11_24_v1", &first, None);
-    let options = server::ServeOptions {
+    let options = process::ServeOptions {
         listen: SocketAddr::new(LOCALHOST, 0),
         tls_cert: dir.path().join("tls.crt"),
         tls_key: dir.path().join("tls.key"),
@@ -529,7 +529,7 @@ async fn certificates_rotate_without_a_restart_or_a_failed_request() {
         controller: None,
         code_image: Default::default(),
     };
-    let running = server::start(&options).await.unwrap();
+    let running = process::start(&options, None).await.unwrap();
     let addr = running.webhook_addr;
     // The client trusts both CAs, as the API server does while caBundle holds both.
     let cas = format!("{}{}", first.ca_cert, second.ca_cert).into_bytes();
@@ -610,5 +610,5 @@ async fn certificates_rotate_without_a_restart_or_a_failed_request() {
     );
     assert!(ok > 20, "only {ok} requests were sent");
     eprintln!("rotation: {ok} requests, none failed");
-    running.shutdown(Duration::ZERO).await;
+    running.shutdown(Duration::ZERO).await.unwrap();
 }

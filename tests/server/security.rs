@@ -76,6 +76,6 @@ async fn old_tls_versions_and_plain_http_are_refused() {
         assert!(!out.status.success(), "curl --tls-max 1.1 connected");
     })
     .await;
-    fx.running.shutdown(Duration::ZERO).await;
+    fx.running.shutdown(Duration::ZERO).await.unwrap();
     result.unwrap();
 }
