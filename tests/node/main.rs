@@ -424,6 +424,19 @@ async fn injected_pods_migrate_once_on_a_real_kubelet() {
     eprintln!(
         "3 replicas on a real kubelet: rollout complete after {rollout:.1?}, 6 migrations applied once by one pod"
     );
+    // `status` on the real node: injected, 3/3 migrated, the rollout complete, exit 0.
+    let out = Command::new(BIN)
+        .args(["status", "-n", &ns.name])
+        .output()
+        .expect("status runs");
+    let table = String::from_utf8_lossy(&out.stdout);
+    eprintln!("$ django-migrate-webhook status -n {}\n{table}", ns.name);
+    assert_eq!(out.status.code(), Some(0), "{table}");
+    assert!(
+        table.contains("yes       3/3            complete"),
+        "{table}"
+    );
+    assert_eq!(table.matches(": applied").count(), 3, "{table}");
 
     // A rolling update to a release with a new app and its four migrations: applied once,
     // and the previous release keeps all three replicas available until new pods are gated.
