@@ -432,8 +432,14 @@ async fn injected_pods_migrate_once_on_a_real_kubelet() {
     let table = String::from_utf8_lossy(&out.stdout);
     eprintln!("$ django-migrate-webhook status -n {}\n{table}", ns.name);
     assert_eq!(out.status.code(), Some(0), "{table}");
-    assert!(
-        table.contains("yes       3/3            complete"),
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("shop"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        row.get(2..),
+        Some(&["yes", "3/3", "complete"][..]),
         "{table}"
     );
     assert_eq!(table.matches(": applied").count(), 3, "{table}");
