@@ -34,6 +34,9 @@ use crate::summary;
 use crate::telemetry::{DeploymentLabels, Metrics};
 use crate::watched::{Exit, StepStatus, WatchedPod};
 
+/// Reconciles (so status patches) in flight at once.
+const RECONCILE_CONCURRENCY: u16 = 8;
+
 /// Name this controller reports in Events and field managers.
 pub const CONTROLLER_NAME: &str = "django-migrate-webhook";
 
@@ -373,9 +376,23 @@ fn error_policy(_pod: Arc<WatchedPod>, error: &ControllerError, _ctx: Arc<Contex
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Builds the Kubernetes client from the in-cluster config or `KUBECONFIG`.
-pub async fn client() -> Result<Client, ControllerError> {
-    Client::try_default().await.map_err(ControllerError::Client)
+/// Builds the Kubernetes client from the in-cluster config or `KUBECONFIG`; every request
+/// it sends is counted by HTTP method (`django_migrate_controller_api_requests_total`), so
+/// that its cost to the API server is known.
+pub async fn client(metrics: Arc<Metrics>) -> Result<Client, ControllerError> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| ControllerError::Client(kube::Error::InferConfig(e)))?;
+    let count = tower::util::MapRequestLayer::new(
+        move |request: axum::http::Request<kube::client::Body>| {
+            metrics.api_request(request.method());
+            request
+        },
+    );
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(ControllerError::Client)?
+        .with_layer(&count)
+        .build())
 }
 
 /// Runs until `stop` turns true: waits for the Lease, reconciles while holding it, and
@@ -427,7 +444,11 @@ pub async fn run(
                 }
             })
             .applied_objects();
-        let controller = Controller::for_stream(stream, store);
+        // At most as many patches in flight as a client with 8 connections: predictable
+        // load on the API server, and as fast as it accepts them (README, "Scale").
+        let controller = Controller::for_stream(stream, store).with_config(
+            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+        );
         let reporter = Reporter {
             controller: CONTROLLER_NAME.into(),
             instance: Some(options.identity.clone()),

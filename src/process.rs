@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -18,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::controller::{self, ControllerError, ControllerOptions};
 use crate::injected::CodeImage;
 use crate::server::{self, AppState, ServerError};
+use crate::telemetry::Metrics;
 use crate::tls::{self, CertStore, TlsError};
 
 /// What `serve` needs to start.
@@ -70,8 +72,17 @@ pub async fn start(
     options: &ServeOptions,
     client: Option<kube::Client>,
 ) -> Result<Running, ServeError> {
+    start_with(options, client, Metrics::new()).await
+}
+
+/// [`start`], with the metrics the client already counts its requests in.
+async fn start_with(
+    options: &ServeOptions,
+    client: Option<kube::Client>,
+    metrics: Arc<Metrics>,
+) -> Result<Running, ServeError> {
     let certs = CertStore::new(tls::load_pair(&options.tls_cert, &options.tls_key)?);
-    let state = AppState::new(options.code_image.clone(), certs.clone());
+    let state = AppState::new(options.code_image.clone(), certs.clone(), metrics);
     let (webhook_listener, webhook_addr) = server::bind(options.listen).await?;
     let (admin_listener, admin_addr) = server::bind(options.metrics_listen).await?;
     let (token, stopped) = watch::channel(false);
@@ -158,12 +169,13 @@ impl Running {
 /// Runs `serve` until SIGTERM or Ctrl-C (exit 0 after a clean drain) or until the
 /// controller stops on its own (an error).
 pub async fn run(options: &ServeOptions) -> Result<(), ServeError> {
+    let metrics = Metrics::new();
     // Fail before listening when the controller cannot reach the cluster at all.
     let client = match &options.controller {
-        Some(_) => Some(controller::client().await?),
+        Some(_) => Some(controller::client(metrics.clone()).await?),
         None => None,
     };
-    let mut running = start(options, client).await?;
+    let mut running = start_with(options, client, metrics).await?;
     let controller_ended = {
         let controller = running.controller.as_mut();
         let ended = async {

@@ -79,9 +79,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(code_image: CodeImage, certs: Arc<CertStore>) -> AppState {
+    pub fn new(code_image: CodeImage, certs: Arc<CertStore>, metrics: Arc<Metrics>) -> AppState {
         AppState {
-            metrics: Metrics::new(),
+            metrics,
             ready: Arc::new(AtomicBool::new(true)),
             draining: Arc::new(AtomicBool::new(false)),
             code_image: Arc::new(code_image),

@@ -93,6 +93,12 @@ pub struct Metrics {
     pods: Family<PodLabels, Gauge>,
     certificate_expiry: Gauge,
     not_injected: Family<NamespaceLabel, Gauge>,
+    api_requests: Family<MethodLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabel {
+    method: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -216,6 +222,12 @@ impl Metrics {
             "Deployments labelled django-migrate.io/inject=true stored without the migration step",
             not_injected.clone(),
         );
+        let api_requests = Family::<MethodLabel, Counter>::default();
+        registry.register(
+            "controller_api_requests",
+            "Requests the controller sent to the API server, by HTTP method",
+            api_requests.clone(),
+        );
         Arc::new(Metrics {
             registry,
             by_outcome,
@@ -233,6 +245,7 @@ impl Metrics {
             pods,
             certificate_expiry,
             not_injected,
+            api_requests,
         })
     }
 
@@ -275,6 +288,14 @@ impl Metrics {
                 reason,
             })
             .set(n);
+    }
+
+    pub fn api_request(&self, method: &axum::http::Method) {
+        self.api_requests
+            .get_or_create(&MethodLabel {
+                method: method.as_str().to_owned(),
+            })
+            .inc();
     }
 
     pub fn set_deployments_not_injected(&self, namespace: &str, n: i64) {
@@ -345,6 +366,7 @@ mod readme {
         metrics.step_failed(&shop, "MigrationFailed");
         metrics.set_pods(&shop, "Migrated", 1);
         metrics.set_deployments_not_injected("n", 0);
+        metrics.api_request(&axum::http::Method::GET);
         let exported: std::collections::BTreeSet<String> = metrics
             .encode()
             .lines()
