@@ -52,6 +52,18 @@ class Api:
         self.context = ssl.create_default_context(cafile=os.environ["KUBE_CA_FILE"])
         self.local = threading.local()
 
+    def raw(self, path):
+        """GET a non-JSON path (e.g. /metrics) as text."""
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=60)
+        try:
+            conn.request("GET", path, headers={"Authorization": "Bearer " + self.token})
+            response = conn.getresponse()
+            if response.status != 200:
+                raise RuntimeError("GET %s: %d" % (path, response.status))
+            return response.read().decode()
+        finally:
+            conn.close()
+
     def request(self, method, path, body=None, content_type="application/json"):
         for attempt in range(5):
             conn = getattr(self.local, "conn", None)

@@ -56,12 +56,26 @@ struct Response<'a> {
 
 /// Answers one request body: `Err` with a message when it is not JSON or has no uid.
 pub fn answer(body: &[u8], prepared: &Prepared) -> Result<Vec<u8>, String> {
+    answer_by_operation(body, prepared, prepared)
+}
+
+/// Answers with `create` or `update` by `request.operation`, from one parse of the body:
+/// the floor registered with a real API server, which sends both to one URL.
+pub fn answer_by_operation(
+    body: &[u8],
+    create: &Prepared,
+    update: &Prepared,
+) -> Result<Vec<u8>, String> {
     let review: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let uid = review
-        .get("request")
+    let request = review.get("request");
+    let uid = request
         .and_then(|r| r.get("uid"))
         .and_then(Value::as_str)
         .ok_or("request.uid is missing")?;
+    let prepared = match request.and_then(|r| r.get("operation")).and_then(Value::as_str) {
+        Some("UPDATE") => update,
+        _ => create,
+    };
     serde_json::to_vec(&Review {
         api_version: "admission.k8s.io/v1",
         kind: "AdmissionReview",

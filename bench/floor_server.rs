@@ -2,7 +2,9 @@
 //! configuration and runtime, answering `POST /<input>` with [`floor::answer`].
 //!
 //! Usage: `floor-server ADDR CERT KEY INPUT...` where each INPUT is a benchmark input file;
-//! `/<file stem>` serves the answer prepared for it.
+//! `/<file stem>` serves the answer prepared for it, and with inputs `create` and `update`,
+//! `/admission` answers each by its operation (the floor registered as a webhook,
+//! `bench/apiserver_admission.py`).
 
 #[path = "floor.rs"]
 mod floor;
@@ -82,6 +84,19 @@ async fn handle(
     request: Request<Incoming>,
     prepared: &HashMap<String, floor::Prepared>,
 ) -> Response<Full<Bytes>> {
+    // `/admission` is the floor registered as a webhook: CREATE gets the answer prepared
+    // for the input `create`, UPDATE the one for `update`.
+    let by_operation = (request.uri().path() == "/admission")
+        .then(|| prepared.get("/create").zip(prepared.get("/update")))
+        .flatten();
+    if let Some((create, update)) = by_operation {
+        let answer = match request.into_body().collect().await {
+            Ok(body) => floor::answer_by_operation(&body.to_bytes(), create, update)
+                .map_err(|e| (StatusCode::BAD_REQUEST, e)),
+            Err(e) => Err((StatusCode::BAD_REQUEST, e.to_string())),
+        };
+        return respond(answer);
+    }
     let answer = match prepared.get(request.uri().path()) {
         Some(p) => match request.into_body().collect().await {
             Ok(body) => {
@@ -91,6 +106,10 @@ async fn handle(
         },
         None => Err((StatusCode::NOT_FOUND, "no such input".to_owned())),
     };
+    respond(answer)
+}
+
+fn respond(answer: Result<Vec<u8>, (StatusCode, String)>) -> Response<Full<Bytes>> {
     let (status, body) = match answer {
         Ok(body) => (StatusCode::OK, body),
         Err((status, message)) => (status, message.into_bytes()),
