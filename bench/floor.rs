@@ -72,7 +72,10 @@ pub fn answer_by_operation(
         .and_then(|r| r.get("uid"))
         .and_then(Value::as_str)
         .ok_or("request.uid is missing")?;
-    let prepared = match request.and_then(|r| r.get("operation")).and_then(Value::as_str) {
+    let prepared = match request
+        .and_then(|r| r.get("operation"))
+        .and_then(Value::as_str)
+    {
         Some("UPDATE") => update,
         _ => create,
     };

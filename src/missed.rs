@@ -9,7 +9,6 @@
 //! patching it (an empty merge patch: admission runs, the webhook injects, nothing of the
 //! controller's stays behind).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +25,7 @@ use serde::{Deserialize, Deserializer};
 use crate::controller::CONTROLLER_NAME;
 use crate::names::{INJECT_LABEL, INJECTED_LABEL};
 use crate::telemetry::Metrics;
+use crate::watched::lean_resource;
 
 /// Condition-style reason of the Event on a Deployment stored without the injection.
 pub const NOT_INJECTED_REASON: &str = "MigrationStepNotInjected";
@@ -87,29 +87,7 @@ fn template_injected<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> 
         .is_some_and(|l| l.contains_key(INJECTED_LABEL)))
 }
 
-impl Resource for WatchedDeployment {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        "Deployment".into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        "apps".into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "deployments".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+lean_resource!(WatchedDeployment, "Deployment", "apps", "v1", "deployments");
 
 /// The opted-in Deployments found without the injection, by `namespace/name`.
 struct Missed {

@@ -6,11 +6,8 @@
 //! pod's identity, owner, whether it has the gate, the gate condition and the statuses
 //! of the injected init containers, and nothing is built only to be thrown away.
 
-use std::borrow::Cow;
-
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
-use kube::Resource;
 use serde::{Deserialize, Deserializer};
 
 use crate::names::{CODE_CONTAINER, MIGRATE_CONTAINER, READINESS_GATE, WAIT_CONTAINER};
@@ -200,29 +197,41 @@ fn our_statuses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<StepStatus>, D::E
         .collect())
 }
 
-impl Resource for WatchedPod {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
+/// `kube::Resource` for a lean, namespaced view of a built-in kind, so that the watcher,
+/// the reflector and the controller runtime work on it as on the full type.
+macro_rules! lean_resource {
+    ($ty:ty, $kind:literal, $group:literal, $version:literal, $plural:literal) => {
+        impl kube::Resource for $ty {
+            type DynamicType = ();
+            type Scope = k8s_openapi::NamespaceResourceScope;
 
-    fn kind(_: &()) -> Cow<'_, str> {
-        "Pod".into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        "".into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "pods".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+                $kind.into()
+            }
+            fn group(_: &()) -> std::borrow::Cow<'_, str> {
+                $group.into()
+            }
+            fn version(_: &()) -> std::borrow::Cow<'_, str> {
+                $version.into()
+            }
+            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+                $plural.into()
+            }
+            fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(
+                &mut self,
+            ) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
 }
+
+pub(crate) use lean_resource;
+
+lean_resource!(WatchedPod, "Pod", "", "v1", "pods");
 
 impl WatchedPod {
     /// The status of the injected init container `name`.

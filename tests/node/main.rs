@@ -509,6 +509,21 @@ fn rollout_completes(ns: &str, name: &str, timeout: &str, webhook: &Serve) {
     }
 }
 
+/// Every pod gated True, each catalog migration recorded once, and the data migration
+/// (which records its runs) run to completion exactly once.
+fn assert_migrated_once(pods: &[Pod], database: &str) {
+    for pod in pods {
+        let (status, reason, _) = gate(pod).expect("the gate condition");
+        assert_eq!((status.as_str(), reason.as_str()), ("True", "Migrated"));
+    }
+    assert_eq!(catalog_migrations(database), "3|3");
+    assert_eq!(
+        psql(database, "SELECT COUNT(*) FROM catalog_migrationrun"),
+        "1",
+        "the data migration ran to completion once"
+    );
+}
+
 /// Catalog migrations recorded in `django_migrations`, and how many distinct ones.
 fn catalog_migrations(database: &str) -> String {
     psql(
@@ -664,15 +679,7 @@ async fn pods_waiting_for_a_restarted_database_recover() {
     );
     rollout_completes(&ns.name, "shop", "180s", &webhook);
     let seconds = started.elapsed();
-    for pod in pods_of(&client, &ns.name, "shop").await {
-        let (status, reason, _) = gate(&pod).expect("the gate condition");
-        assert_eq!((status.as_str(), reason.as_str()), ("True", "Migrated"));
-    }
-    assert_eq!(catalog_migrations(&database), "3|3");
-    assert_eq!(
-        psql(&database, "SELECT COUNT(*) FROM catalog_migrationrun"),
-        "1"
-    );
+    assert_migrated_once(&pods_of(&client, &ns.name, "shop").await, &database);
     let attempts = waiting.matches("not reachable").count();
     eprintln!(
         "database down 20 s: the steps waited ({attempts}+ attempts logged), rollout complete after {seconds:.1?}, migrations once"
@@ -729,16 +736,7 @@ async fn deleting_the_lock_holder_hands_the_migration_to_another_pod() {
     let seconds = started.elapsed();
     let pods = pods_of(&client, &ns.name, "shop").await;
     assert!(pods.iter().all(|p| p.name_any() != holder));
-    for pod in &pods {
-        let (status, reason, _) = gate(pod).expect("the gate condition");
-        assert_eq!((status.as_str(), reason.as_str()), ("True", "Migrated"));
-    }
-    assert_eq!(catalog_migrations(&database), "3|3");
-    assert_eq!(
-        psql(&database, "SELECT COUNT(*) FROM catalog_migrationrun"),
-        "1",
-        "the interrupted data migration ran to completion once"
-    );
+    assert_migrated_once(&pods, &database);
     eprintln!(
         "lock holder {holder} deleted after {deleted_at:.1?}: another pod finished, rollout complete after {seconds:.1?}, nothing applied twice"
     );
