@@ -198,9 +198,10 @@ def main():
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         ),
     ]  # fmt: skip
+    suffix = os.getpid()
     webhooks = {
-        "webhook": ("bench-ours", "https://127.0.0.1:%d/mutate" % ours_port),
-        "floor": ("bench-floor", "https://127.0.0.1:%d/admission" % floor_port),
+        "webhook": ("bench-ours-%d" % suffix, "https://127.0.0.1:%d/mutate" % ours_port),
+        "floor": ("bench-floor-%d" % suffix, "https://127.0.0.1:%d/admission" % floor_port),
     }
     try:
         for label, (name, url) in webhooks.items():

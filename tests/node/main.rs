@@ -211,7 +211,7 @@ fn gate(pod: &Pod) -> Option<(String, String, String)> {
 async fn a_failing_migration_stalls_the_rollout_and_names_the_migration() {
     let _db = DATABASE.read().await;
     let client = client().await;
-    let (ns, _webhook, database) = setup("node-fail").await;
+    let (ns, webhook, database) = setup("node-fail").await;
     apply(
         &django_deployment(
             &ns.name,
@@ -225,16 +225,44 @@ async fn a_failing_migration_stalls_the_rollout_and_names_the_migration() {
     );
     let status = rollout(&ns.name, "shop", "40s");
     assert!(!status.status.success(), "the rollout must not complete");
-    let pod = eventually(
-        "the MigrationFailed condition",
-        Duration::from_secs(60),
-        || async {
-            let pods = pods_of(&client, &ns.name, "shop").await;
-            pods.into_iter()
-                .find(|p| gate(p).is_some_and(|(_, reason, _)| reason == "MigrationFailed"))
-        },
-    )
-    .await;
+    let started = std::time::Instant::now();
+    let pod = loop {
+        let pods = pods_of(&client, &ns.name, "shop").await;
+        if let Some(p) = pods
+            .iter()
+            .find(|p| gate(p).is_some_and(|(_, reason, _)| reason == "MigrationFailed"))
+        {
+            break p.clone();
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let describe = kubectl(&["describe", "pods", "-n", &ns.name], None);
+            let steps: Vec<String> = pods
+                .iter()
+                .map(|p| {
+                    let out = kubectl(
+                        &[
+                            "logs",
+                            "-n",
+                            &ns.name,
+                            &p.name_any(),
+                            "-c",
+                            "django-migrate",
+                        ],
+                        None,
+                    );
+                    text(&out).0
+                })
+                .collect();
+            panic!(
+                "no MigrationFailed condition after 120 s; conditions: {:?}\nstep logs:\n{}\n{}\nwebhook log:\n{}",
+                pods.iter().map(gate).collect::<Vec<_>>(),
+                steps.join("\n---\n"),
+                text(&describe).0,
+                webhook.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let (status, _, message) = gate(&pod).unwrap();
     assert_eq!(status, "False");
     assert!(message.contains("broken.0001_explode"), "{message}");
