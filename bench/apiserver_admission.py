@@ -9,7 +9,7 @@ API server's own `apiserver_admission_webhook_admission_duration_seconds` for ea
 before and after its storm and compares the mean (`_sum` / `_count`) and the share in the
 lowest bucket (5 ms), with the rejections and the failed applies.
 
-    python3 bench/apiserver_admission.py [--creates 500] [--clients 16] [--rounds 2]
+    python3 bench/apiserver_admission.py [--creates 500] [--clients 16] [--rounds 4]
 
 Needs: the env file of scripts/kube/start-cluster.sh (KUBECONFIG, KUBE_APISERVER_URL,
 KUBE_CA_FILE, KUBE_ADMIN_TOKEN) and release builds:
@@ -167,7 +167,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--creates", type=int, default=500)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per webhook")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per webhook")
     args = parser.parse_args()
     for binary in (BINARY, FLOOR):
         if not os.access(binary, os.X_OK):

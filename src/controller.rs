@@ -385,7 +385,7 @@ pub async fn client(metrics: Arc<Metrics>) -> Result<Client, ControllerError> {
         .map_err(|e| ControllerError::Client(kube::Error::InferConfig(e)))?;
     let count = tower::util::MapRequestLayer::new(
         move |request: axum::http::Request<kube::client::Body>| {
-            metrics.api_request(request.method());
+            metrics.api_request(request.method(), resource_of(request.uri().path()));
             request
         },
     );
@@ -393,6 +393,30 @@ pub async fn client(metrics: Arc<Metrics>) -> Result<Client, ControllerError> {
         .map_err(ControllerError::Client)?
         .with_layer(&count)
         .build())
+}
+
+/// The resource of an API path, for the request counter's label: `pods`, `pods/status`,
+/// `leases`, `events`, ... (bounded: the kinds the controller touches).
+fn resource_of(path: &str) -> &'static str {
+    const KNOWN: [&str; 6] = [
+        "pods",
+        "leases",
+        "events",
+        "replicasets",
+        "deployments",
+        "namespaces",
+    ];
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut found = "other";
+    for (i, segment) in segments.iter().enumerate() {
+        if let Some(kind) = KNOWN.iter().find(|k| *k == segment) {
+            found = kind;
+            if *kind == "pods" && segments.get(i + 2) == Some(&"status") {
+                return "pods/status";
+            }
+        }
+    }
+    found
 }
 
 /// Runs until `stop` turns true: waits for the Lease, reconciles while holding it, and
@@ -516,6 +540,24 @@ mod tests {
         json!({"mode": "migrate", "phase": phase, "result": result, "exit_code": code,
                "message": message, "applied": applied})
         .to_string()
+    }
+
+    #[test]
+    fn requests_are_counted_by_the_resource_they_touch() {
+        assert_eq!(
+            resource_of("/api/v1/namespaces/n/pods/web-1/status"),
+            "pods/status"
+        );
+        assert_eq!(resource_of("/api/v1/pods"), "pods");
+        assert_eq!(
+            resource_of("/apis/coordination.k8s.io/v1/namespaces/n/leases/l"),
+            "leases"
+        );
+        assert_eq!(
+            resource_of("/apis/events.k8s.io/v1/namespaces/n/events"),
+            "events"
+        );
+        assert_eq!(resource_of("/version"), "other");
     }
 
     #[test]

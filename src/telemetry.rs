@@ -93,12 +93,13 @@ pub struct Metrics {
     pods: Family<PodLabels, Gauge>,
     certificate_expiry: Gauge,
     not_injected: Family<NamespaceLabel, Gauge>,
-    api_requests: Family<MethodLabel, Counter>,
+    api_requests: Family<RequestLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MethodLabel {
+struct RequestLabels {
     method: String,
+    resource: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -222,10 +223,10 @@ impl Metrics {
             "Deployments labelled django-migrate.io/inject=true stored without the migration step",
             not_injected.clone(),
         );
-        let api_requests = Family::<MethodLabel, Counter>::default();
+        let api_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "controller_api_requests",
-            "Requests the controller sent to the API server, by HTTP method",
+            "Requests the controller sent to the API server, by HTTP method and resource",
             api_requests.clone(),
         );
         Arc::new(Metrics {
@@ -290,10 +291,11 @@ impl Metrics {
             .set(n);
     }
 
-    pub fn api_request(&self, method: &axum::http::Method) {
+    pub fn api_request(&self, method: &axum::http::Method, resource: &'static str) {
         self.api_requests
-            .get_or_create(&MethodLabel {
+            .get_or_create(&RequestLabels {
                 method: method.as_str().to_owned(),
+                resource,
             })
             .inc();
     }
@@ -366,7 +368,7 @@ mod readme {
         metrics.step_failed(&shop, "MigrationFailed");
         metrics.set_pods(&shop, "Migrated", 1);
         metrics.set_deployments_not_injected("n", 0);
-        metrics.api_request(&axum::http::Method::GET);
+        metrics.api_request(&axum::http::Method::GET, "pods");
         let exported: std::collections::BTreeSet<String> = metrics
             .encode()
             .lines()
