@@ -8,7 +8,7 @@
 #        IMAGES_DIR=~/.cache/django-migrate-webhook/images   docker-archive tarballs (build-images.sh)
 #        NODE_NAME=e2e-node NODE_IP=10.244.0.1  the node's address is the bridge's own: a
 #                                             kubelet refuses a loopback node IP
-#        POD_SUBNET=10.244.0.0/24 BRIDGE=kubebr0 BRIDGE_IP=10.244.0.1
+#        POD_SUBNET=10.244.0.0/24 BRIDGE=kubebr0 BRIDGE_IP=10.244.0.1 BRIDGE_MAC=02:00:0a:f4:00:01
 #        SERVICE_CIDR=10.0.0.0/24 KUBERNETES_SERVICE_IP=10.0.0.1 (start-cluster.sh's)
 #        SNAPSHOTTER=overlayfs|native         RUNTIME=runc|crun
 #        CGROUPS_PER_QOS=true|false
@@ -33,6 +33,7 @@ NODE_IP="${NODE_IP:-10.244.0.1}"
 BRIDGE_IP="${BRIDGE_IP:-10.244.0.1}"
 POD_SUBNET="${POD_SUBNET:-10.244.0.0/24}"
 BRIDGE="${BRIDGE:-kubebr0}"
+BRIDGE_MAC="${BRIDGE_MAC:-02:00:0a:f4:00:01}"
 SERVICE_CIDR="${SERVICE_CIDR:-10.0.0.0/24}"
 KUBERNETES_SERVICE_IP="${KUBERNETES_SERVICE_IP:-10.0.0.1}"
 SNAPSHOTTER="${SNAPSHOTTER:-overlayfs}"
@@ -80,7 +81,10 @@ fi
 # bridge alone). The API server itself reaches webhook Services at their endpoints
 # (start-cluster.sh's --enable-aggregator-routing).
 if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
-  ip link add "$BRIDGE" type bridge
+  # A fixed (locally administered) address: a bridge without one takes the lowest address
+  # of its ports and changes it when that pod goes away, and the other pods' ARP entries
+  # for the node (the databases, the API server) then point nowhere for up to a minute.
+  ip link add "$BRIDGE" address "$BRIDGE_MAC" type bridge
 fi
 ip addr show dev "$BRIDGE" | grep -q "inet $BRIDGE_IP/" || ip addr add "$BRIDGE_IP/${POD_SUBNET#*/}" dev "$BRIDGE"
 ip link set "$BRIDGE" up
