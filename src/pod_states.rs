@@ -27,6 +27,10 @@ struct Inner {
     counts: HashMap<State, i64>,
     /// Pods seen since a re-list started; the others were deleted meanwhile.
     relisted: Option<HashSet<String>>,
+    /// One shared copy of the labels per Deployment, not one per pod.
+    deployments: HashMap<DeploymentLabels, Arc<DeploymentLabels>>,
+    /// Pods whose reason is `Migrated`, so that the gated count is O(1) per change.
+    migrated: i64,
 }
 
 pub fn key(pod: &WatchedPod) -> String {
@@ -55,13 +59,14 @@ impl PodStates {
         {
             return;
         }
-        // One shared copy of the labels per Deployment, not one per pod.
-        let deployment = inner
-            .counts
-            .keys()
-            .find(|(d, _)| **d == deployment)
-            .map(|(d, _)| d.clone())
-            .unwrap_or_else(|| Arc::new(deployment));
+        let deployment = match inner.deployments.get(&deployment) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared = Arc::new(deployment.clone());
+                inner.deployments.insert(deployment, shared.clone());
+                shared
+            }
+        };
         let new = (deployment, reason);
         let old = inner.by_pod.insert(key, new.clone());
         inner.shift(old.as_ref(), Some(&new));
@@ -124,21 +129,17 @@ impl Inner {
     fn shift(&mut self, old: Option<&State>, new: Option<&State>) {
         if let Some(old) = old {
             *self.counts.entry(old.clone()).or_default() -= 1;
+            self.migrated -= i64::from(old.1 == reason::MIGRATED);
         }
         if let Some(new) = new {
             *self.counts.entry(new.clone()).or_default() += 1;
+            self.migrated += i64::from(new.1 == reason::MIGRATED);
         }
     }
 
     fn gated_changed(&self, metrics: &Metrics) {
-        let gated = self.by_pod.values().len() as i64
-            - self
-                .counts
-                .iter()
-                .filter(|((_, r), _)| *r == reason::MIGRATED)
-                .map(|(_, n)| n)
-                .sum::<i64>();
-        metrics.set_pods_gated(gated);
+        let total = i64::try_from(self.by_pod.len()).unwrap_or(i64::MAX);
+        metrics.set_pods_gated(total - self.migrated);
     }
 }
 
