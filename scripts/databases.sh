@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# Real PostgreSQL and MariaDB servers for the migrations tier, on loopback.
+# Real PostgreSQL and MariaDB servers for the migrations tier, on loopback, and PgBouncer
+# in front of PostgreSQL in each of its three pool modes.
 #
 #   scripts/databases.sh install        install the Debian packages (no system service is started)
-#   scripts/databases.sh start DIR      start both servers under DIR on free ports; writes DIR/env
+#   scripts/databases.sh start DIR      start the servers under DIR on free ports; writes DIR/env
 #   scripts/databases.sh stop DIR       stop the servers recorded in DIR (by PID) and remove DIR
 #   scripts/databases.sh restart-postgres DIR SECONDS
 #                                       PostgreSQL down for SECONDS, then back on the same port
 #
-# With DB_EXTRA_LISTEN=ADDR and DB_EXTRA_CIDR=NET/BITS, PostgreSQL also listens on ADDR and
-# accepts the same user from NET (the node tier's pods reach it on the CNI bridge's address).
+# With DB_EXTRA_LISTEN=ADDR and DB_EXTRA_CIDR=NET/BITS, PostgreSQL and the transaction-mode
+# PgBouncer also listen on ADDR, and PostgreSQL accepts the same user from NET (the node
+# tier's pods reach them on the CNI bridge's address).
 #
 # DIR/env exports DJANGO_MIGRATE_TEST_POSTGRES_PORT, DJANGO_MIGRATE_TEST_MARIADB_PORT,
-# DJANGO_MIGRATE_TEST_DB_USER, DJANGO_MIGRATE_TEST_DB_PASSWORD and DJANGO_MIGRATE_TEST_DB_DIR.
+# DJANGO_MIGRATE_TEST_PGBOUNCER_{TRANSACTION,SESSION,STATEMENT}_PORT,
+# DJANGO_MIGRATE_TEST_PGBOUNCER_POOL_SIZE (server connections per database: fewer than the
+# pods of a race), DJANGO_MIGRATE_TEST_DB_USER, DJANGO_MIGRATE_TEST_DB_PASSWORD and
+# DJANGO_MIGRATE_TEST_DB_DIR.
 # Both servers accept that user with that password over TCP (and reject any other password); the user may create
 # databases.
 set -euo pipefail
 
 DB_USER=django
 DB_PASSWORD=django-test-password
+PGBOUNCER_POOL_SIZE=4
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -35,7 +41,7 @@ pg_bin() {
 
 install() {
     local missing=()
-    for pkg in postgresql mariadb-server mariadb-client libmariadb-dev pkg-config; do
+    for pkg in postgresql pgbouncer mariadb-server mariadb-client libmariadb-dev pkg-config; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     [ ${#missing[@]} -gt 0 ] || return 0
@@ -48,8 +54,10 @@ install() {
         as_root chmod +x "$policy"
         created=1
     fi
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Another install (unattended upgrades, say) may hold the package lock: wait for it.
+    as_root apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+        --no-install-recommends "${missing[@]}" >/dev/null
     [ "$created" = 0 ] || as_root rm -f "$policy"
 }
 
@@ -120,6 +128,42 @@ run_postgres() {
     head -n 1 "$data/data/postmaster.pid" > "$DIR/postgres.pid"
 }
 
+# start_pgbouncer MODE: PgBouncer in pool MODE in front of the PostgreSQL of start_postgres,
+# every database passed through, at most PGBOUNCER_POOL_SIZE server connections each.
+start_pgbouncer() {
+    local mode=$1 port pg_port listen data=$DIR/pgbouncer-$1 upper
+    port=$(free_port)
+    read -r pg_port _ < "$DIR/postgres/listen"
+    listen=127.0.0.1
+    [ "$mode" != transaction ] || [ -z "${DB_EXTRA_LISTEN:-}" ] || listen="127.0.0.1,$DB_EXTRA_LISTEN"
+    mkdir -p "$data"
+    printf '"%s" "%s"\n' "$DB_USER" "$DB_PASSWORD" > "$data/userlist.txt"
+    cat > "$data/pgbouncer.ini" <<EOF
+[databases]
+* = host=127.0.0.1 port=$pg_port
+[pgbouncer]
+listen_addr = $listen
+listen_port = $port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $data/userlist.txt
+pool_mode = $mode
+default_pool_size = $PGBOUNCER_POOL_SIZE
+max_client_conn = 1000
+ignore_startup_parameters = extra_float_digits,options
+logfile = $data/pgbouncer.log
+pidfile = $data/pgbouncer.pid
+EOF
+    [ "$(id -u)" != 0 ] || chown -R postgres: "$data"
+    run_as postgres pgbouncer "$data/pgbouncer.ini" >>"$data/server.log" 2>&1 &
+    wait_for "PgBouncer ($mode)" 150 test -s "$data/pgbouncer.pid"
+    wait_for "PgBouncer ($mode)" 150 "$(pg_bin)/pg_isready" -h 127.0.0.1 -p "$port"
+    cat "$data/pgbouncer.pid" > "$DIR/pgbouncer-$mode.pid"
+    upper=$(echo "$mode" | tr '[:lower:]' '[:upper:]')
+    echo "export DJANGO_MIGRATE_TEST_PGBOUNCER_${upper}_PORT=$port" >> "$DIR/env"
+    say "PgBouncer $(pgbouncer --version | awk 'NR==1 {print $2}') in $mode mode on $listen:$port (pid $(cat "$DIR/pgbouncer-$mode.pid"))"
+}
+
 start_mariadb() {
     local port data=$DIR/mariadb
     port=$(free_port)
@@ -155,13 +199,16 @@ start() {
         echo "export DJANGO_MIGRATE_TEST_DB_DIR=$(cd "$DIR" && pwd)"
     } >> "$DIR/env"
     start_postgres
+    command -v pgbouncer >/dev/null || die "PgBouncer is not installed: run scripts/databases.sh install"
+    echo "export DJANGO_MIGRATE_TEST_PGBOUNCER_POOL_SIZE=$PGBOUNCER_POOL_SIZE" >> "$DIR/env"
+    for mode in transaction session statement; do start_pgbouncer "$mode"; done
     start_mariadb
 }
 
 stop() {
     [ -n "${DIR:-}" ] || die "usage: $0 stop DIR"
     [ -d "$DIR" ] || return 0
-    stop_servers postgres mariadb
+    stop_servers pgbouncer-transaction pgbouncer-session pgbouncer-statement postgres mariadb
     rm -rf "$DIR"
 }
 
@@ -183,7 +230,7 @@ stop_servers() {
         [ -f "$pidfile" ] || continue
         pid=$(cat "$pidfile")
         # Only a PID that still runs this server's binary is ours to stop.
-        if kill -0 "$pid" 2>/dev/null && grep -qa -e postgres -e mariadbd "/proc/$pid/cmdline"; then
+        if kill -0 "$pid" 2>/dev/null && grep -qa -e postgres -e mariadbd -e pgbouncer "/proc/$pid/cmdline"; then
             # PostgreSQL's fast shutdown (SIGINT) disconnects its clients; SIGTERM waits for them.
             kill "-$([ "$name" = postgres ] && echo INT || echo TERM)" "$pid" 2>/dev/null || true
             for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done

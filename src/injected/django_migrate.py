@@ -12,19 +12,24 @@
 #    - waits until Django can open a connection for the alias (retries with backoff, one
 #      log line per attempt, gives up after DJANGO_MIGRATE_WAIT_TIMEOUT; rejected
 #      credentials fail at once);
-#    - migrate mode: nothing pending -> exit 0 at once; otherwise take a session-level lock
-#      on a separate connection (PostgreSQL pg_try_advisory_lock, MySQL/MariaDB GET_LOCK,
-#      polled, never a blocking wait), re-check, classify the pending operations (unsafe
-#      ones are named, and held back under `deny`), run `migrate` with a lock timeout on
-#      every statement (retried with backoff while nothing of the migration was applied),
-#      release;
+#    - migrate mode: nothing pending -> exit 0 at once; otherwise take the migration lock
+#      on a connection of its own (PostgreSQL: pg_try_advisory_xact_lock in a transaction
+#      kept open for the whole migration, so it works the same direct and through a
+#      transaction pooler; MySQL/MariaDB: GET_LOCK; polled, never a blocking wait), re-check,
+#      classify the pending operations (unsafe ones are named, and held back under `deny`),
+#      run `migrate` with a lock timeout on every statement, scoped to the transaction it
+#      belongs to (retried with backoff while nothing of the migration was applied), end
+#      the lock's transaction. A heartbeat keeps the lock's connection alive under idle
+#      limits; a lost lock stops `migrate` before the next migration is applied or
+#      recorded;
 #    - wait mode: wait until nothing is pending, never migrate.
 #
 # The timeouts bound waiting (for the database, the lock, other pods, lock-timeout
 # retries); a running migration is never cut by this program.
 #
 # Exit codes: 0 ok, 1 timed out, 2 migrate failed, 3 credentials rejected,
-# 4 settings or manage command not found, 5 unsafe migration held back. A JSON summary
+# 4 settings or manage command not found, 5 unsafe migration held back, 6 the lock cannot
+# be held through this connection (a statement pooler) or was lost. A JSON summary
 # (at most 4 KiB) goes to the termination log, which Kubernetes shows in the pod status
 # and the controller reads.
 #
@@ -68,6 +73,7 @@ EXIT_MIGRATE_FAILED = 2
 EXIT_CREDENTIALS = 3
 EXIT_NOT_FOUND = 4
 EXIT_UNSAFE = 5
+EXIT_LOCK = 6
 
 PHASE_SETUP = "setup"
 PHASE_DATABASE = "database"
@@ -342,14 +348,79 @@ def pending_migrations(connection):
     return ["%s.%s" % (m.app_label, m.name) for m, backwards in executor.migration_plan(targets) if not backwards]
 
 
+def pending_now(connection):
+    """pending_migrations on a connection that may have been closed by the server's idle
+    limit since its last use (loading a large migration graph takes seconds): one retry
+    on a new connection."""
+    from django.db.utils import Error as DatabaseError
+
+    try:
+        return pending_migrations(connection)
+    except DatabaseError as e:
+        log("reading the migration state again on a new connection: %s" % first_line(e))
+        connection.close()
+        return pending_migrations(connection)
+
+
+class LockUnavailable(Exception):
+    """The connection cannot hold the lock: a statement pooler, or a pooler that moves a
+    transaction between server connections."""
+
+
+class LockLost(Exception):
+    """The lock's connection or transaction ended while this pod held the lock."""
+
+
+# What poolers answer when a transaction would outlive one statement (PgBouncer in
+# statement mode; pgcat and Odyssey say the same in their words).
+POOLER_REFUSALS = ("long transactions not allowed", "transaction blocks not allowed", "statement pooling")
+
+# The PostgreSQL limits that would end the lock's transaction, or a migration's, while it
+# is idle or long; set to 0 for that transaction only (`transaction_timeout` is 17+).
+PG_TRANSACTION_LIMITS = ("idle_in_transaction_session_timeout", "transaction_timeout")
+
+
+def refused_by_pooler(error):
+    text = str(error).lower()
+    return any(r in text for r in POOLER_REFUSALS)
+
+
+def pg_scope_sql(lock_timeout):
+    """One statement that scopes the step's settings to the transaction it runs in: the
+    lock timeout, and no idle or length limit (the lock must outlive a long migration)."""
+    names = ", ".join("'%s'" % n for n in ("lock_timeout",) + PG_TRANSACTION_LIMITS)
+    return (
+        "SELECT set_config(name, CASE name WHEN 'lock_timeout' THEN '%ds' ELSE '0' END, true) "
+        "FROM pg_settings WHERE name IN (%s)" % (int(lock_timeout), names)
+    )
+
+
 class Lock:
-    """A session-level database lock on its own connection; it dies with the session."""
+    """The cross-pod migration lock, on a connection of its own.
+
+    PostgreSQL: `pg_try_advisory_xact_lock` in a transaction that stays open for the whole
+    migration. A transaction pooler (PgBouncer, pgcat, Supavisor, RDS Proxy) keeps one
+    server connection for the length of a transaction and nothing beyond it: a
+    session-level lock would stay behind on a pooled server connection (and advisory locks
+    are re-entrant, so the next client it is handed to "holds" it too), while a
+    transaction-level one ends with the transaction, on ROLLBACK or when the pod dies,
+    whatever sits in between. The transaction sets no idle limit for itself, so the
+    server's idle limits do not end it.
+
+    MySQL/MariaDB: GET_LOCK, which is held by the session (there is no transaction-level
+    lock), on a direct connection that the server's `wait_timeout` does not close.
+
+    While held, a heartbeat thread keeps the connection busy (poolers and middleboxes
+    close idle connections too) and checks that the lock is still this session's; once it
+    is lost, `lost` says why and the migration stops before the next migration."""
+
+    HEARTBEAT_SECONDS = 2.0
 
     def __init__(self, connections):
-        self.connection = connections.create_connection(ALIAS)
-        with_connect_timeout(self.connection)
-        self.vendor = self.connection.vendor
-        name = str(self.connection.settings_dict.get("NAME") or "")
+        self.wrapper = connections.create_connection(ALIAS)
+        with_connect_timeout(self.wrapper)
+        self.vendor = self.wrapper.vendor
+        name = str(self.wrapper.settings_dict.get("NAME") or "")
         digest = hashlib.sha256(("django-migrate:" + name).encode()).digest()
         self.key = int.from_bytes(digest[:8], "big", signed=True)
         # MySQL lock names are server-wide (so they carry the database name) and at most
@@ -357,30 +428,128 @@ class Lock:
         self.name = "django-migrate:" + name
         if len(self.name) > 64:
             self.name = "django-migrate:" + digest.hex()[:40]
+        self.mutex = threading.Lock()  # one statement at a time on the connection
+        self.backend = None  # the server session that holds the lock
+        self.lost = None
+        self.stopped = threading.Event()
+        self.heartbeat = None
 
     @property
     def supported(self):
         return self.vendor in ("postgresql", "mysql")
 
+    def _execute(self, sql, params=None):
+        """Runs one statement on the raw connection and returns its first row."""
+        self.wrapper.ensure_connection()
+        cursor = self.wrapper.connection.cursor()
+        try:
+            cursor.execute(sql, params)
+            return cursor.fetchone() if cursor.description else None
+        finally:
+            cursor.close()
+
     def try_acquire(self):
-        with self.connection.cursor() as cursor:
-            if self.vendor == "postgresql":
-                cursor.execute("SELECT pg_try_advisory_lock(%s)", [self.key])
-            else:
-                cursor.execute("SELECT GET_LOCK(%s, 0)", [self.name])
-            row = cursor.fetchone()
-        return bool(row and row[0])
+        """True once this pod holds the lock; False while another pod does. Raises
+        LockUnavailable when the connection cannot hold it."""
+        with self.mutex:
+            try:
+                held = self._try_acquire()
+            except Exception as e:
+                if refused_by_pooler(e):
+                    raise LockUnavailable(first_line(e)) from e
+                raise
+        if held:
+            self.heartbeat = threading.Thread(target=self._beat, name="django-migrate-lock", daemon=True)
+            self.heartbeat.start()
+        return held
+
+    def _try_acquire(self):
+        if self.vendor == "postgresql":
+            self._execute("BEGIN")
+            got = self._execute("SELECT pg_try_advisory_xact_lock(%s), pg_backend_pid()", [self.key])
+            if not got[0]:
+                self._execute("ROLLBACK")
+                return False
+            self._execute(pg_scope_sql(LOCK_TIMEOUT))
+            # The lock is granted; it is only ours if the next statement of the same
+            # transaction runs on the same server session and sees it there.
+            high, low = (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF
+            seen = self._execute(
+                "SELECT pg_backend_pid(), count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND pid = pg_backend_pid() AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1",
+                [high, low],
+            )
+            if seen[0] != got[1] or seen[1] != 1:
+                self._execute("ROLLBACK")
+                raise LockUnavailable(
+                    "the lock was granted on one server connection and the next statement of its "
+                    "transaction ran on another: the pooler does not keep a transaction on one connection"
+                )
+            self.backend = got[1]
+            return True
+        # A session of our own: its idle limit must not close it while a migration runs.
+        self._execute("SET SESSION wait_timeout = %d" % MYSQL_WAIT_TIMEOUT)
+        got = self._execute("SELECT GET_LOCK(%s, 0), CONNECTION_ID()", [self.name])
+        if not got[0]:
+            return False
+        if self._execute("SELECT IS_USED_LOCK(%s)", [self.name])[0] != got[1]:
+            raise LockUnavailable("the lock was granted to one session and the next statement ran on another")
+        self.backend = got[1]
+        return True
+
+    def verify(self):
+        """True while this session still holds the lock; on any doubt records why not."""
+        if self.lost is None:
+            try:
+                with self.mutex:
+                    if self.vendor == "postgresql":
+                        # The transaction is open on the session that took the lock: the
+                        # lock lasts as long as that transaction.
+                        same = self._execute("SELECT pg_backend_pid()")[0] == self.backend
+                    else:
+                        same = self._execute("SELECT IS_USED_LOCK(%s)", [self.name])[0] == self.backend
+                if not same:
+                    self.lost = "the lock's server session changed"
+            except Exception as e:  # noqa: BLE001 - any failure means the lock is gone
+                self.lost = "its connection failed: %s" % first_line(e)
+        return self.lost is None
+
+    def _beat(self):
+        while not self.stopped.wait(self.HEARTBEAT_SECONDS):
+            if not self.verify():
+                log("lost the migration lock: %s" % self.lost)
+                return
 
     def release(self):
-        """Releases explicitly, so the next pod does not wait for this session to end."""
+        """Ends the lock's transaction (or releases the named lock), so the next pod does
+        not wait for this connection to close; a lock already lost needs nothing."""
+        self.stopped.set()
+        if self.heartbeat is not None:
+            self.heartbeat.join()
         try:
-            with self.connection.cursor() as cursor:
-                if self.vendor == "postgresql":
-                    cursor.execute("SELECT pg_advisory_unlock(%s)", [self.key])
-                else:
-                    cursor.execute("SELECT RELEASE_LOCK(%s)", [self.name])
+            if self.backend is not None and self.lost is None:
+                with self.mutex:
+                    if self.vendor == "postgresql":
+                        self._execute("ROLLBACK")
+                    else:
+                        self._execute("SELECT RELEASE_LOCK(%s)", [self.name])
+        except Exception as e:  # noqa: BLE001 - the lock ends with the connection below
+            log("releasing the migration lock: %s; closing its connection ends it" % first_line(e))
         finally:
-            self.connection.close()
+            self.backend = None
+            self.wrapper.close()
+
+    def abandon(self):
+        """Closes the connection while the lock is not held: between polls a waiting pod
+        keeps none."""
+        close_quietly(self.wrapper)
+
+
+def close_quietly(connection):
+    try:
+        connection.close()
+    except Exception:  # noqa: BLE001 - a broken connection is closed all the same
+        pass
 
 
 # ---------------------------------------------------------------- unsafe operations
@@ -556,16 +725,51 @@ def is_lock_timeout(error):
     return bool(args) and args[0] == 1205
 
 
-def set_lock_timeout(connection, seconds):
-    """Every statement of `migrate` waits at most `seconds` for a table lock (0: no limit),
-    so ordinary queries never queue longer than that behind it."""
-    seconds = int(seconds)
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SET lock_timeout = '%ds'" % seconds)
-        elif connection.vendor == "mysql" and seconds:
-            cursor.execute("SET SESSION lock_wait_timeout = %d" % seconds)
-            cursor.execute("SET SESSION innodb_lock_wait_timeout = %d" % seconds)
+def sqlstate(error):
+    cause = error.__cause__ or error
+    return getattr(cause, "pgcode", None) or getattr(cause, "sqlstate", None)
+
+
+# MySQL/MariaDB session settings of `migrate`'s connection, restored when it ends: there
+# is no transactional DDL to scope them to. `wait_timeout` is raised so that the server
+# does not close the connection while a migration's Python code runs.
+MYSQL_WAIT_TIMEOUT = 28800
+
+
+def mysql_session_settings(lock_timeout):
+    return {
+        "lock_wait_timeout": lock_timeout,
+        "innodb_lock_wait_timeout": lock_timeout,
+        "wait_timeout": MYSQL_WAIT_TIMEOUT,
+    }
+
+
+class MysqlSession:
+    """Sets the MySQL/MariaDB session settings of `migrate` and puts the previous values
+    back when it ends."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.saved = {}
+
+    def apply(self):
+        if self.connection.vendor != "mysql":
+            return
+        settings = mysql_session_settings(LOCK_TIMEOUT)
+        with self.connection.cursor() as cursor:
+            if not self.saved:
+                cursor.execute("SELECT %s" % ", ".join("@@SESSION.%s" % n for n in settings))
+                self.saved = dict(zip(settings, cursor.fetchone()))
+            cursor.execute("SET " + ", ".join("SESSION %s = %d" % (n, int(v)) for n, v in settings.items()))
+
+    def restore(self):
+        if not self.saved or self.connection.connection is None:
+            return
+        try:
+            with self.connection.cursor() as cursor:
+                cursor.execute("SET " + ", ".join("SESSION %s = %d" % (n, int(v)) for n, v in self.saved.items()))
+        except Exception as e:  # noqa: BLE001 - the connection closes right after
+            log("restoring the session settings: %s" % first_line(e))
 
 
 class Progress:
@@ -587,50 +791,113 @@ def changes_something(sql):
     return bool(words) and words[0].upper() not in READ_ONLY_STATEMENTS
 
 
-def track_progress(connection):
-    """Wraps MigrationExecutor.apply_migration and the connection's execute to follow
-    `migrate` statement by statement. CREATE/DROP INDEX CONCURRENTLY runs without the lock
-    timeout: it waits for older transactions by design, blocks no reads or writes, and a
-    timeout would leave an invalid index behind."""
-    from django.db.migrations.executor import MigrationExecutor
+def pg_transaction_idle(raw):
+    """True when the libpq connection is between transactions (psycopg 2 and 3)."""
+    return raw.info.transaction_status == 0
 
-    original = MigrationExecutor.apply_migration
+
+def track_progress(connection, lock):
+    """Wraps MigrationExecutor and the connection's execute to follow `migrate` statement
+    by statement and keep the rules of the lock:
+
+    - PostgreSQL: the lock timeout is set for each transaction `migrate` opens, with
+      SET LOCAL semantics, as its first statement; a statement outside a transaction (a
+      non-atomic migration) gets a transaction of its own for it. Nothing outlives the
+      transaction, so a pooled server connection goes back to the pool as it came.
+      CREATE/DROP INDEX CONCURRENTLY runs without the lock timeout (and cannot run in a
+      transaction): it waits for older transactions by design, blocks no reads or
+      writes, and a timeout would leave an invalid index behind.
+    - Before each migration starts, and again before it is recorded (inside its
+      transaction where it has one), the lock must still be held; a lost lock raises
+      LockLost, which rolls back an atomic migration."""
+    from django.db.migrations.executor import MigrationExecutor
+    from django.db.migrations.recorder import MigrationRecorder
+
+    original_apply = MigrationExecutor.apply_migration
+    original_record = MigrationRecorder.record_applied
 
     def apply_migration(self, state, migration, fake=False, fake_initial=False):
-        Progress.migration = "%s.%s" % (migration.app_label, migration.name)
+        name = "%s.%s" % (migration.app_label, migration.name)
+        if lock is not None and lock.lost is not None:
+            raise LockLost("before %s: %s" % (name, lock.lost))
+        Progress.migration = name
         Progress.atomic = migration.atomic and connection.features.can_rollback_ddl
         Progress.statements = 0
         Progress.failed_sql = None
-        result = original(self, state, migration, fake=fake, fake_initial=fake_initial)
+        result = original_apply(self, state, migration, fake=fake, fake_initial=fake_initial)
         Report.applied.append(Progress.migration)
         Progress.migration = None
         return result
 
+    def record_applied(self, app, name):
+        if lock is not None and self.connection is connection and not lock.verify():
+            raise LockLost("while applying %s.%s: %s" % (app, name, lock.lost))
+        return original_record(self, app, name)
+
     MigrationExecutor.apply_migration = apply_migration
+    MigrationRecorder.record_applied = record_applied
+    scope = pg_scope_sql(LOCK_TIMEOUT)
 
     def execute(run, sql, params, many, context):
-        concurrent = connection.vendor == "postgresql" and "CONCURRENTLY" in str(sql).upper()
-        if concurrent:
-            set_lock_timeout(connection, 0)
+        changes = changes_something(sql)
+        if connection.vendor == "postgresql":
+            concurrent = "CONCURRENTLY" in str(sql).upper()
+            if not connection.get_autocommit():
+                if pg_transaction_idle(connection.connection):
+                    control(scope)  # the transaction's first statement
+            elif changes and not concurrent:
+                return in_own_transaction(run, sql, params, many, context)
         try:
             result = run(sql, params, many, context)
         except Exception:
             Progress.failed_sql = str(sql)
             raise
+        if Progress.migration is not None and changes:
+            Progress.statements += 1
+        return result
+
+    def control(statement):
+        """Runs a statement of the step's own on a cursor of its own, so the caller's
+        cursor keeps its results."""
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(statement)
         finally:
-            if concurrent:
-                set_lock_timeout(connection, LOCK_TIMEOUT)
-        if Progress.migration is not None and changes_something(sql):
+            cursor.close()
+
+    def in_own_transaction(run, sql, params, many, context):
+        control("BEGIN")
+        try:
+            control(scope)
+            result = run(sql, params, many, context)
+        except Exception as e:
+            try:
+                control("ROLLBACK")
+            except Exception:  # noqa: BLE001 - the statement's own error is the one to report
+                pass
+            if sqlstate(e) != "25001":  # active_sql_transaction: VACUUM and the like
+                Progress.failed_sql = str(sql)
+                raise
+            log("statement cannot run in a transaction, so it runs without the lock timeout: %s" % str(sql)[:200])
+            try:
+                result = run(sql, params, many, context)
+            except Exception:
+                Progress.failed_sql = str(sql)
+                raise
+        else:
+            control("COMMIT")
+        if Progress.migration is not None:
             Progress.statements += 1
         return result
 
     return connection.execute_wrapper(execute)
 
 
-def run_migrate(connection, watchdog, deadline):
+def run_migrate(connection, lock, watchdog, deadline):
     """Runs `migrate` under the lock; never cut by the watchdog. A migration that hit the
     lock timeout and left nothing applied is retried with backoff and jitter until the
-    deadline. Returns None, or the error message for exit 2."""
+    deadline. Returns None, or the error message for exit 2; a lost lock ends the step
+    (exit 6)."""
     from django.core.management import call_command
 
     Report.phase = PHASE_MIGRATING
@@ -641,12 +908,17 @@ def run_migrate(connection, watchdog, deadline):
     )
     started = time.monotonic()
     attempt = 0
-    with track_progress(connection):
+    # A fresh connection: the one that read the plan may have sat idle past the server's
+    # idle limit while the plan was classified.
+    connection.close()
+    session = MysqlSession(connection)
+    with track_progress(connection, lock):
         while True:
             attempt += 1
             try:
-                set_lock_timeout(connection, LOCK_TIMEOUT)
+                session.apply()
                 call_command("migrate", database=ALIAS, interactive=False, verbosity=1)
+                session.restore()
                 break
             except Exception as e:  # noqa: BLE001 - any failure of a migration is reported
                 Report.migrate_seconds = time.monotonic() - started
@@ -654,7 +926,11 @@ def run_migrate(connection, watchdog, deadline):
                 nothing_applied = Progress.atomic or Progress.statements == 0
                 statement = (Progress.failed_sql or "").strip().splitlines()[0][:200] if Progress.failed_sql else ""
                 Progress.migration = None
+                session.restore()
+                session.saved = {}
                 connection.close()
+                if isinstance(e, LockLost) or (lock is not None and lock.lost is not None):
+                    lock_lost(connection, failed, nothing_applied, lock.lost if lock.lost else first_line(e))
                 try:
                     Report.pending = pending_migrations(connection)
                 except Exception:  # noqa: BLE001
@@ -696,9 +972,48 @@ def run_migrate(connection, watchdog, deadline):
     return None
 
 
+def lock_lost(connection, failed, nothing_applied, why):
+    """Ends the step when the lock was lost while migrating: nothing more is applied; the
+    next pod continues from what is recorded."""
+    from django.db.utils import Error as DatabaseError
+
+    Report.failed_migration = failed
+    try:
+        Report.pending = pending_migrations(connection)
+    except DatabaseError:
+        pass
+    if failed is None:
+        state = "no migration was running"
+    elif nothing_applied:
+        state = "%s was rolled back" % failed
+    else:
+        state = "%s may be half-applied: check it before the next pod applies it" % failed
+    finish(
+        EXIT_LOCK,
+        "lock-lost",
+        "lost the migration lock (%s); stopped before applying anything more: %s; applied %d migrations "
+        "before that; the next pod continues from what is recorded" % (why, state, len(Report.applied)),
+    )
+
+
+def lock_unavailable(why):
+    finish(
+        EXIT_LOCK,
+        "lock-unavailable",
+        "cannot hold the migration lock through database %r: %s; nothing was applied; a pooler in "
+        "statement mode cannot keep a transaction open: set django-migrate.io/database to an alias that "
+        "connects directly or through a pooler in session or transaction mode" % (ALIAS, why),
+    )
+
+
 def poll_until_applied(connection, lock, watchdog):
     """The loop both modes share: until nothing is pending (exit 0), the lock is won
-    (migrate mode: returns True), or the migrate timeout passes (exit 1)."""
+    (migrate mode: returns True), or the migrate timeout passes (exit 1).
+
+    A waiting pod holds no connection while it sleeps and at most one while it asks: with
+    a session pooler smaller than the number of pods, a pod that kept one connection while
+    it asked for another could wait forever on the pool, and no idle limit can close a
+    connection that is not there."""
     from django.db.utils import Error as DatabaseError
 
     Report.phase = PHASE_LOCK if lock is not None else PHASE_WAITING
@@ -707,17 +1022,22 @@ def poll_until_applied(connection, lock, watchdog):
     what = "the migration lock" if lock is not None else "pending migrations"
     watchdog.arm(deadline, "waiting for %s" % what)
     while True:
+        close_quietly(connection)
         if lock is not None:
             try:
                 held = lock.try_acquire()
+            except LockUnavailable as e:
+                lock.abandon()
+                lock_unavailable(str(e))
             except DatabaseError as e:
-                lock.connection.close()
+                lock.abandon()
                 held = False
                 log("cannot ask for the migration lock: %s" % first_line(e))
             if held:
                 Report.lock_wait_seconds = time.monotonic() - started
                 watchdog.disarm()
                 return True
+            lock.abandon()
         Report.lock_wait_seconds = time.monotonic() - started
         left = deadline - time.monotonic()
         if left <= 0:
@@ -737,7 +1057,6 @@ def poll_until_applied(connection, lock, watchdog):
         try:
             Report.pending = pending_migrations(connection)
         except DatabaseError as e:
-            connection.close()
             log("cannot read the migration state: %s" % first_line(e))
             continue
         if not Report.pending:
@@ -759,7 +1078,7 @@ def step_migrate(connections, connection, watchdog):
     try:
         if lock.supported:
             # Another pod may have finished between our check and the lock.
-            Report.pending = pending_migrations(connection)
+            Report.pending = pending_now(connection)
             if not Report.pending:
                 Report.phase = PHASE_DONE
                 lock.release()
@@ -769,7 +1088,7 @@ def step_migrate(connections, connection, watchdog):
                     "applied by another pod (waited %.1fs for the lock)" % Report.lock_wait_seconds,
                 )
         hold_back_unsafe(connection)
-        error = run_migrate(connection, watchdog, deadline)
+        error = run_migrate(connection, lock if lock.supported else None, watchdog, deadline)
     finally:
         if lock.supported:
             lock.release()
@@ -843,7 +1162,7 @@ def run_inner():
     watchdog = Watchdog()
     with_connect_timeout(connection)
     wait_for_connection(connection, watchdog)
-    Report.pending = pending_migrations(connection)
+    Report.pending = pending_now(connection)
     if not Report.pending:
         Report.phase = PHASE_DONE
         finish(EXIT_OK, "nothing-pending", "nothing to apply (%.1fs)" % elapsed())
@@ -857,7 +1176,20 @@ def run_inner():
         step_migrate(connections, connection, watchdog)
 
 
+def run_inner_reporting():
+    """run_inner, with any error it did not expect ending the step in one line and a
+    summary, never in a bare traceback."""
+    try:
+        run_inner()
+    except Exception as e:  # noqa: BLE001 - reported, not swallowed: the step fails
+        finish(
+            EXIT_MIGRATE_FAILED,
+            "failed",
+            "unexpected error in phase %s: %s: %s" % (Report.phase, e.__class__.__name__, first_line(e)),
+        )
+
+
 if STATUS_FD_ENV in os.environ:
-    run_inner()
+    run_inner_reporting()
 elif __name__ == "__main__":
     run_outer()
