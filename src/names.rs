@@ -75,9 +75,15 @@ pub mod reason {
     pub const UNSAFE_BLOCKED: &str = "UnsafeMigrationBlocked";
     /// The code copy container failed.
     pub const CODE_COPY_FAILED: &str = "MigrationCodeCopyFailed";
+    /// The migration lock cannot be held through the step's connection (a pooler in
+    /// statement mode); nothing was applied.
+    pub const LOCK_UNAVAILABLE: &str = "MigrationLockUnavailable";
+    /// The migration lock was lost while migrating (its connection was closed); the step
+    /// stopped before applying anything more.
+    pub const LOCK_LOST: &str = "MigrationLockLost";
 
     /// Every reason, for metrics and documentation.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         MIGRATED,
         PENDING,
         RUNNING,
@@ -88,6 +94,8 @@ pub mod reason {
         DJANGO_NOT_FOUND,
         UNSAFE_BLOCKED,
         CODE_COPY_FAILED,
+        LOCK_UNAVAILABLE,
+        LOCK_LOST,
     ];
 }
 
@@ -176,4 +184,6 @@ pub mod exit {
     pub const CREDENTIALS: i32 = 3;
     pub const NOT_FOUND: i32 = 4;
     pub const UNSAFE: i32 = 5;
+    /// The lock cannot be held through this connection, or was lost while migrating.
+    pub const LOCK: i32 = 6;
 }

@@ -15,7 +15,8 @@ pub struct Summary {
     /// The phase it ended in (see [`crate::names::phase`]).
     pub phase: String,
     /// `nothing-pending`, `applied`, `applied-by-other-pod`, `timeout`, `failed`,
-    /// `credentials-rejected`, `not-found` or `unsafe-blocked`.
+    /// `credentials-rejected`, `not-found`, `unsafe-blocked`, `lock-unavailable` or
+    /// `lock-lost`.
     pub result: String,
     pub exit_code: i32,
     /// One line for people: what happened, or the error.
@@ -81,6 +82,8 @@ pub fn failure_reason(code: i32, phase_name: Option<&str>) -> &'static str {
         exit::CREDENTIALS => reason::CREDENTIALS_REJECTED,
         exit::NOT_FOUND => reason::DJANGO_NOT_FOUND,
         exit::UNSAFE => reason::UNSAFE_BLOCKED,
+        exit::LOCK if phase_name == Some(phase::MIGRATING) => reason::LOCK_LOST,
+        exit::LOCK => reason::LOCK_UNAVAILABLE,
         _ => reason::FAILED,
     }
 }
@@ -119,5 +122,7 @@ mod tests {
         assert_eq!(failure_reason(1, Some("lock")), reason::LOCK_TIMEOUT);
         assert_eq!(failure_reason(5, None), reason::UNSAFE_BLOCKED);
         assert_eq!(failure_reason(137, None), reason::FAILED);
+        assert_eq!(failure_reason(6, Some("lock")), reason::LOCK_UNAVAILABLE);
+        assert_eq!(failure_reason(6, Some("migrating")), reason::LOCK_LOST);
     }
 }

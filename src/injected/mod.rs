@@ -282,6 +282,7 @@ mod tests {
             ("EXIT_CREDENTIALS", exit::CREDENTIALS),
             ("EXIT_NOT_FOUND", exit::NOT_FOUND),
             ("EXIT_UNSAFE", exit::UNSAFE),
+            ("EXIT_LOCK", exit::LOCK),
         ] {
             assert!(
                 PROGRAM.contains(&format!("\n{constant} = {code}\n")),

@@ -117,9 +117,13 @@ impl Container {
         word.to_owned()
     }
 
+    /// Starts the container's processes in a process group of their own, which stands for
+    /// the container: `kill_container` ends all of them, as the kubelet does.
     pub fn start(&self) -> Child {
+        use std::os::unix::process::CommandExt;
         let argv: Vec<String> = self.argv.iter().map(|w| self.resolve(w)).collect();
         Command::new(&argv[0])
+            .process_group(0)
             .args(&argv[1..])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -166,6 +170,16 @@ pub fn wait(name: &str, mut child: Child, limit: Duration) -> Exit {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// SIGKILL to every process of a container started with `Container::start` (a pod deleted
+/// with no grace period, a node that died).
+pub fn kill_container(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -KILL -{} failed", child.id());
 }
 
 pub fn read_termination_message(path: &Path) -> String {

@@ -6,6 +6,7 @@
 mod support;
 
 mod kubelet;
+mod poolers;
 mod safety;
 mod servers;
 mod sqlite;

@@ -179,7 +179,7 @@ impl Server {
 
 /// Runs the pod's init containers in order, stopping at the first failure, as the
 /// kubelet does.
-fn run_pod(containers: &[Container]) -> Vec<(String, Exit, Duration)> {
+pub(crate) fn run_pod(containers: &[Container]) -> Vec<(String, Exit, Duration)> {
     let mut exits = Vec::new();
     for c in containers {
         let started = Instant::now();
@@ -195,9 +195,22 @@ fn run_pod(containers: &[Container]) -> Vec<(String, Exit, Duration)> {
 
 /// Starts `PODS` pods at once and checks that every one of them succeeded.
 fn race(server: &Server, python: std::path::PathBuf, django: &str, behind: bool) {
+    race_through(server, server.port, "direct", python, django, behind);
+}
+
+/// `race`, with the pods connecting to `port` (a pooler in front of `server`, say);
+/// returns the database.
+pub(crate) fn race_through(
+    server: &Server,
+    port: u16,
+    route: &str,
+    python: std::path::PathBuf,
+    django: &str,
+    behind: bool,
+) -> String {
     let _one = ONE_RACE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let context = format!(
-        "{:?}, Django {django}, {}",
+        "{:?} {route}, Django {django}, {}",
         server.engine,
         if behind {
             "one release behind"
@@ -206,7 +219,7 @@ fn race(server: &Server, python: std::path::PathBuf, django: &str, behind: bool)
         }
     );
     let database = server.create_database(if behind { "behind" } else { "fresh" });
-    let pods = server.pods(python.clone(), &database, server.port, &server.password);
+    let pods = server.pods(python.clone(), &database, port, &server.password);
     if behind {
         // The previous release: everything but the data migration and what follows it.
         for (app, target) in [("catalog", "0002"), ("orders", "0002")] {
@@ -263,6 +276,7 @@ fn race(server: &Server, python: std::path::PathBuf, django: &str, behind: bool)
         .max()
         .unwrap();
     eprintln!("race {context}: {PODS} pods all exited 0, slowest pod {slowest:.1?}");
+    database
 }
 
 /// The same checks catch what the injection prevents: ten pods that each run plain

@@ -1,7 +1,8 @@
 """Settings of the test project: the database comes from the environment, as in a pod.
 
 DB_ENGINE is sqlite (default), postgresql or mysql; DB_NAME, DB_HOST, DB_PORT, DB_USER
-and DB_PASSWORD describe the server. For SQLite, DB_NAME is the file path.
+and DB_PASSWORD describe the server. For SQLite, DB_NAME is the file path. For MySQL,
+DB_INIT_COMMAND runs on every new connection.
 """
 
 import os
@@ -41,6 +42,10 @@ else:
             "PASSWORD": os.environ.get("DB_PASSWORD", ""),
         }
     }
+    if _engine == "mysql" and os.environ.get("DB_INIT_COMMAND"):
+        # Session settings the server or a proxy gives this app's connections (a short
+        # wait_timeout, say).
+        DATABASES["default"]["OPTIONS"] = {"init_command": os.environ["DB_INIT_COMMAND"]}
 
 # Tests count Django start-ups: each start appends its PID to this file.
 if os.environ.get("SETTINGS_LOADS_FILE"):
