@@ -647,6 +647,46 @@ async fn the_step_migrates_through_a_native_sidecar_proxy() {
     );
 }
 
+/// Three replicas that reach PostgreSQL through PgBouncer in transaction mode (a pool of
+/// 4 server connections, the way many Django sites run): the rollout completes, every
+/// migration and the data migration once, and no advisory lock is left in the pool.
+#[tokio::test]
+async fn three_replicas_migrate_once_through_pgbouncer_in_transaction_mode() {
+    let _db = DATABASE.read().await;
+    let client = client().await;
+    let (ns, webhook, database) = setup("node-pgbouncer").await;
+    let pgbouncer = env("DJANGO_MIGRATE_TEST_PGBOUNCER_TRANSACTION_PORT");
+    let started = std::time::Instant::now();
+    apply(
+        &django_deployment(
+            &ns.name,
+            "shop",
+            &database,
+            3,
+            &[],
+            &[("DB_PORT", &pgbouncer)],
+        ),
+        &[],
+    );
+    rollout_completes(&ns.name, "shop", "240s", &webhook);
+    let seconds = started.elapsed();
+    let pods = pods_of(&client, &ns.name, "shop").await;
+    assert_eq!(pods.len(), 3);
+    assert_migrated_once(&pods, &database);
+    assert_eq!(
+        psql(
+            &database,
+            "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND database = \
+             (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ),
+        "0",
+        "an advisory lock is left in the pool"
+    );
+    eprintln!(
+        "PgBouncer (transaction mode): 3 replicas migrated once, rollout complete after {seconds:.1?}"
+    );
+}
+
 /// PostgreSQL goes down before the pods start and comes back 20 s later: the steps wait for
 /// it (phase `database`), then migrate once, and the rollout completes.
 #[tokio::test]
