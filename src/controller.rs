@@ -104,7 +104,7 @@ fn describe_exit(name: &str, exit: &Exit) -> String {
 fn failed(name: &str, exit: &Exit) -> Desired {
     Desired {
         status: "False",
-        reason: summary::failure_reason(exit.code, exit.phase.as_deref()),
+        reason: summary::failure_reason(exit.code, exit.phase.as_deref(), exit.result.as_deref()),
         message: describe_exit(name, exit),
     }
 }

@@ -28,11 +28,13 @@ pub const MIGRATE_TIMEOUT: &str = "django-migrate.io/migrate-timeout";
 pub const LOCK_TIMEOUT: &str = "django-migrate.io/lock-timeout";
 pub const UNSAFE_MIGRATIONS: &str = "django-migrate.io/unsafe-migrations";
 pub const ALLOW_UNSAFE: &str = "django-migrate.io/allow-unsafe";
+pub const HOLD_BACK: &str = "django-migrate.io/hold-back";
+pub const LOCKING_MIN_ROWS: &str = "django-migrate.io/locking-min-rows";
 pub const READINESS_GATE_ANNOTATION: &str = "django-migrate.io/readiness-gate";
 pub const USE_IMAGE_ENTRYPOINT: &str = "django-migrate.io/use-image-entrypoint";
 
 /// Every annotation the webhook understands; anything else under the prefix is a typo.
-pub const KNOWN_ANNOTATIONS: [&str; 13] = [
+pub const KNOWN_ANNOTATIONS: [&str; 15] = [
     CONTAINER,
     MODE,
     MANAGE_PY,
@@ -44,6 +46,8 @@ pub const KNOWN_ANNOTATIONS: [&str; 13] = [
     LOCK_TIMEOUT,
     UNSAFE_MIGRATIONS,
     ALLOW_UNSAFE,
+    HOLD_BACK,
+    LOCKING_MIN_ROWS,
     READINESS_GATE_ANNOTATION,
     USE_IMAGE_ENTRYPOINT,
 ];
@@ -73,6 +77,9 @@ pub mod reason {
     pub const DJANGO_NOT_FOUND: &str = "DjangoNotFound";
     /// A pending migration is unsafe for the release still serving and was held back.
     pub const UNSAFE_BLOCKED: &str = "UnsafeMigrationBlocked";
+    /// A pending migration would hold a lock that blocks traffic on a large table and was
+    /// held back (`hold-back: locking`).
+    pub const LOCKING_BLOCKED: &str = "LockingMigrationBlocked";
     /// The code copy container failed.
     pub const CODE_COPY_FAILED: &str = "MigrationCodeCopyFailed";
     /// The migration lock cannot be held through the step's connection (a pooler in
@@ -83,7 +90,7 @@ pub mod reason {
     pub const LOCK_LOST: &str = "MigrationLockLost";
 
     /// Every reason, for metrics and documentation.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         MIGRATED,
         PENDING,
         RUNNING,
@@ -93,6 +100,7 @@ pub mod reason {
         FAILED,
         DJANGO_NOT_FOUND,
         UNSAFE_BLOCKED,
+        LOCKING_BLOCKED,
         CODE_COPY_FAILED,
         LOCK_UNAVAILABLE,
         LOCK_LOST,
@@ -145,8 +153,12 @@ pub const ENV_LOCK_TIMEOUT: &str = "DJANGO_MIGRATE_LOCK_TIMEOUT";
 pub const ENV_UNSAFE_MIGRATIONS: &str = "DJANGO_MIGRATE_UNSAFE_MIGRATIONS";
 /// Comma-separated `app_label.migration_name` allowed under `deny`.
 pub const ENV_ALLOW_UNSAFE: &str = "DJANGO_MIGRATE_ALLOW_UNSAFE";
+/// Comma-separated kinds that `deny` holds back: `breaking`, `locking`.
+pub const ENV_HOLD_BACK: &str = "DJANGO_MIGRATE_HOLD_BACK";
+/// Estimated rows below which a locking operation is only reported.
+pub const ENV_LOCKING_MIN_ROWS: &str = "DJANGO_MIGRATE_LOCKING_MIN_ROWS";
 /// Env vars set by the webhook on the Django step; same-named vars of the app are dropped.
-pub const STEP_ENV: [&str; 8] = [
+pub const STEP_ENV: [&str; 10] = [
     ENV_MODE,
     ENV_DATABASE,
     ENV_MANAGE_COMMAND,
@@ -155,6 +167,8 @@ pub const STEP_ENV: [&str; 8] = [
     ENV_LOCK_TIMEOUT,
     ENV_UNSAFE_MIGRATIONS,
     ENV_ALLOW_UNSAFE,
+    ENV_HOLD_BACK,
+    ENV_LOCKING_MIN_ROWS,
 ];
 /// Env vars of earlier releases that carried the program and the step; dropped when found.
 pub const LEGACY_ENV: [&str; 3] = [

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 pub use crate::names::{
-    ALLOW_UNSAFE, CONTAINER, DATABASE, INJECT_LABEL, KNOWN_ANNOTATIONS, LOCK_TIMEOUT,
-    MANAGE_COMMAND, MANAGE_PY, MIGRATE_TIMEOUT, MODE, PREFIX, PYTHON,
+    ALLOW_UNSAFE, CONTAINER, DATABASE, HOLD_BACK, INJECT_LABEL, KNOWN_ANNOTATIONS, LOCK_TIMEOUT,
+    LOCKING_MIN_ROWS, MANAGE_COMMAND, MANAGE_PY, MIGRATE_TIMEOUT, MODE, PREFIX, PYTHON,
     READINESS_GATE_ANNOTATION as READINESS_GATE, UNSAFE_MIGRATIONS, USE_IMAGE_ENTRYPOINT,
     WAIT_TIMEOUT,
 };
@@ -40,6 +40,30 @@ impl UnsafeMigrations {
         }
     }
 }
+
+/// The kinds of harm a pending operation is classified by; `hold-back` chooses which of
+/// them `unsafe-migrations: deny` holds back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Harm {
+    /// The previous release's code fails against the migrated database.
+    Breaking,
+    /// A lock that blocks reads or writes for as long as the operation takes.
+    Locking,
+}
+
+impl Harm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Harm::Breaking => "breaking",
+            Harm::Locking => "locking",
+        }
+    }
+}
+
+/// Default for `locking-min-rows`: a locking operation on a table estimated smaller than
+/// this is reported but not held back (an index on 100,000 rows builds in well under a
+/// second).
+pub const DEFAULT_LOCKING_MIN_ROWS: u64 = 100_000;
 
 /// Longest timeout accepted, in seconds (one day): longer is almost certainly a mistake.
 pub const MAX_TIMEOUT_SECONDS: u32 = 86_400;
@@ -80,6 +104,10 @@ pub struct Settings {
     pub unsafe_migrations: UnsafeMigrations,
     /// `app_label.migration_name` that may be applied under `deny`.
     pub allow_unsafe: Vec<String>,
+    /// The kinds `deny` holds back, in order, without repeats.
+    pub hold_back: Vec<Harm>,
+    /// Estimated rows below which a locking operation is only reported.
+    pub locking_min_rows: u64,
     pub readiness_gate: bool,
     pub use_image_entrypoint: bool,
 }
@@ -98,6 +126,8 @@ impl Default for Settings {
             lock_timeout: DEFAULT_LOCK_TIMEOUT_SECONDS,
             unsafe_migrations: UnsafeMigrations::Warn,
             allow_unsafe: Vec::new(),
+            hold_back: vec![Harm::Breaking],
+            locking_min_rows: DEFAULT_LOCKING_MIN_ROWS,
             readiness_gate: true,
             use_image_entrypoint: false,
         }
@@ -194,6 +224,29 @@ fn parse_lock_timeout(annotation: &str, value: &str) -> Result<u32, InvalidAnnot
         Ok(n) if (1..=MAX_LOCK_TIMEOUT_SECONDS).contains(&n) => Ok(n),
         _ => Err(invalid(annotation, value, allowed())),
     }
+}
+
+/// `breaking`, `locking` or both, comma-separated.
+fn parse_harms(annotation: &str, value: &str) -> Result<Vec<Harm>, InvalidAnnotation> {
+    let mut harms = Vec::new();
+    for word in value.split(',').map(str::trim) {
+        let harm = match word {
+            "breaking" => Harm::Breaking,
+            "locking" => Harm::Locking,
+            _ => {
+                return Err(invalid(
+                    annotation,
+                    value,
+                    "allowed: \"breaking\", \"locking\" or \"breaking,locking\"",
+                ));
+            }
+        };
+        if !harms.contains(&harm) {
+            harms.push(harm);
+        }
+    }
+    harms.sort();
+    Ok(harms)
 }
 
 /// `app_label.migration_name[,...]`: Python identifiers around one dot.
@@ -300,6 +353,20 @@ impl Settings {
                     }
                 }
                 ALLOW_UNSAFE => s.allow_unsafe = parse_migration_names(key, value)?,
+                HOLD_BACK => s.hold_back = parse_harms(key, value)?,
+                LOCKING_MIN_ROWS => {
+                    s.locking_min_rows = value
+                        .parse()
+                        .ok()
+                        .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+                        .ok_or_else(|| {
+                            invalid(
+                                key,
+                                value,
+                                "allowed: a whole number of rows (0 holds back every locking operation), e.g. \"100000\"",
+                            )
+                        })?;
+                }
                 READINESS_GATE => s.readiness_gate = parse_bool(key, value)?,
                 USE_IMAGE_ENTRYPOINT => s.use_image_entrypoint = parse_bool(key, value)?,
                 _ => {
@@ -387,6 +454,12 @@ mod tests {
             (ALLOW_UNSAFE, "shop"),
             (ALLOW_UNSAFE, "shop.0042; rm"),
             (ALLOW_UNSAFE, ",,"),
+            (HOLD_BACK, "all"),
+            (HOLD_BACK, "breaking,"),
+            (HOLD_BACK, ""),
+            (LOCKING_MIN_ROWS, "-1"),
+            (LOCKING_MIN_ROWS, "1e6"),
+            (LOCKING_MIN_ROWS, "+5"),
             (READINESS_GATE, "yes"),
             (USE_IMAGE_ENTRYPOINT, "1"),
             (CONTAINER, ""),
@@ -396,6 +469,22 @@ mod tests {
         }
         let e = parse(&[("django-migrate.io/migrate-timeuot", "5")]).unwrap_err();
         assert!(e.to_string().contains("unknown annotation"), "{e}");
+    }
+
+    #[test]
+    fn hold_back_and_locking_min_rows() {
+        let s = parse(&[
+            (HOLD_BACK, "locking, breaking,locking"),
+            (LOCKING_MIN_ROWS, "0"),
+        ])
+        .unwrap();
+        assert_eq!(s.hold_back, [Harm::Breaking, Harm::Locking]);
+        assert_eq!(s.locking_min_rows, 0);
+        let s = parse(&[(HOLD_BACK, "locking")]).unwrap();
+        assert_eq!(s.hold_back, [Harm::Locking]);
+        assert_eq!(s.locking_min_rows, DEFAULT_LOCKING_MIN_ROWS);
+        let e = parse(&[(HOLD_BACK, "everything")]).unwrap_err().to_string();
+        assert!(e.contains("\"breaking,locking\""), "{e}");
     }
 
     #[test]

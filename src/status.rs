@@ -20,7 +20,7 @@ use crate::names::{
     WAIT_CONTAINER, exit,
 };
 use crate::settings::Settings;
-use crate::summary::Summary;
+use crate::summary::{LOCKING_BLOCKED_RESULT, Summary};
 
 /// The name of the webhook in the chart's MutatingWebhookConfiguration.
 pub const WEBHOOK_NAME: &str = "inject.django-migrate.io";
@@ -78,7 +78,7 @@ pub struct Rollout {
 pub struct PodStatus {
     pub name: String,
     /// `pending`, `waiting for the database`, `waiting for the lock`, `waiting for other
-    /// pods' migrations`, `migrating`, `running`, `applied`, `failed` or `blocked as unsafe`.
+    /// pods' migrations`, `migrating`, `running`, `applied`, `failed`, `blocked as unsafe` or `blocked as locking`.
     pub phase: String,
     /// The gate condition's reason, if set.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -98,7 +98,7 @@ impl DeploymentStatus {
             || self
                 .pods
                 .iter()
-                .any(|p| p.phase == "failed" || p.phase == "blocked as unsafe")
+                .any(|p| p.phase == "failed" || p.phase.starts_with("blocked as"))
     }
 }
 
@@ -375,6 +375,13 @@ async fn pod_status(client: &Client, pod: &Pod) -> PodStatus {
     } else if let Some(t) = ended.as_ref().filter(|_| !running) {
         match t.exit_code {
             0 => "applied".to_owned(),
+            exit::UNSAFE
+                if summary
+                    .as_ref()
+                    .is_some_and(|s| s.result == LOCKING_BLOCKED_RESULT) =>
+            {
+                "blocked as locking".to_owned()
+            }
             exit::UNSAFE => "blocked as unsafe".to_owned(),
             _ => "failed".to_owned(),
         }

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::{exit, phase, reason};
 
+/// The result of a step that held back only operations that block traffic.
+pub const LOCKING_BLOCKED_RESULT: &str = "locking-blocked";
+
 /// What the step reported when it ended.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
@@ -15,8 +18,8 @@ pub struct Summary {
     /// The phase it ended in (see [`crate::names::phase`]).
     pub phase: String,
     /// `nothing-pending`, `applied`, `applied-by-other-pod`, `timeout`, `failed`,
-    /// `credentials-rejected`, `not-found`, `unsafe-blocked`, `lock-unavailable` or
-    /// `lock-lost`.
+    /// `credentials-rejected`, `not-found`, `unsafe-blocked`, `locking-blocked`,
+    /// `lock-unavailable` or `lock-lost`.
     pub result: String,
     pub exit_code: i32,
     /// One line for people: what happened, or the error.
@@ -55,8 +58,16 @@ pub struct UnsafeOperation {
     pub migration: String,
     /// The operation, e.g. `RemoveField(product.legacy_code)`.
     pub operation: String,
-    /// Why it breaks the previous release.
+    /// `breaking` (the previous release's code fails against the migrated database) or
+    /// `locking` (it holds a lock that blocks traffic for as long as it takes).
+    pub kind: String,
+    /// Why it hurts the running service.
     pub why: String,
+    /// For `locking`: the lock, the table and its estimated size.
+    pub lock: Option<String>,
+    pub table: Option<String>,
+    pub rows: Option<i64>,
+    pub bytes: Option<i64>,
     /// True when it was applied (allowed by name, or `warn`).
     pub applied: bool,
 }
@@ -74,9 +85,11 @@ impl Summary {
     }
 }
 
-/// The condition reason for a step that exited with `code`, in `phase` (when known).
-pub fn failure_reason(code: i32, phase_name: Option<&str>) -> &'static str {
+/// The condition reason for a step that exited with `code`, in `phase` with `result`
+/// (when known).
+pub fn failure_reason(code: i32, phase_name: Option<&str>, result: Option<&str>) -> &'static str {
     match code {
+        exit::UNSAFE if result == Some(LOCKING_BLOCKED_RESULT) => reason::LOCKING_BLOCKED,
         exit::TIMEOUT if phase_name == Some(phase::DATABASE) => reason::DATABASE_UNREACHABLE,
         exit::TIMEOUT => reason::LOCK_TIMEOUT,
         exit::CREDENTIALS => reason::CREDENTIALS_REJECTED,
@@ -116,13 +129,23 @@ mod tests {
     #[test]
     fn timeouts_are_told_apart_by_phase() {
         assert_eq!(
-            failure_reason(1, Some("database")),
+            failure_reason(1, Some("database"), None),
             reason::DATABASE_UNREACHABLE
         );
-        assert_eq!(failure_reason(1, Some("lock")), reason::LOCK_TIMEOUT);
-        assert_eq!(failure_reason(5, None), reason::UNSAFE_BLOCKED);
-        assert_eq!(failure_reason(137, None), reason::FAILED);
-        assert_eq!(failure_reason(6, Some("lock")), reason::LOCK_UNAVAILABLE);
-        assert_eq!(failure_reason(6, Some("migrating")), reason::LOCK_LOST);
+        assert_eq!(failure_reason(1, Some("lock"), None), reason::LOCK_TIMEOUT);
+        assert_eq!(failure_reason(5, None, None), reason::UNSAFE_BLOCKED);
+        assert_eq!(failure_reason(137, None, None), reason::FAILED);
+        assert_eq!(
+            failure_reason(6, Some("lock"), None),
+            reason::LOCK_UNAVAILABLE
+        );
+        assert_eq!(
+            failure_reason(6, Some("migrating"), None),
+            reason::LOCK_LOST
+        );
+        assert_eq!(
+            failure_reason(5, Some("migrating"), Some("locking-blocked")),
+            reason::LOCKING_BLOCKED
+        );
     }
 }

@@ -61,11 +61,13 @@ pub struct Exit {
     pub code: i32,
     /// The summary's phase, when the message was a summary.
     pub phase: Option<Box<str>>,
+    /// The summary's result, when the message was a summary.
+    pub result: Option<Box<str>>,
     /// The summary's message, else the raw termination message (log tail).
     pub message: Option<Box<str>>,
     /// This run applied migrations itself.
     pub applied: bool,
-    /// This run applied operations unsafe for the previous release.
+    /// This run applied operations that break the previous release.
     pub applied_unsafe: bool,
     /// The summary's numbers, for the controller's metrics.
     pub stats: StepStats,
@@ -113,11 +115,14 @@ impl Exit {
         Exit {
             code: t.exit_code,
             phase: summary.as_ref().map(|s| s.phase.as_str().into()),
+            result: summary.as_ref().map(|s| s.result.as_str().into()),
             message,
             applied: summary.as_ref().is_some_and(|s| !s.applied.is_empty()),
-            applied_unsafe: summary
-                .as_ref()
-                .is_some_and(|s| s.unsafe_operations.iter().any(|u| u.applied)),
+            applied_unsafe: summary.as_ref().is_some_and(|s| {
+                s.unsafe_operations
+                    .iter()
+                    .any(|u| u.applied && u.kind != "locking")
+            }),
             stats: summary.as_ref().map(StepStats::of).unwrap_or_default(),
         }
     }

@@ -55,6 +55,13 @@ MIGRATE_TIMEOUT = float(os.environ.get("DJANGO_MIGRATE_MIGRATE_TIMEOUT", "1800")
 LOCK_TIMEOUT = int(os.environ.get("DJANGO_MIGRATE_LOCK_TIMEOUT", "3"))
 UNSAFE_MIGRATIONS = os.environ.get("DJANGO_MIGRATE_UNSAFE_MIGRATIONS", "warn")
 ALLOW_UNSAFE = {m.strip() for m in os.environ.get("DJANGO_MIGRATE_ALLOW_UNSAFE", "").split(",") if m.strip()}
+# The two kinds of harm a pending operation is classified by.
+KIND_BREAKING = "breaking"
+KIND_LOCKING = "locking"
+# The kinds `deny` holds back, and the table size below which a locking operation is only
+# reported.
+HOLD_BACK = {k.strip() for k in os.environ.get("DJANGO_MIGRATE_HOLD_BACK", KIND_BREAKING).split(",") if k.strip()}
+LOCKING_MIN_ROWS = int(os.environ.get("DJANGO_MIGRATE_LOCKING_MIN_ROWS", "100000"))
 TERMINATION_LOG = os.environ.get("DJANGO_MIGRATE_TERMINATION_LOG", "/dev/termination-log")
 STATUS_FD_ENV = "DJANGO_MIGRATE_STATUS_FD"
 POLL_SECONDS = float(os.environ.get("DJANGO_MIGRATE_POLL_SECONDS", "2"))
@@ -583,17 +590,145 @@ def database_operations(operations):
             yield op
 
 
-def field_type(field, connection):
+def field_type(field, connection, state):
+    """The column type of a field of the migration state. A foreign key's is its target's
+    primary key type, looked up in the state (its target is not resolved there)."""
+    if field.is_relation and not field.many_to_many:
+        target = related_model(field)
+        app_label, _, model = target.rpartition(".")
+        try:
+            target_state = state.models[app_label, model]
+        except KeyError:
+            return "relation to %s" % target
+        for pk in target_state.fields.values():
+            if getattr(pk, "primary_key", False):
+                return field_type(pk, connection, state)
+        return "relation to %s" % target
     try:
         return field.db_type(connection)
     except Exception:  # noqa: BLE001 - fields that need their model to answer
         return field.deconstruct()[1]
 
 
-def why_unsafe(op, app_label, state, connection):
-    """Why `op` breaks the release still serving, or None. `state` is the project state
-    just before it."""
+def related_model(field):
+    """`app_label.model` of a relation's target, lower case, else None."""
+    if not field.is_relation:
+        return None
+    model = field.remote_field.model
+    if not isinstance(model, str):
+        model = model._meta.label
+    return model.lower()
+
+
+INTEGER_RANKS = {"smallint": 1, "integer": 2, "int": 2, "bigint": 3, "serial": 2, "bigserial": 3}
+
+
+def parse_type(db_type):
+    """(base, size, signed) of a column type as Django writes it, e.g. `varchar(200)` ->
+    ('varchar', 200, True), `integer UNSIGNED AUTO_INCREMENT` -> ('integer', None, False)."""
+    text = str(db_type or "").strip().lower()
+    words = text.replace("(", " (").split()
+    base = words[0] if words else ""
+    size = None
+    if "(" in text and ")" in text:
+        inside = text[text.index("(") + 1 : text.index(")")].split(",")
+        try:
+            size = tuple(int(x) for x in inside)
+        except ValueError:
+            size = None
+    return base, size, "unsigned" not in text
+
+
+def widens(old_type, new_type):
+    """True when every value of the old column type fits the new one unchanged: a longer
+    varchar, varchar to text, a larger integer, more digits before the decimal point."""
+    (ob, osize, osigned), (nb, nsize, nsigned) = parse_type(old_type), parse_type(new_type)
+    if ob == "varchar" and nb == "varchar" and osize and nsize:
+        return nsize[0] >= osize[0]
+    if ob == "varchar" and nb in ("text", "longtext", "mediumtext"):
+        return True
+    if ob in INTEGER_RANKS and nb in INTEGER_RANKS:
+        return INTEGER_RANKS[nb] >= INTEGER_RANKS[ob] and (nsigned or not osigned)
+    if ob in ("numeric", "decimal") and nb in ("numeric", "decimal") and osize and nsize and len(osize) == 2:
+        return len(nsize) == 2 and nsize[1] == osize[1] and nsize[0] >= osize[0]
+    return False
+
+
+def rewrites_in_place(old_type, new_type, vendor):
+    """True when the type change needs no table rewrite: PostgreSQL's binary-coercible
+    changes (a longer varchar, varchar to text, more digits of a numeric with the same
+    scale); MySQL/MariaDB's in-place varchar extension within the same length-byte size
+    (up to 255 bytes, or above, at 4 bytes a character)."""
+    (ob, osize, _), (nb, nsize, _) = parse_type(old_type), parse_type(new_type)
+    if ob == "varchar" and nb == "varchar" and osize and nsize and nsize[0] >= osize[0]:
+        return vendor == "postgresql" or (osize[0] * 4 > 255) == (nsize[0] * 4 > 255)
+    if vendor == "postgresql" and ob == nb == "numeric" and osize and nsize and len(osize) == len(nsize) == 2:
+        return nsize[1] == osize[1] and nsize[0] >= osize[0]
+    return vendor == "postgresql" and ob == "varchar" and nb == "text"
+
+
+def no_default(field):
+    """True when the column has no database default: no `db_default`, or `db_default=None`
+    (DEFAULT NULL)."""
     from django.db import models
+
+    db_default = getattr(field, "db_default", models.NOT_PROVIDED)
+    if db_default is models.NOT_PROVIDED or db_default is None:
+        return True
+    return getattr(db_default, "value", object()) is None
+
+
+def no_default_given(field):
+    """True when the field sets no `db_default` at all (as opposed to `db_default=None`)."""
+    from django.db import models
+
+    return getattr(field, "db_default", models.NOT_PROVIDED) is models.NOT_PROVIDED
+
+
+def mentions_default(op, model_name, field_name, table, column):
+    """True when `op`, later in the same migration, gives the column a database default:
+    RunSQL with SET DEFAULT for it, django-add-default-value's AddDefaultValue, or an
+    AlterField that adds a `db_default`."""
+    from django.db.migrations import operations as ops
+
+    if op.__class__.__name__ == "AddDefaultValue":
+        return getattr(op, "model_name", "").lower() == model_name and getattr(op, "name", None) == field_name
+    if isinstance(op, ops.AlterField):
+        return op.model_name_lower == model_name and op.name == field_name and not no_default(op.field)
+    if isinstance(op, ops.RunSQL):
+        sql = op.sql if isinstance(op.sql, (list, tuple)) else [op.sql]
+        text = " ".join(str(s[0] if isinstance(s, (list, tuple)) else s) for s in sql).lower()
+        return "set default" in text and column.lower() in text and table.lower() in text
+    return False
+
+
+def db_table(state, app_label, model_name):
+    try:
+        model = state.models[app_label, model_name]
+    except KeyError:
+        return "%s_%s" % (app_label, model_name)
+    return model.options.get("db_table") or "%s_%s" % (app_label, model_name)
+
+
+def old_field(state, app_label, model_name, name):
+    try:
+        return state.models[app_label, model_name].fields[name]
+    except KeyError:
+        return None
+
+
+def unique_sets(state, app_label, model_name):
+    try:
+        together = state.models[app_label, model_name].options.get("unique_together") or ()
+    except KeyError:
+        return set()
+    return {tuple(sorted(t)) for t in together}
+
+
+def breaks_previous_release(op, app_label, state, connection, later):
+    """Why `op` breaks the release still serving (its model code against the migrated
+    database), or None. `state` is the project state just before it; `later` the
+    operations after it in the same migration."""
     from django.db.migrations import operations as ops
 
     if isinstance(op, ops.RemoveField):
@@ -613,53 +748,246 @@ def why_unsafe(op, app_label, state, connection):
         )
     if isinstance(op, ops.AlterModelTable):
         return "renames the table of model %s; the previous release still uses the old name" % op.name
+    if isinstance(op, ops.AlterOrderWithRespectTo):
+        if op.order_with_respect_to:
+            return (
+                "adds the non-nullable column %s._order without a database default; inserts of the previous "
+                "release fail" % op.name
+            )
+        return "drops column %s._order, which the previous release still reads" % op.name
     if isinstance(op, ops.AddField):
         field = op.field
-        if field.many_to_many or field.null:
+        if field.many_to_many:
             return None
-        if getattr(field, "db_default", models.NOT_PROVIDED) is not models.NOT_PROVIDED:
-            return None
-        return "adds non-nullable column %s.%s without a database default; inserts of the previous release fail" % (
-            op.model_name,
-            op.name,
-        )
-    if isinstance(op, ops.AlterField):
-        try:
-            old = state.models[app_label, op.model_name_lower].fields[op.name]
-        except KeyError:
-            return None
-        new = op.field
-        if old.null and not new.null:
-            return "makes column %s.%s non-nullable; the previous release may still write NULL" % (
+        if not field.null and no_default(field):
+            table = db_table(state, app_label, op.model_name_lower)
+            column = field.db_column or (op.name + "_id" if field.is_relation else op.name)
+            if any(mentions_default(o, op.model_name_lower, op.name, table, column) for o in later):
+                return None
+            return "adds non-nullable column %s.%s without a database default; inserts of the previous release fail" % (
                 op.model_name,
                 op.name,
             )
-        old_type, new_type = field_type(old, connection), field_type(new, connection)
-        if old_type != new_type:
-            widened = (
-                type(old) is type(new)
-                and getattr(old, "max_length", None)
-                and getattr(new, "max_length", None)
-                and new.max_length > old.max_length
+        if field.unique and not field.null:
+            return (
+                "adds column %s.%s with a uniqueness rule and one database default: the previous release's "
+                "second insert repeats that default and fails" % (op.model_name, op.name)
             )
-            if not widened:
-                return "changes the type of column %s.%s from %s to %s" % (op.model_name, op.name, old_type, new_type)
+        return None
+    if isinstance(op, ops.AlterUniqueTogether):
+        new = {tuple(sorted(t)) for t in (op.unique_together or ())}
+        added = new - unique_sets(state, app_label, op.name_lower)
+        if added:
+            return (
+                "adds the uniqueness rule %s on %s: inserts and updates of the previous release that repeat "
+                "a value now fail" % (", ".join("(%s)" % ", ".join(t) for t in sorted(added)), op.name)
+            )
+        return None
+    if isinstance(op, ops.AddConstraint):
+        from django.db.models import UniqueConstraint
+
+        constraint = op.constraint
+        if isinstance(constraint, UniqueConstraint):
+            return (
+                "adds the uniqueness rule %s on %s: inserts and updates of the previous release that repeat "
+                "a value now fail" % (constraint.name, op.model_name)
+            )
+        return "adds the constraint %s on %s: the previous release may write rows that break it" % (
+            constraint.name,
+            op.model_name,
+        )
+    if isinstance(op, ops.AlterField):
+        old = old_field(state, app_label, op.model_name_lower, op.name)
+        if old is None:
+            return None
+        new = op.field
+        where = "%s.%s" % (op.model_name, op.name)
+        if old.many_to_many or new.many_to_many:
+            return None
+        old_column = old.db_column or (op.name + "_id" if old.is_relation else op.name)
+        new_column = new.db_column or (op.name + "_id" if new.is_relation else op.name)
+        if old_column != new_column:
+            return "renames column %s to %s; the previous release still uses %s" % (old_column, new_column, old_column)
+        if old.null and not new.null:
+            return "makes column %s non-nullable; the previous release may still write NULL" % where
+        if not no_default(old) and no_default(new) and not new.null:
+            return (
+                "drops the database default of non-nullable column %s; inserts of the previous release "
+                "rely on it" % where
+            )
+        if new.unique and not old.unique and not new.primary_key:
+            return (
+                "adds a uniqueness rule to column %s: inserts and updates of the previous release that repeat "
+                "a value now fail" % where
+            )
+        if old.is_relation and new.is_relation and related_model(old) != related_model(new):
+            return "points foreign key %s at another table; the previous release writes keys of the old one" % where
+        old_type, new_type = field_type(old, connection, state), field_type(new, connection, state)
+        if old_type != new_type and not widens(old_type, new_type):
+            return "changes the type of column %s from %s to %s: values the previous release writes may not fit" % (
+                where,
+                old_type,
+                new_type,
+            )
     return None
 
 
+# PostgreSQL's table locks, as its documentation names them, with what they block.
+PG_SHARE = "SHARE (blocks writes)"
+PG_SHARE_ROW_EXCLUSIVE = "SHARE ROW EXCLUSIVE (blocks writes)"
+PG_ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE (blocks reads and writes)"
+MYSQL_COPY = "ALGORITHM=COPY table copy (blocks writes)"
+MYSQL_ROW_LOCKS = "row locks of every changed row (blocks writes to them)"
+
+
+def blocks_traffic(op, app_label, state, connection):
+    """[(lock, table, why)] for the locks `op` holds for as long as it takes on an
+    existing table (an index build, a table rewrite, a validating constraint); brief
+    metadata locks are not listed: the lock timeout bounds those."""
+    from django.db.migrations import operations as ops
+
+    vendor = connection.vendor
+    if vendor not in ("postgresql", "mysql"):
+        return []
+    postgres = vendor == "postgresql"
+    model = getattr(op, "model_name_lower", None) or getattr(op, "name_lower", None)
+    table = db_table(state, app_label, model) if model else None
+    found = []
+
+    def lock(mode, why, on=None):
+        found.append((mode, on or table, why))
+
+    if isinstance(op, ops.AddIndex):
+        if postgres and op.__class__.__name__ != "AddIndexConcurrently":
+            lock(PG_SHARE, "builds index %s without CONCURRENTLY" % op.index.name)
+    elif isinstance(op, ops.AlterIndexTogether):
+        if postgres and op.option_value:
+            lock(PG_SHARE, "builds the index_together indexes without CONCURRENTLY")
+    elif isinstance(op, ops.AlterUniqueTogether):
+        added = {tuple(sorted(t)) for t in (op.unique_together or ())} - unique_sets(state, app_label, model)
+        if postgres and added:
+            lock(PG_ACCESS_EXCLUSIVE, "builds the unique index of a new unique_together and checks every row")
+    elif isinstance(op, ops.AddConstraint):
+        from django.db.models import CheckConstraint
+
+        if not postgres and isinstance(op.constraint, CheckConstraint):
+            lock(MYSQL_COPY, "adds check constraint %s, which copies the table" % op.constraint.name)
+        if postgres and op.__class__.__name__ != "AddConstraintNotValid":
+            from django.db.models import UniqueConstraint
+
+            c = op.constraint
+            if isinstance(c, UniqueConstraint) and (c.condition is not None or c.expressions):
+                lock(PG_SHARE, "builds the unique index %s without CONCURRENTLY" % c.name)
+            elif isinstance(c, UniqueConstraint):
+                lock(PG_ACCESS_EXCLUSIVE, "builds the unique index of constraint %s and checks every row" % c.name)
+            else:
+                lock(PG_ACCESS_EXCLUSIVE, "checks every row against constraint %s" % c.name)
+    elif isinstance(op, ops.AddField):
+        field = op.field
+        if field.many_to_many:
+            return found
+        if field.is_relation and getattr(field, "db_constraint", True):
+            target_app, _, target_model = related_model(field).rpartition(".")
+            target_table = db_table(state, target_app or app_label, target_model)
+            if postgres:
+                lock(PG_SHARE_ROW_EXCLUSIVE, "validates the new foreign key %s on every row" % op.name)
+                lock(PG_SHARE_ROW_EXCLUSIVE, "is referenced by the new foreign key %s" % op.name, target_table)
+            else:
+                lock(MYSQL_COPY, "adds the foreign key %s, which copies the table" % op.name)
+        if postgres and not field.null and no_default(field) and not no_default_given(field):
+            lock(PG_ACCESS_EXCLUSIVE, "checks every row of the new NOT NULL column %s with DEFAULT NULL" % op.name)
+        if postgres and (field.unique or field.db_index):
+            mode = PG_ACCESS_EXCLUSIVE if field.unique else PG_SHARE
+            lock(mode, "builds an index on the new column %s without CONCURRENTLY" % op.name)
+    elif isinstance(op, ops.AlterField):
+        old = old_field(state, app_label, model, op.name)
+        new = op.field
+        if old is None or old.many_to_many or new.many_to_many:
+            return found
+        old_type, new_type = field_type(old, connection, state), field_type(new, connection, state)
+        if old_type != new_type and not rewrites_in_place(old_type, new_type, vendor):
+            if postgres:
+                lock(
+                    PG_ACCESS_EXCLUSIVE, "rewrites the table to change %s from %s to %s" % (op.name, old_type, new_type)
+                )
+            else:
+                lock(MYSQL_COPY, "copies the table to change %s from %s to %s" % (op.name, old_type, new_type))
+        if postgres and old.null and not new.null:
+            lock(PG_ACCESS_EXCLUSIVE, "checks every row for NULL to make %s non-nullable" % op.name)
+        elif old.null and not new.null and new.has_default():
+            # Django first sets the default on every NULL row, in one UPDATE.
+            lock(MYSQL_ROW_LOCKS, "sets %s on every NULL row in one UPDATE to make it non-nullable" % op.name)
+        if postgres and new.unique and not old.unique and not new.primary_key:
+            lock(PG_ACCESS_EXCLUSIVE, "builds the unique index of %s and checks every row" % op.name)
+        elif postgres and (new.db_index and not old.db_index) and not new.unique:
+            lock(PG_SHARE, "builds an index on %s without CONCURRENTLY" % op.name)
+        if new.is_relation and getattr(new, "db_constraint", True) and related_model(old) != related_model(new):
+            if postgres:
+                lock(PG_SHARE_ROW_EXCLUSIVE, "validates the foreign key %s on every row" % op.name)
+            else:
+                lock(MYSQL_COPY, "adds the foreign key %s, which copies the table" % op.name)
+    return found
+
+
+def table_size(connection, table):
+    """(rows, bytes) of `table` from the database's statistics (never by counting); None
+    for what the statistics do not know."""
+    try:
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                # Live rows as the statistics system counts inserts and deletes, else the
+                # estimate of the last ANALYZE.
+                cursor.execute(
+                    "SELECT COALESCE(s.n_live_tup, NULLIF(c.reltuples, -1)::bigint), pg_total_relation_size(c.oid) "
+                    "FROM pg_class c LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid "
+                    "WHERE c.oid = to_regclass(%s)",
+                    [connection.ops.quote_name(table)],
+                )
+                row = cursor.fetchone()
+                if not row:
+                    return None, None
+                return (None if row[0] is None else int(row[0])), int(row[1])
+            cursor.execute(
+                "SELECT TABLE_ROWS, DATA_LENGTH + INDEX_LENGTH FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+                [table],
+            )
+            row = cursor.fetchone()
+            return (int(row[0]), int(row[1])) if row and row[0] is not None else (None, None)
+    except Exception as e:  # noqa: BLE001 - a size is information, not a condition
+        log("cannot read the size of table %s: %s" % (table, first_line(e)))
+        return None, None
+
+
+def human_bytes(n):
+    if n is None:
+        return "unknown size"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
+        n /= 1024.0
+    return "%d" % n
+
+
 def classify(plan, first_install, connection):
-    """Unsafe and unverifiable operations of the pending plan. Operations on models
-    created earlier in the same plan are not unsafe: the previous release never used
-    them; nor is anything on a first install."""
+    """Operations of the pending plan that hurt the running service, of two kinds:
+    `breaking` (the previous release's code fails against the migrated database) and
+    `locking` (it holds a lock that blocks reads or writes for as long as it takes), and
+    the operations that cannot be checked. Operations on models created earlier in the
+    same plan are neither: the previous release never used them and their tables are
+    empty; nor is anything on a first install. An operation later in the same migration
+    that gives a new column its database default clears the AddField before it."""
     from django.db.migrations import operations as ops
 
     unsafe, unchecked = [], []
     if first_install:
         return unsafe, unchecked
     created = set()
+    sizes = {}
     for migration, state in plan:
         name = "%s.%s" % (migration.app_label, migration.name)
-        for op in database_operations(migration.operations):
+        operations = list(database_operations(migration.operations))
+        for i, op in enumerate(operations):
             if isinstance(op, ops.CreateModel):
                 created.add((migration.app_label, op.name_lower))
             if isinstance(op, (ops.RunSQL, ops.RunPython)):
@@ -668,13 +996,27 @@ def classify(plan, first_install, connection):
             model = getattr(op, "model_name_lower", None) or getattr(op, "name_lower", None)
             if (migration.app_label, model) in created and not isinstance(op, ops.CreateModel):
                 continue
-            why = why_unsafe(op, migration.app_label, state, connection)
+            described = "%s(%s)" % (op.__class__.__name__, op.describe())
+            why = breaks_previous_release(op, migration.app_label, state, connection, operations[i + 1 :])
             if why:
+                unsafe.append(
+                    {"migration": name, "operation": described, "kind": KIND_BREAKING, "why": why, "applied": False}
+                )
+            for mode, table, because in blocks_traffic(op, migration.app_label, state, connection):
+                if table not in sizes:
+                    sizes[table] = table_size(connection, table)
+                rows, size = sizes[table]
                 unsafe.append(
                     {
                         "migration": name,
-                        "operation": "%s(%s)" % (op.__class__.__name__, op.describe()),
-                        "why": why,
+                        "operation": described,
+                        "kind": KIND_LOCKING,
+                        "why": "holds %s on %s (%s rows, %s) while it %s"
+                        % (mode, table, "unknown" if rows is None else "~%d" % rows, human_bytes(size), because),
+                        "lock": mode.split(" (")[0],
+                        "table": table,
+                        "rows": rows,
+                        "bytes": size,
                         "applied": False,
                     }
                 )
@@ -685,29 +1027,53 @@ def classify(plan, first_install, connection):
     return unsafe, unchecked
 
 
+def held_back(u):
+    """True when `deny` holds this finding back: its kind is chosen by hold-back, it is
+    not allowed by name, and a locking one is on a table of at least the size set."""
+    if UNSAFE_MIGRATIONS != "deny" or u["migration"] in ALLOW_UNSAFE or u["kind"] not in HOLD_BACK:
+        return False
+    return u["kind"] != KIND_LOCKING or u["rows"] is None or u["rows"] >= LOCKING_MIN_ROWS
+
+
 def hold_back_unsafe(connection):
-    """Names unsafe operations; under `deny` exits 5 unless each is allowed by name."""
+    """Names the operations that hurt the running service; under `deny` exits 5 unless
+    each of the kinds it holds back is allowed by name."""
     plan, first_install = pending_plan(connection)
     unsafe, unchecked = classify(plan, first_install, connection)
     for item in unchecked:
         log("%s: %s cannot be checked for safety; review it by hand" % (item["migration"], item["operation"]))
     if not unsafe:
         return
-    blocked = [u for u in unsafe if UNSAFE_MIGRATIONS == "deny" and u["migration"] not in ALLOW_UNSAFE]
+    blocked = [u for u in unsafe if held_back(u)]
     for u in unsafe:
-        allowed = "allowed by django-migrate.io/allow-unsafe" if u["migration"] in ALLOW_UNSAFE else UNSAFE_MIGRATIONS
-        log(
-            "unsafe for the release still serving (%s): %s %s: %s" % (allowed, u["migration"], u["operation"], u["why"])
-        )
+        if u["migration"] in ALLOW_UNSAFE:
+            verdict = "allowed by django-migrate.io/allow-unsafe"
+        elif u in blocked:
+            verdict = "held back"
+        elif UNSAFE_MIGRATIONS == "deny" and u["kind"] in HOLD_BACK:
+            verdict = "reported only: fewer than %d rows" % LOCKING_MIN_ROWS
+        else:
+            verdict = "applied, %s" % UNSAFE_MIGRATIONS if u["kind"] in HOLD_BACK else "reported"
+        label = "breaks the release still serving" if u["kind"] == KIND_BREAKING else "blocks traffic"
+        log("%s (%s): %s %s: %s" % (label, verdict, u["migration"], u["operation"], u["why"]))
     Report.unsafe_operations = unsafe
     if blocked:
         first = blocked[0]
+        locking_only = all(u["kind"] == KIND_LOCKING for u in blocked)
         finish(
             EXIT_UNSAFE,
-            "unsafe-blocked",
-            "held back %d unsafe operation(s) under django-migrate.io/unsafe-migrations: deny; first: %s %s: %s; "
-            "nothing was applied; ship it in a later release, or allow it with django-migrate.io/allow-unsafe: %s"
-            % (len(blocked), first["migration"], first["operation"], first["why"], first["migration"]),
+            "locking-blocked" if locking_only else "unsafe-blocked",
+            "held back %d operation(s) under django-migrate.io/unsafe-migrations: deny; first: %s %s (%s): %s; "
+            "nothing was applied; %s, or allow it with django-migrate.io/allow-unsafe: %s"
+            % (
+                len(blocked),
+                first["migration"],
+                first["operation"],
+                first["kind"],
+                first["why"],
+                "ship it in a later release" if first["kind"] == KIND_BREAKING else "use a non-blocking form",
+                first["migration"],
+            ),
         )
 
 
@@ -1095,13 +1461,15 @@ def step_migrate(connections, connection, watchdog):
     if error:
         finish(EXIT_MIGRATE_FAILED, "failed", error)
     Report.phase = PHASE_DONE
-    unsafe = [u for u in Report.unsafe_operations if u["applied"]]
     note = ""
-    if unsafe:
-        note = "; %d unsafe for the previous release: %s" % (
-            len(unsafe),
-            ", ".join("%s %s" % (u["migration"], u["operation"]) for u in unsafe),
-        )
+    for kind, said in ((KIND_BREAKING, "unsafe for the previous release"), (KIND_LOCKING, "blocking traffic")):
+        found = [u for u in Report.unsafe_operations if u["applied"] and u["kind"] == kind]
+        if found:
+            note += "; %d %s: %s" % (
+                len(found),
+                said,
+                ", ".join("%s %s" % (u["migration"], u["operation"]) for u in found),
+            )
     retries = " after %d lock-timeout retries" % Report.retries if Report.retries else ""
     finish(
         EXIT_OK,

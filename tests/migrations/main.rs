@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod classifier;
 mod kubelet;
 mod poolers;
 mod safety;

@@ -279,7 +279,7 @@ fn unsafe_migrations(engine: Engine, python: PathBuf, django: &str) {
         "{message}"
     );
     assert!(
-        logs.contains("unsafe for the release still serving"),
+        logs.contains("breaks the release still serving (held back)"),
         "{logs}"
     );
     assert_eq!(

@@ -21,6 +21,9 @@ if os.environ.get("UNSAFE_APP") == "1":
 if os.environ.get("TWO_STEP_APP") == "1":
     # A migration of two statements on two tables.
     INSTALLED_APPS.append("twostep")
+if os.environ.get("CORPUS_CASE"):
+    # One case of the classifier's corpus: a previous release and the migration it ships.
+    INSTALLED_APPS.append("corpus")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 _engine = os.environ.get("DB_ENGINE", "sqlite")
