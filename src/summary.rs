@@ -70,6 +70,8 @@ pub struct UnsafeOperation {
     pub bytes: Option<i64>,
     /// True when it was applied (allowed by name, or `warn`).
     pub applied: bool,
+    /// True when `deny` held it back (and with it the whole plan).
+    pub held_back: bool,
 }
 
 impl Summary {

@@ -93,7 +93,7 @@ impl StepStats {
             seconds_lock_wait: s.seconds.lock_wait,
             applied: count(s.applied.len()),
             retries: s.retries,
-            unsafe_blocked: count(s.unsafe_operations.iter().filter(|u| !u.applied).count()),
+            unsafe_blocked: count(s.unsafe_operations.iter().filter(|u| u.held_back).count()),
         }
     }
 }

@@ -1046,6 +1046,8 @@ def hold_back_unsafe(connection):
         return
     blocked = [u for u in unsafe if held_back(u)]
     for u in unsafe:
+        u["held_back"] = u in blocked
+    for u in unsafe:
         if u["migration"] in ALLOW_UNSAFE:
             verdict = "allowed by django-migrate.io/allow-unsafe"
         elif u in blocked:
