@@ -440,31 +440,50 @@ class Lock:
         self.lost = None
         self.stopped = threading.Event()
         self.heartbeat = None
+        self.began = False
+        self.closed_in_transaction = 0
 
     @property
     def supported(self):
         return self.vendor in ("postgresql", "mysql")
 
     def _execute(self, sql, params=None):
-        """Runs one statement on the raw connection and returns its first row."""
+        """Runs one statement on the raw connection and returns its first row; driver
+        errors come as Django's."""
         self.wrapper.ensure_connection()
-        cursor = self.wrapper.connection.cursor()
-        try:
-            cursor.execute(sql, params)
-            return cursor.fetchone() if cursor.description else None
-        finally:
-            cursor.close()
+        with self.wrapper.wrap_database_errors:
+            cursor = self.wrapper.connection.cursor()
+            try:
+                cursor.execute(sql, params)
+                return cursor.fetchone() if cursor.description else None
+            finally:
+                cursor.close()
+
+    # A pooler in statement mode that drops the connection without saying why (some
+    # drivers lose its message) does so every time a transaction is opened on it.
+    CLOSED_IN_TRANSACTION_LIMIT = 3
 
     def try_acquire(self):
         """True once this pod holds the lock; False while another pod does. Raises
         LockUnavailable when the connection cannot hold it."""
         with self.mutex:
+            self.began = False
             try:
                 held = self._try_acquire()
             except Exception as e:
                 if refused_by_pooler(e):
                     raise LockUnavailable(first_line(e)) from e
+                raw = self.wrapper.connection
+                if self.began and (raw is None or getattr(raw, "closed", False)):
+                    self.closed_in_transaction += 1
+                    if self.closed_in_transaction >= self.CLOSED_IN_TRANSACTION_LIMIT:
+                        raise LockUnavailable(
+                            "the connection was closed each time a transaction was opened on it (%d times in a "
+                            "row, last: %s), while other connections work: a pooler that allows no transactions "
+                            "(statement mode)?" % (self.closed_in_transaction, first_line(e))
+                        ) from e
                 raise
+            self.closed_in_transaction = 0
         if held:
             self.heartbeat = threading.Thread(target=self._beat, name="django-migrate-lock", daemon=True)
             self.heartbeat.start()
@@ -472,6 +491,8 @@ class Lock:
 
     def _try_acquire(self):
         if self.vendor == "postgresql":
+            self.wrapper.ensure_connection()
+            self.began = True
             self._execute("BEGIN")
             got = self._execute("SELECT pg_try_advisory_xact_lock(%s), pg_backend_pid()", [self.key])
             if not got[0]:
@@ -1399,7 +1420,7 @@ def poll_until_applied(connection, lock, watchdog):
                 lock_unavailable(str(e))
             except DatabaseError as e:
                 lock.abandon()
-                held = False
+                held = None
                 log("cannot ask for the migration lock: %s" % first_line(e))
             if held:
                 Report.lock_wait_seconds = time.monotonic() - started
@@ -1414,12 +1435,12 @@ def poll_until_applied(connection, lock, watchdog):
                 "timeout",
                 "gave up after %.0fs waiting for %s; still pending: %s" % (elapsed(), what, describe(Report.pending)),
             )
-        if lock is not None:
+        if lock is not None and held is False:
             log(
                 "another pod holds the migration lock; %d pending; checking again in %.0fs"
                 % (len(Report.pending), POLL_SECONDS)
             )
-        else:
+        elif lock is None:
             log("%d migrations pending; checking again in %.0fs" % (len(Report.pending), POLL_SECONDS))
         time.sleep(min(POLL_SECONDS, max(left, 0.1)))
         try:
