@@ -78,7 +78,8 @@ pub struct Rollout {
 pub struct PodStatus {
     pub name: String,
     /// `pending`, `waiting for the database`, `waiting for the lock`, `waiting for other
-    /// pods' migrations`, `migrating`, `running`, `applied`, `failed`, `blocked as unsafe` or `blocked as locking`.
+    /// pods' migrations`, `migrating`, `running`, `applied`, `failed`, `blocked as unsafe`
+    /// or `blocked as locking`.
     pub phase: String,
     /// The gate condition's reason, if set.
     #[serde(skip_serializing_if = "Option::is_none")]
