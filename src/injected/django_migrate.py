@@ -369,6 +369,10 @@ def pending_now(connection):
         return pending_migrations(connection)
 
 
+# How long the lock's connection waits on a network that stopped answering.
+DEAD_NETWORK_SECONDS = 30
+
+
 class LockUnavailable(Exception):
     """The connection cannot hold the lock: a statement pooler, or a pooler that moves a
     transaction between server connections."""
@@ -405,6 +409,8 @@ def pg_scope_sql(lock_timeout):
 class Lock:
     """The cross-pod migration lock, on a connection of its own.
 
+    Its key is derived from the name of the database the server reports.
+
     PostgreSQL: `pg_try_advisory_xact_lock` in a transaction that stays open for the whole
     migration. A transaction pooler (PgBouncer, pgcat, Supavisor, RDS Proxy) keeps one
     server connection for the length of a transaction and nothing beyond it: a
@@ -424,9 +430,25 @@ class Lock:
     HEARTBEAT_SECONDS = 2.0
 
     def __init__(self, connections):
-        self.wrapper = connections.create_connection(ALIAS)
+        main = connections[ALIAS]
+        # Settings of its own: a plain connection (not one of a pool of Django's, which
+        # close() would not close) that gives up on a dead network within
+        # DEAD_NETWORK_SECONDS instead of TCP's many minutes.
+        settings = dict(main.settings_dict)
+        options = settings["OPTIONS"] = dict(settings.get("OPTIONS") or {})
+        options.pop("pool", None)
+        self.wrapper = main.__class__(settings, ALIAS)
         with_connect_timeout(self.wrapper)
         self.vendor = self.wrapper.vendor
+        if self.vendor == "postgresql":
+            options.setdefault("keepalives", 1)
+            options.setdefault("keepalives_idle", 5)
+            options.setdefault("keepalives_interval", 5)
+            options.setdefault("keepalives_count", 3)
+            options.setdefault("tcp_user_timeout", DEAD_NETWORK_SECONDS * 1000)
+        elif self.vendor == "mysql":
+            options.setdefault("read_timeout", DEAD_NETWORK_SECONDS)
+            options.setdefault("write_timeout", DEAD_NETWORK_SECONDS)
         name = str(self.wrapper.settings_dict.get("NAME") or "")
         digest = hashlib.sha256(("django-migrate:" + name).encode()).digest()
         self.key = int.from_bytes(digest[:8], "big", signed=True)
@@ -442,6 +464,7 @@ class Lock:
         self.heartbeat = None
         self.began = False
         self.closed_in_transaction = 0
+        self.identified = False
 
     @property
     def supported(self):
@@ -489,7 +512,30 @@ class Lock:
             self.heartbeat.start()
         return held
 
+    def _identify(self):
+        """Names the lock after the database the server says this connection reached, so
+        that pods reaching it under other names (a pooler's alias, say) share one lock.
+        The same key as one derived from a NAME equal to the database's name."""
+        if self.identified:
+            return
+        if self.vendor == "postgresql":
+            key = self._execute(
+                "SELECT ('x' || substr(encode(sha256(convert_to('django-migrate:' || current_database(), "
+                "'UTF8')), 'hex'), 1, 16))::bit(64)::bigint"
+            )[0]
+            self.key = int(key)
+        else:
+            name = self._execute(
+                "SELECT IF(CHAR_LENGTH(CONCAT('django-migrate:', DATABASE())) <= 64, "
+                "CONCAT('django-migrate:', DATABASE()), "
+                "CONCAT('django-migrate:', LEFT(SHA2(CONCAT('django-migrate:', DATABASE()), 256), 40)))"
+            )[0]
+            if name:
+                self.name = name
+        self.identified = True
+
     def _try_acquire(self):
+        self._identify()
         if self.vendor == "postgresql":
             self.wrapper.ensure_connection()
             self.began = True
@@ -553,7 +599,7 @@ class Lock:
         not wait for this connection to close; a lock already lost needs nothing."""
         self.stopped.set()
         if self.heartbeat is not None:
-            self.heartbeat.join()
+            self.heartbeat.join(DEAD_NETWORK_SECONDS + 5)
         try:
             if self.backend is not None and self.lost is None:
                 with self.mutex:
@@ -757,12 +803,20 @@ def breaks_previous_release(op, app_label, state, connection, later):
     if isinstance(op, ops.DeleteModel):
         return "drops the table of model %s, which the previous release still reads" % op.name
     if isinstance(op, ops.RenameField):
+        old = old_field(state, app_label, op.model_name_lower, op.old_name)
+        if old is not None and old.db_column:
+            return None  # the column keeps its name: a rename in the code only
         return "renames column %s.%s to %s; the previous release still uses the old name" % (
             op.model_name,
             op.old_name,
             op.new_name,
         )
     if isinstance(op, ops.RenameModel):
+        try:
+            if state.models[app_label, op.old_name_lower].options.get("db_table"):
+                return None  # the table keeps its name
+        except KeyError:
+            pass
         return "renames model %s to %s (and its table); the previous release still uses the old one" % (
             op.old_name,
             op.new_name,
@@ -778,8 +832,8 @@ def breaks_previous_release(op, app_label, state, connection, later):
         return "drops column %s._order, which the previous release still reads" % op.name
     if isinstance(op, ops.AddField):
         field = op.field
-        if field.many_to_many:
-            return None
+        if field.many_to_many or getattr(field, "generated", False):
+            return None  # a new table, or a column the database computes
         if not field.null and no_default(field):
             table = db_table(state, app_label, op.model_name_lower)
             column = field.db_column or (op.name + "_id" if field.is_relation else op.name)
@@ -911,15 +965,18 @@ def blocks_traffic(op, app_label, state, connection):
             target_app, _, target_model = related_model(field).rpartition(".")
             target_table = db_table(state, target_app or app_label, target_model)
             if postgres:
-                lock(PG_SHARE_ROW_EXCLUSIVE, "validates the new foreign key %s on every row" % op.name)
+                # ADD COLUMN ... REFERENCES holds ACCESS EXCLUSIVE until the migration commits.
+                lock(PG_ACCESS_EXCLUSIVE, "adds the foreign key %s, validates it and builds its index" % op.name)
                 lock(PG_SHARE_ROW_EXCLUSIVE, "is referenced by the new foreign key %s" % op.name, target_table)
             else:
                 lock(MYSQL_COPY, "adds the foreign key %s, which copies the table" % op.name)
         if postgres and not field.null and no_default(field) and not no_default_given(field):
             lock(PG_ACCESS_EXCLUSIVE, "checks every row of the new NOT NULL column %s with DEFAULT NULL" % op.name)
-        if postgres and (field.unique or field.db_index):
-            mode = PG_ACCESS_EXCLUSIVE if field.unique else PG_SHARE
-            lock(mode, "builds an index on the new column %s without CONCURRENTLY" % op.name)
+        elif postgres and (field.unique or field.db_index) and not field.is_relation:
+            # After ADD COLUMN, whose ACCESS EXCLUSIVE lasts until the migration commits.
+            lock(PG_ACCESS_EXCLUSIVE, "builds an index on the new column %s" % op.name)
+        if postgres and getattr(field, "generated", False) and getattr(field, "db_persist", False):
+            lock(PG_ACCESS_EXCLUSIVE, "rewrites the table to compute the stored generated column %s" % op.name)
     elif isinstance(op, ops.AlterField):
         old = old_field(state, app_label, model, op.name)
         new = op.field
@@ -956,10 +1013,11 @@ def table_size(connection, table):
     try:
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
-                # Live rows as the statistics system counts inserts and deletes, else the
-                # estimate of the last ANALYZE.
+                # The larger of the live rows the statistics system counts (reset to 0 by
+                # pg_stat_reset, a crash or a failover) and the last ANALYZE's estimate.
                 cursor.execute(
-                    "SELECT COALESCE(s.n_live_tup, NULLIF(c.reltuples, -1)::bigint), pg_total_relation_size(c.oid) "
+                    "SELECT NULLIF(GREATEST(COALESCE(s.n_live_tup, -1), c.reltuples::bigint), -1), "
+                    "pg_total_relation_size(c.oid) "
                     "FROM pg_class c LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid "
                     "WHERE c.oid = to_regclass(%s)",
                     [connection.ops.quote_name(table)],
@@ -1168,6 +1226,8 @@ class Progress:
     atomic = True
     statements = 0
     failed_sql = None
+    # A migration recorded after the lock was found lost (it had committed already).
+    recorded_after_loss = None
 
 
 READ_ONLY_STATEMENTS = ("SELECT", "SHOW", "SET", "EXPLAIN", "DESCRIBE", "SAVEPOINT", "RELEASE", "ROLLBACK")
@@ -1185,25 +1245,36 @@ def pg_transaction_idle(raw):
     return raw.info.transaction_status == 0
 
 
+TRANSACTION_CONTROL = ("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT")
+
+
+def first_word(sql):
+    words = str(sql).lstrip().split(None, 1)
+    return words[0].upper().rstrip(";") if words else ""
+
+
 def track_progress(connection, lock):
-    """Wraps MigrationExecutor and the connection's execute to follow `migrate` statement
-    by statement and keep the rules of the lock:
+    """Wraps MigrationExecutor, the schema editor and the connection's execute to follow
+    `migrate` statement by statement and keep the rules of the lock:
 
     - PostgreSQL: the lock timeout is set for each transaction `migrate` opens, with
       SET LOCAL semantics, as its first statement; a statement outside a transaction (a
-      non-atomic migration) gets a transaction of its own for it. Nothing outlives the
-      transaction, so a pooled server connection goes back to the pool as it came.
-      CREATE/DROP INDEX CONCURRENTLY runs without the lock timeout (and cannot run in a
-      transaction): it waits for older transactions by design, blocks no reads or
+      non-atomic migration) gets a transaction of its own for it, and a transaction the
+      migration opens itself (RunSQL "BEGIN") gets the setting after its BEGIN. Nothing
+      outlives the transaction, so a pooled server connection goes back to the pool as it
+      came. CREATE/DROP INDEX CONCURRENTLY runs without the lock timeout (and cannot run
+      in a transaction): it waits for older transactions by design, blocks no reads or
       writes, and a timeout would leave an invalid index behind.
-    - Before each migration starts, and again before it is recorded (inside its
-      transaction where it has one), the lock must still be held; a lost lock raises
-      LockLost, which rolls back an atomic migration."""
+    - Before each migration starts, and again before it commits (before its deferred
+      SQL, inside its transaction where it has one), the lock must still be held; a lost
+      lock raises LockLost, which rolls back an atomic migration."""
     from django.db.migrations.executor import MigrationExecutor
     from django.db.migrations.recorder import MigrationRecorder
 
     original_apply = MigrationExecutor.apply_migration
     original_record = MigrationRecorder.record_applied
+    editor_class = connection.SchemaEditorClass
+    original_exit = editor_class.__exit__
 
     def apply_migration(self, state, migration, fake=False, fake_initial=False):
         name = "%s.%s" % (migration.app_label, migration.name)
@@ -1218,24 +1289,51 @@ def track_progress(connection, lock):
         Progress.migration = None
         return result
 
+    def schema_editor_exit(self, exc_type, exc_value, traceback):
+        if exc_type is None and lock is not None and self.connection is connection and not lock.verify():
+            error = LockLost("while applying %s: %s" % (Progress.migration, lock.lost))
+            # Rolls the migration's transaction back; its deferred SQL does not run.
+            original_exit(self, LockLost, error, None)
+            raise error
+        return original_exit(self, exc_type, exc_value, traceback)
+
     def record_applied(self, app, name):
         if lock is not None and self.connection is connection and not lock.verify():
-            raise LockLost("while applying %s.%s: %s" % (app, name, lock.lost))
+            if connection.in_atomic_block:
+                raise LockLost("while applying %s.%s: %s" % (app, name, lock.lost))
+            # Committed already (its deferred SQL ran after the check): record it, so
+            # that the next pod does not apply it again, then stop.
+            original_record(self, app, name)
+            Progress.recorded_after_loss = "%s.%s" % (app, name)
+            Report.applied.append(Progress.recorded_after_loss)
+            raise LockLost("after applying %s.%s: %s" % (app, name, lock.lost))
         return original_record(self, app, name)
 
     MigrationExecutor.apply_migration = apply_migration
     MigrationRecorder.record_applied = record_applied
+    editor_class.__exit__ = schema_editor_exit
     scope = pg_scope_sql(LOCK_TIMEOUT)
 
     def execute(run, sql, params, many, context):
         changes = changes_something(sql)
         if connection.vendor == "postgresql":
+            word = first_word(sql)
+            if word in TRANSACTION_CONTROL:
+                # The migration's own transaction control: run as written; a transaction
+                # it opens gets the step's settings.
+                result = counted(run, sql, params, many, context, False)
+                if word in ("BEGIN", "START") and not pg_transaction_idle(connection.connection):
+                    control(scope)
+                return result
             concurrent = "CONCURRENTLY" in str(sql).upper()
             if not connection.get_autocommit():
                 if pg_transaction_idle(connection.connection):
                     control(scope)  # the transaction's first statement
-            elif changes and not concurrent:
+            elif changes and not concurrent and pg_transaction_idle(connection.connection):
                 return in_own_transaction(run, sql, params, many, context)
+        return counted(run, sql, params, many, context, changes)
+
+    def counted(run, sql, params, many, context, changes):
         try:
             result = run(sql, params, many, context)
         except Exception:
@@ -1247,18 +1345,20 @@ def track_progress(connection, lock):
 
     def control(statement):
         """Runs a statement of the step's own on a cursor of its own, so the caller's
-        cursor keeps its results."""
-        cursor = connection.connection.cursor()
-        try:
-            cursor.execute(statement)
-        finally:
-            cursor.close()
+        cursor keeps its results; driver errors come as Django's."""
+        with connection.wrap_database_errors:
+            cursor = connection.connection.cursor()
+            try:
+                cursor.execute(statement)
+            finally:
+                cursor.close()
 
     def in_own_transaction(run, sql, params, many, context):
         control("BEGIN")
         try:
             control(scope)
             result = run(sql, params, many, context)
+            control("COMMIT")  # deferred constraints are checked here
         except Exception as e:
             try:
                 control("ROLLBACK")
@@ -1268,13 +1368,7 @@ def track_progress(connection, lock):
                 Progress.failed_sql = str(sql)
                 raise
             log("statement cannot run in a transaction, so it runs without the lock timeout: %s" % str(sql)[:200])
-            try:
-                result = run(sql, params, many, context)
-            except Exception:
-                Progress.failed_sql = str(sql)
-                raise
-        else:
-            control("COMMIT")
+            return counted(run, sql, params, many, context, True)
         if Progress.migration is not None:
             Progress.statements += 1
         return result
@@ -1371,7 +1465,10 @@ def lock_lost(connection, failed, nothing_applied, why):
         Report.pending = pending_migrations(connection)
     except DatabaseError:
         pass
-    if failed is None:
+    if Progress.recorded_after_loss:
+        Report.failed_migration = None
+        state = "%s had committed and is recorded" % Progress.recorded_after_loss
+    elif failed is None:
         state = "no migration was running"
     elif nothing_applied:
         state = "%s was rolled back" % failed
