@@ -822,6 +822,8 @@ def breaks_previous_release(op, app_label, state, connection, later):
             op.new_name,
         )
     if isinstance(op, ops.AlterModelTable):
+        if (op.table or "%s_%s" % (app_label, op.name_lower)) == db_table(state, app_label, op.name_lower):
+            return None  # the table keeps its name
         return "renames the table of model %s; the previous release still uses the old name" % op.name
     if isinstance(op, ops.AlterOrderWithRespectTo):
         if op.order_with_respect_to:

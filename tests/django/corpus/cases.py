@@ -145,6 +145,17 @@ CASES = {
     "alter_field_nullable": case(
         [migrations.AlterField("item", "qty", models.IntegerField(default=0, null=True))], False
     ),
+    # What makemigrations writes for a rename in the code only: the column keeps its name.
+    "rename_field_code_only": case(
+        [
+            migrations.AlterField("item", "note", models.TextField(null=True, db_column="note")),
+            migrations.RenameField("item", "note", "remark"),
+        ],
+        False,
+    ),
+    "rename_model_keeping_its_table": case(
+        [migrations.AlterModelTable("item", "corpus_item"), migrations.RenameModel("Item", "Article")], False
+    ),
     "state_only_remove_field": case(
         [migrations.SeparateDatabaseAndState(state_operations=[migrations.RemoveField("item", "legacy")])], False
     ),
