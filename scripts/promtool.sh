@@ -14,7 +14,7 @@ if [[ ! -x "$bin" ]]; then
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1) || {
-    as_root apt-get update -qq >/dev/null
+    as_root apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
     (cd "$tmp" && apt-get download prometheus >/dev/null)
   } || die "cannot download Debian's prometheus package (apt-get download prometheus)"
   mkdir -p "$dir"

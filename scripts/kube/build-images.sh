@@ -156,7 +156,7 @@ for img in $IMAGES; do
     ROOTFS="$OUT/rootfs-django"
     if [[ ! -x "$ROOTFS/usr/bin/python3" ]]; then
       uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources)
-      command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null
+      command -v debootstrap >/dev/null || apt-get -o DPkg::Lock::Timeout=600 install -y -qq debootstrap >/dev/null
       log "debootstrap bookworm minbase + python3 into $ROOTFS"
       rm -rf "$ROOTFS"
       t=$(date +%s)

@@ -1166,15 +1166,14 @@ def hold_back_unsafe(connection):
 def is_lock_timeout(error):
     """PostgreSQL lock_not_available (lock_timeout); MySQL/MariaDB 1205 (lock wait timeout,
     for metadata and row locks)."""
-    cause = error.__cause__ or error
-    code = getattr(cause, "pgcode", None) or getattr(cause, "sqlstate", None)
-    if code == "55P03":
+    if sqlstate(error) == "55P03":
         return True
-    args = getattr(cause, "args", ())
+    args = getattr(error.__cause__ or error, "args", ())
     return bool(args) and args[0] == 1205
 
 
 def sqlstate(error):
+    """PostgreSQL's SQLSTATE of a driver error (psycopg2 and 3), else None."""
     cause = error.__cause__ or error
     return getattr(cause, "pgcode", None) or getattr(cause, "sqlstate", None)
 

@@ -45,19 +45,7 @@ fn cases() -> BTreeMap<String, Value> {
 
 /// `corpus_probe.py COMMAND` for `case` with the pods' env; its stdout.
 fn corpus_probe(pods: &Pods, case: &str, command: &str) -> String {
-    let out = Command::new(test_python())
-        .args(["corpus_probe.py", command])
-        .current_dir(django_dir())
-        .envs(pods.env.iter().cloned())
-        .env("CORPUS_CASE", case)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{case}: corpus_probe.py {command}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    pods.python(&["corpus_probe.py", command], &[("CORPUS_CASE", case)])
 }
 
 /// What one case showed on one engine.

@@ -221,6 +221,24 @@ impl Pods {
             .collect()
     }
 
+    /// Runs `python ARGS` in `tests/django` with the pods' env plus `extra_env`, as the
+    /// previous release or a helper of the tests would; its stdout, after it succeeded.
+    pub fn python(&self, args: &[&str], extra_env: Pairs) -> String {
+        let out = Command::new(&self.python)
+            .args(args)
+            .current_dir(repo().join("tests/django"))
+            .envs(self.env.iter().cloned())
+            .envs(extra_env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "python {args:?} with {extra_env:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The last termination message written (by pod number `pod`, or by an unnumbered run).
     pub fn termination_message(&self, pod: Option<usize>) -> String {
         kubelet::read_termination_message(&self.log_path(pod))

@@ -5,7 +5,6 @@
 //! setting of the step left in any pooled server session.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -69,18 +68,8 @@ fn assert_pool_clean(s: &Server, port: u16, database: &str, defaults: &[(&str, &
         "{database}: an advisory lock is still held"
     );
     let pods = s.pods(test_python(), database, port, &s.password);
-    let out = Command::new(test_python())
-        .args(["pooled_sessions.py", &pool_size().to_string()])
-        .current_dir(crate::repo().join("tests/django"))
-        .envs(pods.env.iter().cloned())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pooled_sessions.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sessions: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let out = pods.python(&["pooled_sessions.py", &pool_size().to_string()], &[]);
+    let sessions: Vec<Value> = serde_json::from_str(&out).unwrap();
     let mut seen = BTreeSet::new();
     for session in &sessions {
         seen.insert(session["pid"].as_i64().unwrap());

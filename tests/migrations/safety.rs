@@ -21,18 +21,7 @@ fn django_dir() -> PathBuf {
 
 /// `manage.py ARGS` with the pods' env (the previous release's deploy, say).
 fn manage(pods: &Pods, args: &[&str]) {
-    let out = Command::new(&pods.python)
-        .arg("manage.py")
-        .args(args)
-        .current_dir(django_dir())
-        .envs(pods.env.iter().cloned())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "manage.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pods.python(&[&["manage.py"], args].concat(), &[]);
 }
 
 /// `tests/django/traffic.py` as the running release: `hold` a transaction that read
