@@ -5,6 +5,8 @@
 //! `/<file stem>` serves the answer prepared for it, and with inputs `create` and `update`,
 //! `/admission` answers each by its operation (the floor registered as a webhook,
 //! `bench/apiserver_admission.py`).
+// Tests and benches unwrap and assert freely: the lints for the product are for `src/`.
+#![allow(clippy::unwrap_used, clippy::pedantic)]
 
 #[path = "floor.rs"]
 mod floor;

@@ -6,6 +6,8 @@
 //! same on a busy machine, run the bench binary under callgrind with
 //! `ENGINE_ITERATIONS=N ENGINE_INPUT=typical ENGINE_SIDE=webhook|floor`: it then runs
 //! exactly N answers and exits (see `bench/instructions.sh`).
+// Tests and benches unwrap and assert freely: the lints for the product are for `src/`.
+#![allow(clippy::unwrap_used, clippy::pedantic)]
 
 #[path = "../bench/floor.rs"]
 mod floor;

@@ -69,28 +69,21 @@ struct ResponseOut<'a> {
     allowed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     patch_type: Option<&'static str>,
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "serialize_base64"
-    )]
-    patch: Option<&'a [u8]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<Base64<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<Status<'a>>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     warnings: &'a [String],
 }
 
-/// The API server reads `patch` as standard base64 in a JSON string.
-fn serialize_base64<S: serde::Serializer>(
-    patch: &Option<&[u8]>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    use base64::Engine as _;
-    match patch {
-        Some(bytes) => {
-            serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
-        }
-        None => serializer.serialize_none(),
+/// Bytes the API server reads as standard base64 in a JSON string (`patch`).
+struct Base64<'a>(&'a [u8]);
+
+impl Serialize for Base64<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(self.0))
     }
 }
 
@@ -164,7 +157,7 @@ pub fn review(body: &[u8], image: &CodeImage) -> Reply {
                 400,
                 format!(
                     "request body is not a valid AdmissionReview JSON document: {}",
-                    with_path::<ReviewIn>(body, e)
+                    with_path::<ReviewIn>(body, &e)
                 ),
             );
         }
@@ -216,7 +209,7 @@ pub fn review(body: &[u8], image: &CodeImage) -> Reply {
                 400,
                 format!(
                     "request.object is not a valid apps/v1 Deployment: {}",
-                    with_path::<Deployment>(object.get().as_bytes(), e)
+                    with_path::<Deployment>(object.get().as_bytes(), &e)
                 ),
             );
         }
@@ -229,7 +222,7 @@ pub fn review(body: &[u8], image: &CodeImage) -> Reply {
                     400,
                     format!(
                         "request.oldObject is not a valid apps/v1 Deployment: {}",
-                        with_path::<Deployment>(raw.get().as_bytes(), e)
+                        with_path::<Deployment>(raw.get().as_bytes(), &e)
                     ),
                 );
             }
@@ -255,13 +248,13 @@ pub fn review(body: &[u8], image: &CodeImage) -> Reply {
 
 /// The parse error again, with the path of the field it is about (`spec.replicas: ...`).
 /// Only failed requests pay for the second, path-tracking parse.
-fn with_path<'de, T: Deserialize<'de>>(json: &'de [u8], error: serde_json::Error) -> String {
+fn with_path<'de, T: Deserialize<'de>>(json: &'de [u8], error: &serde_json::Error) -> String {
     let mut de = serde_json::Deserializer::from_slice(json);
     match serde_path_to_error::deserialize::<_, T>(&mut de) {
         Err(e) if e.path().iter().next().is_some() => {
             // Deep nesting makes a long path; its start says where the problem is.
             let mut path = e.path().to_string();
-            crate::settings::cut_at(&mut path, 160);
+            crate::text::cut(&mut path, 160);
             format!("{path}: {}", e.inner())
         }
         _ => error.to_string(),
@@ -281,7 +274,7 @@ fn allowed(uid: &str, outcome: Outcome, patch: Option<&[u8]>, warnings: &[String
             uid,
             allowed: true,
             patch_type: patch.map(|_| "JSONPatch"),
-            patch,
+            patch: patch.map(Base64),
             status: None,
             warnings,
         },

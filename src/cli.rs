@@ -2,11 +2,24 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 
+use crate::controller::ControllerOptions;
+use crate::injected::CodeImage;
+use crate::leader::LeaseOptions;
 use crate::preview::OutputFormat;
+use crate::process::ServeOptions;
 use crate::telemetry::LogFormat;
+
+/// Whole seconds in `min..=max`, as a duration.
+fn seconds(min: u64, max: u64) -> impl TypedValueParser<Value = Duration> {
+    clap::value_parser!(u64)
+        .range(min..=max)
+        .map(Duration::from_secs)
+}
 
 /// Safe Django migrations for Kubernetes Deployments.
 ///
@@ -23,7 +36,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTPS admission webhook (POST /mutate) and the health/metrics port.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Preview the injection offline: read manifests, write them back mutated.
     ///
     /// Reads YAML or JSON (several documents, `kind: List`), runs every opted-in
@@ -85,11 +98,11 @@ pub struct CodeImageArgs {
     pub code_image_pull_policy: String,
 }
 
-impl CodeImageArgs {
-    pub fn to_code_image(&self) -> crate::injected::CodeImage {
-        crate::injected::CodeImage {
-            image: self.code_image.clone(),
-            pull_policy: self.code_image_pull_policy.clone(),
+impl From<CodeImageArgs> for CodeImage {
+    fn from(args: CodeImageArgs) -> CodeImage {
+        CodeImage {
+            image: args.code_image,
+            pull_policy: args.code_image_pull_policy,
         }
     }
 }
@@ -114,16 +127,16 @@ pub struct ServeArgs {
     pub tls_key: PathBuf,
     /// Seconds between checks of the certificate files; a new pair is served on new
     /// connections without a restart.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECONDS")]
-    pub cert_reload_interval: u64,
+    #[arg(long, default_value = "10", value_parser = seconds(1, 3600), value_name = "SECONDS")]
+    pub cert_reload_interval: Duration,
     /// Address of the plain-HTTP listener for /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
     pub metrics_listen: SocketAddr,
     /// Seconds to keep serving after SIGTERM, with /readyz failing and `Connection: close`
     /// on every answer, so that the Service's endpoints drop this pod before the port
     /// closes. Keep it plus the drain (at most 20 s) under the pod's grace period.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=300), value_name = "SECONDS")]
-    pub shutdown_delay: u64,
+    #[arg(long, default_value = "5", value_parser = seconds(0, 300), value_name = "SECONDS")]
+    pub shutdown_delay: Duration,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -150,8 +163,8 @@ pub struct ServeArgs {
     #[arg(long, env = "POD_NAME", value_name = "ID")]
     pub identity: Option<String>,
     /// Seconds a leader's claim lasts without renewal; another replica takes over within it.
-    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300), value_name = "SECONDS")]
-    pub lease_duration: u64,
+    #[arg(long, default_value = "15", value_parser = seconds(2, 300), value_name = "SECONDS")]
+    pub lease_duration: Duration,
     /// Patch opted-in Deployments found stored without the injection (applied while the
     /// webhook was unreachable) so that the API server sends them through it again.
     /// Needs `patch` on Deployments.
@@ -159,6 +172,37 @@ pub struct ServeArgs {
     pub heal_missed_injections: bool,
     #[command(flatten)]
     pub code_image: CodeImageArgs,
+}
+
+impl From<ServeArgs> for ServeOptions {
+    fn from(args: ServeArgs) -> ServeOptions {
+        let controller = args.controller.then(|| ControllerOptions {
+            lease: LeaseOptions {
+                namespace: args.lease_namespace,
+                name: args.lease_name,
+                identity: args.identity.unwrap_or_else(default_identity),
+                duration: args.lease_duration,
+            },
+            heal_missed_injections: args.heal_missed_injections,
+        });
+        ServeOptions {
+            listen: args.listen,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
+            metrics_listen: args.metrics_listen,
+            cert_reload_interval: args.cert_reload_interval,
+            shutdown_delay: args.shutdown_delay,
+            controller,
+            code_image: args.code_image.into(),
+        }
+    }
+}
+
+/// Host name and PID: unique enough for replicas started outside a cluster.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "localhost".into(), |h| h.trim().to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 #[derive(Debug, Args)]

@@ -6,7 +6,7 @@ use clap::Parser;
 use django_migrate_webhook::cli::{
     CertsArgs, Cli, Command, InjectArgs, InstallCodeArgs, ServeArgs, StatusArgs, StatusOutput,
 };
-use django_migrate_webhook::{certs, controller, injected, preview, process, status, telemetry};
+use django_migrate_webhook::{certs, injected, preview, process, status, telemetry};
 
 /// The webhook's answer is built from many small JSON values; mimalloc serves those
 /// allocations faster than glibc's malloc (see the README's "Performance"). It is built
@@ -18,10 +18,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Status(args) => return show_status(args),
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Inject(args) => inject(args),
-        Command::Certs(args) => make_certs(args),
-        Command::InstallCode(args) => install_code(args),
+        Command::Certs(args) => make_certs(&args),
+        Command::InstallCode(args) => install_code(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -34,24 +34,7 @@ fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init_logging(args.log_format);
-    let controller = args.controller.then(|| controller::ControllerOptions {
-        lease_namespace: args.lease_namespace,
-        lease_name: args.lease_name,
-        identity: args.identity.unwrap_or_else(default_identity),
-        lease_duration: args.lease_duration,
-        lease_grace: (args.lease_duration / 3).max(1),
-        heal_missed_injections: args.heal_missed_injections,
-    });
-    let options = process::ServeOptions {
-        listen: args.listen,
-        tls_cert: args.tls_cert,
-        tls_key: args.tls_key,
-        metrics_listen: args.metrics_listen,
-        cert_reload_interval: std::time::Duration::from_secs(args.cert_reload_interval),
-        shutdown_delay: std::time::Duration::from_secs(args.shutdown_delay),
-        controller,
-        code_image: args.code_image.to_code_image(),
-    };
+    let options = process::ServeOptions::from(args);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -70,7 +53,7 @@ fn inject(args: InjectArgs) -> anyhow::Result<()> {
     } else {
         std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file))?
     };
-    let result = preview::inject(&input, args.output, &args.code_image.to_code_image())?;
+    let result = preview::inject(&input, args.output, &args.code_image.into())?;
     for w in &result.warnings {
         eprintln!("Warning: {w}");
     }
@@ -78,7 +61,7 @@ fn inject(args: InjectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn make_certs(args: CertsArgs) -> anyhow::Result<()> {
+fn make_certs(args: &CertsArgs) -> anyhow::Result<()> {
     let generated = certs::generate(&args.dns, &args.ip)?;
     certs::write(&args.out, &generated)?;
     println!(
@@ -88,7 +71,7 @@ fn make_certs(args: CertsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn install_code(args: InstallCodeArgs) -> anyhow::Result<()> {
+fn install_code(args: &InstallCodeArgs) -> anyhow::Result<()> {
     let path = injected::install(&args.dir).with_context(|| {
         format!(
             "cannot write the migration program into {}",
@@ -102,14 +85,6 @@ fn install_code(args: InstallCodeArgs) -> anyhow::Result<()> {
         injected::PROGRAM.len()
     );
     Ok(())
-}
-
-/// Host name and PID: unique enough for replicas started outside a cluster.
-fn default_identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{host}-{}", std::process::id())
 }
 
 /// `status`: 0 all good, 1 a Deployment not injected or a step failed, 3 the cluster could
@@ -137,7 +112,7 @@ fn show_status(args: StatusArgs) -> ExitCode {
         };
         let config = kube::Config::from_kubeconfig(&options)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot read the kubeconfig: {e}"))?;
+            .context("cannot read the kubeconfig")?;
         let client = kube::Client::try_from(config).map_err(status::StatusError::Client)?;
         Ok::<_, anyhow::Error>(status::collect(&client, &scope, args.deployment.as_deref()).await?)
     });

@@ -22,13 +22,14 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::{Deserialize, Deserializer};
 
-use crate::controller::CONTROLLER_NAME;
-use crate::names::{INJECT_LABEL, INJECTED_LABEL};
-use crate::telemetry::Metrics;
-use crate::watched::lean_resource;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
-/// Condition-style reason of the Event on a Deployment stored without the injection.
-pub const NOT_INJECTED_REASON: &str = "MigrationStepNotInjected";
+use crate::names::{CONTROLLER_NAME, INJECT_LABEL, INJECTED_LABEL, event};
+use crate::telemetry::Chain;
+use crate::watched::lean_resource;
 
 /// How long a heal waits before it is tried again while the webhook still does not inject.
 const HEAL_RETRY: Duration = Duration::from_secs(60);
@@ -89,10 +90,49 @@ fn template_injected<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> 
 
 lean_resource!(WatchedDeployment, "Deployment", "apps", "v1", "deployments");
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabel {
+    namespace: String,
+}
+
+/// Opted-in Deployments stored without the injection, by namespace; kept by the leader
+/// only, so cleared when its watch stops.
+#[derive(Clone, Debug, Default)]
+pub struct MissedMetrics {
+    not_injected: Family<NamespaceLabel, Gauge>,
+}
+
+impl MissedMetrics {
+    pub fn register(registry: &mut Registry) -> MissedMetrics {
+        let metrics = MissedMetrics::default();
+        registry.register(
+            "deployments_not_injected",
+            "Deployments labelled django-migrate.io/inject=true stored without the migration step",
+            metrics.not_injected.clone(),
+        );
+        metrics
+    }
+}
+
+impl MissedMetrics {
+    #[cfg(test)]
+    pub(crate) fn touch(&self) {
+        let _ = self.not_injected.get_or_create(&NamespaceLabel {
+            namespace: String::new(),
+        });
+    }
+}
+
 /// The opted-in Deployments found without the injection, by `namespace/name`.
 struct Missed {
     by_key: Mutex<HashMap<String, String>>,
-    metrics: Arc<Metrics>,
+    metrics: MissedMetrics,
+}
+
+impl Drop for Missed {
+    fn drop(&mut self) {
+        self.metrics.not_injected.clear();
+    }
 }
 
 impl Missed {
@@ -100,7 +140,10 @@ impl Missed {
     fn set(&self, d: &WatchedDeployment, missing: bool) -> bool {
         let namespace = d.namespace().unwrap_or_default();
         let key = format!("{namespace}/{}", d.name_any());
-        let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_key = self
+            .by_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let changed = if missing {
             by_key.insert(key, namespace.clone()).is_none()
         } else {
@@ -114,7 +157,10 @@ impl Missed {
 
     fn forget(&self, d: &WatchedDeployment) {
         let namespace = d.namespace().unwrap_or_default();
-        let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_key = self
+            .by_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if by_key
             .remove(&format!("{namespace}/{}", d.name_any()))
             .is_some()
@@ -126,15 +172,34 @@ impl Missed {
     fn publish(&self, by_key: &HashMap<String, String>, namespace: &str) {
         let n = by_key.values().filter(|ns| *ns == namespace).count();
         self.metrics
-            .set_deployments_not_injected(namespace, i64::try_from(n).unwrap_or(i64::MAX));
+            .not_injected
+            .get_or_create(&NamespaceLabel {
+                namespace: namespace.to_owned(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 
-struct Context {
+/// What the reconciler works with.
+pub struct Context {
     client: Client,
     recorder: Recorder,
     missed: Missed,
     heal: bool,
+}
+
+impl Context {
+    pub fn new(client: Client, recorder: Recorder, metrics: MissedMetrics, heal: bool) -> Context {
+        Context {
+            client,
+            recorder,
+            missed: Missed {
+                by_key: Mutex::new(HashMap::new()),
+                metrics,
+            },
+            heal,
+        }
+    }
 }
 
 async fn reconcile(d: Arc<WatchedDeployment>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
@@ -157,13 +222,13 @@ async fn reconcile(d: Arc<WatchedDeployment>, ctx: Arc<Context>) -> Result<Actio
         };
         let event = Event {
             type_: EventType::Warning,
-            reason: NOT_INJECTED_REASON.into(),
+            reason: event::NOT_INJECTED.into(),
             note: Some(note.into()),
             action: "Inject".into(),
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&event, &d.object_ref(&())).await {
-            tracing::warn!(error = %e, "cannot publish an event on the Deployment");
+            tracing::warn!(error = %Chain(&e), "cannot publish an event on the Deployment");
         }
     }
     if !ctx.heal {
@@ -180,10 +245,10 @@ async fn reconcile(d: Arc<WatchedDeployment>, ctx: Arc<Context>) -> Result<Actio
         .await
     {
         Ok(_) => {
-            tracing::info!(deployment = %format!("{namespace}/{name}"), "sent through the webhook again")
+            tracing::info!(deployment = %format!("{namespace}/{name}"), "sent through the webhook again");
         }
         Err(e) => {
-            tracing::warn!(deployment = %format!("{namespace}/{name}"), error = %e, "cannot send the Deployment through the webhook again")
+            tracing::warn!(deployment = %format!("{namespace}/{name}"), error = %Chain(&e), "cannot send the Deployment through the webhook again");
         }
     }
     // Checked again after a while: the webhook may still be down.
@@ -191,24 +256,16 @@ async fn reconcile(d: Arc<WatchedDeployment>, ctx: Arc<Context>) -> Result<Actio
 }
 
 fn error_policy(_d: Arc<WatchedDeployment>, error: &kube::Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(%error, "missed-injection check failed; retrying in 5s");
+    tracing::warn!(error = %Chain(error), "missed-injection check failed; retrying in 5s");
     Action::requeue(Duration::from_secs(5))
 }
 
 /// Watches opted-in Deployments; runs until dropped (when the leader steps down).
-pub async fn run(client: Client, recorder: Recorder, metrics: Arc<Metrics>, heal: bool) {
-    let api: Api<WatchedDeployment> = Api::all(client.clone());
+pub async fn run(ctx: Context) {
+    let api: Api<WatchedDeployment> = Api::all(ctx.client.clone());
     let config = watcher::Config::default().labels(&format!("{INJECT_LABEL}=true"));
     let (store, writer) = reflector::store();
-    let ctx = Arc::new(Context {
-        client,
-        recorder,
-        missed: Missed {
-            by_key: Mutex::new(HashMap::new()),
-            metrics,
-        },
-        heal,
-    });
+    let ctx = Arc::new(ctx);
     let observer = ctx.clone();
     let stream = watcher(api, config)
         .default_backoff()

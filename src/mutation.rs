@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::deployment::{Deployment, JsonMap, container_name};
 use crate::injected::{self, CodeImage};
-use crate::names::{CODE_CONTAINER, CODE_VOLUME, INJECTED_LABEL, READINESS_GATE};
+use crate::names::{CODE_CONTAINER, CODE_VOLUME, INJECTED_LABEL, MIGRATED_CONDITION};
 use crate::settings::{self, InvalidAnnotation, Settings};
 
 /// Pod-template annotation kubectl uses to pick a pod's main container.
@@ -157,7 +157,9 @@ impl Owned {
             }
         }
         if let Some(g) = &mut self.readiness_gates {
-            g.retain(|g| g.get("conditionType").and_then(Value::as_str) != Some(READINESS_GATE));
+            g.retain(|g| {
+                g.get("conditionType").and_then(Value::as_str) != Some(MIGRATED_CONDITION)
+            });
             if g.is_empty() {
                 self.readiness_gates = None;
             }
@@ -234,7 +236,7 @@ fn inject(d: &Deployment, image: &CodeImage) -> Result<Mutation, Denial> {
         after
             .readiness_gates
             .get_or_insert_with(Vec::new)
-            .push(json!({ "conditionType": READINESS_GATE }));
+            .push(json!({ "conditionType": MIGRATED_CONDITION }));
     }
     after
         .labels
@@ -261,19 +263,19 @@ fn inject(d: &Deployment, image: &CodeImage) -> Result<Mutation, Denial> {
             ),
             if settings.readiness_gate {
                 format!(
-                    "django-migrate: readiness gate {READINESS_GATE}: a pod is Ready once its migration step succeeded"
+                    "django-migrate: readiness gate {MIGRATED_CONDITION}: a pod is Ready once its migration step succeeded"
                 )
             } else {
                 format!(
                     "django-migrate: no readiness gate ({}: \"false\")",
-                    settings::READINESS_GATE
+                    settings::READINESS_GATE_ANNOTATION
                 )
             },
         ];
         warnings.splice(0..0, summary);
     }
     for w in &mut warnings {
-        shorten(w);
+        crate::text::cut(w, MAX_WARNING_LEN);
     }
     Ok(Mutation { patch, warnings })
 }
@@ -363,12 +365,4 @@ fn sqlite_warning(d: &Deployment, app: &JsonMap) -> Option<String> {
             "django-migrate: DATABASE_URL is SQLite with {replicas} replicas: no shared database, no cross-pod lock"
         )
     })
-}
-
-/// Cuts a warning to [`MAX_WARNING_LEN`] characters on a character boundary.
-fn shorten(w: &mut String) {
-    if w.chars().count() > MAX_WARNING_LEN {
-        let cut: String = w.chars().take(MAX_WARNING_LEN - 1).collect();
-        *w = cut + "…";
-    }
 }

@@ -1,8 +1,10 @@
-//! Every name of the contract, in one place: labels, annotations, the condition type and
-//! its reasons, container, volume and env names, step modes, phases and exit codes.
+//! Every name of the contract, in one place: labels, annotations, the condition type,
+//! Event reasons, container, volume and env names, the log prefix and exit codes (the
+//! condition's reasons and the summary's phases and results are the enums of
+//! [`crate::step`]).
 //!
 //! The engine, the controller, the CLI and the tests use these; `django_migrate.py` reads
-//! the env names and writes the phases and exit codes below (a unit test checks that the
+//! the env names and writes the log prefix and exit codes below (a unit test checks that the
 //! two sides agree).
 
 /// Prefix of every label and annotation the webhook reads or writes.
@@ -54,57 +56,26 @@ pub const KNOWN_ANNOTATIONS: [&str; 15] = [
 
 // ---------------------------------------------------------------- readiness gate
 
-/// Pod condition set by the controller once the migration step of a pod succeeded.
-pub const READINESS_GATE: &str = "django-migrate.io/migrated";
+/// Pod condition set by the controller once the migration step of a pod succeeded; the
+/// injected readiness gate names it. Its reasons are [`crate::step::Reason`].
+pub const MIGRATED_CONDITION: &str = "django-migrate.io/migrated";
 
-/// Reasons of the [`READINESS_GATE`] condition: each tells a different state apart.
-pub mod reason {
-    /// The step succeeded: migrations applied (here or by another pod) or nothing pending.
-    pub const MIGRATED: &str = "Migrated";
-    /// The step has not started yet (earlier init containers, image pull, scheduling).
-    pub const PENDING: &str = "MigrationStepPending";
-    /// The step is running: waiting for the database, the lock, or migrating.
-    pub const RUNNING: &str = "MigrationStepRunning";
-    /// Gave up waiting for the database.
-    pub const DATABASE_UNREACHABLE: &str = "DatabaseUnreachable";
-    /// The database rejected the credentials.
-    pub const CREDENTIALS_REJECTED: &str = "DatabaseCredentialsRejected";
-    /// Gave up waiting for the migration lock or for another pod's migrations.
-    pub const LOCK_TIMEOUT: &str = "MigrationLockTimeout";
-    /// A migration failed.
-    pub const FAILED: &str = "MigrationFailed";
-    /// The settings or the management command were not found.
-    pub const DJANGO_NOT_FOUND: &str = "DjangoNotFound";
-    /// A pending migration is unsafe for the release still serving and was held back.
-    pub const UNSAFE_BLOCKED: &str = "UnsafeMigrationBlocked";
-    /// A pending migration would hold a lock that blocks traffic on a large table and was
-    /// held back (`hold-back: locking`).
-    pub const LOCKING_BLOCKED: &str = "LockingMigrationBlocked";
-    /// The code copy container failed.
-    pub const CODE_COPY_FAILED: &str = "MigrationCodeCopyFailed";
-    /// The migration lock cannot be held through the step's connection (a pooler in
-    /// statement mode); nothing was applied.
-    pub const LOCK_UNAVAILABLE: &str = "MigrationLockUnavailable";
-    /// The migration lock was lost while migrating (its connection was closed); the step
-    /// stopped before applying anything more.
-    pub const LOCK_LOST: &str = "MigrationLockLost";
+// ---------------------------------------------------------------- controller and webhook
 
-    /// Every reason, for metrics and documentation.
-    pub const ALL: [&str; 13] = [
-        MIGRATED,
-        PENDING,
-        RUNNING,
-        DATABASE_UNREACHABLE,
-        CREDENTIALS_REJECTED,
-        LOCK_TIMEOUT,
-        FAILED,
-        DJANGO_NOT_FOUND,
-        UNSAFE_BLOCKED,
-        LOCKING_BLOCKED,
-        CODE_COPY_FAILED,
-        LOCK_UNAVAILABLE,
-        LOCK_LOST,
-    ];
+/// Name the controller reports in Events and uses as its field manager.
+pub const CONTROLLER_NAME: &str = "django-migrate-webhook";
+/// The name of the webhook in the chart's MutatingWebhookConfiguration.
+pub const WEBHOOK_NAME: &str = "inject.django-migrate.io";
+
+/// Reasons of the Events the controller sends besides the condition's failure reasons.
+pub mod event {
+    /// A pod's step applied migrations.
+    pub const MIGRATIONS_APPLIED: &str = "MigrationsApplied";
+    /// A pod's step applied operations that break the previous release
+    /// (`unsafe-migrations: warn`).
+    pub const UNSAFE_MIGRATIONS_APPLIED: &str = "UnsafeMigrationsApplied";
+    /// An opted-in Deployment was stored without the injection.
+    pub const NOT_INJECTED: &str = "MigrationStepNotInjected";
 }
 
 // ---------------------------------------------------------------- containers and volume
@@ -177,18 +148,11 @@ pub const LEGACY_ENV: [&str; 3] = [
     "DJANGO_MIGRATE_TIMEOUT",
 ];
 
-// ---------------------------------------------------------------- summary and exit codes
+// ---------------------------------------------------------------- log and exit codes
 
-/// Phases the step reports in its summary (`phase`): the one it was in when it ended.
-pub mod phase {
-    pub const DATABASE: &str = "database";
-    pub const LOCK: &str = "lock";
-    pub const MIGRATING: &str = "migrating";
-    pub const WAITING: &str = "waiting";
-    pub const DONE: &str = "done";
-    pub const SETUP: &str = "setup";
-    pub const ALL: [&str; 6] = [SETUP, DATABASE, LOCK, WAITING, MIGRATING, DONE];
-}
+/// Every log line of the step starts with this, then `<mode> [<phase>]: `; `status` reads
+/// the phase of a running step from its last line ([`crate::step::Phase::of_log_line`]).
+pub const LOG_PREFIX: &str = "django-migrate";
 
 /// Exit codes of the Django step.
 pub mod exit {

@@ -1,25 +1,88 @@
 //! How many injected pods of each Deployment carry each condition reason, kept up to date
-//! from the watch
-//! stream (deletions, re-lists) and the reconciler (the reason it computed), so that the
-//! gauges cost O(1) per event instead of a scan of the whole cache per reconcile.
+//! from the watch stream (deletions, re-lists) and the reconciler (the reason it
+//! computed), so that the gauges cost O(1) per event instead of a scan of the whole cache
+//! per reconcile.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use kube::runtime::watcher;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
-use crate::names::reason;
-use crate::telemetry::{DeploymentLabels, Metrics};
-use crate::watched::WatchedPod;
+use crate::step::Reason;
+use crate::watched::{DeploymentKey, WatchedPod};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PodLabels {
+    namespace: String,
+    deployment: String,
+    reason: &'static str,
+}
+
+/// The leader's view of the injected pods. Only the leader keeps these: they are cleared
+/// when its [`PodStates`] goes away, so no stale value of a former leader stays behind to
+/// alert on.
+#[derive(Clone, Debug, Default)]
+pub struct PodMetrics {
+    pods: Family<PodLabels, Gauge>,
+    gated: Gauge,
+}
+
+impl PodMetrics {
+    /// Registers under the controller's prefix.
+    pub fn register(registry: &mut Registry) -> PodMetrics {
+        let metrics = PodMetrics::default();
+        registry.register(
+            "pods_gated",
+            "Injected pods whose migrated condition is not True (as seen by the leader)",
+            metrics.gated.clone(),
+        );
+        registry.register(
+            "pods",
+            "Injected pods by Deployment and the reason of their migrated condition (as seen by the leader)",
+            metrics.pods.clone(),
+        );
+        metrics
+    }
+
+    fn set(&self, state: &State, n: i64) {
+        self.pods
+            .get_or_create(&PodLabels {
+                namespace: state.0.namespace.clone(),
+                deployment: state.0.deployment.clone(),
+                reason: state.1.as_str(),
+            })
+            .set(n);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn touch(&self) {
+        self.set(&(Arc::default(), Reason::Migrated), 0);
+    }
+
+    fn clear(&self) {
+        self.pods.clear();
+        self.gated.set(0);
+    }
+}
 
 /// The pods the leader has seen, by `namespace/name`, with their Deployment and condition
 /// reason.
 pub struct PodStates {
     inner: Mutex<Inner>,
-    metrics: Arc<Metrics>,
+    metrics: PodMetrics,
 }
 
-type State = (Arc<DeploymentLabels>, &'static str);
+impl Drop for PodStates {
+    fn drop(&mut self) {
+        self.metrics.clear();
+    }
+}
+
+type State = (Arc<DeploymentKey>, Reason);
 
 #[derive(Default)]
 struct Inner {
@@ -28,8 +91,9 @@ struct Inner {
     /// Pods seen since a re-list started; the others were deleted meanwhile.
     relisted: Option<HashSet<String>>,
     /// One shared copy of the labels per Deployment, not one per pod.
-    deployments: HashMap<DeploymentLabels, Arc<DeploymentLabels>>,
-    /// Pods whose reason is `Migrated`, so that the gated count is O(1) per change.
+    deployments: HashMap<DeploymentKey, Arc<DeploymentKey>>,
+    /// Pods whose reason is [`Reason::Migrated`], so that the gated count is O(1) per
+    /// change.
     migrated: i64,
 }
 
@@ -42,7 +106,7 @@ pub fn key(pod: &WatchedPod) -> String {
 }
 
 impl PodStates {
-    pub fn new(metrics: Arc<Metrics>) -> PodStates {
+    pub fn new(metrics: PodMetrics) -> PodStates {
         PodStates {
             inner: Mutex::new(Inner::default()),
             metrics,
@@ -50,7 +114,7 @@ impl PodStates {
     }
 
     /// Records the reason the reconciler computed for a pod of `deployment`.
-    pub fn set(&self, key: String, deployment: DeploymentLabels, reason: &'static str) {
+    pub fn set(&self, key: String, deployment: DeploymentKey, reason: Reason) {
         let mut inner = self.lock();
         if inner
             .by_pod
@@ -59,13 +123,12 @@ impl PodStates {
         {
             return;
         }
-        let deployment = match inner.deployments.get(&deployment) {
-            Some(shared) => shared.clone(),
-            None => {
-                let shared = Arc::new(deployment.clone());
-                inner.deployments.insert(deployment, shared.clone());
-                shared
-            }
+        let deployment = if let Some(shared) = inner.deployments.get(&deployment) {
+            shared.clone()
+        } else {
+            let shared = Arc::new(deployment.clone());
+            inner.deployments.insert(deployment, shared.clone());
+            shared
         };
         let new = (deployment, reason);
         let old = inner.by_pod.insert(key, new.clone());
@@ -113,15 +176,18 @@ impl PodStates {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // The counts stay consistent under a panic elsewhere: keep using them.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn publish(&self, inner: &Inner, old: Option<&State>, new: Option<&State>) {
         for state in [old, new].into_iter().flatten() {
             let n = inner.counts.get(state).copied().unwrap_or(0);
-            self.metrics.set_pods(&state.0, state.1, n);
+            self.metrics.set(state, n);
         }
-        inner.gated_changed(&self.metrics);
+        let total = i64::try_from(inner.by_pod.len()).unwrap_or(i64::MAX);
+        self.metrics.gated.set(total - inner.migrated);
     }
 }
 
@@ -129,17 +195,12 @@ impl Inner {
     fn shift(&mut self, old: Option<&State>, new: Option<&State>) {
         if let Some(old) = old {
             *self.counts.entry(old.clone()).or_default() -= 1;
-            self.migrated -= i64::from(old.1 == reason::MIGRATED);
+            self.migrated -= i64::from(old.1 == Reason::Migrated);
         }
         if let Some(new) = new {
             *self.counts.entry(new.clone()).or_default() += 1;
-            self.migrated += i64::from(new.1 == reason::MIGRATED);
+            self.migrated += i64::from(new.1 == Reason::Migrated);
         }
-    }
-
-    fn gated_changed(&self, metrics: &Metrics) {
-        let total = i64::try_from(self.by_pod.len()).unwrap_or(i64::MAX);
-        metrics.set_pods_gated(total - self.migrated);
     }
 }
 
@@ -155,9 +216,8 @@ mod tests {
         .unwrap()
     }
 
-    fn gauge(metrics: &Metrics, line_start: &str) -> String {
-        metrics
-            .encode()
+    fn exported(registry: &Registry, line_start: &str) -> String {
+        crate::telemetry::encode(registry)
             .lines()
             .find(|l| l.starts_with(line_start))
             .unwrap_or_default()
@@ -166,32 +226,31 @@ mod tests {
 
     #[test]
     fn counts_follow_reasons_deletions_and_relists() {
-        let metrics = Metrics::new();
-        let states = PodStates::new(metrics.clone());
-        let shop = || DeploymentLabels {
+        let mut registry = crate::telemetry::registry();
+        let metrics = PodMetrics::register(registry.sub_registry_with_prefix("controller"));
+        let states = PodStates::new(metrics);
+        let shop = || DeploymentKey {
             namespace: "n".into(),
             deployment: "shop".into(),
         };
-        states.set("n/a".into(), shop(), reason::RUNNING);
-        states.set("n/b".into(), shop(), reason::RUNNING);
-        states.set("n/a".into(), shop(), reason::MIGRATED);
-        assert_eq!(
-            gauge(&metrics, "django_migrate_controller_pods_gated "),
-            "django_migrate_controller_pods_gated 1"
-        );
-        assert!(metrics.encode().contains(
-            r#"django_migrate_controller_pods{namespace="n",deployment="shop",reason="Migrated"} 1"#
-        ));
+        states.set("n/a".into(), shop(), Reason::Running);
+        states.set("n/b".into(), shop(), Reason::Running);
+        states.set("n/a".into(), shop(), Reason::Migrated);
+        let gated = "django_migrate_controller_pods_gated ";
+        assert_eq!(exported(&registry, gated), format!("{gated}1"));
+        let migrated =
+            r#"django_migrate_controller_pods{namespace="n",deployment="shop",reason="Migrated"}"#;
+        assert_eq!(exported(&registry, migrated), format!("{migrated} 1"));
         states.observe(&watcher::Event::Delete(pod("b")));
-        assert_eq!(
-            gauge(&metrics, "django_migrate_controller_pods_gated "),
-            "django_migrate_controller_pods_gated 0"
-        );
+        assert_eq!(exported(&registry, gated), format!("{gated}0"));
         // A re-list that no longer has `a`: it was deleted while the watch was down.
         states.observe(&watcher::Event::Init);
         states.observe(&watcher::Event::InitDone);
-        assert!(metrics.encode().contains(
-            r#"django_migrate_controller_pods{namespace="n",deployment="shop",reason="Migrated"} 0"#
-        ));
+        assert_eq!(exported(&registry, migrated), format!("{migrated} 0"));
+        // A leader that steps down leaves no series behind.
+        states.set("n/c".into(), shop(), Reason::Failed);
+        drop(states);
+        assert_eq!(exported(&registry, migrated), "");
+        assert_eq!(exported(&registry, gated), format!("{gated}0"));
     }
 }

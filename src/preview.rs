@@ -121,24 +121,21 @@ pub fn inject(
         }
         OutputFormat::Yaml => {
             for doc in &docs {
-                match (&doc.text, doc.changed) {
-                    (Some(text), false) => {
-                        out.push_str(text);
-                        if !text.is_empty() && !text.ends_with('\n') {
-                            out.push('\n');
-                        }
+                if let (Some(text), false) = (&doc.text, doc.changed) {
+                    out.push_str(text);
+                    if !text.is_empty() && !text.ends_with('\n') {
+                        out.push('\n');
                     }
-                    _ => {
-                        if doc.value.is_null() {
-                            continue;
-                        }
-                        let text = serde_yaml_ng::to_string(&doc.value)
-                            .map_err(|e| PreviewError::Output(e.to_string()))?;
-                        if !out.is_empty() || doc.text.as_deref().is_some_and(starts_with_marker) {
-                            out.push_str("---\n");
-                        }
-                        out.push_str(&text);
+                } else {
+                    if doc.value.is_null() {
+                        continue;
                     }
+                    let text = serde_yaml_ng::to_string(&doc.value)
+                        .map_err(|e| PreviewError::Output(e.to_string()))?;
+                    if !out.is_empty() || doc.text.as_deref().is_some_and(starts_with_marker) {
+                        out.push_str("---\n");
+                    }
+                    out.push_str(&text);
                 }
             }
         }

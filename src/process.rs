@@ -1,5 +1,6 @@
-//! The `serve` process: signals, one shutdown token, and four parts started side by side —
-//! the webhook listener, the admin listener, the certificate reloader and the controller.
+//! The `serve` process: signals, one shutdown token, the metrics registry and the
+//! Kubernetes client, and four parts started side by side — the webhook listener, the
+//! admin listener, the certificate reloader and the controller.
 //!
 //! On SIGTERM (or Ctrl-C) `/readyz` fails at once and two things run concurrently: the
 //! controller releases its Lease (so another replica takes over without waiting for it to
@@ -12,15 +13,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::registry::Registry;
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::controller::{self, ControllerError, ControllerOptions};
+use crate::controller::{self, ControllerMetrics, ControllerOptions};
 use crate::injected::CodeImage;
-use crate::server::{self, AppState, ServerError};
-use crate::telemetry::Metrics;
-use crate::tls::{self, CertStore, TlsError};
+use crate::kube_client::{self, ApiMetrics, ClientError};
+use crate::leader::LeaseError;
+use crate::server::{self, AdmissionMetrics, AppState, ServerError};
+use crate::telemetry;
+use crate::tls::{self, CertMetrics, CertStore, TlsError};
 
 /// What `serve` needs to start.
 #[derive(Clone, Debug)]
@@ -46,7 +50,9 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
-    Controller(#[from] ControllerError),
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
     #[error("the controller stopped on its own; stopping so that the pod restarts")]
     ControllerStopped,
 }
@@ -63,7 +69,33 @@ pub struct Running {
     webhook: JoinHandle<()>,
     admin: JoinHandle<()>,
     reloader: JoinHandle<()>,
-    controller: Option<JoinHandle<Result<(), ControllerError>>>,
+    controller: Option<JoinHandle<Result<(), LeaseError>>>,
+}
+
+/// Every part's metrics, registered into one registry that `/metrics` encodes.
+struct Metrics {
+    registry: Registry,
+    admission: AdmissionMetrics,
+    certs: CertMetrics,
+    api: ApiMetrics,
+    controller: ControllerMetrics,
+}
+
+impl Metrics {
+    fn register() -> Metrics {
+        let mut registry = telemetry::registry();
+        let admission = AdmissionMetrics::register(&mut registry);
+        let certs = CertMetrics::register(&mut registry);
+        let api = ApiMetrics::register(registry.sub_registry_with_prefix("controller"));
+        let controller = ControllerMetrics::register(&mut registry);
+        Metrics {
+            registry,
+            admission,
+            certs,
+            api,
+            controller,
+        }
+    }
 }
 
 /// Starts the parts: both listeners bound before anything is spawned, so that a port in
@@ -72,35 +104,43 @@ pub async fn start(
     options: &ServeOptions,
     client: Option<kube::Client>,
 ) -> Result<Running, ServeError> {
-    start_with(options, client, Metrics::new()).await
+    start_with(options, client, Metrics::register()).await
 }
 
 /// [`start`], with the metrics the client already counts its requests in.
 async fn start_with(
     options: &ServeOptions,
     client: Option<kube::Client>,
-    metrics: Arc<Metrics>,
+    metrics: Metrics,
 ) -> Result<Running, ServeError> {
+    let Metrics {
+        registry,
+        admission,
+        certs: cert_metrics,
+        api: _,
+        controller: controller_metrics,
+    } = metrics;
     let certs = CertStore::new(tls::load_pair(&options.tls_cert, &options.tls_key)?);
-    let state = AppState::new(options.code_image.clone(), certs.clone(), metrics);
+    let state = AppState::new(options.code_image.clone(), admission, Arc::new(registry));
     let (webhook_listener, webhook_addr) = server::bind(options.listen).await?;
     let (admin_listener, admin_addr) = server::bind(options.metrics_listen).await?;
     let (token, stopped) = watch::channel(false);
     let (close, closed) = watch::channel(false);
-    let webhook = server::spawn_webhook(webhook_listener, state.clone(), closed.clone())?;
+    let webhook = server::spawn_webhook(webhook_listener, &state, certs.clone(), closed.clone())?;
     let admin = server::spawn_admin(admin_listener, state.clone(), closed);
     let reloader = tokio::spawn(tls::reload_on_change(
         certs,
         options.tls_cert.clone(),
         options.tls_key.clone(),
         options.cert_reload_interval,
+        cert_metrics,
         stopped.clone(),
     ));
     let controller = match (client, options.controller.clone()) {
         (Some(client), Some(controller_options)) => Some(tokio::spawn(controller::run(
             client,
             controller_options,
-            state.metrics.clone(),
+            controller_metrics,
             stopped,
         ))),
         _ => None,
@@ -129,7 +169,7 @@ impl Running {
     /// Stops every part: the controller (releasing its Lease) and the reloader at once,
     /// and concurrently the listeners after `delay`, once their requests are answered.
     /// Returns the controller's own result.
-    pub async fn shutdown(self, delay: Duration) -> Result<(), ControllerError> {
+    pub async fn shutdown(self, delay: Duration) -> Result<(), LeaseError> {
         self.start_draining();
         let Running {
             token,
@@ -169,10 +209,10 @@ impl Running {
 /// Runs `serve` until SIGTERM or Ctrl-C (exit 0 after a clean drain) or until the
 /// controller stops on its own (an error).
 pub async fn run(options: &ServeOptions) -> Result<(), ServeError> {
-    let metrics = Metrics::new();
+    let metrics = Metrics::register();
     // Fail before listening when the controller cannot reach the cluster at all.
     let client = match &options.controller {
-        Some(_) => Some(controller::client(metrics.clone()).await?),
+        Some(_) => Some(kube_client::build(metrics.api.clone()).await?),
         None => None,
     };
     let mut running = start_with(options, client, metrics).await?;
@@ -185,7 +225,7 @@ pub async fn run(options: &ServeOptions) -> Result<(), ServeError> {
             }
         };
         tokio::select! {
-            _ = shutdown_signal() => None,
+            () = shutdown_signal() => None,
             result = ended => result,
         }
     };
@@ -217,5 +257,39 @@ async fn shutdown_signal() {
         Err(_) => {
             let _ = ctrl_c.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's metrics table lists exactly what `/metrics` exports.
+    #[test]
+    fn every_metric_is_documented_and_every_documented_metric_exists() {
+        // Labelled families show up once they have a series.
+        let metrics = Metrics::register();
+        metrics.api.touch();
+        metrics.controller.touch();
+        let exported: std::collections::BTreeSet<String> = telemetry::encode(&metrics.registry)
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| {
+                let mut parts = l.split(' ');
+                let name = parts.next().unwrap_or_default();
+                match parts.next() {
+                    Some("counter") => format!("{name}_total"),
+                    _ => name.to_owned(),
+                }
+            })
+            .collect();
+        let readme = include_str!("../README.md");
+        let documented: std::collections::BTreeSet<String> = readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `django_migrate_"))
+            .filter_map(|l| l.split('`').next())
+            .map(|name| format!("django_migrate_{name}"))
+            .collect();
+        assert_eq!(exported, documented);
     }
 }

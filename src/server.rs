@@ -35,9 +35,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
 use crate::admission::{self, Outcome};
 use crate::injected::CodeImage;
-use crate::telemetry::Metrics;
+use crate::telemetry;
 use crate::tls::{self, CertStore, TlsError};
 
 /// Largest AdmissionReview accepted. Kubernetes objects are limited to ~1.5 MiB in etcd;
@@ -58,34 +64,91 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub enum ServerError {
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// Latency buckets in seconds: the webhook answers in well under a millisecond, the API
+/// server gives up after `timeoutSeconds` (5 in the chart).
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The admission handler's metrics. A counter for every outcome exists from the start, so
+/// a dashboard sees zeros instead of missing series.
+#[derive(Clone, Debug)]
+pub struct AdmissionMetrics {
+    by_outcome: [Counter; Outcome::ALL.len()],
+    latency: Histogram,
+}
+
+impl AdmissionMetrics {
+    pub fn register(registry: &mut Registry) -> AdmissionMetrics {
+        let requests = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "admission_requests",
+            "Admission requests answered, by outcome",
+            requests.clone(),
+        );
+        let latency = Histogram::new(LATENCY_BUCKETS);
+        registry.register(
+            "admission_duration_seconds",
+            "Time to answer an admission request, from the end of the request headers",
+            latency.clone(),
+        );
+        let by_outcome = Outcome::ALL.map(|o| {
+            requests
+                .get_or_create(&OutcomeLabel {
+                    outcome: o.as_str(),
+                })
+                .clone()
+        });
+        AdmissionMetrics {
+            by_outcome,
+            latency,
+        }
+    }
+
+    fn observe(&self, outcome: Outcome, seconds: f64) {
+        let i = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.by_outcome[i].inc();
+        self.latency.observe(seconds);
+    }
+}
+
 /// State shared by the handlers.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
     /// Set once shutdown started: HTTP/1 answers then carry `Connection: close`.
     pub draining: Arc<AtomicBool>,
     /// The webhook's own image, run by the injected code-copy container.
     pub code_image: Arc<CodeImage>,
-    /// The serving certificate, for its expiry in the metrics.
-    pub certs: Arc<CertStore>,
+    admission: AdmissionMetrics,
+    /// Every part's metrics, for `/metrics`.
+    registry: Arc<Registry>,
 }
 
 impl AppState {
-    pub fn new(code_image: CodeImage, certs: Arc<CertStore>, metrics: Arc<Metrics>) -> AppState {
+    pub fn new(
+        code_image: CodeImage,
+        admission: AdmissionMetrics,
+        registry: Arc<Registry>,
+    ) -> AppState {
         AppState {
-            metrics,
             ready: Arc::new(AtomicBool::new(true)),
             draining: Arc::new(AtomicBool::new(false)),
             code_image: Arc::new(code_image),
-            certs,
+            admission,
+            registry,
         }
     }
 
@@ -132,13 +195,12 @@ pub fn admin_router(state: AppState) -> Router {
         .route(
             "/metrics",
             get(|State(s): State<AppState>| async move {
-                s.metrics.set_certificate_expiry(s.certs.expires_at());
                 (
                     [(
                         header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    s.metrics.encode(),
+                    telemetry::encode(&s.registry),
                 )
             }),
         )
@@ -184,7 +246,7 @@ async fn mutate(State(state): State<AppState>, request: Request) -> Response {
         ),
     };
     state
-        .metrics
+        .admission
         .observe(reply.outcome, started.elapsed().as_secs_f64());
     match reply.outcome {
         Outcome::Denied => tracing::info!(
@@ -272,15 +334,16 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerE
     Ok((listener, bound))
 }
 
-/// The webhook listener: HTTPS with the certificate `state.certs` serves. It stops
+/// The webhook listener: HTTPS with the certificate `certs` serves. It stops
 /// accepting when `stop` turns true, answers the requests in flight and returns once every
 /// connection is closed.
 pub fn spawn_webhook(
     listener: TcpListener,
-    state: AppState,
+    state: &AppState,
+    certs: Arc<CertStore>,
     stop: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, ServerError> {
-    let config = tls::server_config(state.certs.clone())?;
+    let config = tls::server_config(certs)?;
     Ok(tokio::spawn(serve_tls(
         listener,
         TlsAcceptor::from(config),
@@ -333,7 +396,7 @@ async fn serve_tls(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = async { let _ = stopped.wait_for(|s| *s).await; } => break,
+            () = async { let _ = stopped.wait_for(|s| *s).await; } => break,
         };
         let (tcp, peer) = match accepted {
             Ok(conn) => conn,

@@ -11,8 +11,7 @@ use thiserror::Error;
 pub use crate::names::{
     ALLOW_UNSAFE, CONTAINER, DATABASE, HOLD_BACK, INJECT_LABEL, KNOWN_ANNOTATIONS, LOCK_TIMEOUT,
     LOCKING_MIN_ROWS, MANAGE_COMMAND, MANAGE_PY, MIGRATE_TIMEOUT, MODE, PREFIX, PYTHON,
-    READINESS_GATE_ANNOTATION as READINESS_GATE, UNSAFE_MIGRATIONS, USE_IMAGE_ENTRYPOINT,
-    WAIT_TIMEOUT,
+    READINESS_GATE_ANNOTATION, UNSAFE_MIGRATIONS, USE_IMAGE_ENTRYPOINT, WAIT_TIMEOUT,
 };
 
 /// Default for `lock-timeout`, in seconds: a query of the running release waits at most
@@ -158,22 +157,10 @@ impl InvalidAnnotation {
     }
 }
 
-/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut with `…`.
-pub(crate) fn cut_at(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-}
-
 fn invalid(annotation: &str, value: &str, allowed: impl Into<String>) -> InvalidAnnotation {
     // Bound the echoed value so a huge annotation cannot make a huge denial message.
     let mut value = value.to_owned();
-    cut_at(&mut value, 100);
+    crate::text::cut(&mut value, 100);
     InvalidAnnotation::Value {
         annotation: annotation.to_owned(),
         value,
@@ -339,7 +326,7 @@ impl Settings {
                             "allowed: a Django database alias (letters, digits, _ and -), e.g. \"default\"",
                         ));
                     }
-                    s.database = value.to_owned();
+                    value.clone_into(&mut s.database);
                 }
                 MANAGE_COMMAND => manage_command = Some(value),
                 WAIT_TIMEOUT => s.wait_timeout = parse_timeout(key, value)?,
@@ -367,7 +354,7 @@ impl Settings {
                             )
                         })?;
                 }
-                READINESS_GATE => s.readiness_gate = parse_bool(key, value)?,
+                READINESS_GATE_ANNOTATION => s.readiness_gate = parse_bool(key, value)?,
                 USE_IMAGE_ENTRYPOINT => s.use_image_entrypoint = parse_bool(key, value)?,
                 _ => {
                     return Err(InvalidAnnotation::Unknown {
@@ -460,7 +447,7 @@ mod tests {
             (LOCKING_MIN_ROWS, "-1"),
             (LOCKING_MIN_ROWS, "1e6"),
             (LOCKING_MIN_ROWS, "+5"),
-            (READINESS_GATE, "yes"),
+            (READINESS_GATE_ANNOTATION, "yes"),
             (USE_IMAGE_ENTRYPOINT, "1"),
             (CONTAINER, ""),
         ] {

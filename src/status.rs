@@ -16,20 +16,18 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::names::{
-    CODE_CONTAINER, INJECT_LABEL, INJECTED_LABEL, MIGRATE_CONTAINER, PREFIX, READINESS_GATE,
-    WAIT_CONTAINER, exit,
+    INJECT_LABEL, INJECTED_LABEL, MIGRATE_CONTAINER, MIGRATED_CONDITION, PREFIX, WAIT_CONTAINER,
+    WEBHOOK_NAME,
 };
 use crate::settings::Settings;
-use crate::summary::{LOCKING_BLOCKED_RESULT, Summary};
-
-/// The name of the webhook in the chart's MutatingWebhookConfiguration.
-pub const WEBHOOK_NAME: &str = "inject.django-migrate.io";
+use crate::step::{Phase, Reason, StepState, StepStatus};
+use crate::summary::Summary;
 
 #[derive(Debug, Error)]
 pub enum StatusError {
-    #[error("cannot build a Kubernetes client from the kubeconfig: {0}")]
+    #[error("cannot build a Kubernetes client from the kubeconfig")]
     Client(#[source] kube::Error),
-    #[error("cannot read {what}: {source}")]
+    #[error("cannot read {what}")]
     Read {
         what: String,
         #[source]
@@ -81,9 +79,9 @@ pub struct PodStatus {
     /// pods' migrations`, `migrating`, `running`, `applied`, `failed`, `blocked as unsafe`
     /// or `blocked as locking`.
     pub phase: String,
-    /// The gate condition's reason, if set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    /// The reason of the condition the controller sets (or will set) for this step: the
+    /// same function decides both.
+    pub reason: Reason,
     /// The condition's message, or the step's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -95,11 +93,7 @@ pub struct PodStatus {
 impl DeploymentStatus {
     /// Not injected, or a pod's step failed or was blocked.
     pub fn has_problem(&self) -> bool {
-        !self.injected
-            || self
-                .pods
-                .iter()
-                .any(|p| p.phase == "failed" || p.phase.starts_with("blocked as"))
+        !self.injected || self.pods.iter().any(|p| p.reason.is_failure())
     }
 }
 
@@ -283,7 +277,7 @@ async fn deployment_status(
     let mut out = Vec::with_capacity(pods.len());
     for pod in &pods {
         let p = pod_status(client, pod).await;
-        if p.reason.as_deref() != Some(crate::names::reason::MIGRATED) {
+        if p.reason != Reason::Migrated {
             rollout.waiting_on_gate += 1;
         }
         out.push(p);
@@ -340,100 +334,77 @@ async fn current_pods(client: &Client, d: &Deployment) -> Result<Vec<Pod>, Statu
             .iter()
             .any(|o| Some(&o.uid) == rs.metadata.uid.as_ref())
     });
-    list.sort_by_key(|p| p.name_any());
+    list.sort_by_key(kube::ResourceExt::name_any);
     Ok(list)
 }
 
 async fn pod_status(client: &Client, pod: &Pod) -> PodStatus {
-    let status = pod.status.clone().unwrap_or_default();
+    let status = pod.status.as_ref();
     let gate = status
-        .conditions
-        .iter()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
         .flatten()
-        .find(|c| c.type_ == READINESS_GATE);
-    let inits = status.init_container_statuses.unwrap_or_default();
-    let find = |name: &str| inits.iter().find(|s| s.name == name);
-    let step = find(MIGRATE_CONTAINER).or_else(|| find(WAIT_CONTAINER));
-    let ended = step.and_then(|s| {
-        let state = s.state.as_ref()?;
-        state.terminated.clone().or_else(|| {
-            // A restarted step: its last run tells why.
-            s.last_state.as_ref()?.terminated.clone()
-        })
-    });
-    let summary = ended
-        .as_ref()
-        .and_then(|t| t.message.as_deref())
-        .and_then(Summary::parse);
-    let copy_failed = find(CODE_CONTAINER)
-        .and_then(|s| s.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code))
-        .is_some_and(|c| c != 0);
-    let running = step.is_some_and(|s| s.state.as_ref().is_some_and(|st| st.running.is_some()));
-    let phase = if step.is_none() && !copy_failed && inits.is_empty() {
-        "pending".to_owned()
-    } else if copy_failed {
-        "failed".to_owned()
-    } else if let Some(t) = ended.as_ref().filter(|_| !running) {
-        match t.exit_code {
-            0 => "applied".to_owned(),
-            exit::UNSAFE
-                if summary
-                    .as_ref()
-                    .is_some_and(|s| s.result == LOCKING_BLOCKED_RESULT) =>
-            {
-                "blocked as locking".to_owned()
-            }
-            exit::UNSAFE => "blocked as unsafe".to_owned(),
-            _ => "failed".to_owned(),
-        }
-    } else if running {
-        running_phase(client, pod).await
-    } else {
-        "pending".to_owned()
+        .find(|c| c.type_ == MIGRATED_CONDITION);
+    let statuses: Vec<StepStatus> = status
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(StepStatus::from_container)
+        .collect();
+    let state = StepState::of(&statuses);
+    let phase = match &state {
+        StepState::Pending { .. } => "pending",
+        StepState::Running { container } => running_phase(client, pod, container).await,
+        StepState::Succeeded { .. } => "applied",
+        StepState::Failed {
+            reason: Reason::UnsafeBlocked,
+            ..
+        } => "blocked as unsafe",
+        StepState::Failed {
+            reason: Reason::LockingBlocked,
+            ..
+        } => "blocked as locking",
+        StepState::Failed { .. } => "failed",
     };
+    // The summary of the run the state comes from.
+    let summary = state.step_exit().and_then(|_| {
+        let full = status?
+            .init_container_statuses
+            .as_ref()?
+            .iter()
+            .find(|c| c.name == MIGRATE_CONTAINER || c.name == WAIT_CONTAINER)?;
+        let ended = full
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .or_else(|| full.last_state.as_ref()?.terminated.as_ref())?;
+        Summary::parse(ended.message.as_deref()?)
+    });
     PodStatus {
         name: pod.name_any(),
-        phase,
-        reason: gate.and_then(|g| g.reason.clone()),
+        phase: phase.to_owned(),
+        reason: state.reason(),
         message: gate
             .and_then(|g| g.message.clone())
-            .or_else(|| summary.as_ref().map(|s| s.message.clone())),
+            .or_else(|| Some(state.message())),
         summary,
     }
 }
 
-/// What a running step is doing, from the phase in its last log line
-/// (`django-migrate migrate [lock]: ...`).
-async fn running_phase(client: &Client, pod: &Pod) -> String {
+/// What a running step is doing, from the phase in its last log line.
+async fn running_phase(client: &Client, pod: &Pod, container: &str) -> &'static str {
     let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
-    let container = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.init_containers.iter().flatten())
-        .map(|c| c.name.as_str())
-        .find(|n| *n == MIGRATE_CONTAINER || *n == WAIT_CONTAINER)
-        .unwrap_or(MIGRATE_CONTAINER)
-        .to_owned();
     let params = LogParams {
-        container: Some(container),
+        container: Some(container.to_owned()),
         tail_lines: Some(1),
         ..LogParams::default()
     };
     let last = api.logs(&pod.name_any(), &params).await.unwrap_or_default();
-    phase_of_log_line(&last).to_owned()
-}
-
-/// The step's phase from one of its log lines.
-pub fn phase_of_log_line(line: &str) -> &'static str {
-    let phase = line
-        .split_once('[')
-        .and_then(|(_, rest)| rest.split_once(']'))
-        .map(|(p, _)| p);
-    match phase {
-        Some(crate::names::phase::DATABASE) => "waiting for the database",
-        Some(crate::names::phase::LOCK) => "waiting for the lock",
-        Some(crate::names::phase::WAITING) => "waiting for other pods' migrations",
-        Some(crate::names::phase::MIGRATING) => "migrating",
+    match Phase::of_log_line(&last) {
+        Some(Phase::Database) => "waiting for the database",
+        Some(Phase::Lock) => "waiting for the lock",
+        Some(Phase::Waiting) => "waiting for other pods' migrations",
+        Some(Phase::Migrating) => "migrating",
         _ => "running",
     }
 }
@@ -513,29 +484,39 @@ pub fn table(statuses: &[DeploymentStatus]) -> String {
 }
 
 fn pod_line(p: &PodStatus) -> String {
+    use std::fmt::Write as _;
     let mut line = p.phase.clone();
     if let Some(s) = &p.summary {
-        if !s.applied.is_empty() {
-            line.push_str(&format!(
-                " {} migrations ({})",
-                s.applied.len(),
+        let applied = s.applied_count();
+        if applied > 0 {
+            // The summary names the first ones when it had to be cut; the count is whole.
+            let named = u64::try_from(s.applied.len()).unwrap_or(u64::MAX);
+            let more = if applied > named {
+                format!(" and {} more", applied - named)
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                line,
+                " {applied} migrations ({}{more})",
                 s.applied.join(", ")
-            ));
+            );
         } else if p.phase == "applied" {
-            line.push_str(&format!(" ({})", s.result));
+            let _ = write!(line, " ({})", s.result);
         }
-        line.push_str(&format!(
+        let _ = write!(
+            line,
             " in {:.1}s, lock wait {:.1}s",
             s.seconds.total, s.seconds.lock_wait
-        ));
+        );
         if s.retries > 0 {
-            line.push_str(&format!(", {} lock-timeout retries", s.retries));
+            let _ = write!(line, ", {} lock-timeout retries", s.retries);
         }
     }
     if p.phase != "applied"
         && let Some(m) = &p.message
     {
-        line.push_str(&format!(": {m}"));
+        let _ = write!(line, ": {m}");
     }
     line
 }
@@ -556,7 +537,12 @@ mod tests {
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: "kubernetes.io/metadata.name".into(),
                 operator: op.into(),
-                values: Some(values.iter().map(|v| v.to_string()).collect()),
+                values: Some(
+                    values
+                        .iter()
+                        .map(std::string::ToString::to_string)
+                        .collect(),
+                ),
             }]),
             ..LabelSelector::default()
         };
@@ -569,18 +555,5 @@ mod tests {
             ..LabelSelector::default()
         };
         assert!(!selects(&only_b, &labels));
-    }
-
-    #[test]
-    fn the_phase_of_a_running_step_comes_from_its_log() {
-        assert_eq!(
-            phase_of_log_line("django-migrate migrate [lock]: waiting for the migration lock"),
-            "waiting for the lock"
-        );
-        assert_eq!(
-            phase_of_log_line("django-migrate migrate [database]: attempt 2: not reachable"),
-            "waiting for the database"
-        );
-        assert_eq!(phase_of_log_line(""), "running");
     }
 }

@@ -1,13 +1,13 @@
 //! The Django step's machine-readable summary: one JSON object that
 //! `django_migrate.py` writes to the termination log (at most 4 KiB), which the kubelet
 //! puts into the pod's init container status, and which the controller and `status` read.
+//!
+//! When the summary must shrink, the program cuts prose first, then lists, never the
+//! counts: a step that applied 185 migrations says so even if it names only a few.
 
 use serde::{Deserialize, Serialize};
 
-use crate::names::{exit, phase, reason};
-
-/// The result of a step that held back only operations that block traffic.
-pub const LOCKING_BLOCKED_RESULT: &str = "locking-blocked";
+use crate::step::{Phase, StepResult};
 
 /// What the step reported when it ended.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -15,26 +15,39 @@ pub const LOCKING_BLOCKED_RESULT: &str = "locking-blocked";
 pub struct Summary {
     /// `migrate` or `wait`.
     pub mode: String,
-    /// The phase it ended in (see [`crate::names::phase`]).
-    pub phase: String,
-    /// `nothing-pending`, `applied`, `applied-by-other-pod`, `timeout`, `failed`,
-    /// `credentials-rejected`, `not-found`, `unsafe-blocked`, `locking-blocked`,
-    /// `lock-unavailable` or `lock-lost`.
-    pub result: String,
+    /// The phase it ended in.
+    pub phase: Phase,
+    pub result: StepResult,
     pub exit_code: i32,
     /// One line for people: what happened, or the error.
     pub message: String,
-    /// Migrations this pod applied, `app_label.name`.
+    /// Migrations this pod applied, `app_label.name` (the first ones, when cut).
     pub applied: Vec<String>,
-    /// Migrations still pending when the step ended.
+    /// Migrations still pending when the step ended (the first ones, when cut).
     pub pending: Vec<String>,
     /// The migration that failed, if one did.
     pub failed_migration: Option<String>,
     pub seconds: Seconds,
     /// Lock-timeout retries of `migrate`.
     pub retries: u32,
-    /// Pending operations that break the release still serving.
+    /// Pending operations that break the release still serving or block traffic (the
+    /// first ones, when cut).
     pub unsafe_operations: Vec<UnsafeOperation>,
+    /// The lengths of the lists, never cut; absent from summaries of earlier releases.
+    pub counts: Option<Counts>,
+}
+
+/// How many of each the step saw.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Counts {
+    pub applied: u64,
+    pub pending: u64,
+    /// Unsafe operations found, both kinds.
+    #[serde(rename = "unsafe")]
+    pub unsafe_operations: u64,
+    /// Unsafe operations held back by `deny`.
+    pub held_back: u64,
 }
 
 /// Where the time went, in seconds.
@@ -74,6 +87,10 @@ pub struct UnsafeOperation {
     pub held_back: bool,
 }
 
+fn len(items: usize) -> u64 {
+    u64::try_from(items).unwrap_or(u64::MAX)
+}
+
 impl Summary {
     /// Parses a termination message; `None` when it is not a summary (the log tail the
     /// kubelet falls back to when the step died before writing one, or an older release's
@@ -85,27 +102,26 @@ impl Summary {
         }
         serde_json::from_str(message).ok()
     }
-}
 
-/// The condition reason for a step that exited with `code`, in `phase` with `result`
-/// (when known).
-pub fn failure_reason(code: i32, phase_name: Option<&str>, result: Option<&str>) -> &'static str {
-    match code {
-        exit::UNSAFE if result == Some(LOCKING_BLOCKED_RESULT) => reason::LOCKING_BLOCKED,
-        exit::TIMEOUT if phase_name == Some(phase::DATABASE) => reason::DATABASE_UNREACHABLE,
-        exit::TIMEOUT => reason::LOCK_TIMEOUT,
-        exit::CREDENTIALS => reason::CREDENTIALS_REJECTED,
-        exit::NOT_FOUND => reason::DJANGO_NOT_FOUND,
-        exit::UNSAFE => reason::UNSAFE_BLOCKED,
-        exit::LOCK if phase_name == Some(phase::MIGRATING) => reason::LOCK_LOST,
-        exit::LOCK => reason::LOCK_UNAVAILABLE,
-        _ => reason::FAILED,
+    /// Migrations this pod applied: the count, else the list's length.
+    pub fn applied_count(&self) -> u64 {
+        self.counts
+            .map_or_else(|| len(self.applied.len()), |c| c.applied)
     }
-}
 
-/// True for the reasons that mean the step ended in failure (an Event is sent).
-pub fn is_failure(r: &str) -> bool {
-    !matches!(r, reason::MIGRATED | reason::PENDING | reason::RUNNING)
+    /// Unsafe operations held back: the count, else the list's.
+    pub fn held_back_count(&self) -> u64 {
+        self.counts.map_or_else(
+            || {
+                len(self
+                    .unsafe_operations
+                    .iter()
+                    .filter(|u| u.held_back)
+                    .count())
+            },
+            |c| c.held_back,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -122,32 +138,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.applied, ["shop.0002_x"]);
+        assert_eq!((s.phase, s.result), (Phase::Done, StepResult::Applied));
         assert_eq!(s.retries, 2);
-        assert_eq!(s.seconds.lock_wait, 0.2);
+        assert!((s.seconds.lock_wait - 0.2).abs() < f64::EPSILON);
+        assert_eq!(s.applied_count(), 1);
         assert_eq!(Summary::parse("migrate: applied 2 migrations"), None);
         assert_eq!(Summary::parse("{not json"), None);
     }
 
     #[test]
-    fn timeouts_are_told_apart_by_phase() {
-        assert_eq!(
-            failure_reason(1, Some("database"), None),
-            reason::DATABASE_UNREACHABLE
-        );
-        assert_eq!(failure_reason(1, Some("lock"), None), reason::LOCK_TIMEOUT);
-        assert_eq!(failure_reason(5, None, None), reason::UNSAFE_BLOCKED);
-        assert_eq!(failure_reason(137, None, None), reason::FAILED);
-        assert_eq!(
-            failure_reason(6, Some("lock"), None),
-            reason::LOCK_UNAVAILABLE
-        );
-        assert_eq!(
-            failure_reason(6, Some("migrating"), None),
-            reason::LOCK_LOST
-        );
-        assert_eq!(
-            failure_reason(5, Some("migrating"), Some("locking-blocked")),
-            reason::LOCKING_BLOCKED
-        );
+    fn counts_win_over_cut_lists() {
+        let s = Summary::parse(
+            r#"{"phase":"done","result":"applied","applied":["a.0001"],
+                "counts":{"applied":185,"pending":0,"unsafe":3,"held_back":2}}"#,
+        )
+        .unwrap();
+        assert_eq!((s.applied_count(), s.held_back_count()), (185, 2));
     }
 }

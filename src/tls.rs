@@ -3,9 +3,10 @@
 //! can be swapped in for new connections without restarting the server.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -14,27 +15,29 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
 
+use crate::telemetry::Chain;
+
 #[derive(Debug, Error)]
 pub enum TlsError {
-    #[error("cannot read certificate file {path}: {source}")]
+    #[error("cannot read certificate file {path}")]
     Certificate {
         path: PathBuf,
         source: rustls_pki_types::pem::Error,
     },
     #[error("certificate file {0} holds no PEM certificate")]
     NoCertificate(PathBuf),
-    #[error("cannot read private key file {path}: {source}")]
+    #[error("cannot read private key file {path}")]
     Key {
         path: PathBuf,
         source: rustls_pki_types::pem::Error,
     },
-    #[error("certificate {cert} and key {key} cannot be used together: {source}")]
+    #[error("certificate {cert} and key {key} cannot be used together")]
     Pair {
         cert: PathBuf,
         key: PathBuf,
         source: rustls::Error,
     },
-    #[error("TLS configuration: {0}")]
+    #[error("TLS configuration")]
     Config(#[from] rustls::Error),
 }
 
@@ -87,29 +90,53 @@ pub fn pair_from_pem(
 #[derive(Debug)]
 pub struct CertStore {
     current: RwLock<Arc<CertifiedKey>>,
-    /// When the served leaf certificate expires (Unix seconds; 0 when unreadable).
-    expires_at: AtomicI64,
 }
 
 impl CertStore {
     pub fn new(key: CertifiedKey) -> Arc<CertStore> {
         Arc::new(CertStore {
-            expires_at: AtomicI64::new(not_after(&key).unwrap_or(0)),
             current: RwLock::new(Arc::new(key)),
         })
     }
 
     /// Replaces the pair used by new connections; open connections keep theirs.
     pub fn replace(&self, key: CertifiedKey) {
-        self.expires_at
-            .store(not_after(&key).unwrap_or(0), Ordering::Relaxed);
-        let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *guard = Arc::new(key);
     }
 
-    /// When the certificate served to new connections expires, in Unix seconds.
-    pub fn expires_at(&self) -> i64 {
-        self.expires_at.load(Ordering::Relaxed)
+    /// The pair served to new connections.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The expiry of the certificate in use, set by the reloader whenever it swaps the pair.
+#[derive(Clone, Debug, Default)]
+pub struct CertMetrics {
+    expiry: Gauge,
+}
+
+impl CertMetrics {
+    pub fn register(registry: &mut Registry) -> CertMetrics {
+        let metrics = CertMetrics::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the serving certificate in use expires (Unix time)",
+            metrics.expiry.clone(),
+        );
+        metrics
+    }
+
+    /// Records the expiry of `key` (0 when it cannot be read).
+    pub fn serving(&self, key: &CertifiedKey) {
+        self.expiry.set(not_after(key).unwrap_or(0));
     }
 }
 
@@ -122,8 +149,7 @@ pub fn not_after(key: &CertifiedKey) -> Option<i64> {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
-        Some(guard.clone())
+        Some(self.current())
     }
 }
 
@@ -149,14 +175,16 @@ pub async fn reload_on_change(
     cert: PathBuf,
     key: PathBuf,
     interval: std::time::Duration,
+    metrics: CertMetrics,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    metrics.serving(&store.current());
     let read =
         |cert: &Path, key: &Path| Some((std::fs::read(cert).ok()?, std::fs::read(key).ok()?));
     let mut seen = read(&cert, &key);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let Some(current) = read(&cert, &key) else {
@@ -171,11 +199,12 @@ pub async fn reload_on_change(
         }
         match pair_from_pem(&cert, &current.0, &key, &current.1) {
             Ok(pair) => {
+                metrics.serving(&pair);
                 store.replace(pair);
                 tracing::info!(cert = %cert.display(), "serving the new certificate");
             }
             Err(e) => {
-                tracing::warn!(error = %e, "new certificate files are not usable; keeping the current certificate");
+                tracing::warn!(error = %Chain(&e), "new certificate files are not usable; keeping the current certificate");
             }
         }
         seen = Some(current);
@@ -187,7 +216,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_served_certificate_expiry_is_read_and_follows_a_replacement() {
+    fn the_expiry_gauge_follows_the_pair_served() {
         let pair = |year| {
             let key = rcgen::KeyPair::generate().unwrap();
             let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
@@ -202,9 +231,10 @@ mod tests {
             )
             .unwrap()
         };
-        let store = CertStore::new(pair(2031));
-        assert_eq!(store.expires_at(), 1_925_078_400);
-        store.replace(pair(2032));
-        assert_eq!(store.expires_at(), 1_925_078_400 + 365 * 86_400);
+        let metrics = CertMetrics::default();
+        metrics.serving(&pair(2031));
+        assert_eq!(metrics.expiry.get(), 1_925_078_400);
+        metrics.serving(&pair(2032));
+        assert_eq!(metrics.expiry.get(), 1_925_078_400 + 365 * 86_400);
     }
 }

@@ -6,12 +6,14 @@
 //! pod's identity, owner, whether it has the gate, the gate condition and the statuses
 //! of the injected init containers, and nothing is built only to be thrown away.
 
-use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, PodCondition};
+use k8s_openapi::api::core::v1::{ContainerState, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use kube::ResourceExt;
+use prometheus_client::encoding::EncodeLabelSet;
 use serde::{Deserialize, Deserializer};
 
-use crate::names::{CODE_CONTAINER, MIGRATE_CONTAINER, READINESS_GATE, WAIT_CONTAINER};
-use crate::summary::Summary;
+use crate::names::MIGRATED_CONDITION;
+use crate::step::StepStatus;
 
 /// A pod as the controller sees it.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -41,100 +43,6 @@ pub struct WatchedStatus {
     /// Statuses of the injected init containers.
     #[serde(default, deserialize_with = "our_statuses")]
     pub init_container_statuses: Vec<StepStatus>,
-}
-
-/// The status of one injected init container, its termination message already read.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct StepStatus {
-    /// One of the injected init container names.
-    pub name: &'static str,
-    pub running: bool,
-    /// How the current run ended, if it did.
-    pub terminated: Option<Exit>,
-    /// How the previous run ended (kept by the kubelet across restarts).
-    pub last_terminated: Option<Exit>,
-}
-
-/// How a run of an injected init container ended.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Exit {
-    pub code: i32,
-    /// The summary's phase, when the message was a summary.
-    pub phase: Option<Box<str>>,
-    /// The summary's result, when the message was a summary.
-    pub result: Option<Box<str>>,
-    /// The summary's message, else the raw termination message (log tail).
-    pub message: Option<Box<str>>,
-    /// This run applied migrations itself.
-    pub applied: bool,
-    /// This run applied operations that break the previous release.
-    pub applied_unsafe: bool,
-    /// The summary's numbers, for the controller's metrics.
-    pub stats: StepStats,
-}
-
-/// The numbers of a step's summary that the metrics use (zero without a summary).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct StepStats {
-    pub seconds_total: f64,
-    pub seconds_lock_wait: f64,
-    /// Migrations this run applied itself.
-    pub applied: u32,
-    pub retries: u32,
-    /// Unsafe operations held back (`unsafe-migrations: deny`).
-    pub unsafe_blocked: u32,
-}
-
-impl StepStats {
-    fn of(s: &Summary) -> StepStats {
-        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        StepStats {
-            seconds_total: s.seconds.total,
-            seconds_lock_wait: s.seconds.lock_wait,
-            applied: count(s.applied.len()),
-            retries: s.retries,
-            unsafe_blocked: count(s.unsafe_operations.iter().filter(|u| u.held_back).count()),
-        }
-    }
-}
-
-impl Exit {
-    fn read(t: ContainerStateTerminated) -> Exit {
-        let raw = t
-            .message
-            .as_deref()
-            .map(str::trim)
-            .filter(|m| !m.is_empty());
-        let summary = raw.and_then(Summary::parse);
-        let message = summary
-            .as_ref()
-            .map(|s| s.message.trim())
-            .filter(|m| !m.is_empty())
-            .or(raw)
-            .map(Into::into);
-        Exit {
-            code: t.exit_code,
-            phase: summary.as_ref().map(|s| s.phase.as_str().into()),
-            result: summary.as_ref().map(|s| s.result.as_str().into()),
-            message,
-            applied: summary.as_ref().is_some_and(|s| !s.applied.is_empty()),
-            applied_unsafe: summary.as_ref().is_some_and(|s| {
-                s.unsafe_operations
-                    .iter()
-                    .any(|u| u.applied && u.kind != "locking")
-            }),
-            stats: summary.as_ref().map(StepStats::of).unwrap_or_default(),
-        }
-    }
-}
-
-/// A container status as the API server sends it.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawStatus {
-    name: String,
-    state: Option<ContainerState>,
-    last_state: Option<ContainerState>,
 }
 
 /// The metadata fields the controller and the reflector use.
@@ -174,31 +82,30 @@ struct Gate {
 
 fn has_our_gate<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     let gates = Option::<Vec<Gate>>::deserialize(d)?.unwrap_or_default();
-    Ok(gates.iter().any(|g| g.condition_type == READINESS_GATE))
+    Ok(gates.iter().any(|g| g.condition_type == MIGRATED_CONDITION))
 }
 
 fn our_condition<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PodCondition>, D::Error> {
     let conditions = Option::<Vec<PodCondition>>::deserialize(d)?.unwrap_or_default();
-    Ok(conditions.into_iter().find(|c| c.type_ == READINESS_GATE))
+    Ok(conditions
+        .into_iter()
+        .find(|c| c.type_ == MIGRATED_CONDITION))
+}
+
+/// A container status as the API server sends it, without what the controller ignores.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawStatus {
+    name: String,
+    state: Option<ContainerState>,
+    last_state: Option<ContainerState>,
 }
 
 fn our_statuses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<StepStatus>, D::Error> {
     let raw = Option::<Vec<RawStatus>>::deserialize(d)?.unwrap_or_default();
-    let terminated = |s: Option<ContainerState>| s.and_then(|s| s.terminated).map(Exit::read);
     Ok(raw
-        .into_iter()
-        .filter_map(|s| {
-            let name = [CODE_CONTAINER, MIGRATE_CONTAINER, WAIT_CONTAINER]
-                .into_iter()
-                .find(|n| *n == s.name)?;
-            let running = s.state.as_ref().is_some_and(|st| st.running.is_some());
-            Some(StepStatus {
-                name,
-                running,
-                terminated: terminated(s.state),
-                last_terminated: terminated(s.last_state),
-            })
-        })
+        .iter()
+        .filter_map(|s| StepStatus::read(&s.name, s.state.as_ref(), s.last_state.as_ref()))
         .collect())
 }
 
@@ -238,6 +145,15 @@ pub(crate) use lean_resource;
 
 lean_resource!(WatchedPod, "Pod", "", "v1", "pods");
 
+/// The Deployment a pod belongs to: the labels of the controller's metrics, bounded by
+/// the number of opted-in Deployments, and where its Events go.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeploymentKey {
+    pub namespace: String,
+    /// Empty for a pod no Deployment owns.
+    pub deployment: String,
+}
+
 impl WatchedPod {
     /// The status of the injected init container `name`.
     pub fn step_status(&self, name: &str) -> Option<&StepStatus> {
@@ -246,11 +162,30 @@ impl WatchedPod {
             .iter()
             .find(|s| s.name == name)
     }
+
+    /// The pod's Deployment: its controlling ReplicaSet's name without the pod-template
+    /// hash (the last `-` segment, which never contains a `-`), as the Deployment
+    /// controller names them.
+    pub fn deployment(&self) -> DeploymentKey {
+        let replica_set = self
+            .owner_references()
+            .iter()
+            .find(|o| o.kind == "ReplicaSet")
+            .map(|o| o.name.as_str());
+        DeploymentKey {
+            namespace: self.namespace().unwrap_or_default(),
+            deployment: replica_set
+                .map(|rs| rs.rsplit_once('-').map_or(rs, |(d, _)| d))
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::MIGRATE_CONTAINER;
     use serde_json::json;
 
     #[test]
@@ -260,13 +195,13 @@ mod tests {
                          "labels": {"a": "b"}, "annotations": {"x": "y".repeat(1000)},
                          "managedFields": [{"manager": "kubelet"}],
                          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                                              "name": "rs", "uid": "r", "controller": true}]},
+                                              "name": "shop-7d4b9c", "uid": "r", "controller": true}]},
             "spec": {"containers": [{"name": "web", "image": "x",
                                      "env": [{"name": "A", "value": "1".repeat(1000)}]}],
-                     "readinessGates": [{"conditionType": "other"}, {"conditionType": READINESS_GATE}]},
+                     "readinessGates": [{"conditionType": "other"}, {"conditionType": MIGRATED_CONDITION}]},
             "status": {"phase": "Pending",
                        "conditions": [{"type": "Ready", "status": "False"},
-                                      {"type": READINESS_GATE, "status": "False", "reason": "R"}],
+                                      {"type": MIGRATED_CONDITION, "status": "False", "reason": "R"}],
                        "initContainerStatuses": [
                            {"name": "user-init", "image": "x", "imageID": "", "ready": true,
                             "restartCount": 0, "state": {"running": {}}},
@@ -286,9 +221,10 @@ mod tests {
         assert!(step.running && step.terminated.is_none());
         let last = step.last_terminated.as_ref().unwrap();
         assert_eq!(
-            (last.code, last.phase.as_deref(), last.message.as_deref()),
-            (1, Some("lock"), Some("gave up"))
+            (last.code, last.phase, last.message.as_deref()),
+            (1, Some(crate::step::Phase::Lock), Some("gave up"))
         );
+        assert_eq!(pod.deployment().deployment, "shop");
         assert_eq!(pod.metadata.resource_version.as_deref(), Some("7"));
         assert_eq!(pod.metadata.owner_references.as_ref().unwrap().len(), 1);
         assert!(pod.metadata.labels.is_none() && pod.metadata.annotations.is_none());

@@ -272,10 +272,11 @@ mod tests {
     }
 
     /// One vocabulary: the program reads every env var the engine sets, and writes the
-    /// phases and exit codes of `names`.
+    /// log prefix and exit codes of `names` and the phases of [`crate::step::Phase`].
     #[test]
     fn the_program_uses_the_names_the_engine_sets() {
-        use crate::names::{exit, phase};
+        use crate::names::{LOG_PREFIX, exit};
+        use crate::step::Phase;
         for name in STEP_ENV {
             assert!(
                 PROGRAM.contains(&format!("os.environ.get(\"{name}\"")),
@@ -296,10 +297,11 @@ mod tests {
                 "{constant}"
             );
         }
-        for p in phase::ALL {
-            let line = format!("\nPHASE_{} = \"{p}\"\n", p.to_uppercase());
+        for p in Phase::ALL {
+            let line = format!("\nPHASE_{} = \"{p}\"\n", p.as_str().to_uppercase());
             assert!(PROGRAM.contains(&line), "{line}");
         }
+        assert!(PROGRAM.contains(&format!("\nLOG_PREFIX = \"{LOG_PREFIX}\"\n")));
         assert!(PROGRAM.contains(&format!("\"{TERMINATION_LOG}\"")));
     }
 

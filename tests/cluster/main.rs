@@ -3,6 +3,8 @@
 //! version in `KUBE_VERSIONS` by `scripts/test.sh`), the webhook binary running locally
 //! with `serve` (and `--controller`), registered through a MutatingWebhookConfiguration.
 //! There is no kubelet: the tests play it by patching `pods/status`.
+// Tests and benches unwrap and assert freely: the lints for the product are for `src/`.
+#![allow(clippy::unwrap_used, clippy::pedantic)]
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -1,6 +1,8 @@
 //! The migrations tier: the init containers taken from `inject` output for a Deployment
 //! of the real Django project in `tests/django`, run as the kubelet would run them,
 //! against SQLite and against real PostgreSQL and MariaDB servers.
+// Tests and benches unwrap and assert freely: the lints for the product are for `src/`.
+#![allow(clippy::unwrap_used, clippy::pedantic)]
 
 #[path = "../support/mod.rs"]
 mod support;

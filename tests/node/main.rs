@@ -4,6 +4,8 @@
 //! The webhook binary runs beside the cluster with `--controller`, registered through the
 //! chart's MutatingWebhookConfiguration; the kubelet runs the injected containers for real
 //! and owns pod readiness.
+// Tests and benches unwrap and assert freely: the lints for the product are for `src/`.
+#![allow(clippy::unwrap_used, clippy::pedantic)]
 
 #[path = "../support/mod.rs"]
 mod support;

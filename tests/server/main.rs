@@ -2,6 +2,8 @@
 //! `certs`, driven by a real TLS client over HTTP/1.1 and h2. Its modules hold the
 //! bad-input tier (`bad_input`), graceful shutdown under load (`shutdown`) and the TLS
 //! checks made with openssl and curl (`security`).
+// Tests and benches unwrap and assert freely: the lints for the product are for `src/`.
+#![allow(clippy::unwrap_used, clippy::pedantic)]
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -107,7 +107,7 @@ pub fn without_owned(object: &Value) -> Value {
             (
                 "readinessGates",
                 "conditionType",
-                &[names::READINESS_GATE][..],
+                &[names::MIGRATED_CONDITION][..],
             ),
             ("volumes", "name", &[names::CODE_VOLUME][..]),
         ] {

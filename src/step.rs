@@ -1,0 +1,605 @@
+//! What the migration step of a pod is doing, decided once.
+//!
+//! The controller turns a [`StepState`] into the pod's condition and `status` into its
+//! row, so the two cannot disagree: both read the same init container statuses (the
+//! controller's lean cache or a full `Pod`, converted by [`StepStatus::from_container`])
+//! through [`StepState::of`]. The vocabulary the program and the cluster share (the
+//! condition's [`Reason`]s, the summary's [`Phase`]s and [`StepResult`]s) are enums here,
+//! each with the full list for documentation and tests.
+
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::names::{CODE_CONTAINER, LOG_PREFIX, MIGRATE_CONTAINER, WAIT_CONTAINER, exit};
+use crate::summary::Summary;
+
+/// Declares a string enum: serde names, `as_str`, `ALL`, and `Unknown` for values a newer
+/// program may write.
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)*
+            /// A value this release does not know (written by a newer program).
+            #[serde(other)]
+            Unknown,
+        }
+
+        impl $name {
+            /// Every known value.
+            pub const ALL: &[$name] = &[$($name::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                    $name::Unknown => "unknown",
+                }
+            }
+
+            /// The value named `s`, or [`Self::Unknown`].
+            pub fn parse(s: &str) -> $name {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s).unwrap_or($name::Unknown)
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> $name {
+                $name::Unknown
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum! {
+    /// The reason of the `django-migrate.io/migrated` condition: each tells a different
+    /// state apart.
+    Reason {
+        /// The step succeeded: migrations applied (here or by another pod) or nothing
+        /// pending.
+        Migrated = "Migrated",
+        /// The step has not started yet (earlier init containers, image pull, scheduling).
+        Pending = "MigrationStepPending",
+        /// The step is running: waiting for the database, the lock, or migrating.
+        Running = "MigrationStepRunning",
+        /// Gave up waiting for the database.
+        DatabaseUnreachable = "DatabaseUnreachable",
+        /// The database rejected the credentials.
+        CredentialsRejected = "DatabaseCredentialsRejected",
+        /// Gave up waiting for the migration lock or for another pod's migrations.
+        LockTimeout = "MigrationLockTimeout",
+        /// A migration failed.
+        Failed = "MigrationFailed",
+        /// The settings or the management command were not found.
+        DjangoNotFound = "DjangoNotFound",
+        /// A pending migration is unsafe for the release still serving and was held back.
+        UnsafeBlocked = "UnsafeMigrationBlocked",
+        /// A pending migration would hold a lock that blocks traffic on a large table and
+        /// was held back (`hold-back: locking`).
+        LockingBlocked = "LockingMigrationBlocked",
+        /// The code copy container failed.
+        CodeCopyFailed = "MigrationCodeCopyFailed",
+        /// The migration lock cannot be held through the step's connection (a pooler in
+        /// statement mode); nothing was applied.
+        LockUnavailable = "MigrationLockUnavailable",
+        /// The migration lock was lost while migrating (its connection was closed); the
+        /// step stopped before applying anything more.
+        LockLost = "MigrationLockLost",
+    }
+}
+
+string_enum! {
+    /// The phase the step was in: the summary's `phase` when it ended, the `[phase]` of
+    /// its log lines while it runs.
+    Phase {
+        Setup = "setup",
+        Database = "database",
+        Lock = "lock",
+        Waiting = "waiting",
+        Migrating = "migrating",
+        Done = "done",
+    }
+}
+
+string_enum! {
+    /// How the step ended: the summary's `result`.
+    StepResult {
+        NothingPending = "nothing-pending",
+        Applied = "applied",
+        AppliedByOtherPod = "applied-by-other-pod",
+        Timeout = "timeout",
+        Failed = "failed",
+        CredentialsRejected = "credentials-rejected",
+        NotFound = "not-found",
+        UnsafeBlocked = "unsafe-blocked",
+        LockingBlocked = "locking-blocked",
+        LockUnavailable = "lock-unavailable",
+        LockLost = "lock-lost",
+    }
+}
+
+impl Reason {
+    /// The reasons that mean the step ended in failure (an Event is sent, a failure is
+    /// counted, `status` exits 1).
+    pub fn is_failure(self) -> bool {
+        !matches!(self, Reason::Migrated | Reason::Pending | Reason::Running)
+    }
+
+    /// The reason for a step that exited with `code`, in `phase` with `result` (when the
+    /// termination message was a summary).
+    pub fn of_exit(code: i32, phase: Option<Phase>, result: Option<StepResult>) -> Reason {
+        match code {
+            exit::OK => Reason::Migrated,
+            exit::UNSAFE if result == Some(StepResult::LockingBlocked) => Reason::LockingBlocked,
+            exit::UNSAFE => Reason::UnsafeBlocked,
+            exit::TIMEOUT if phase == Some(Phase::Database) => Reason::DatabaseUnreachable,
+            exit::TIMEOUT => Reason::LockTimeout,
+            exit::CREDENTIALS => Reason::CredentialsRejected,
+            exit::NOT_FOUND => Reason::DjangoNotFound,
+            exit::LOCK if phase == Some(Phase::Migrating) => Reason::LockLost,
+            exit::LOCK => Reason::LockUnavailable,
+            _ => Reason::Failed,
+        }
+    }
+}
+
+impl Phase {
+    /// The phase of one of the step's log lines (`django-migrate migrate [lock]: ...`).
+    pub fn of_log_line(line: &str) -> Option<Phase> {
+        let rest = line.trim_start().strip_prefix(LOG_PREFIX)?;
+        let (_, rest) = rest.split_once('[')?;
+        let (phase, _) = rest.split_once("]:")?;
+        Some(Phase::parse(phase)).filter(|p| *p != Phase::Unknown)
+    }
+}
+
+/// The status of one injected init container, its termination message already read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepStatus {
+    /// One of the injected init container names.
+    pub name: &'static str,
+    pub running: bool,
+    /// How the current run ended, if it did.
+    pub terminated: Option<Exit>,
+    /// How the previous run ended (kept by the kubelet across restarts).
+    pub last_terminated: Option<Exit>,
+}
+
+/// How a run of an injected init container ended.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Exit {
+    pub code: i32,
+    /// The summary's phase, when the message was a summary.
+    pub phase: Option<Phase>,
+    /// The summary's result, when the message was a summary.
+    pub result: Option<StepResult>,
+    /// The summary's message, else the raw termination message (log tail).
+    pub message: Option<Box<str>>,
+    /// This run applied migrations itself.
+    pub applied: bool,
+    /// This run applied operations that break the previous release.
+    pub applied_unsafe: bool,
+    /// The summary's numbers, for the controller's metrics.
+    pub stats: StepStats,
+}
+
+/// The numbers of a step's summary that the metrics use (zero without a summary).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepStats {
+    pub seconds_total: f64,
+    pub seconds_lock_wait: f64,
+    /// Migrations this run applied itself.
+    pub applied: u64,
+    pub retries: u64,
+    /// Unsafe operations held back (`unsafe-migrations: deny`).
+    pub held_back: u64,
+}
+
+impl Exit {
+    /// Reads a terminated state: its code and, when the message is a summary, what the
+    /// step reported.
+    pub fn read(t: &ContainerStateTerminated) -> Exit {
+        let raw = t
+            .message
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty());
+        let summary = raw.and_then(Summary::parse);
+        let message = summary
+            .as_ref()
+            .map(|s| s.message.trim())
+            .filter(|m| !m.is_empty())
+            .or(raw)
+            .map(Into::into);
+        Exit {
+            code: t.exit_code,
+            phase: summary.as_ref().map(|s| s.phase),
+            result: summary.as_ref().map(|s| s.result),
+            message,
+            applied: summary.as_ref().is_some_and(|s| s.applied_count() > 0),
+            applied_unsafe: summary.as_ref().is_some_and(|s| {
+                s.unsafe_operations
+                    .iter()
+                    .any(|u| u.applied && u.kind != "locking")
+            }),
+            stats: summary
+                .as_ref()
+                .map(|s| StepStats {
+                    seconds_total: s.seconds.total,
+                    seconds_lock_wait: s.seconds.lock_wait,
+                    applied: s.applied_count(),
+                    retries: u64::from(s.retries),
+                    held_back: s.held_back_count(),
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// For people: the summary's message (or the raw termination message), prefixed with
+    /// the exit code on failure.
+    fn describe(&self, container: &str) -> String {
+        match (self.code, self.message.as_deref()) {
+            (0, Some(m)) => m.to_owned(),
+            (0, None) => format!("init container {container} exited 0"),
+            (c, Some(m)) => format!("exit code {c}: {m}"),
+            (c, None) => format!("init container {container} exited with code {c}"),
+        }
+    }
+}
+
+impl StepStatus {
+    /// The injected init container's status, from a full container status; `None` for
+    /// containers the webhook did not inject.
+    pub fn from_container(s: &ContainerStatus) -> Option<StepStatus> {
+        StepStatus::read(&s.name, s.state.as_ref(), s.last_state.as_ref())
+    }
+
+    /// The status of init container `name` from its current and last state; `None` when
+    /// the webhook did not inject it.
+    pub fn read(
+        name: &str,
+        state: Option<&ContainerState>,
+        last_state: Option<&ContainerState>,
+    ) -> Option<StepStatus> {
+        let name = [CODE_CONTAINER, MIGRATE_CONTAINER, WAIT_CONTAINER]
+            .into_iter()
+            .find(|n| *n == name)?;
+        let terminated =
+            |state: Option<&ContainerState>| state?.terminated.as_ref().map(Exit::read);
+        Some(StepStatus {
+            name,
+            running: state.is_some_and(|st| st.running.is_some()),
+            terminated: terminated(state),
+            last_terminated: terminated(last_state),
+        })
+    }
+}
+
+/// What a pod's migration step is doing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepState {
+    /// Not started: earlier init containers, image pull, scheduling.
+    Pending { container: Option<&'static str> },
+    /// Running: waiting for the database, the lock, other pods, or migrating.
+    Running { container: &'static str },
+    /// Ended with exit 0.
+    Succeeded { container: &'static str, exit: Exit },
+    /// The code copy or the step failed; a restarted step keeps its last failure until it
+    /// succeeds.
+    Failed {
+        container: &'static str,
+        reason: Reason,
+        exit: Exit,
+    },
+}
+
+impl StepState {
+    /// The state, from the statuses of the injected init containers.
+    pub fn of(statuses: &[StepStatus]) -> StepState {
+        let find = |name: &str| statuses.iter().find(|s| s.name == name);
+        // The code copy comes first; when it fails, the step never starts.
+        if let Some(copy) = find(CODE_CONTAINER) {
+            let ended = copy.terminated.as_ref().or(copy.last_terminated.as_ref());
+            if let Some(exit) = ended.filter(|e| e.code != 0) {
+                return StepState::Failed {
+                    container: CODE_CONTAINER,
+                    reason: Reason::CodeCopyFailed,
+                    exit: exit.clone(),
+                };
+            }
+        }
+        let Some(step) = find(MIGRATE_CONTAINER).or_else(|| find(WAIT_CONTAINER)) else {
+            return StepState::Pending { container: None };
+        };
+        let container = step.name;
+        if let Some(exit) = &step.terminated {
+            if exit.code == 0 {
+                return StepState::Succeeded {
+                    container,
+                    exit: exit.clone(),
+                };
+            }
+            return StepState::failed(container, exit);
+        }
+        if let Some(exit) = step.last_terminated.as_ref().filter(|e| e.code != 0) {
+            return StepState::failed(container, exit);
+        }
+        if step.running {
+            StepState::Running { container }
+        } else {
+            StepState::Pending {
+                container: Some(container),
+            }
+        }
+    }
+
+    fn failed(container: &'static str, exit: &Exit) -> StepState {
+        StepState::Failed {
+            container,
+            reason: Reason::of_exit(exit.code, exit.phase, exit.result),
+            exit: exit.clone(),
+        }
+    }
+
+    pub fn reason(&self) -> Reason {
+        match self {
+            StepState::Pending { .. } => Reason::Pending,
+            StepState::Running { .. } => Reason::Running,
+            StepState::Succeeded { .. } => Reason::Migrated,
+            StepState::Failed { reason, .. } => *reason,
+        }
+    }
+
+    /// The condition's status: `True` once the step succeeded.
+    pub fn condition_status(&self) -> &'static str {
+        if matches!(self, StepState::Succeeded { .. }) {
+            "True"
+        } else {
+            "False"
+        }
+    }
+
+    /// One line for people: the condition's message.
+    pub fn message(&self) -> String {
+        match self {
+            StepState::Pending { container: None } => "waiting for the init containers".to_owned(),
+            StepState::Pending {
+                container: Some(name),
+            } => format!("waiting for init container {name} to start"),
+            StepState::Running { container } => format!(
+                "init container {container} is running: waiting for the database, the migration lock, or migrating (see its log)"
+            ),
+            StepState::Failed {
+                container, exit, ..
+            } if *container == CODE_CONTAINER => {
+                format!("{container} {}", exit.describe(container))
+            }
+            StepState::Succeeded { container, exit }
+            | StepState::Failed {
+                container, exit, ..
+            } => exit.describe(container),
+        }
+    }
+
+    /// How the Django step's last run ended, if it did (not the code copy's).
+    pub fn step_exit(&self) -> Option<&Exit> {
+        match self {
+            StepState::Succeeded { exit, .. } => Some(exit),
+            StepState::Failed {
+                container, exit, ..
+            } if *container != CODE_CONTAINER => Some(exit),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::exit;
+
+    #[test]
+    fn every_exit_code_and_phase_has_its_reason() {
+        use Phase::{Database, Lock, Migrating};
+        let cases = [
+            (exit::OK, None, None, Reason::Migrated),
+            (
+                exit::TIMEOUT,
+                Some(Database),
+                None,
+                Reason::DatabaseUnreachable,
+            ),
+            (exit::TIMEOUT, Some(Lock), None, Reason::LockTimeout),
+            (exit::CREDENTIALS, None, None, Reason::CredentialsRejected),
+            (exit::NOT_FOUND, None, None, Reason::DjangoNotFound),
+            (exit::UNSAFE, None, None, Reason::UnsafeBlocked),
+            (
+                exit::UNSAFE,
+                Some(Migrating),
+                Some(StepResult::LockingBlocked),
+                Reason::LockingBlocked,
+            ),
+            (exit::LOCK, Some(Lock), None, Reason::LockUnavailable),
+            (exit::LOCK, Some(Migrating), None, Reason::LockLost),
+            (exit::MIGRATE_FAILED, None, None, Reason::Failed),
+            (137, None, None, Reason::Failed),
+        ];
+        for (code, phase, result, reason) in cases {
+            assert_eq!(Reason::of_exit(code, phase, result), reason, "{code}");
+        }
+    }
+
+    #[test]
+    fn names_round_trip_and_unknown_values_are_kept_apart() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::parse(r.as_str()), *r);
+        }
+        let p: Phase = serde_json::from_str("\"contracting\"").unwrap();
+        assert_eq!(p, Phase::Unknown);
+        let r: StepResult = serde_json::from_str("\"applied-by-other-pod\"").unwrap();
+        assert_eq!(r, StepResult::AppliedByOtherPod);
+        assert_eq!(
+            serde_json::to_string(&Reason::LockLost).unwrap(),
+            "\"MigrationLockLost\""
+        );
+    }
+
+    #[test]
+    fn the_phase_of_a_running_step_comes_from_its_log() {
+        assert_eq!(
+            Phase::of_log_line("django-migrate migrate [lock]: waiting for the migration lock"),
+            Some(Phase::Lock)
+        );
+        assert_eq!(
+            Phase::of_log_line("django-migrate wait [database]: attempt 2: not reachable"),
+            Some(Phase::Database)
+        );
+        assert_eq!(Phase::of_log_line("Operations to perform: [x]: y"), None);
+        assert_eq!(Phase::of_log_line(""), None);
+    }
+
+    fn statuses(init: serde_json::Value) -> Vec<StepStatus> {
+        let init: Vec<ContainerStatus> = serde_json::from_value(init).unwrap();
+        init.iter().filter_map(StepStatus::from_container).collect()
+    }
+
+    #[allow(clippy::needless_pass_by_value, reason = "built inline by each case")]
+    fn status(name: &str, state: serde_json::Value, last: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"name": name, "image": "x", "imageID": "", "ready": false,
+                           "restartCount": 0, "state": state, "lastState": last})
+    }
+
+    fn summary(code: i32, phase: &str, result: &str, message: &str) -> String {
+        serde_json::json!({"mode": "migrate", "phase": phase, "result": result,
+                           "exit_code": code, "message": message, "applied": ["a.0001"]})
+        .to_string()
+    }
+
+    #[test]
+    fn success_carries_the_summary_message() {
+        let done = summary(0, "done", "applied", "applied 1 migrations in 1.0s");
+        let state = StepState::of(&statuses(serde_json::json!([
+            status(
+                CODE_CONTAINER,
+                serde_json::json!({"terminated": {"exitCode": 0}}),
+                serde_json::json!({})
+            ),
+            status(
+                MIGRATE_CONTAINER,
+                serde_json::json!({"terminated": {"exitCode": 0, "message": done}}),
+                serde_json::json!({})
+            ),
+        ])));
+        assert_eq!(
+            (state.condition_status(), state.reason()),
+            ("True", Reason::Migrated)
+        );
+        assert_eq!(state.message(), "applied 1 migrations in 1.0s");
+        assert!(state.step_exit().is_some_and(|e| e.applied));
+    }
+
+    #[test]
+    fn failures_get_a_reason_per_cause_and_a_restarted_step_keeps_it() {
+        let cases = [
+            (
+                summary(2, "migrating", "failed", "migration a.0002 failed: boom"),
+                Reason::Failed,
+            ),
+            (
+                summary(1, "database", "timeout", "gave up"),
+                Reason::DatabaseUnreachable,
+            ),
+            (
+                summary(1, "lock", "timeout", "gave up"),
+                Reason::LockTimeout,
+            ),
+            (
+                summary(3, "database", "credentials-rejected", "rejected"),
+                Reason::CredentialsRejected,
+            ),
+            (
+                summary(4, "setup", "not-found", "manage.py not found"),
+                Reason::DjangoNotFound,
+            ),
+            (
+                summary(5, "migrating", "unsafe-blocked", "held back"),
+                Reason::UnsafeBlocked,
+            ),
+            (
+                summary(5, "migrating", "locking-blocked", "held back"),
+                Reason::LockingBlocked,
+            ),
+            (
+                summary(6, "lock", "lock-unavailable", "statement pooling"),
+                Reason::LockUnavailable,
+            ),
+            (
+                "Traceback (most recent call last): ...".to_owned(),
+                Reason::Failed,
+            ),
+        ];
+        for (message, expected) in cases {
+            let code = Summary::parse(&message).map_or(2, |s| s.exit_code);
+            let failed = serde_json::json!({"terminated": {"exitCode": code, "message": message}});
+            let state = StepState::of(&statuses(serde_json::json!([status(
+                MIGRATE_CONTAINER,
+                failed.clone(),
+                serde_json::json!({})
+            )])));
+            assert_eq!(
+                (state.condition_status(), state.reason()),
+                ("False", expected),
+                "{message}"
+            );
+            assert!(
+                state.message().starts_with(&format!("exit code {code}: ")),
+                "{}",
+                state.message()
+            );
+            assert!(expected.is_failure());
+            let restarted = StepState::of(&statuses(serde_json::json!([status(
+                MIGRATE_CONTAINER,
+                serde_json::json!({"running": {}}),
+                failed
+            )])));
+            assert_eq!(restarted.reason(), expected);
+        }
+    }
+
+    #[test]
+    fn pending_running_and_a_failed_code_copy() {
+        let of = |init| StepState::of(&statuses(init));
+        let running = of(serde_json::json!([status(
+            MIGRATE_CONTAINER,
+            serde_json::json!({"running": {}}),
+            serde_json::json!({})
+        )]));
+        assert_eq!(running.reason(), Reason::Running);
+        let waiting = of(serde_json::json!([status(
+            WAIT_CONTAINER,
+            serde_json::json!({"waiting": {}}),
+            serde_json::json!({})
+        )]));
+        assert_eq!(waiting.reason(), Reason::Pending);
+        assert_eq!(of(serde_json::json!([])).reason(), Reason::Pending);
+        // The copy's failure counts in its last state too: it restarts before the step.
+        let copy = of(serde_json::json!([status(
+            CODE_CONTAINER,
+            serde_json::json!({"waiting": {}}),
+            serde_json::json!({"terminated": {"exitCode": 1, "message": "error: cannot write"}})
+        )]));
+        assert_eq!(copy.reason(), Reason::CodeCopyFailed);
+        assert!(
+            copy.message().contains("cannot write"),
+            "{}",
+            copy.message()
+        );
+        assert!(copy.step_exit().is_none());
+    }
+}
