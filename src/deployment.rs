@@ -76,14 +76,6 @@ impl Deployment {
         self.metadata.as_ref()?.annotations.as_ref()
     }
 
-    /// Name for messages: the name, else the generateName prefix, else a placeholder.
-    pub fn display_name(&self) -> &str {
-        let meta = self.metadata.as_ref();
-        meta.and_then(|m| m.name.as_deref())
-            .or_else(|| meta.and_then(|m| m.generate_name.as_deref()))
-            .unwrap_or("<unnamed>")
-    }
-
     pub fn template(&self) -> Option<&PodTemplate> {
         self.spec.as_ref()?.template.as_ref()
     }

@@ -1,7 +1,7 @@
 //! Every name of the contract, in one place: labels, annotations, the condition type,
 //! Event reasons, container, volume and env names, the log prefix and exit codes (the
-//! condition's reasons and the summary's phases and results are the enums of
-//! [`crate::step`]).
+//! condition's reasons are the enum `step::Reason`, the summary's phases and results the
+//! enums of `summary`).
 //!
 //! The engine, the controller, the CLI and the tests use these; `django_migrate.py` reads
 //! the env names and writes the log prefix and exit codes below (a unit test checks that the
@@ -57,7 +57,7 @@ pub const KNOWN_ANNOTATIONS: [&str; 15] = [
 // ---------------------------------------------------------------- readiness gate
 
 /// Pod condition set by the controller once the migration step of a pod succeeded; the
-/// injected readiness gate names it. Its reasons are [`crate::step::Reason`].
+/// injected readiness gate names it. Its reasons are `step::Reason`.
 pub const MIGRATED_CONDITION: &str = "django-migrate.io/migrated";
 
 // ---------------------------------------------------------------- controller and webhook
@@ -151,7 +151,7 @@ pub const LEGACY_ENV: [&str; 3] = [
 // ---------------------------------------------------------------- log and exit codes
 
 /// Every log line of the step starts with this, then `<mode> [<phase>]: `; `status` reads
-/// the phase of a running step from its last line ([`crate::step::Phase::of_log_line`]).
+/// the phase of a running step from its last line (`summary::Phase::of_log_line`).
 pub const LOG_PREFIX: &str = "django-migrate";
 
 /// Exit codes of the Django step.

@@ -20,7 +20,8 @@ use crate::names::{
     WEBHOOK_NAME,
 };
 use crate::settings::Settings;
-use crate::step::{Phase, Reason, StepState, StepStatus};
+use crate::step::{Reason, StepState, StepStatus};
+use crate::summary::Phase;
 use crate::summary::Summary;
 
 #[derive(Debug, Error)]

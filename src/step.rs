@@ -3,59 +3,14 @@
 //! The controller turns a [`StepState`] into the pod's condition and `status` into its
 //! row, so the two cannot disagree: both read the same init container statuses (the
 //! controller's lean cache or a full `Pod`, converted by [`StepStatus::from_container`])
-//! through [`StepState::of`]. The vocabulary the program and the cluster share (the
-//! condition's [`Reason`]s, the summary's [`Phase`]s and [`StepResult`]s) are enums here,
-//! each with the full list for documentation and tests.
+//! through [`StepState::of`]. The condition's [`Reason`]s are an enum with the full list
+//! for documentation and tests, as are the summary's phases and results.
 
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus};
 use serde::{Deserialize, Serialize};
 
-use crate::names::{CODE_CONTAINER, LOG_PREFIX, MIGRATE_CONTAINER, WAIT_CONTAINER, exit};
-use crate::summary::Summary;
-
-/// Declares a string enum: serde names, `as_str`, `ALL`, and `Unknown` for values a newer
-/// program may write.
-macro_rules! string_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)*
-            /// A value this release does not know (written by a newer program).
-            #[serde(other)]
-            Unknown,
-        }
-
-        impl $name {
-            /// Every known value.
-            pub const ALL: &[$name] = &[$($name::$variant,)*];
-
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text,)*
-                    $name::Unknown => "unknown",
-                }
-            }
-
-            /// The value named `s`, or [`Self::Unknown`].
-            pub fn parse(s: &str) -> $name {
-                Self::ALL.iter().copied().find(|v| v.as_str() == s).unwrap_or($name::Unknown)
-            }
-        }
-
-        impl Default for $name {
-            fn default() -> $name {
-                $name::Unknown
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
+use crate::names::{CODE_CONTAINER, MIGRATE_CONTAINER, WAIT_CONTAINER, exit};
+use crate::summary::{Phase, StepResult, Summary, string_enum};
 
 string_enum! {
     /// The reason of the `django-migrate.io/migrated` condition: each tells a different
@@ -94,36 +49,6 @@ string_enum! {
     }
 }
 
-string_enum! {
-    /// The phase the step was in: the summary's `phase` when it ended, the `[phase]` of
-    /// its log lines while it runs.
-    Phase {
-        Setup = "setup",
-        Database = "database",
-        Lock = "lock",
-        Waiting = "waiting",
-        Migrating = "migrating",
-        Done = "done",
-    }
-}
-
-string_enum! {
-    /// How the step ended: the summary's `result`.
-    StepResult {
-        NothingPending = "nothing-pending",
-        Applied = "applied",
-        AppliedByOtherPod = "applied-by-other-pod",
-        Timeout = "timeout",
-        Failed = "failed",
-        CredentialsRejected = "credentials-rejected",
-        NotFound = "not-found",
-        UnsafeBlocked = "unsafe-blocked",
-        LockingBlocked = "locking-blocked",
-        LockUnavailable = "lock-unavailable",
-        LockLost = "lock-lost",
-    }
-}
-
 impl Reason {
     /// The reasons that mean the step ended in failure (an Event is sent, a failure is
     /// counted, `status` exits 1).
@@ -146,16 +71,6 @@ impl Reason {
             exit::LOCK => Reason::LockUnavailable,
             _ => Reason::Failed,
         }
-    }
-}
-
-impl Phase {
-    /// The phase of one of the step's log lines (`django-migrate migrate [lock]: ...`).
-    pub fn of_log_line(line: &str) -> Option<Phase> {
-        let rest = line.trim_start().strip_prefix(LOG_PREFIX)?;
-        let (_, rest) = rest.split_once('[')?;
-        let (phase, _) = rest.split_once("]:")?;
-        Some(Phase::parse(phase)).filter(|p| *p != Phase::Unknown)
     }
 }
 
@@ -448,20 +363,6 @@ mod tests {
             serde_json::to_string(&Reason::LockLost).unwrap(),
             "\"MigrationLockLost\""
         );
-    }
-
-    #[test]
-    fn the_phase_of_a_running_step_comes_from_its_log() {
-        assert_eq!(
-            Phase::of_log_line("django-migrate migrate [lock]: waiting for the migration lock"),
-            Some(Phase::Lock)
-        );
-        assert_eq!(
-            Phase::of_log_line("django-migrate wait [database]: attempt 2: not reachable"),
-            Some(Phase::Database)
-        );
-        assert_eq!(Phase::of_log_line("Operations to perform: [x]: y"), None);
-        assert_eq!(Phase::of_log_line(""), None);
     }
 
     fn statuses(init: serde_json::Value) -> Vec<StepStatus> {

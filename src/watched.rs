@@ -222,7 +222,7 @@ mod tests {
         let last = step.last_terminated.as_ref().unwrap();
         assert_eq!(
             (last.code, last.phase, last.message.as_deref()),
-            (1, Some(crate::step::Phase::Lock), Some("gave up"))
+            (1, Some(crate::summary::Phase::Lock), Some("gave up"))
         );
         assert_eq!(pod.deployment().deployment, "shop");
         assert_eq!(pod.metadata.resource_version.as_deref(), Some("7"));

@@ -272,11 +272,11 @@ mod tests {
     }
 
     /// One vocabulary: the program reads every env var the engine sets, and writes the
-    /// log prefix and exit codes of `names` and the phases of [`crate::step::Phase`].
+    /// log prefix and exit codes of `names` and the phases of [`crate::summary::Phase`].
     #[test]
     fn the_program_uses_the_names_the_engine_sets() {
         use crate::names::{LOG_PREFIX, exit};
-        use crate::step::Phase;
+        use crate::summary::Phase;
         for name in STEP_ENV {
             assert!(
                 PROGRAM.contains(&format!("os.environ.get(\"{name}\"")),

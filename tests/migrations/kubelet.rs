@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use django_migrate_webhook::names;
+use django_migrate_webhook::summary::{Phase, StepResult, Summary};
 use serde_json::Value;
 
 /// Kubernetes' `$(VAR)` expansion: defined names are replaced, `$$` is a literal `$`,
@@ -136,10 +138,46 @@ impl Container {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", argv[0]))
     }
 
-    /// Runs to completion (bounded by `limit`) and returns the exit code and the logs.
+    /// Runs to completion (bounded by `limit`) and returns the exit code and the logs. A
+    /// Django step's summary is read as the controller reads it, so that a summary the
+    /// Rust side cannot read fails the test that produced it.
     pub fn run(&self, limit: Duration) -> Exit {
         let child = self.start();
-        wait(&self.name, child, limit)
+        let exit = wait(&self.name, child, limit);
+        self.check_summary(&exit);
+        exit
+    }
+
+    fn check_summary(&self, exit: &Exit) {
+        let step = self.name == names::MIGRATE_CONTAINER || self.name == names::WAIT_CONTAINER;
+        // Codes of the program itself; a signal's 128+n comes with no summary.
+        if !step || !(0..=6).contains(&exit.code) {
+            return;
+        }
+        let Some(path) = self.env.get(crate::TERMINATION_LOG_ENV) else {
+            return;
+        };
+        let text = read_termination_message(Path::new(path));
+        assert!(text.len() <= 4096, "{} bytes: {text}", text.len());
+        let summary = Summary::parse(&text).unwrap_or_else(|| {
+            panic!(
+                "{} exited {} without a summary the controller can read: {text}\n{}",
+                self.name, exit.code, exit.logs
+            )
+        });
+        assert_eq!(summary.exit_code, exit.code, "{text}");
+        assert!(
+            summary.phase != Phase::Unknown && summary.result != StepResult::Unknown,
+            "a phase or result the controller does not know: {text}"
+        );
+        let counts = summary
+            .counts
+            .unwrap_or_else(|| panic!("no counts: {text}"));
+        assert!(
+            counts.applied >= summary.applied.len() as u64
+                && counts.pending >= summary.pending.len() as u64,
+            "counts smaller than the lists: {text}"
+        );
     }
 }
 
@@ -182,6 +220,7 @@ pub fn kill_container(child: &Child) {
     assert!(status.success(), "kill -KILL -{} failed", child.id());
 }
 
+/// The termination message a container wrote (empty when none).
 pub fn read_termination_message(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }

@@ -126,7 +126,7 @@ pub fn injected_init_containers(deployment: &Value) -> Vec<Value> {
         .clone()
 }
 
-const TERMINATION_LOG_ENV: &str = "DJANGO_MIGRATE_TERMINATION_LOG";
+pub(crate) const TERMINATION_LOG_ENV: &str = "DJANGO_MIGRATE_TERMINATION_LOG";
 
 /// Pods of one Deployment of the test project: a scratch directory for their
 /// termination logs, the Python (Django version) and the env of the app container.

@@ -396,6 +396,44 @@ async fn health_and_metrics_report_requests_by_outcome() {
     fx.running.shutdown(Duration::ZERO).await.unwrap();
 }
 
+/// A start that cannot happen says why in one line, each cause once: a port in use, a
+/// certificate file that is not there.
+#[test]
+fn a_failed_start_names_its_cause_once() {
+    let bin = env!("CARGO_BIN_EXE_django-migrate-webhook");
+    let dir = tempfile::tempdir().unwrap();
+    let generated = certs::generate(&["localhost".into()], &[LOCALHOST]).unwrap();
+    certs::write(dir.path(), &generated).unwrap();
+    let taken = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let serve = |cert: &std::path::Path| {
+        let out = std::process::Command::new(bin)
+            .args(["serve", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(dir.path().join("tls.key"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        stderr.lines().last().unwrap_or_default().to_owned()
+    };
+    let line = serve(&dir.path().join("tls.crt"));
+    assert!(
+        line.starts_with(&format!("error: cannot listen on 127.0.0.1:{port}: ")),
+        "{line}"
+    );
+    assert_eq!(line.matches("in use").count(), 1, "{line}");
+    let line = serve(&dir.path().join("missing.crt"));
+    assert!(
+        line.starts_with("error: cannot read certificate file ") && line.contains("missing.crt"),
+        "{line}"
+    );
+    assert_eq!(line.matches("No such file").count(), 1, "{line}");
+}
+
 /// The real binary: `certs` writes the files, `serve` starts from flags, answers over
 /// TLS, and exits 0 on SIGTERM.
 #[test]
