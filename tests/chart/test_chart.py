@@ -192,7 +192,6 @@ def test_rbac_grants_exactly_what_the_controller_needs():
     assert cluster_rules(docs) == {
         ("", "pods"): ["get", "list", "watch"],
         ("", "pods/status"): ["patch"],
-        ("apps", "replicasets"): ["get"],
         ("apps", "deployments"): ["get", "list", "watch"],
         ("", "events"): ["create", "patch"],
         ("events.k8s.io", "events"): ["create", "patch"],
@@ -379,7 +378,7 @@ def assert_service_account_can_do_exactly_what_the_controller_needs(namespace, h
     needed = {
         ("pods", None): {"get", "list", "watch"},
         ("pods --subresource=status", None): {"patch"},
-        ("replicasets.apps", None): {"get"},
+        ("replicasets.apps", None): set(),
         ("events", None): {"create", "patch"},
         ("events.events.k8s.io", None): {"create", "patch"},
         ("leases.coordination.k8s.io", namespace): {"get", "create", "update", "patch"},
