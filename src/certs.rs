@@ -14,9 +14,9 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum CertsError {
-    #[error("cannot generate certificate: {0}")]
+    #[error("cannot generate certificate")]
     Generate(#[from] rcgen::Error),
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: String,
         source: std::io::Error,

@@ -45,8 +45,9 @@ impl Mutation {
 /// Why an opted-in Deployment cannot be injected; the message is shown by kubectl.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum Denial {
+    /// The annotation's own error is the whole message (not a cause behind it).
     #[error("django-migrate: {0}")]
-    Annotation(#[from] InvalidAnnotation),
+    Annotation(InvalidAnnotation),
     #[error(
         "django-migrate: annotation {}: no container named {name:?} in the pod template; allowed: one of {}",
         settings::CONTAINER,
@@ -57,6 +58,12 @@ pub enum Denial {
         "django-migrate: the pod template has no containers: there is no app container to copy image and env from"
     )]
     NoContainers,
+}
+
+impl From<InvalidAnnotation> for Denial {
+    fn from(e: InvalidAnnotation) -> Denial {
+        Denial::Annotation(e)
+    }
 }
 
 /// Runs the engine. `old` is the stored object on UPDATE; `image` is the webhook's own

@@ -18,7 +18,7 @@ pub enum OutputFormat {
 
 #[derive(Debug, Error)]
 pub enum PreviewError {
-    #[error("document {doc}: not valid YAML: {source}")]
+    #[error("document {doc}: not valid YAML")]
     Yaml {
         doc: usize,
         source: serde_yaml_ng::Error,
