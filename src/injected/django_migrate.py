@@ -30,11 +30,12 @@
 # Exit codes: 0 ok, 1 timed out, 2 migrate failed, 3 credentials rejected,
 # 4 settings or manage command not found, 5 unsafe migration held back, 6 the lock cannot
 # be held through this connection (a statement pooler) or was lost. A JSON summary
-# (at most 4 KiB) goes to the termination log, which Kubernetes shows in the pod status
-# and the controller reads.
+# (at most 4 KiB: prose and lists are cut to fit, never the counts) goes to the
+# termination log, which Kubernetes shows in the pod status and the controller reads.
 #
 # The names below (env vars, phases, exit codes) are the ones of src/names.rs.
 
+import contextlib
 import hashlib
 import json
 import os
@@ -91,72 +92,163 @@ PHASE_DONE = "done"
 
 STARTED = time.monotonic()
 
+# The `result` of the summary.
+RESULT_NOTHING_PENDING = "nothing-pending"
+RESULT_APPLIED = "applied"
+RESULT_APPLIED_BY_OTHER_POD = "applied-by-other-pod"
+RESULT_TIMEOUT = "timeout"
+RESULT_FAILED = "failed"
+RESULT_CREDENTIALS_REJECTED = "credentials-rejected"
+RESULT_NOT_FOUND = "not-found"
+RESULT_UNSAFE_BLOCKED = "unsafe-blocked"
+RESULT_LOCKING_BLOCKED = "locking-blocked"
+RESULT_LOCK_UNAVAILABLE = "lock-unavailable"
+RESULT_LOCK_LOST = "lock-lost"
 
-class Report:
-    """What the summary says; filled in as the step goes."""
-
-    phase = PHASE_SETUP
-    applied = []  # appended to while `migrate` runs
-    pending = []
-    failed_migration = None
-    database_seconds = 0.0
-    lock_wait_seconds = 0.0
-    migrate_seconds = 0.0
-    retries = 0
-    unsafe_operations = []
+# Every log line starts with it; the controller reads the phase of the last one.
+LOG_PREFIX = "django-migrate"
+# A message names this many migrations (or operations) at most, in at most this many
+# characters, then says how many more: it stays within the cut below.
+MESSAGE_MAX_NAMES = 10
+MESSAGE_NAMES_MAX_CHARS = 300
+# What an oversized summary cuts its prose to before it cuts any list.
+MESSAGE_MAX_CHARS = 500
+WHY_MAX_CHARS = 100
 
 
-def log(message):
-    print("django-migrate %s [%s]: %s" % (MODE, Report.phase, message), file=sys.stderr, flush=True)
+class StepEnded(BaseException):
+    """How the step ends: raised where that becomes known, caught once by `main`. Not an
+    Exception, so that the `except Exception` around driver calls lets it through, while
+    `finally` blocks (the lock's release) still run."""
+
+    def __init__(self, code, result, message):
+        super().__init__(message)
+        self.code = code
+        self.result = result
+        self.message = message
+
+
+def log(phase, message):
+    print("%s %s [%s]: %s" % (LOG_PREFIX, MODE, phase, message), file=sys.stderr, flush=True)
 
 
 def elapsed():
     return time.monotonic() - STARTED
 
 
-def summary(code, result, message):
-    """The JSON summary, cut to MAX_SUMMARY_BYTES by shortening lists, then the message."""
-    data = {
-        "mode": MODE,
-        "phase": Report.phase,
-        "result": result,
-        "exit_code": code,
-        "message": message,
-        "applied": list(Report.applied),
-        "pending": list(Report.pending),
-        "failed_migration": Report.failed_migration,
-        "seconds": {
-            "total": round(elapsed(), 3),
-            "database": round(Report.database_seconds, 3),
-            "lock_wait": round(Report.lock_wait_seconds, 3),
-            "migrate": round(Report.migrate_seconds, 3),
-        },
-        "retries": Report.retries,
-        "unsafe_operations": list(Report.unsafe_operations),
-    }
-    text = json.dumps(data, separators=(",", ":"))
-    for key in ("pending", "applied", "unsafe_operations"):
-        while len(text.encode()) > MAX_SUMMARY_BYTES and data[key]:
-            data[key] = data[key][: len(data[key]) // 2]
-            text = json.dumps(data, separators=(",", ":"))
-    if len(text.encode()) > MAX_SUMMARY_BYTES:
-        data["message"] = message[:1000] + "..."
-        text = json.dumps(data, separators=(",", ":"))
+def shorten(text, limit):
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
+
+
+def name_list(names):
+    """Names joined for a message: the first few (at least one), then how many more, so the
+    message stays one short line whatever the plan's size."""
+    names = list(names)
+    shown = names[:1]
+    for name in names[1:MESSAGE_MAX_NAMES]:
+        if len(", ".join(shown + [name])) > MESSAGE_NAMES_MAX_CHARS:
+            break
+        shown.append(name)
+    text = ", ".join(shown)
+    if len(names) > len(shown):
+        text += " and %d more" % (len(names) - len(shown))
     return text
 
 
-def finish(code, result, message):
-    log(message)
-    try:
-        with open(TERMINATION_LOG, "w", encoding="utf-8") as f:
-            f.write(summary(code, result, message))
-    except OSError:
-        pass  # a missing or read-only path is not an error outside Kubernetes
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # os._exit: Django's shell must not turn SystemExit into anything else, and no
-    # cleanup may block (a hung connection would otherwise hold the pod).
-    os._exit(code)
+class Report:
+    """What the summary says; filled in as the step goes by the functions it is passed to."""
+
+    def __init__(self):
+        self.phase = PHASE_SETUP
+        self.applied = []  # appended to while `migrate` runs
+        self.pending = []
+        self.failed_migration = None
+        self.database_seconds = 0.0
+        self.lock_wait_seconds = 0.0
+        self.migrate_seconds = 0.0
+        self.retries = 0
+        self.unsafe_operations = []
+        # Held by the first thread that ends the process (the main one or the watchdog).
+        self.ending = threading.Lock()
+
+    def log(self, message):
+        log(self.phase, message)
+
+    def counts(self):
+        return {
+            "applied": len(self.applied),
+            "pending": len(self.pending),
+            "unsafe": len(self.unsafe_operations),
+            "held_back": sum(1 for u in self.unsafe_operations if u.get("held_back")),
+        }
+
+    def summary(self, code, result, message):
+        """The JSON summary, within MAX_SUMMARY_BYTES. The counts always stay; prose is cut
+        before lists, and lists keep their first entries."""
+        data = {
+            "mode": MODE,
+            "phase": self.phase,
+            "result": result,
+            "exit_code": code,
+            "message": message,
+            "applied": list(self.applied),
+            "pending": list(self.pending),
+            "failed_migration": self.failed_migration,
+            "seconds": {
+                "total": round(elapsed(), 3),
+                "database": round(self.database_seconds, 3),
+                "lock_wait": round(self.lock_wait_seconds, 3),
+                "migrate": round(self.migrate_seconds, 3),
+            },
+            "retries": self.retries,
+            "counts": self.counts(),
+            "unsafe_operations": [dict(u) for u in self.unsafe_operations],
+        }
+
+        def oversized():
+            return len(json.dumps(data, separators=(",", ":")).encode()) > MAX_SUMMARY_BYTES
+
+        if oversized():
+            data["message"] = shorten(message, MESSAGE_MAX_CHARS)
+        if oversized():
+            for u in data["unsafe_operations"]:
+                u["why"] = shorten(u["why"], WHY_MAX_CHARS)
+        for key in ("pending", "applied", "unsafe_operations"):
+            if oversized():
+                # The longest prefix that fits, found by halving the range.
+                whole, fits, over = data[key], 0, len(data[key])
+                while over - fits > 1:
+                    middle = (fits + over) // 2
+                    data[key] = whole[:middle]
+                    if oversized():
+                        over = middle
+                    else:
+                        fits = middle
+                data[key] = whole[:fits]
+        # Still over only with strings longer than any file name: those give way last.
+        for key in ("message", "failed_migration", "mode"):
+            while oversized() and data[key]:
+                data[key] = data[key][: len(data[key]) // 2]
+        return json.dumps(data, separators=(",", ":"))
+
+
+def end(report, code, result=None, message=None):
+    """The one exit of the process. With a result, logs the message and writes the summary
+    first; without one (the outer phase passing the inner phase's exit code through) the
+    inner phase wrote it. The watchdog thread calls it too, and the first caller wins."""
+    with report.ending:
+        if result is not None:
+            report.log(message)
+            try:
+                with open(TERMINATION_LOG, "w", encoding="utf-8") as f:
+                    f.write(report.summary(code, result, message))
+            except OSError:
+                pass  # a missing or read-only path is not an error outside Kubernetes
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Not sys.exit: Django's shell must not turn SystemExit into anything else, and
+        # no cleanup may block (a hung connection would otherwise hold the pod).
+        os._exit(code)
 
 
 def first_line(error):
@@ -164,29 +256,28 @@ def first_line(error):
     return text.splitlines()[0][:500]
 
 
-def describe(migrations):
-    return ", ".join(migrations)
-
-
 # ---------------------------------------------------------------- outer phase
 
 
+def not_found(message):
+    return StepEnded(EXIT_NOT_FOUND, RESULT_NOT_FOUND, message)
+
+
 def run_outer():
+    """Runs the inner phase under Django's shell; returns its exit code to pass through."""
     if not MANAGE_COMMAND:
-        finish(EXIT_NOT_FOUND, "not-found", "DJANGO_MIGRATE_MANAGE_COMMAND is empty")
+        raise not_found("DJANGO_MIGRATE_MANAGE_COMMAND is empty")
     program = MANAGE_COMMAND[0]
     if "/" in program:
         if not os.path.exists(program):
-            finish(EXIT_NOT_FOUND, "not-found", "%s not found (working directory %s)" % (program, os.getcwd()))
+            raise not_found("%s not found (working directory %s)" % (program, os.getcwd()))
     elif shutil.which(program) is None:
-        finish(EXIT_NOT_FOUND, "not-found", "%s not found on PATH" % program)
+        raise not_found("%s not found on PATH" % program)
     for word in MANAGE_COMMAND[1:]:
         if word.endswith(".py") and not os.path.exists(word):
-            finish(
-                EXIT_NOT_FOUND,
-                "not-found",
+            raise not_found(
                 "%s not found in working directory %s: set the container's workingDir or the "
-                "django-migrate.io/manage-py annotation" % (word, os.getcwd()),
+                "django-migrate.io/manage-py annotation" % (word, os.getcwd())
             )
 
     read_fd, write_fd = os.pipe()
@@ -197,7 +288,7 @@ def run_outer():
     try:
         child = subprocess.Popen(argv, env=env, pass_fds=(write_fd,))
     except OSError as e:
-        finish(EXIT_NOT_FOUND, "not-found", "cannot run %s: %s" % (" ".join(MANAGE_COMMAND), e))
+        raise not_found("cannot run %s: %s" % (" ".join(MANAGE_COMMAND), e)) from e
     os.close(write_fd)
 
     def forward(signum, _frame):
@@ -221,18 +312,16 @@ def run_outer():
             if time.monotonic() > deadline and not started:
                 child.kill()
                 child.wait()
-                finish(EXIT_TIMEOUT, "timeout", "gave up after %.0fs: Django did not start" % elapsed())
+                raise StepEnded(EXIT_TIMEOUT, RESULT_TIMEOUT, "gave up after %.0fs: Django did not start" % elapsed())
     rc = child.wait()
     if rc < 0:
-        sys.exit(128 - rc)
+        return 128 - rc
     if rc != 0 and started in (b"", b"closed"):
-        finish(
-            EXIT_NOT_FOUND,
-            "not-found",
+        raise not_found(
             "Django did not start (exit code %d): the settings or the management command "
-            "could not be loaded; see the error above" % rc,
+            "could not be loaded; see the error above" % rc
         )
-    sys.exit(rc)
+    return rc
 
 
 # ---------------------------------------------------------------- inner phase
@@ -242,7 +331,8 @@ class Watchdog:
     """Ends the process shortly after a wait's deadline even if a driver call never
     returns. Disarmed while a migration runs: a running migration is never cut."""
 
-    def __init__(self):
+    def __init__(self, report):
+        self.report = report
         self.deadline = None
         self.what = ""
         self.lock = threading.Lock()
@@ -264,7 +354,8 @@ class Watchdog:
                 fire = self.deadline is not None and time.monotonic() > self.deadline + WATCHDOG_GRACE_SECONDS
                 what = self.what
             if fire:
-                finish(EXIT_TIMEOUT, "timeout", "gave up after %.0fs: %s (watchdog)" % (elapsed(), what))
+                # The main thread may be stuck in a driver call: end the process from here.
+                end(self.report, EXIT_TIMEOUT, RESULT_TIMEOUT, "gave up after %.0fs: %s (watchdog)" % (elapsed(), what))
 
 
 def is_credentials_error(error):
@@ -297,10 +388,10 @@ def with_connect_timeout(connection, left=None):
     connection._django_migrate_timeout = True
 
 
-def wait_for_connection(connection, watchdog):
+def wait_for_connection(connection, report, watchdog):
     from django.db.utils import Error as DatabaseError
 
-    Report.phase = PHASE_DATABASE
+    report.phase = PHASE_DATABASE
     started = time.monotonic()
     deadline = started + WAIT_TIMEOUT
     watchdog.arm(deadline, "database %r not reachable" % ALIAS)
@@ -313,8 +404,8 @@ def wait_for_connection(connection, watchdog):
             connection.ensure_connection()
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
-            Report.database_seconds = time.monotonic() - started
-            log("attempt %d: database %r is reachable (%s)" % (attempt, ALIAS, connection.vendor))
+            report.database_seconds = time.monotonic() - started
+            report.log("attempt %d: database %r is reachable (%s)" % (attempt, ALIAS, connection.vendor))
             watchdog.disarm()
             return
         except DatabaseError as e:
@@ -322,23 +413,23 @@ def wait_for_connection(connection, watchdog):
                 connection.close()
             except DatabaseError:
                 pass
-            Report.database_seconds = time.monotonic() - started
+            report.database_seconds = time.monotonic() - started
             if is_credentials_error(e):
-                finish(
+                raise StepEnded(
                     EXIT_CREDENTIALS,
-                    "credentials-rejected",
+                    RESULT_CREDENTIALS_REJECTED,
                     "database %r rejected the credentials: %s" % (ALIAS, first_line(e)),
-                )
+                ) from e
             left = deadline - time.monotonic()
             if left <= 0:
-                finish(
+                raise StepEnded(
                     EXIT_TIMEOUT,
-                    "timeout",
+                    RESULT_TIMEOUT,
                     "gave up after %.0fs and %d attempts: database %r not reachable: %s"
                     % (elapsed(), attempt, ALIAS, first_line(e)),
-                )
+                ) from e
             pause = min(delay, left)
-            log(
+            report.log(
                 "attempt %d: database %r not reachable: %s; retrying in %.0fs (%.0fs left)"
                 % (attempt, ALIAS, first_line(e), pause, left)
             )
@@ -355,7 +446,7 @@ def pending_migrations(connection):
     return ["%s.%s" % (m.app_label, m.name) for m, backwards in executor.migration_plan(targets) if not backwards]
 
 
-def pending_now(connection):
+def pending_now(connection, report):
     """pending_migrations on a connection that may have been closed by the server's idle
     limit since its last use (loading a large migration graph takes seconds): one retry
     on a new connection."""
@@ -364,7 +455,7 @@ def pending_now(connection):
     try:
         return pending_migrations(connection)
     except DatabaseError as e:
-        log("reading the migration state again on a new connection: %s" % first_line(e))
+        report.log("reading the migration state again on a new connection: %s" % first_line(e))
         connection.close()
         return pending_migrations(connection)
 
@@ -429,7 +520,8 @@ class Lock:
 
     HEARTBEAT_SECONDS = 2.0
 
-    def __init__(self, connections):
+    def __init__(self, connections, report):
+        self.report = report
         main = connections[ALIAS]
         # Settings of its own: a plain connection (not one of a pool of Django's, which
         # close() would not close) that gives up on a dead network within
@@ -591,7 +683,7 @@ class Lock:
     def _beat(self):
         while not self.stopped.wait(self.HEARTBEAT_SECONDS):
             if not self.verify():
-                log("lost the migration lock: %s" % self.lost)
+                self.report.log("lost the migration lock: %s" % self.lost)
                 return
 
     def release(self):
@@ -608,7 +700,7 @@ class Lock:
                     else:
                         self._execute("SELECT RELEASE_LOCK(%s)", [self.name])
         except Exception as e:  # noqa: BLE001 - the lock ends with the connection below
-            log("releasing the migration lock: %s; closing its connection ends it" % first_line(e))
+            self.report.log("releasing the migration lock: %s; closing its connection ends it" % first_line(e))
         finally:
             self.backend = None
             self.wrapper.close()
@@ -1009,7 +1101,7 @@ def blocks_traffic(op, app_label, state, connection):
     return found
 
 
-def table_size(connection, table):
+def table_size(connection, table, report):
     """(rows, bytes) of `table` from the database's statistics (never by counting); None
     for what the statistics do not know."""
     try:
@@ -1036,7 +1128,7 @@ def table_size(connection, table):
             row = cursor.fetchone()
             return (int(row[0]), int(row[1])) if row and row[0] is not None else (None, None)
     except Exception as e:  # noqa: BLE001 - a size is information, not a condition
-        log("cannot read the size of table %s: %s" % (table, first_line(e)))
+        report.log("cannot read the size of table %s: %s" % (table, first_line(e)))
         return None, None
 
 
@@ -1050,7 +1142,7 @@ def human_bytes(n):
     return "%d" % n
 
 
-def classify(plan, first_install, connection):
+def classify(plan, first_install, connection, report):
     """Operations of the pending plan that hurt the running service, of two kinds:
     `breaking` (the previous release's code fails against the migrated database) and
     `locking` (it holds a lock that blocks reads or writes for as long as it takes), and
@@ -1085,7 +1177,7 @@ def classify(plan, first_install, connection):
                 )
             for mode, table, because in blocks_traffic(op, migration.app_label, state, connection):
                 if table not in sizes:
-                    sizes[table] = table_size(connection, table)
+                    sizes[table] = table_size(connection, table, report)
                 rows, size = sizes[table]
                 unsafe.append(
                     {
@@ -1116,13 +1208,13 @@ def held_back(u):
     return u["kind"] != KIND_LOCKING or u["rows"] is None or u["rows"] >= LOCKING_MIN_ROWS
 
 
-def hold_back_unsafe(connection):
-    """Names the operations that hurt the running service; under `deny` exits 5 unless
-    each of the kinds it holds back is allowed by name."""
+def hold_back_unsafe(connection, report):
+    """Names the operations that hurt the running service; under `deny` ends the step
+    (exit 5) unless each of the kinds it holds back is allowed by name."""
     plan, first_install = pending_plan(connection)
-    unsafe, unchecked = classify(plan, first_install, connection)
+    unsafe, unchecked = classify(plan, first_install, connection, report)
     for item in unchecked:
-        log("%s: %s cannot be checked for safety; review it by hand" % (item["migration"], item["operation"]))
+        report.log("%s: %s cannot be checked for safety; review it by hand" % (item["migration"], item["operation"]))
     if not unsafe:
         return
     blocked = [u for u in unsafe if held_back(u)]
@@ -1138,14 +1230,14 @@ def hold_back_unsafe(connection):
         else:
             verdict = "applied, %s" % UNSAFE_MIGRATIONS if u["kind"] in HOLD_BACK else "reported"
         label = "breaks the release still serving" if u["kind"] == KIND_BREAKING else "blocks traffic"
-        log("%s (%s): %s %s: %s" % (label, verdict, u["migration"], u["operation"], u["why"]))
-    Report.unsafe_operations = unsafe
+        report.log("%s (%s): %s %s: %s" % (label, verdict, u["migration"], u["operation"], u["why"]))
+    report.unsafe_operations = unsafe
     if blocked:
         first = blocked[0]
         locking_only = all(u["kind"] == KIND_LOCKING for u in blocked)
-        finish(
+        raise StepEnded(
             EXIT_UNSAFE,
-            "locking-blocked" if locking_only else "unsafe-blocked",
+            RESULT_LOCKING_BLOCKED if locking_only else RESULT_UNSAFE_BLOCKED,
             "held back %d operation(s) under django-migrate.io/unsafe-migrations: deny; first: %s %s (%s): %s; "
             "nothing was applied; %s, or allow it with django-migrate.io/allow-unsafe: %s"
             % (
@@ -1196,8 +1288,9 @@ class MysqlSession:
     """Sets the MySQL/MariaDB session settings of `migrate` and puts the previous values
     back when it ends."""
 
-    def __init__(self, connection):
+    def __init__(self, connection, report):
         self.connection = connection
+        self.report = report
         self.saved = {}
 
     def apply(self):
@@ -1217,18 +1310,19 @@ class MysqlSession:
             with self.connection.cursor() as cursor:
                 cursor.execute("SET " + ", ".join("SESSION %s = %d" % (n, int(v)) for n, v in self.saved.items()))
         except Exception as e:  # noqa: BLE001 - the connection closes right after
-            log("restoring the session settings: %s" % first_line(e))
+            self.report.log("restoring the session settings: %s" % first_line(e))
 
 
 class Progress:
     """Which migration `migrate` is applying and how many of its statements ran."""
 
-    migration = None
-    atomic = True
-    statements = 0
-    failed_sql = None
-    # A migration recorded after the lock was found lost (it had committed already).
-    recorded_after_loss = None
+    def __init__(self):
+        self.migration = None
+        self.atomic = True
+        self.statements = 0
+        self.failed_sql = None
+        # A migration recorded after the lock was found lost (it had committed already).
+        self.recorded_after_loss = None
 
 
 READ_ONLY_STATEMENTS = ("SELECT", "SHOW", "SET", "EXPLAIN", "DESCRIBE", "SAVEPOINT", "RELEASE", "ROLLBACK")
@@ -1254,9 +1348,11 @@ def first_word(sql):
     return words[0].upper().rstrip(";") if words else ""
 
 
-def track_progress(connection, lock):
+@contextlib.contextmanager
+def track_progress(connection, lock, report):
     """Wraps MigrationExecutor, the schema editor and the connection's execute to follow
-    `migrate` statement by statement and keep the rules of the lock:
+    `migrate` statement by statement (into the Progress it yields, and the migrations it
+    applies into `report`) and keep the rules of the lock:
 
     - PostgreSQL: the lock timeout is set for each transaction `migrate` opens, with
       SET LOCAL semantics, as its first statement; a statement outside a transaction (a
@@ -1272,6 +1368,7 @@ def track_progress(connection, lock):
     from django.db.migrations.executor import MigrationExecutor
     from django.db.migrations.recorder import MigrationRecorder
 
+    progress = Progress()
     original_apply = MigrationExecutor.apply_migration
     original_record = MigrationRecorder.record_applied
     editor_class = connection.SchemaEditorClass
@@ -1281,18 +1378,18 @@ def track_progress(connection, lock):
         name = "%s.%s" % (migration.app_label, migration.name)
         if lock is not None and lock.lost is not None:
             raise LockLost("before %s: %s" % (name, lock.lost))
-        Progress.migration = name
-        Progress.atomic = migration.atomic and connection.features.can_rollback_ddl
-        Progress.statements = 0
-        Progress.failed_sql = None
+        progress.migration = name
+        progress.atomic = migration.atomic and connection.features.can_rollback_ddl
+        progress.statements = 0
+        progress.failed_sql = None
         result = original_apply(self, state, migration, fake=fake, fake_initial=fake_initial)
-        Report.applied.append(Progress.migration)
-        Progress.migration = None
+        report.applied.append(progress.migration)
+        progress.migration = None
         return result
 
     def schema_editor_exit(self, exc_type, exc_value, traceback):
         if exc_type is None and lock is not None and self.connection is connection and not lock.verify():
-            error = LockLost("while applying %s: %s" % (Progress.migration, lock.lost))
+            error = LockLost("while applying %s: %s" % (progress.migration, lock.lost))
             # Rolls the migration's transaction back; its deferred SQL does not run.
             original_exit(self, LockLost, error, None)
             raise error
@@ -1305,8 +1402,8 @@ def track_progress(connection, lock):
             # Committed already (its deferred SQL ran after the check): record it, so
             # that the next pod does not apply it again, then stop.
             original_record(self, app, name)
-            Progress.recorded_after_loss = "%s.%s" % (app, name)
-            Report.applied.append(Progress.recorded_after_loss)
+            progress.recorded_after_loss = "%s.%s" % (app, name)
+            report.applied.append(progress.recorded_after_loss)
             raise LockLost("after applying %s.%s: %s" % (app, name, lock.lost))
         return original_record(self, app, name)
 
@@ -1338,10 +1435,10 @@ def track_progress(connection, lock):
         try:
             result = run(sql, params, many, context)
         except Exception:
-            Progress.failed_sql = str(sql)
+            progress.failed_sql = str(sql)
             raise
-        if Progress.migration is not None and changes:
-            Progress.statements += 1
+        if progress.migration is not None and changes:
+            progress.statements += 1
         return result
 
     def control(statement):
@@ -1366,37 +1463,40 @@ def track_progress(connection, lock):
             except Exception:  # noqa: BLE001 - the statement's own error is the one to report
                 pass
             if sqlstate(e) != "25001":  # active_sql_transaction: VACUUM and the like
-                Progress.failed_sql = str(sql)
+                progress.failed_sql = str(sql)
                 raise
-            log("statement cannot run in a transaction, so it runs without the lock timeout: %s" % str(sql)[:200])
+            report.log(
+                "statement cannot run in a transaction, so it runs without the lock timeout: %s" % str(sql)[:200]
+            )
             return counted(run, sql, params, many, context, True)
-        if Progress.migration is not None:
-            Progress.statements += 1
+        if progress.migration is not None:
+            progress.statements += 1
         return result
 
-    return connection.execute_wrapper(execute)
+    with connection.execute_wrapper(execute):
+        yield progress
 
 
-def run_migrate(connection, lock, watchdog, deadline):
+def run_migrate(connection, lock, report, watchdog, deadline):
     """Runs `migrate` under the lock; never cut by the watchdog. A migration that hit the
     lock timeout and left nothing applied is retried with backoff and jitter until the
-    deadline. Returns None, or the error message for exit 2; a lost lock ends the step
-    (exit 6)."""
+    deadline. Returns once every migration is applied; a failed migration (exit 2), the
+    deadline (exit 1) or a lost lock (exit 6) end the step."""
     from django.core.management import call_command
 
-    Report.phase = PHASE_MIGRATING
+    report.phase = PHASE_MIGRATING
     watchdog.disarm()
-    log(
+    report.log(
         "applying %d migrations (lock timeout %ds per statement): %s"
-        % (len(Report.pending), LOCK_TIMEOUT, describe(Report.pending))
+        % (len(report.pending), LOCK_TIMEOUT, ", ".join(report.pending))
     )
     started = time.monotonic()
     attempt = 0
     # A fresh connection: the one that read the plan may have sat idle past the server's
     # idle limit while the plan was classified.
     connection.close()
-    session = MysqlSession(connection)
-    with track_progress(connection, lock):
+    session = MysqlSession(connection, report)
+    with track_progress(connection, lock, report) as progress:
         while True:
             attempt += 1
             try:
@@ -1405,97 +1505,105 @@ def run_migrate(connection, lock, watchdog, deadline):
                 session.restore()
                 break
             except Exception as e:  # noqa: BLE001 - any failure of a migration is reported
-                Report.migrate_seconds = time.monotonic() - started
-                failed = Progress.migration
-                nothing_applied = Progress.atomic or Progress.statements == 0
-                statement = (Progress.failed_sql or "").strip().splitlines()[0][:200] if Progress.failed_sql else ""
-                Progress.migration = None
+                report.migrate_seconds = time.monotonic() - started
+                failed = progress.migration
+                nothing_applied = progress.atomic or progress.statements == 0
+                statement = (progress.failed_sql or "").strip().splitlines()[0][:200] if progress.failed_sql else ""
+                progress.migration = None
                 session.restore()
                 session.saved = {}
                 connection.close()
                 if isinstance(e, LockLost) or (lock is not None and lock.lost is not None):
-                    lock_lost(connection, failed, nothing_applied, lock.lost if lock.lost else first_line(e))
+                    why = lock.lost if lock.lost else first_line(e)
+                    raise lock_lost(connection, report, progress, failed, nothing_applied, why) from e
                 try:
-                    Report.pending = pending_migrations(connection)
+                    report.pending = pending_migrations(connection)
                 except Exception:  # noqa: BLE001
                     pass
                 if not is_lock_timeout(e) or failed is None:
-                    Report.failed_migration = failed or (Report.pending[0] if Report.pending else None)
-                    name = Report.failed_migration or "unknown migration"
-                    return "migration %s failed: %s: %s" % (name, e.__class__.__name__, first_line(e))
+                    report.failed_migration = failed or (report.pending[0] if report.pending else None)
+                    name = report.failed_migration or "unknown migration"
+                    raise StepEnded(
+                        EXIT_MIGRATE_FAILED,
+                        RESULT_FAILED,
+                        "migration %s failed: %s: %s" % (name, e.__class__.__name__, first_line(e)),
+                    ) from e
                 if not nothing_applied:
-                    Report.failed_migration = failed
-                    return (
+                    report.failed_migration = failed
+                    raise StepEnded(
+                        EXIT_MIGRATE_FAILED,
+                        RESULT_FAILED,
                         "migration %s is half-applied: %d statement(s) ran, then a statement timed out on its "
                         "table lock after %ds and was not applied: %s; it is not retried blindly: check the "
                         "database, then apply the rest or mark it applied (migrate --fake)"
-                        % (failed, Progress.statements, LOCK_TIMEOUT, statement)
-                    )
+                        % (failed, progress.statements, LOCK_TIMEOUT, statement),
+                    ) from e
                 left = deadline - time.monotonic()
                 pause = min(MAX_RETRY_BACKOFF_SECONDS, 2.0 ** min(attempt, 5)) * random.uniform(0.5, 1.0)
                 if left <= pause:
-                    Report.failed_migration = failed
-                    finish(
+                    report.failed_migration = failed
+                    raise StepEnded(
                         EXIT_TIMEOUT,
-                        "timeout",
+                        RESULT_TIMEOUT,
                         "gave up after %.0fs and %d attempts: migration %s kept timing out on a table lock "
                         "(a long transaction holds it); nothing of it was applied; statement: %s"
                         % (elapsed(), attempt, failed, statement),
-                    )
-                Report.retries += 1
-                log(
+                    ) from e
+                report.retries += 1
+                report.log(
                     "migration %s hit the lock timeout (%ds) and was rolled back, nothing applied; "
                     "retry %d in %.1fs (%.0fs left); statement: %s"
-                    % (failed, LOCK_TIMEOUT, Report.retries, pause, left, statement)
+                    % (failed, LOCK_TIMEOUT, report.retries, pause, left, statement)
                 )
                 time.sleep(pause)
-    Report.migrate_seconds = time.monotonic() - started
-    Report.pending = []
-    for u in Report.unsafe_operations:
-        u["applied"] = u["migration"] in Report.applied
-    return None
+    report.migrate_seconds = time.monotonic() - started
+    report.pending = []
+    for u in report.unsafe_operations:
+        u["applied"] = u["migration"] in report.applied
 
 
-def lock_lost(connection, failed, nothing_applied, why):
-    """Ends the step when the lock was lost while migrating: nothing more is applied; the
+def lock_lost(connection, report, progress, failed, nothing_applied, why):
+    """The end of a step that lost the lock while migrating: nothing more is applied; the
     next pod continues from what is recorded."""
     from django.db.utils import Error as DatabaseError
 
-    Report.failed_migration = failed
+    report.failed_migration = failed
     try:
-        Report.pending = pending_migrations(connection)
+        report.pending = pending_migrations(connection)
     except DatabaseError:
         pass
-    if Progress.recorded_after_loss:
-        Report.failed_migration = None
-        state = "%s had committed and is recorded" % Progress.recorded_after_loss
+    if progress.recorded_after_loss:
+        report.failed_migration = None
+        state = "%s had committed and is recorded" % progress.recorded_after_loss
     elif failed is None:
         state = "no migration was running"
     elif nothing_applied:
         state = "%s was rolled back" % failed
     else:
         state = "%s may be half-applied: check it before the next pod applies it" % failed
-    finish(
+    return StepEnded(
         EXIT_LOCK,
-        "lock-lost",
+        RESULT_LOCK_LOST,
         "lost the migration lock (%s); stopped before applying anything more: %s; applied %d migrations "
-        "before that; the next pod continues from what is recorded" % (why, state, len(Report.applied)),
+        "before that; the next pod continues from what is recorded" % (why, state, len(report.applied)),
     )
 
 
 def lock_unavailable(why):
-    finish(
+    return StepEnded(
         EXIT_LOCK,
-        "lock-unavailable",
+        RESULT_LOCK_UNAVAILABLE,
         "cannot hold the migration lock through database %r: %s; nothing was applied; a pooler in "
         "statement mode cannot keep a transaction open: set django-migrate.io/database to an alias that "
         "connects directly or through a pooler in session or transaction mode" % (ALIAS, why),
     )
 
 
-def poll_until_applied(connection, lock, watchdog):
-    """The loop both modes share: until nothing is pending (exit 0), the lock is won
-    (migrate mode: returns True), or the migrate timeout passes (exit 1).
+def poll_until_applied(connection, report, watchdog, phase, what, check):
+    """The loop both waits share. Calls `check()` once per poll: it returns True when the
+    wait is over (then this returns None), else the line to log before the next poll (or
+    None). Returns the step's end once nothing is pending (another pod applied it, exit 0)
+    or the migrate timeout passed (exit 1).
 
     A waiting pod holds no connection while it sleeps and at most one while it asks: with
     a session pooler smaller than the number of pods, a pod that kept one connection while
@@ -1503,111 +1611,134 @@ def poll_until_applied(connection, lock, watchdog):
     connection that is not there."""
     from django.db.utils import Error as DatabaseError
 
-    Report.phase = PHASE_LOCK if lock is not None else PHASE_WAITING
+    report.phase = phase
     started = time.monotonic()
     deadline = started + MIGRATE_TIMEOUT
-    what = "the migration lock" if lock is not None else "pending migrations"
     watchdog.arm(deadline, "waiting for %s" % what)
     while True:
         close_quietly(connection)
-        if lock is not None:
-            try:
-                held = lock.try_acquire()
-            except LockUnavailable as e:
-                lock.abandon()
-                lock_unavailable(str(e))
-            except DatabaseError as e:
-                lock.abandon()
-                held = None
-                log("cannot ask for the migration lock: %s" % first_line(e))
-            if held:
-                Report.lock_wait_seconds = time.monotonic() - started
-                watchdog.disarm()
-                return True
-            lock.abandon()
-        Report.lock_wait_seconds = time.monotonic() - started
+        waiting = check()
+        report.lock_wait_seconds = time.monotonic() - started
+        if waiting is True:
+            watchdog.disarm()
+            return None
         left = deadline - time.monotonic()
         if left <= 0:
-            finish(
+            return StepEnded(
                 EXIT_TIMEOUT,
-                "timeout",
-                "gave up after %.0fs waiting for %s; still pending: %s" % (elapsed(), what, describe(Report.pending)),
+                RESULT_TIMEOUT,
+                "gave up after %.0fs waiting for %s; still pending: %s" % (elapsed(), what, name_list(report.pending)),
             )
-        if lock is not None and held is False:
-            log(
-                "another pod holds the migration lock; %d pending; checking again in %.0fs"
-                % (len(Report.pending), POLL_SECONDS)
-            )
-        elif lock is None:
-            log("%d migrations pending; checking again in %.0fs" % (len(Report.pending), POLL_SECONDS))
+        if waiting:
+            report.log(waiting)
         time.sleep(min(POLL_SECONDS, max(left, 0.1)))
         try:
-            Report.pending = pending_migrations(connection)
+            report.pending = pending_migrations(connection)
         except DatabaseError as e:
-            log("cannot read the migration state: %s" % first_line(e))
+            report.log("cannot read the migration state: %s" % first_line(e))
             continue
-        if not Report.pending:
-            Report.phase = PHASE_DONE
-            finish(
+        if not report.pending:
+            report.phase = PHASE_DONE
+            return StepEnded(
                 EXIT_OK,
-                "applied-by-other-pod",
+                RESULT_APPLIED_BY_OTHER_POD,
                 "applied by another pod (waited %.1fs)" % (time.monotonic() - started),
             )
 
 
-def step_migrate(connections, connection, watchdog):
-    lock = Lock(connections)
+def wait_for_lock(connection, lock, report, watchdog):
+    """Migrate mode: returns None once this pod holds the migration lock, else the step's
+    end (applied by another pod meanwhile, or the timeout); a connection that cannot hold
+    the lock ends the step (exit 6)."""
+    from django.db.utils import Error as DatabaseError
+
+    def check():
+        try:
+            held = lock.try_acquire()
+        except LockUnavailable as e:
+            lock.abandon()
+            raise lock_unavailable(str(e)) from e
+        except DatabaseError as e:
+            lock.abandon()
+            report.log("cannot ask for the migration lock: %s" % first_line(e))
+            return None
+        if held:
+            return True
+        lock.abandon()
+        return "another pod holds the migration lock; %d pending; checking again in %.0fs" % (
+            len(report.pending),
+            POLL_SECONDS,
+        )
+
+    return poll_until_applied(connection, report, watchdog, PHASE_LOCK, "the migration lock", check)
+
+
+def wait_for_other_pods(connection, report, watchdog):
+    """Wait mode: the step's end once nothing is pending, or at the timeout."""
+
+    def check():
+        return "%d migrations pending; checking again in %.0fs" % (len(report.pending), POLL_SECONDS)
+
+    return poll_until_applied(connection, report, watchdog, PHASE_WAITING, "pending migrations", check)
+
+
+def step_migrate(connections, connection, report, watchdog):
+    """Migrate mode with migrations pending: the lock, the plan again under it, the safety
+    check and `migrate`; returns the step's end."""
+    lock = Lock(connections, report)
     deadline = time.monotonic() + MIGRATE_TIMEOUT
     if not lock.supported:
-        log("no cross-pod lock for the %s backend: running migrate directly" % lock.vendor)
+        report.log("no cross-pod lock for the %s backend: running migrate directly" % lock.vendor)
     else:
-        poll_until_applied(connection, lock, watchdog)
+        ended = wait_for_lock(connection, lock, report, watchdog)
+        if ended is not None:
+            return ended
     try:
         if lock.supported:
             # Another pod may have finished between our check and the lock.
-            Report.pending = pending_now(connection)
-            if not Report.pending:
-                Report.phase = PHASE_DONE
-                lock.release()
-                finish(
+            report.pending = pending_now(connection, report)
+            if not report.pending:
+                report.phase = PHASE_DONE
+                return StepEnded(
                     EXIT_OK,
-                    "applied-by-other-pod",
-                    "applied by another pod (waited %.1fs for the lock)" % Report.lock_wait_seconds,
+                    RESULT_APPLIED_BY_OTHER_POD,
+                    "applied by another pod (waited %.1fs for the lock)" % report.lock_wait_seconds,
                 )
-        hold_back_unsafe(connection)
-        error = run_migrate(connection, lock if lock.supported else None, watchdog, deadline)
+        hold_back_unsafe(connection, report)
+        run_migrate(connection, lock if lock.supported else None, report, watchdog, deadline)
     finally:
+        # Whichever way the step ends here, the next pod does not wait for this
+        # connection to close.
         if lock.supported:
             lock.release()
-    if error:
-        finish(EXIT_MIGRATE_FAILED, "failed", error)
-    Report.phase = PHASE_DONE
+    report.phase = PHASE_DONE
     note = ""
     for kind, said in ((KIND_BREAKING, "unsafe for the previous release"), (KIND_LOCKING, "blocking traffic")):
-        found = [u for u in Report.unsafe_operations if u["applied"] and u["kind"] == kind]
+        found = [u for u in report.unsafe_operations if u["applied"] and u["kind"] == kind]
         if found:
             note += "; %d %s: %s" % (
                 len(found),
                 said,
-                ", ".join("%s %s" % (u["migration"], u["operation"]) for u in found),
+                name_list("%s %s" % (u["migration"], u["operation"]) for u in found),
             )
-    retries = " after %d lock-timeout retries" % Report.retries if Report.retries else ""
-    finish(
+    retries = " after %d lock-timeout retries" % report.retries if report.retries else ""
+    return StepEnded(
         EXIT_OK,
-        "applied",
+        RESULT_APPLIED,
         "applied %d migrations in %.1fs%s (waited %.1fs for the lock): %s%s"
         % (
-            len(Report.applied),
-            Report.migrate_seconds,
+            len(report.applied),
+            report.migrate_seconds,
             retries,
-            Report.lock_wait_seconds,
-            describe(Report.applied),
+            report.lock_wait_seconds,
+            name_list(report.applied),
             note,
         ),
     )
 
 
-def run_inner():
+def run_inner(report):
+    """The inner phase, inside Django's shell: returns (or raises) the step's end."""
     # From here on this code writes the summary; tell the outer phase it ran.
     fd = os.environ.pop(STATUS_FD_ENV, None)
     if fd is not None:
@@ -1622,63 +1753,60 @@ def run_inner():
 
         settings.DATABASES  # noqa: B018 - loads the settings module
     except Exception as e:  # noqa: BLE001 - any import error in the settings module
-        finish(
-            EXIT_NOT_FOUND,
-            "not-found",
+        raise not_found(
             "cannot load the Django settings (DJANGO_SETTINGS_MODULE=%s): %s: %s"
-            % (os.environ.get("DJANGO_SETTINGS_MODULE", "unset"), e.__class__.__name__, first_line(e)),
-        )
+            % (os.environ.get("DJANGO_SETTINGS_MODULE", "unset"), e.__class__.__name__, first_line(e))
+        ) from e
     from django.db import connections
     from django.utils.connection import ConnectionDoesNotExist
 
     try:
         connection = connections[ALIAS]
-    except ConnectionDoesNotExist:
-        finish(
-            EXIT_NOT_FOUND,
-            "not-found",
+    except ConnectionDoesNotExist as e:
+        raise not_found(
             "database alias %r is not in settings.DATABASES (have: %s)"
-            % (ALIAS, ", ".join(connections.settings) or "none"),
-        )
+            % (ALIAS, ", ".join(connections.settings) or "none")
+        ) from e
     if MODE not in ("migrate", "wait"):
-        finish(EXIT_NOT_FOUND, "not-found", "unknown DJANGO_MIGRATE_MODE %r: allowed migrate or wait" % MODE)
+        raise not_found("unknown DJANGO_MIGRATE_MODE %r: allowed migrate or wait" % MODE)
     if UNSAFE_MIGRATIONS not in ("warn", "deny"):
-        finish(
-            EXIT_NOT_FOUND,
-            "not-found",
-            "unknown DJANGO_MIGRATE_UNSAFE_MIGRATIONS %r: allowed warn or deny" % UNSAFE_MIGRATIONS,
-        )
-    watchdog = Watchdog()
+        raise not_found("unknown DJANGO_MIGRATE_UNSAFE_MIGRATIONS %r: allowed warn or deny" % UNSAFE_MIGRATIONS)
+    watchdog = Watchdog(report)
     with_connect_timeout(connection)
-    wait_for_connection(connection, watchdog)
-    Report.pending = pending_now(connection)
-    if not Report.pending:
-        Report.phase = PHASE_DONE
-        finish(EXIT_OK, "nothing-pending", "nothing to apply (%.1fs)" % elapsed())
-    if MODE == "wait":
-        log(
-            "%d migrations pending: %s; waiting for them to be applied"
-            % (len(Report.pending), describe(Report.pending))
-        )
-        poll_until_applied(connection, None, watchdog)
-    else:
-        step_migrate(connections, connection, watchdog)
+    wait_for_connection(connection, report, watchdog)
+    report.pending = pending_now(connection, report)
+    if not report.pending:
+        report.phase = PHASE_DONE
+        return StepEnded(EXIT_OK, RESULT_NOTHING_PENDING, "nothing to apply (%.1fs)" % elapsed())
+    if MODE == "migrate":
+        return step_migrate(connections, connection, report, watchdog)
+    report.log(
+        "%d migrations pending: %s; waiting for them to be applied" % (len(report.pending), ", ".join(report.pending))
+    )
+    return wait_for_other_pods(connection, report, watchdog)
 
 
-def run_inner_reporting():
-    """run_inner, with any error it did not expect ending the step in one line and a
-    summary, never in a bare traceback."""
+def main():
+    """Runs the phase this process is for, then ends the process, once (the watchdog may
+    end it first)."""
+    report = Report()
     try:
-        run_inner()
+        if STATUS_FD_ENV in os.environ:
+            ended = run_inner(report)
+        else:
+            # The inner phase wrote the summary: its exit code is passed through.
+            ended = StepEnded(run_outer(), None, None)
+    except StepEnded as e:
+        ended = e
     except Exception as e:  # noqa: BLE001 - reported, not swallowed: the step fails
-        finish(
+        ended = StepEnded(
             EXIT_MIGRATE_FAILED,
-            "failed",
-            "unexpected error in phase %s: %s: %s" % (Report.phase, e.__class__.__name__, first_line(e)),
+            RESULT_FAILED,
+            "unexpected error in phase %s: %s: %s" % (report.phase, e.__class__.__name__, first_line(e)),
         )
+    end(report, ended.code, ended.result, ended.message)
 
 
-if STATUS_FD_ENV in os.environ:
-    run_inner_reporting()
-elif __name__ == "__main__":
-    run_outer()
+# The outer phase runs this file as a script; the inner one through runpy, under another name.
+if STATUS_FD_ENV in os.environ or __name__ == "__main__":
+    main()

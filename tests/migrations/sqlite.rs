@@ -5,6 +5,9 @@
 use std::process::Command;
 use std::time::Duration;
 
+use django_migrate_webhook::step;
+use k8s_openapi::api::core::v1::ContainerStateTerminated;
+
 use crate::{Pairs, Pods, test_python};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -226,4 +229,132 @@ fn manage_command_and_image_entrypoint_from_annotations() {
     let exit = migrate.run(LIMIT);
     assert_eq!(exit.code, 0, "{}", exit.logs);
     assert_eq!(count_runs(&wrapped), 1);
+}
+
+/// An app with `count` migrations of long names: one model, then one nullable column
+/// per migration. Returns the settings module that adds it to the test project, to be
+/// found on PYTHONPATH=`dir`.
+fn many_migrations_app(dir: &std::path::Path, count: usize) -> &'static str {
+    let app = dir.join("sensors");
+    let migrations = app.join("migrations");
+    std::fs::create_dir_all(&migrations).unwrap();
+    std::fs::write(
+        dir.join("many_settings.py"),
+        "from testsite.settings import *  # noqa: F403\n\
+         INSTALLED_APPS = INSTALLED_APPS + [\"sensors\"]  # noqa: F405\n",
+    )
+    .unwrap();
+    std::fs::write(app.join("__init__.py"), "").unwrap();
+    std::fs::write(migrations.join("__init__.py"), "").unwrap();
+    let name = |i: usize| format!("{i:04}_records_the_reading_of_sensor_{i:04}");
+    let mut models =
+        String::from("from django.db import models\n\n\nclass Reading(models.Model):\n");
+    for i in 1..=count {
+        let (dependencies, operation) = if i == 1 {
+            (
+                String::new(),
+                "migrations.CreateModel(\"Reading\", [(\"id\", models.BigAutoField(primary_key=True))])"
+                    .to_owned(),
+            )
+        } else {
+            models.push_str(&format!(
+                "    sensor_{i:04} = models.IntegerField(null=True)\n"
+            ));
+            (
+                format!("(\"sensors\", \"{}\")", name(i - 1)),
+                format!(
+                    "migrations.AddField(\"reading\", \"sensor_{i:04}\", models.IntegerField(null=True))"
+                ),
+            )
+        };
+        std::fs::write(
+            migrations.join(format!("{}.py", name(i))),
+            format!(
+                "from django.db import migrations, models\n\n\n\
+                 class Migration(migrations.Migration):\n    \
+                 dependencies = [{dependencies}]\n    \
+                 operations = [{operation}]\n"
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(app.join("models.py"), models).unwrap();
+    "many_settings"
+}
+
+#[test]
+fn hundreds_of_migrations_are_counted_in_a_summary_within_4_kib() {
+    const GENERATED: usize = 300;
+    let (mut pods, _) = sqlite_pods();
+    let site = pods.dir.path().join("site");
+    let settings = many_migrations_app(&site, GENERATED);
+    pods.env
+        .push(("PYTHONPATH".into(), site.to_string_lossy().into()));
+    pods.env
+        .push(("DJANGO_SETTINGS_MODULE".into(), settings.into()));
+    // The plan `migrate` runs, in its order: the project's own apps and the generated one.
+    let plan: Vec<String> = pods
+        .python(&["manage.py", "showmigrations", "--plan"], &[])
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("[ ]").map(|m| m.trim().to_owned()))
+        .collect();
+    let generated = plan.iter().filter(|m| m.starts_with("sensors.")).count();
+    assert_eq!(generated, GENERATED, "{plan:?}");
+    assert!(plan.len() > GENERATED, "{plan:?}");
+
+    let containers = pods.containers(&[], &[]);
+    let exit = containers[1].run(Duration::from_secs(600));
+    assert_eq!(exit.code, 0, "{}", exit.logs);
+    let text = pods.termination_message(None);
+    assert!(text.len() <= 4096, "{} bytes: {text}", text.len());
+    let summary = pods.summary(None);
+    assert_eq!(summary["result"], "applied", "{summary}");
+    assert_eq!(summary["counts"]["applied"], plan.len(), "{summary}");
+    assert_eq!(summary["counts"]["pending"], 0, "{summary}");
+    // The list is cut to fit, from the end: what is left is where the plan started.
+    let applied: Vec<&str> = summary["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert!(
+        !applied.is_empty() && applied.len() < plan.len(),
+        "{summary}"
+    );
+    assert_eq!(applied, plan[..applied.len()], "{summary}");
+    // The message names a few migrations, from the start of the plan, and counts the rest.
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("applied {} migrations in ", plan.len())),
+        "{message}"
+    );
+    let named = plan.iter().filter(|m| message.contains(m.as_str())).count();
+    assert!((1..=10).contains(&named), "{named} named: {message}");
+    assert!(
+        message.ends_with(&format!(" and {} more", plan.len() - named)),
+        "{message}"
+    );
+
+    // What the controller reads from it: the whole count, for the Event, the metric and
+    // `status`.
+    let terminated = ContainerStateTerminated {
+        exit_code: 0,
+        message: Some(text.clone()),
+        ..ContainerStateTerminated::default()
+    };
+    let read = step::Exit::read(&terminated);
+    assert!(read.applied, "{text}");
+    assert_eq!(read.stats.applied, plan.len() as u64, "{text}");
+    assert_eq!(read.message.as_deref(), Some(message));
+
+    // Another pod of the same rollout finds nothing to do.
+    let second = pods.pod(&containers, 2);
+    assert_eq!(second[0].run(LIMIT).code, 0);
+    let exit = second[1].run(Duration::from_secs(120));
+    assert_eq!(exit.code, 0, "{}", exit.logs);
+    let summary = pods.summary(Some(2));
+    assert_eq!(summary["result"], "nothing-pending", "{summary}");
+    assert_eq!(summary["counts"]["applied"], 0, "{summary}");
+    assert_eq!(summary["counts"]["pending"], 0, "{summary}");
 }
