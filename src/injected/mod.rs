@@ -272,11 +272,11 @@ mod tests {
     }
 
     /// One vocabulary: the program reads every env var the engine sets, and writes the
-    /// log prefix and exit codes of `names` and the phases of [`crate::summary::Phase`].
+    /// log prefix and exit codes of `names` and the phases and results of `summary`.
     #[test]
     fn the_program_uses_the_names_the_engine_sets() {
         use crate::names::{LOG_PREFIX, exit};
-        use crate::summary::Phase;
+        use crate::summary::{Phase, StepResult};
         for name in STEP_ENV {
             assert!(
                 PROGRAM.contains(&format!("os.environ.get(\"{name}\"")),
@@ -301,6 +301,16 @@ mod tests {
             let line = format!("\nPHASE_{} = \"{p}\"\n", p.as_str().to_uppercase());
             assert!(PROGRAM.contains(&line), "{line}");
         }
+        for r in StepResult::ALL {
+            let line = format!(
+                "\nRESULT_{} = \"{r}\"\n",
+                r.as_str().to_uppercase().replace('-', "_")
+            );
+            assert!(PROGRAM.contains(&line), "{line}");
+        }
+        // And writes no result the controller does not know.
+        let written = PROGRAM.matches("\nRESULT_").count();
+        assert_eq!(written, StepResult::ALL.len());
         assert!(PROGRAM.contains(&format!("\nLOG_PREFIX = \"{LOG_PREFIX}\"\n")));
         assert!(PROGRAM.contains(&format!("\"{TERMINATION_LOG}\"")));
     }
