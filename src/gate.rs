@@ -296,15 +296,15 @@ async fn reconcile(pod: Arc<WatchedPod>, ctx: Arc<Context>) -> Result<Action, Pa
     }
     let failed_now = desired.reason.is_failure()
         && current.and_then(|c| c.reason.as_deref()) != Some(desired.reason.as_str());
+    let exit = state.step_exit();
     if became_true || failed_now {
-        if let Some(exit) = state.step_exit() {
+        if let Some(exit) = exit {
             ctx.metrics.step_ended(&deployment, &exit.stats);
         }
         if failed_now {
             ctx.metrics.step_failed(&deployment, desired.reason);
         }
     }
-    let exit = state.step_exit();
     let applied_here = became_true && exit.is_some_and(|e| e.applied);
     if failed_now || applied_here {
         let (type_, reason) = if failed_now {

@@ -134,6 +134,17 @@ fn deployment_metadata() -> Value {
            "metadata": {"name": "shop", "namespace": "n", "uid": "deployment-uid"}})
 }
 
+/// What a step that ended sends: the condition, an Event on the pod, the Deployment's
+/// metadata read for its UID, an Event on the Deployment.
+fn step_ended() -> Vec<Expect> {
+    vec![
+        expect("PATCH", POD_STATUS, Some(pod_reply())),
+        expect("POST", EVENTS, None),
+        expect("GET", DEPLOYMENT, Some(deployment_metadata())),
+        expect("POST", EVENTS, None),
+    ]
+}
+
 fn pod_reply() -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "shop-5d8f9c-x2x4z", "namespace": "n"}})
 }
@@ -150,17 +161,7 @@ async fn a_step_that_applied_hundreds_of_migrations_is_counted_and_told_once() {
         "counts": {"applied": 300, "pending": 0, "unsafe": 0, "held_back": 0},
     });
     let fx = Fixture::new();
-    let bodies = fx
-        .reconcile(
-            &pod(&summary, None),
-            vec![
-                expect("PATCH", POD_STATUS, Some(pod_reply())),
-                expect("POST", EVENTS, None),
-                expect("GET", DEPLOYMENT, Some(deployment_metadata())),
-                expect("POST", EVENTS, None),
-            ],
-        )
-        .await;
+    let bodies = fx.reconcile(&pod(&summary, None), step_ended()).await;
     let condition = patched_condition(&bodies[0]);
     assert_eq!(
         (&condition["status"], &condition["reason"]),
@@ -200,17 +201,7 @@ async fn a_failed_step_gets_its_reason_one_event_pair_and_one_count() {
         "counts": {"applied": 2, "pending": 5, "unsafe": 0, "held_back": 0},
     });
     let fx = Fixture::new();
-    let bodies = fx
-        .reconcile(
-            &pod(&summary, None),
-            vec![
-                expect("PATCH", POD_STATUS, Some(pod_reply())),
-                expect("POST", EVENTS, None),
-                expect("GET", DEPLOYMENT, Some(deployment_metadata())),
-                expect("POST", EVENTS, None),
-            ],
-        )
-        .await;
+    let bodies = fx.reconcile(&pod(&summary, None), step_ended()).await;
     let condition = patched_condition(&bodies[0]);
     assert_eq!(
         (&condition["status"], &condition["reason"]),
