@@ -46,6 +46,9 @@ string_enum! {
         /// The migration lock was lost while migrating (its connection was closed); the
         /// step stopped before applying anything more.
         LockLost = "MigrationLockLost",
+        /// A migration must run after a deferred one (left for the contract run) and is
+        /// not deferred itself; nothing was applied.
+        DeferredBlocked = "MigrationBlockedByDeferred",
     }
 }
 
@@ -62,6 +65,7 @@ impl Reason {
         match code {
             exit::OK => Reason::Migrated,
             exit::UNSAFE if result == Some(StepResult::LockingBlocked) => Reason::LockingBlocked,
+            exit::UNSAFE if result == Some(StepResult::DeferredBlocked) => Reason::DeferredBlocked,
             exit::UNSAFE => Reason::UnsafeBlocked,
             exit::TIMEOUT if phase == Some(Phase::Database) => Reason::DatabaseUnreachable,
             exit::TIMEOUT => Reason::LockTimeout,

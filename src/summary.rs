@@ -82,6 +82,8 @@ string_enum! {
         LockingBlocked = "locking-blocked",
         LockUnavailable = "lock-unavailable",
         LockLost = "lock-lost",
+        /// A migration that is not deferred must run after one that is; nothing applied.
+        DeferredBlocked = "deferred-blocked",
     }
 }
 
@@ -134,6 +136,8 @@ pub struct Counts {
     pub unsafe_operations: u64,
     /// Unsafe operations held back by `deny`.
     pub held_back: u64,
+    /// Pending migrations left for the contract run.
+    pub deferred: u64,
 }
 
 /// Where the time went, in seconds.

@@ -56,6 +56,8 @@ MIGRATE_TIMEOUT = float(os.environ.get("DJANGO_MIGRATE_MIGRATE_TIMEOUT", "1800")
 LOCK_TIMEOUT = int(os.environ.get("DJANGO_MIGRATE_LOCK_TIMEOUT", "3"))
 UNSAFE_MIGRATIONS = os.environ.get("DJANGO_MIGRATE_UNSAFE_MIGRATIONS", "warn")
 ALLOW_UNSAFE = {m.strip() for m in os.environ.get("DJANGO_MIGRATE_ALLOW_UNSAFE", "").split(",") if m.strip()}
+# Migrations applied only in the contract run, once no pod of the previous release is left.
+DEFER = {m.strip() for m in os.environ.get("DJANGO_MIGRATE_DEFER", "").split(",") if m.strip()}
 # The two kinds of harm a pending operation is classified by.
 KIND_BREAKING = "breaking"
 KIND_LOCKING = "locking"
@@ -104,6 +106,7 @@ RESULT_UNSAFE_BLOCKED = "unsafe-blocked"
 RESULT_LOCKING_BLOCKED = "locking-blocked"
 RESULT_LOCK_UNAVAILABLE = "lock-unavailable"
 RESULT_LOCK_LOST = "lock-lost"
+RESULT_DEFERRED_BLOCKED = "deferred-blocked"
 
 # Every log line starts with it; the controller reads the phase of the last one.
 LOG_PREFIX = "django-migrate"
@@ -168,6 +171,8 @@ class Report:
         self.migrate_seconds = 0.0
         self.retries = 0
         self.unsafe_operations = []
+        # Pending migrations left for the contract run, with why (and a delay, if any).
+        self.deferred = []
         # Held by the first thread that ends the process (the main one or the watchdog).
         self.ending = threading.Lock()
 
@@ -180,6 +185,7 @@ class Report:
             "pending": len(self.pending),
             "unsafe": len(self.unsafe_operations),
             "held_back": sum(1 for u in self.unsafe_operations if u.get("held_back")),
+            "deferred": len(self.deferred),
         }
 
     def summary(self, code, result, message):
@@ -1208,11 +1214,114 @@ def held_back(u):
     return u["kind"] != KIND_LOCKING or u["rows"] is None or u["rows"] >= LOCKING_MIN_ROWS
 
 
+# ---------------------------------------------------------------- expand and contract
+
+
+def safemigrate_marker(migration):
+    """django-safemigrate's `safe` attribute as (when, delay seconds), read without the
+    package: `Safe.after_deploy(delay=...)` is an object with `when` (an Enum whose value
+    is the name) and `delay` (a timedelta or None); the classmethod itself (not called)
+    means the same without a delay. None when the migration carries no marker."""
+    safe = getattr(migration, "safe", None)
+    if safe is None:
+        return None
+    if callable(safe) and getattr(safe, "__name__", "") in ("always", "before_deploy", "after_deploy"):
+        return safe.__name__, None
+    when = getattr(safe, "when", None)
+    when = getattr(when, "value", when)
+    if when not in ("always", "before_deploy", "after_deploy"):
+        return None
+    delay = getattr(safe, "delay", None)
+    seconds = delay.total_seconds() if hasattr(delay, "total_seconds") else None
+    return when, seconds
+
+
+def deferred_migrations(plan, unsafe):
+    """The pending migrations that wait for the contract run, each with why: named in
+    DJANGO_MIGRATE_DEFER, marked `Safe.after_deploy()`, or unsafe for the previous release
+    under `unsafe-migrations: defer`."""
+    out = {}
+    for migration, _state in plan:
+        name = "%s.%s" % (migration.app_label, migration.name)
+        marker = safemigrate_marker(migration)
+        if name in DEFER:
+            out[name] = {"migration": name, "why": "named in django-migrate.io/defer", "delay": None}
+        elif marker is not None and marker[0] == "after_deploy":
+            out[name] = {"migration": name, "why": "marked Safe.after_deploy()", "delay": marker[1]}
+    if UNSAFE_MIGRATIONS == "defer":
+        for u in unsafe:
+            if u["kind"] == KIND_BREAKING and u["migration"] not in ALLOW_UNSAFE:
+                out.setdefault(
+                    u["migration"],
+                    {"migration": u["migration"], "why": "unsafe for the release still serving", "delay": None},
+                )
+    return out
+
+
+def blocked_by_deferred(plan, deferred):
+    """Pending migrations that are not deferred but must run after a deferred one: they
+    depend on it (directly or through other pending migrations, `__latest__` of its app
+    included) or it names them in `run_before`. Returns (migration, the deferred one it
+    waits for) pairs in plan order."""
+    names = ["%s.%s" % (m.app_label, m.name) for m, _state in plan]
+    apps_waiting = {}
+    waits_for = {n: n for n in names if n in deferred}
+
+    def parent_waits(dep):
+        label, name = dep
+        if name == "__latest__":
+            return apps_waiting.get(label)
+        return waits_for.get("%s.%s" % (label, name))
+
+    changed = True
+    while changed:
+        changed = False
+        for n, (migration, _state) in zip(names, plan):
+            if n in waits_for:
+                apps_waiting.setdefault(migration.app_label, waits_for[n])
+                for label, other in getattr(migration, "run_before", []):
+                    after = "%s.%s" % (label, other)
+                    if after in names and after not in waits_for:
+                        waits_for[after] = waits_for[n]
+                        changed = True
+                continue
+            for dep in migration.dependencies:
+                found = parent_waits(tuple(dep))
+                if found is not None:
+                    waits_for[n] = found
+                    changed = True
+                    break
+    return [(n, waits_for[n]) for n in names if n in waits_for and n not in deferred]
+
+
+def defer_contract(plan, unsafe, report):
+    """Leaves the deferred migrations for the contract run; ends the step (exit 5, nothing
+    applied) when a migration that is not deferred must run after one that is."""
+    deferred = deferred_migrations(plan, unsafe)
+    blocked = blocked_by_deferred(plan, deferred)
+    report.deferred = [deferred[n] for n in ("%s.%s" % (m.app_label, m.name) for m, _s in plan) if n in deferred]
+    for d in report.deferred:
+        report.log("deferred to the contract run (%s): %s" % (d["why"], d["migration"]))
+    if blocked:
+        migration, waits_for = blocked[0]
+        raise StepEnded(
+            EXIT_UNSAFE,
+            RESULT_DEFERRED_BLOCKED,
+            "%d migration(s) must run after a deferred one; first: %s runs after %s, which waits for the "
+            "contract run; nothing was applied: defer %s too (django-migrate.io/defer), or move it to the next "
+            "release" % (len(blocked), migration, waits_for, migration),
+        )
+    report.pending = [p for p in report.pending if p not in deferred]
+
+
 def hold_back_unsafe(connection, report):
     """Names the operations that hurt the running service; under `deny` ends the step
     (exit 5) unless each of the kinds it holds back is allowed by name."""
     plan, first_install = pending_plan(connection)
     unsafe, unchecked = classify(plan, first_install, connection, report)
+    if MODE != "contract":
+        defer_contract(plan, unsafe, report)
+        unsafe = [u for u in unsafe if u["migration"] not in {d["migration"] for d in report.deferred}]
     for item in unchecked:
         report.log("%s: %s cannot be checked for safety; review it by hand" % (item["migration"], item["operation"]))
     if not unsafe:
@@ -1477,6 +1586,22 @@ def track_progress(connection, lock, report):
         yield progress
 
 
+def leave_deferred(report):
+    """Takes the deferred migrations out of the plan `migrate` runs: its pre_migrate signal
+    carries the plan it then executes, the hook django-safemigrate uses too."""
+    from django.db.models.signals import pre_migrate
+
+    deferred = {d["migration"] for d in report.deferred}
+    if not deferred:
+        return
+
+    def receiver(plan=None, **_kwargs):
+        if plan is not None:
+            plan[:] = [(m, backwards) for m, backwards in plan if "%s.%s" % (m.app_label, m.name) not in deferred]
+
+    pre_migrate.connect(receiver, weak=False, dispatch_uid="django_migrate_defer")
+
+
 def run_migrate(connection, lock, report, watchdog, deadline):
     """Runs `migrate` under the lock; never cut by the watchdog. A migration that hit the
     lock timeout and left nothing applied is retried with backoff and jitter until the
@@ -1496,6 +1621,7 @@ def run_migrate(connection, lock, report, watchdog, deadline):
     # idle limit while the plan was classified.
     connection.close()
     session = MysqlSession(connection, report)
+    leave_deferred(report)
     with track_progress(connection, lock, report) as progress:
         while True:
             attempt += 1
