@@ -34,9 +34,13 @@ pub const HOLD_BACK: &str = "django-migrate.io/hold-back";
 pub const LOCKING_MIN_ROWS: &str = "django-migrate.io/locking-min-rows";
 pub const READINESS_GATE_ANNOTATION: &str = "django-migrate.io/readiness-gate";
 pub const USE_IMAGE_ENTRYPOINT: &str = "django-migrate.io/use-image-entrypoint";
+/// Migrations left for the contract run, by name.
+pub const DEFER: &str = "django-migrate.io/defer";
+/// Seconds the contract run waits after the rollout completed (at least).
+pub const CONTRACT_DELAY: &str = "django-migrate.io/contract-delay";
 
 /// Every annotation the webhook understands; anything else under the prefix is a typo.
-pub const KNOWN_ANNOTATIONS: [&str; 15] = [
+pub const KNOWN_ANNOTATIONS: [&str; 17] = [
     CONTAINER,
     MODE,
     MANAGE_PY,
@@ -52,6 +56,8 @@ pub const KNOWN_ANNOTATIONS: [&str; 15] = [
     LOCKING_MIN_ROWS,
     READINESS_GATE_ANNOTATION,
     USE_IMAGE_ENTRYPOINT,
+    DEFER,
+    CONTRACT_DELAY,
 ];
 
 // ---------------------------------------------------------------- readiness gate
@@ -108,7 +114,7 @@ pub const TERMINATION_LOG: &str = "/dev/termination-log";
 
 // ---------------------------------------------------------------- env of the Django step
 
-/// `migrate` or `wait`.
+/// `migrate`, `wait`, or `contract` (the contract run's Job).
 pub const ENV_MODE: &str = "DJANGO_MIGRATE_MODE";
 /// Django database alias.
 pub const ENV_DATABASE: &str = "DJANGO_MIGRATE_DATABASE";
@@ -120,7 +126,7 @@ pub const ENV_WAIT_TIMEOUT: &str = "DJANGO_MIGRATE_WAIT_TIMEOUT";
 pub const ENV_MIGRATE_TIMEOUT: &str = "DJANGO_MIGRATE_MIGRATE_TIMEOUT";
 /// Seconds one DDL statement may wait for a table lock.
 pub const ENV_LOCK_TIMEOUT: &str = "DJANGO_MIGRATE_LOCK_TIMEOUT";
-/// `warn` or `deny`.
+/// `warn`, `deny` or `defer`.
 pub const ENV_UNSAFE_MIGRATIONS: &str = "DJANGO_MIGRATE_UNSAFE_MIGRATIONS";
 /// Comma-separated `app_label.migration_name` allowed under `deny`.
 pub const ENV_ALLOW_UNSAFE: &str = "DJANGO_MIGRATE_ALLOW_UNSAFE";
@@ -128,8 +134,10 @@ pub const ENV_ALLOW_UNSAFE: &str = "DJANGO_MIGRATE_ALLOW_UNSAFE";
 pub const ENV_HOLD_BACK: &str = "DJANGO_MIGRATE_HOLD_BACK";
 /// Estimated rows below which a locking operation is only reported.
 pub const ENV_LOCKING_MIN_ROWS: &str = "DJANGO_MIGRATE_LOCKING_MIN_ROWS";
+/// Comma-separated `app_label.migration_name` left for the contract run.
+pub const ENV_DEFER: &str = "DJANGO_MIGRATE_DEFER";
 /// Env vars set by the webhook on the Django step; same-named vars of the app are dropped.
-pub const STEP_ENV: [&str; 10] = [
+pub const STEP_ENV: [&str; 11] = [
     ENV_MODE,
     ENV_DATABASE,
     ENV_MANAGE_COMMAND,
@@ -140,6 +148,7 @@ pub const STEP_ENV: [&str; 10] = [
     ENV_ALLOW_UNSAFE,
     ENV_HOLD_BACK,
     ENV_LOCKING_MIN_ROWS,
+    ENV_DEFER,
 ];
 /// Env vars of earlier releases that carried the program and the step; dropped when found.
 pub const LEGACY_ENV: [&str; 3] = [

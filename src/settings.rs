@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 pub use crate::names::{
-    ALLOW_UNSAFE, CONTAINER, DATABASE, HOLD_BACK, INJECT_LABEL, KNOWN_ANNOTATIONS, LOCK_TIMEOUT,
-    LOCKING_MIN_ROWS, MANAGE_COMMAND, MANAGE_PY, MIGRATE_TIMEOUT, MODE, PREFIX, PYTHON,
-    READINESS_GATE_ANNOTATION, UNSAFE_MIGRATIONS, USE_IMAGE_ENTRYPOINT, WAIT_TIMEOUT,
+    ALLOW_UNSAFE, CONTAINER, CONTRACT_DELAY, DATABASE, DEFER, HOLD_BACK, INJECT_LABEL,
+    KNOWN_ANNOTATIONS, LOCK_TIMEOUT, LOCKING_MIN_ROWS, MANAGE_COMMAND, MANAGE_PY, MIGRATE_TIMEOUT,
+    MODE, PREFIX, PYTHON, READINESS_GATE_ANNOTATION, UNSAFE_MIGRATIONS, USE_IMAGE_ENTRYPOINT,
+    WAIT_TIMEOUT,
 };
 
 /// Default for `lock-timeout`, in seconds: a query of the running release waits at most
@@ -29,6 +30,9 @@ pub enum UnsafeMigrations {
     Warn,
     /// Apply nothing and exit 5, unless each is allowed by name.
     Deny,
+    /// Leave the migrations they belong to for the contract run, once no pod of the
+    /// previous release is left.
+    Defer,
 }
 
 impl UnsafeMigrations {
@@ -36,6 +40,7 @@ impl UnsafeMigrations {
         match self {
             UnsafeMigrations::Warn => "warn",
             UnsafeMigrations::Deny => "deny",
+            UnsafeMigrations::Defer => "defer",
         }
     }
 }
@@ -109,6 +114,18 @@ pub struct Settings {
     pub locking_min_rows: u64,
     pub readiness_gate: bool,
     pub use_image_entrypoint: bool,
+    /// `app_label.migration_name` left for the contract run whatever the classifier says.
+    pub defer: Vec<String>,
+    /// Seconds the contract run waits after the rollout completed, at least.
+    pub contract_delay: u32,
+}
+
+impl Settings {
+    /// True when some pending migrations may be left for the contract run by these
+    /// settings alone (django-safemigrate's marker defers whatever the settings).
+    pub fn defers(&self) -> bool {
+        self.unsafe_migrations == UnsafeMigrations::Defer || !self.defer.is_empty()
+    }
 }
 
 impl Default for Settings {
@@ -129,6 +146,8 @@ impl Default for Settings {
             locking_min_rows: DEFAULT_LOCKING_MIN_ROWS,
             readiness_gate: true,
             use_image_entrypoint: false,
+            defer: Vec::new(),
+            contract_delay: 0,
         }
     }
 }
@@ -336,10 +355,25 @@ impl Settings {
                     s.unsafe_migrations = match value {
                         "warn" => UnsafeMigrations::Warn,
                         "deny" => UnsafeMigrations::Deny,
-                        _ => return Err(invalid(key, value, "allowed: \"warn\" or \"deny\"")),
+                        "defer" => UnsafeMigrations::Defer,
+                        _ => {
+                            return Err(invalid(
+                                key,
+                                value,
+                                "allowed: \"warn\", \"deny\" or \"defer\"",
+                            ));
+                        }
                     }
                 }
                 ALLOW_UNSAFE => s.allow_unsafe = parse_migration_names(key, value)?,
+                DEFER => s.defer = parse_migration_names(key, value)?,
+                CONTRACT_DELAY => {
+                    s.contract_delay = if value == "0" {
+                        0
+                    } else {
+                        parse_timeout(key, value)?
+                    };
+                }
                 HOLD_BACK => s.hold_back = parse_harms(key, value)?,
                 LOCKING_MIN_ROWS => {
                     s.locking_min_rows = value
@@ -450,6 +484,10 @@ mod tests {
             (READINESS_GATE_ANNOTATION, "yes"),
             (USE_IMAGE_ENTRYPOINT, "1"),
             (CONTAINER, ""),
+            (DEFER, "shop"),
+            (DEFER, ""),
+            (CONTRACT_DELAY, "-1"),
+            (CONTRACT_DELAY, "1h"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();
             assert_eq!(e.annotation(), k);
@@ -472,6 +510,26 @@ mod tests {
         assert_eq!(s.locking_min_rows, DEFAULT_LOCKING_MIN_ROWS);
         let e = parse(&[(HOLD_BACK, "everything")]).unwrap_err().to_string();
         assert!(e.contains("\"breaking,locking\""), "{e}");
+    }
+
+    #[test]
+    fn defer_names_migrations_and_the_contract_delay() {
+        let s = parse(&[
+            (UNSAFE_MIGRATIONS, "defer"),
+            (DEFER, "shop.0042_drop_legacy, shop.0043_x"),
+            (CONTRACT_DELAY, "600"),
+        ])
+        .unwrap();
+        assert_eq!(s.unsafe_migrations, UnsafeMigrations::Defer);
+        assert_eq!(s.defer, ["shop.0042_drop_legacy", "shop.0043_x"]);
+        assert_eq!(s.contract_delay, 600);
+        assert!(s.defers());
+        assert_eq!(parse(&[(CONTRACT_DELAY, "0")]).unwrap().contract_delay, 0);
+        assert!(!Settings::default().defers());
+        let e = parse(&[(UNSAFE_MIGRATIONS, "later")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"defer\""), "{e}");
     }
 
     #[test]

@@ -121,8 +121,26 @@ pub struct Summary {
     /// Pending operations that break the release still serving or block traffic (the
     /// first ones, when cut).
     pub unsafe_operations: Vec<UnsafeOperation>,
+    /// Pending migrations left for the contract run (the first ones, when cut).
+    pub deferred: Vec<Deferred>,
+    /// The longest `delay` of the deferred migrations: the contract run waits at least this
+    /// long after the rollout completed. Never cut.
+    pub contract_delay_seconds: Option<f64>,
     /// The lengths of the lists, never cut; absent from summaries of earlier releases.
     pub counts: Option<Counts>,
+}
+
+/// A pending migration the step left for the contract run.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Deferred {
+    /// `app_label.migration_name`.
+    pub migration: String,
+    /// Why it waits: marked `Safe.after_deploy()`, named in `django-migrate.io/defer`, or
+    /// breaking the release still serving under `unsafe-migrations: defer`.
+    pub why: String,
+    /// django-safemigrate's `delay`, in seconds.
+    pub delay: Option<f64>,
 }
 
 /// How many of each the step saw.
@@ -197,6 +215,12 @@ impl Summary {
     pub fn applied_count(&self) -> u64 {
         self.counts
             .map_or_else(|| len(self.applied.len()), |c| c.applied)
+    }
+
+    /// Migrations left for the contract run: the count, else the list's length.
+    pub fn deferred_count(&self) -> u64 {
+        self.counts
+            .map_or_else(|| len(self.deferred.len()), |c| c.deferred)
     }
 
     /// Unsafe operations held back: the count, else the list's.

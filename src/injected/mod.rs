@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 
 use crate::deployment::JsonMap;
 use crate::names::{
-    CODE_CONTAINER, CODE_MOUNT_PATH, CODE_VOLUME, ENV_ALLOW_UNSAFE, ENV_DATABASE, ENV_HOLD_BACK,
-    ENV_LOCK_TIMEOUT, ENV_LOCKING_MIN_ROWS, ENV_MANAGE_COMMAND, ENV_MIGRATE_TIMEOUT, ENV_MODE,
-    ENV_UNSAFE_MIGRATIONS, ENV_WAIT_TIMEOUT, LEGACY_ENV, MIGRATE_CONTAINER, PROGRAM_FILE,
+    CODE_CONTAINER, CODE_MOUNT_PATH, CODE_VOLUME, ENV_ALLOW_UNSAFE, ENV_DATABASE, ENV_DEFER,
+    ENV_HOLD_BACK, ENV_LOCK_TIMEOUT, ENV_LOCKING_MIN_ROWS, ENV_MANAGE_COMMAND, ENV_MIGRATE_TIMEOUT,
+    ENV_MODE, ENV_UNSAFE_MIGRATIONS, ENV_WAIT_TIMEOUT, LEGACY_ENV, MIGRATE_CONTAINER, PROGRAM_FILE,
     RESERVED_CONTAINERS, STEP_ENV, TERMINATION_LOG, WAIT_CONTAINER,
 };
 use crate::settings::{DEFAULT_LOCKING_MIN_ROWS, Mode, Settings};
@@ -160,6 +160,9 @@ pub fn step_container(app: &JsonMap, s: &Settings) -> Value {
     set(ENV_UNSAFE_MIGRATIONS, s.unsafe_migrations.as_str().into());
     if !s.allow_unsafe.is_empty() {
         set(ENV_ALLOW_UNSAFE, s.allow_unsafe.join(","));
+    }
+    if !s.defer.is_empty() {
+        set(ENV_DEFER, s.defer.join(","));
     }
     if s.hold_back != Settings::default().hold_back {
         let kinds: Vec<&str> = s.hold_back.iter().map(|h| h.as_str()).collect();
