@@ -170,6 +170,11 @@ pub struct ServeArgs {
     /// Needs `patch` on Deployments.
     #[arg(long, requires = "controller")]
     pub heal_missed_injections: bool,
+    /// Create the contract Job of a Deployment whose steps deferred migrations, once its
+    /// rollout is complete and no pod of the previous release is left. Needs `create`,
+    /// `get`, `list` and `watch` on Jobs; without it the controller only reports them.
+    #[arg(long, requires = "controller")]
+    pub contract_jobs: bool,
     #[command(flatten)]
     pub code_image: CodeImageArgs,
 }
@@ -184,6 +189,7 @@ impl From<ServeArgs> for ServeOptions {
                 duration: args.lease_duration,
             },
             heal_missed_injections: args.heal_missed_injections,
+            contract_jobs: args.contract_jobs,
         });
         ServeOptions {
             listen: args.listen,

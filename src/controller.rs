@@ -1,14 +1,16 @@
 //! The readiness-gate controller, composed: without it every injected pod stays unready,
 //! so it runs in the same binary as the webhook (`serve --controller`).
 //!
-//! Under the Lease ([`leader`]) it runs two reconcilers side by side: the pods'
-//! ([`gate`]) and the opted-in Deployments' ([`missed`]).
+//! Under the Lease ([`leader`]) it runs three reconcilers side by side: the pods'
+//! ([`gate`]), the opted-in Deployments' missed injections ([`missed`]) and their
+//! contract runs ([`contract`]).
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+use crate::contract::{self, ContractMetrics};
 use crate::gate::{self, GateMetrics};
 use crate::leader::{self, LeaderMetrics, LeaseError, LeaseOptions};
 use crate::missed::{self, MissedMetrics};
@@ -21,6 +23,8 @@ pub struct ControllerOptions {
     /// Patch opted-in Deployments stored without the injection so that the API server
     /// sends them through the webhook again.
     pub heal_missed_injections: bool,
+    /// Create contract Jobs; else only report deferred migrations that are due.
+    pub contract_jobs: bool,
 }
 
 /// The metrics of the controller's parts, kept across leadership terms.
@@ -29,6 +33,7 @@ pub struct ControllerMetrics {
     leader: LeaderMetrics,
     gate: GateMetrics,
     missed: MissedMetrics,
+    contract: ContractMetrics,
 }
 
 impl ControllerMetrics {
@@ -37,6 +42,7 @@ impl ControllerMetrics {
             leader: LeaderMetrics::register(registry.sub_registry_with_prefix("controller")),
             gate: GateMetrics::register(registry),
             missed: MissedMetrics::register(registry),
+            contract: ContractMetrics::register(registry),
         }
     }
 }
@@ -46,6 +52,7 @@ impl ControllerMetrics {
     pub(crate) fn touch(&self) {
         self.gate.touch();
         self.missed.touch();
+        self.contract.touch();
     }
 }
 
@@ -69,12 +76,18 @@ pub async fn run(
         ));
         let deployments = missed::run(missed::Context::new(
             client.clone(),
-            recorder,
+            recorder.clone(),
             metrics.missed.clone(),
             options.heal_missed_injections,
         ));
+        let contracts = contract::run(contract::Context::new(
+            client.clone(),
+            recorder,
+            metrics.contract.clone(),
+            options.contract_jobs,
+        ));
         async {
-            tokio::join!(pods, deployments);
+            tokio::join!(pods, deployments, contracts);
         }
     };
     leader::run(

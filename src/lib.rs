@@ -4,6 +4,8 @@
 pub mod admission;
 pub mod certs;
 pub mod cli;
+pub mod contract;
+pub mod contract_job;
 pub mod controller;
 pub mod deployment;
 pub mod gate;

@@ -16,6 +16,10 @@ pub const PREFIX: &str = "django-migrate.io/";
 pub const INJECT_LABEL: &str = "django-migrate.io/inject";
 /// Pod-template label that marks injected pods, so the controller watches only those.
 pub const INJECTED_LABEL: &str = "django-migrate.io/injected";
+/// On a contract Job and its pod: the Deployment it contracts.
+pub const CONTRACT_FOR_LABEL: &str = "django-migrate.io/contract-for";
+/// On a contract Job: the hash of the pod template it was built from.
+pub const CONTRACT_TEMPLATE_ANNOTATION: &str = "django-migrate.io/contract-template";
 
 // ---------------------------------------------------------------- annotations
 
@@ -82,6 +86,12 @@ pub mod event {
     pub const UNSAFE_MIGRATIONS_APPLIED: &str = "UnsafeMigrationsApplied";
     /// An opted-in Deployment was stored without the injection.
     pub const NOT_INJECTED: &str = "MigrationStepNotInjected";
+    /// Migrations were deferred; when and how the contract run applies them.
+    pub const CONTRACT_PENDING: &str = "ContractMigrationsPending";
+    /// The contract Job applied the deferred migrations.
+    pub const CONTRACT_APPLIED: &str = "ContractMigrationsApplied";
+    /// The contract Job failed.
+    pub const CONTRACT_FAILED: &str = "ContractMigrationsFailed";
 }
 
 // ---------------------------------------------------------------- containers and volume

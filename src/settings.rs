@@ -232,6 +232,22 @@ fn parse_lock_timeout(annotation: &str, value: &str) -> Result<u32, InvalidAnnot
     }
 }
 
+fn parse_unsafe_migrations(
+    annotation: &str,
+    value: &str,
+) -> Result<UnsafeMigrations, InvalidAnnotation> {
+    match value {
+        "warn" => Ok(UnsafeMigrations::Warn),
+        "deny" => Ok(UnsafeMigrations::Deny),
+        "defer" => Ok(UnsafeMigrations::Defer),
+        _ => Err(invalid(
+            annotation,
+            value,
+            "allowed: \"warn\", \"deny\" or \"defer\"",
+        )),
+    }
+}
+
 /// `breaking`, `locking` or both, comma-separated.
 fn parse_harms(annotation: &str, value: &str) -> Result<Vec<Harm>, InvalidAnnotation> {
     let mut harms = Vec::new();
@@ -351,29 +367,11 @@ impl Settings {
                 WAIT_TIMEOUT => s.wait_timeout = parse_timeout(key, value)?,
                 MIGRATE_TIMEOUT => s.migrate_timeout = parse_timeout(key, value)?,
                 LOCK_TIMEOUT => s.lock_timeout = parse_lock_timeout(key, value)?,
-                UNSAFE_MIGRATIONS => {
-                    s.unsafe_migrations = match value {
-                        "warn" => UnsafeMigrations::Warn,
-                        "deny" => UnsafeMigrations::Deny,
-                        "defer" => UnsafeMigrations::Defer,
-                        _ => {
-                            return Err(invalid(
-                                key,
-                                value,
-                                "allowed: \"warn\", \"deny\" or \"defer\"",
-                            ));
-                        }
-                    }
-                }
+                UNSAFE_MIGRATIONS => s.unsafe_migrations = parse_unsafe_migrations(key, value)?,
                 ALLOW_UNSAFE => s.allow_unsafe = parse_migration_names(key, value)?,
                 DEFER => s.defer = parse_migration_names(key, value)?,
-                CONTRACT_DELAY => {
-                    s.contract_delay = if value == "0" {
-                        0
-                    } else {
-                        parse_timeout(key, value)?
-                    };
-                }
+                CONTRACT_DELAY if value == "0" => s.contract_delay = 0,
+                CONTRACT_DELAY => s.contract_delay = parse_timeout(key, value)?,
                 HOLD_BACK => s.hold_back = parse_harms(key, value)?,
                 LOCKING_MIN_ROWS => {
                     s.locking_min_rows = value

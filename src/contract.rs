@@ -1,0 +1,705 @@
+//! The contract run: deferred migrations applied once no pod of the previous release is
+//! left.
+//!
+//! The leader watches opted-in Deployments. When one's rollout is complete, every pod it
+//! selects (terminating ones included) comes from one pod template, the steps of those
+//! pods left migrations for the contract run (their summaries' `deferred`), and the
+//! longest `delay` (django-safemigrate's, or `django-migrate.io/contract-delay`) has passed
+//! since the rollout completed, it creates one Job ([`contract_job`]) named after the pod
+//! template, so a template is contracted at most once and `AlreadyExists` means done. A
+//! rollout that starts before that point delays it: the new release's steps decide again
+//! what waits. With Jobs off (the chart's default) it only reports what waits and how to
+//! apply it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use thiserror::Error;
+
+use crate::contract_job::{self, NoContractJob};
+use crate::names::{
+    CONTRACT_FOR_LABEL, CONTROLLER_NAME, INJECT_LABEL, INJECTED_LABEL, MIGRATE_CONTAINER, event,
+};
+use crate::settings::Settings;
+use crate::summary::Summary;
+use crate::telemetry::Chain;
+use crate::text;
+
+/// How often a Deployment whose older pods are still terminating is looked at again (their
+/// going away changes nothing the watch sees).
+const OLD_PODS_RECHECK: Duration = Duration::from_secs(5);
+
+/// Longest Event note; the API server refuses notes over 1 KiB.
+const MAX_NOTE_BYTES: usize = 1000;
+
+/// The pod label the ReplicaSet controller sets: one value per pod template.
+const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+
+#[derive(Debug, Error)]
+pub enum ContractError {
+    #[error("cannot list the pods of Deployment {0}")]
+    ListPods(String, #[source] kube::Error),
+    #[error("cannot read the contract Job {0}")]
+    ReadJob(String, #[source] kube::Error),
+    #[error("cannot create the contract Job {0}")]
+    CreateJob(String, #[source] kube::Error),
+    #[error("cannot build the contract Job of {0}")]
+    Serialize(String, #[source] serde_json::Error),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentLabels {
+    namespace: String,
+    deployment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    namespace: String,
+    deployment: String,
+    result: &'static str,
+}
+
+/// What the contract reconciler exports; the gauges are the leader's and cleared when it
+/// steps down.
+#[derive(Clone, Debug, Default)]
+pub struct ContractMetrics {
+    pending_since: Family<DeploymentLabels, Gauge>,
+    failed: Family<DeploymentLabels, Gauge>,
+    runs: Family<RunLabels, Counter>,
+}
+
+impl ContractMetrics {
+    pub fn register(registry: &mut Registry) -> ContractMetrics {
+        let metrics = ContractMetrics::default();
+        registry.register(
+            "contract_pending_since_timestamp_seconds",
+            "When deferred migrations became due for the contract run (rollout complete, older pods gone, delay passed) and have not been applied since, by Deployment",
+            metrics.pending_since.clone(),
+        );
+        registry.register(
+            "contract_failed",
+            "1 while the contract Job of a Deployment's current pod template has failed",
+            metrics.failed.clone(),
+        );
+        registry.register(
+            "contract_runs",
+            "Contract Jobs that ended, by result (applied, failed)",
+            metrics.runs.clone(),
+        );
+        metrics
+    }
+
+    #[cfg(test)]
+    pub(crate) fn touch(&self) {
+        let labels = DeploymentLabels {
+            namespace: String::new(),
+            deployment: String::new(),
+        };
+        let _ = self.pending_since.get_or_create(&labels);
+        let _ = self.failed.get_or_create(&labels);
+        let _ = self.runs.get_or_create(&RunLabels {
+            namespace: String::new(),
+            deployment: String::new(),
+            result: "applied",
+        });
+    }
+}
+
+/// Where a Deployment's contract stands, as last reported (Events are sent on change).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Stage {
+    Waiting { job: String },
+    Due { job: String },
+    Running { job: String },
+    Applied { job: String },
+    Failed { job: String },
+}
+
+/// What the reconciler works with.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    metrics: ContractMetrics,
+    /// Create Jobs (the chart's `controller.contractJobs`); else only report.
+    create_jobs: bool,
+    stages: Mutex<HashMap<String, Stage>>,
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        self.metrics.pending_since.clear();
+        self.metrics.failed.clear();
+    }
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: ContractMetrics,
+        create_jobs: bool,
+    ) -> Context {
+        Context {
+            client,
+            recorder,
+            metrics,
+            create_jobs,
+            stages: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records `stage`; true when it differs from the last one recorded.
+    fn enter(&self, key: &str, stage: Stage) -> bool {
+        let mut stages = self
+            .stages
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        stages.insert(key.to_owned(), stage.clone()) != Some(stage)
+    }
+
+    fn forget(&self, key: &str) {
+        self.stages
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+}
+
+/// Where the Deployment's rollout stands.
+#[derive(Debug, PartialEq)]
+enum Rollout {
+    InProgress,
+    /// Complete; when the Deployment controller said so, if it did.
+    Complete(Option<Timestamp>),
+}
+
+fn rollout(d: &Deployment) -> Rollout {
+    let (Some(spec), Some(status)) = (d.spec.as_ref(), d.status.as_ref()) else {
+        return Rollout::InProgress;
+    };
+    let want = spec.replicas.unwrap_or(1);
+    let observed = status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+    let settled = status.updated_replicas.unwrap_or(0) == want
+        && status.replicas.unwrap_or(0) == want
+        && status.available_replicas.unwrap_or(0) == want;
+    if !observed || !settled || want == 0 {
+        return Rollout::InProgress;
+    }
+    let since = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("NewReplicaSetAvailable"))
+        .and_then(|c| {
+            c.last_update_time
+                .as_ref()
+                .or(c.last_transition_time.as_ref())
+        })
+        .map(|t| t.0);
+    Rollout::Complete(since)
+}
+
+/// What the current pods' steps left for the contract run.
+#[derive(Debug, Default, PartialEq)]
+struct Deferred {
+    count: u64,
+    names: BTreeSet<String>,
+    /// The longest `delay`, in seconds.
+    delay: f64,
+}
+
+/// The summaries of the pods' finished migrate steps.
+fn deferred(pods: &[Pod]) -> Deferred {
+    let mut out = Deferred::default();
+    for pod in pods {
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.init_container_statuses.as_ref());
+        let Some(step) = statuses
+            .into_iter()
+            .flatten()
+            .find(|s| s.name == MIGRATE_CONTAINER)
+        else {
+            continue;
+        };
+        let Some(summary) = step
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .filter(|t| t.exit_code == 0)
+            .and_then(|t| t.message.as_deref())
+            .and_then(Summary::parse)
+        else {
+            continue;
+        };
+        out.count = out.count.max(summary.deferred_count());
+        out.names
+            .extend(summary.deferred.iter().map(|d| d.migration.clone()));
+        out.delay = out.delay.max(summary.contract_delay_seconds.unwrap_or(0.0));
+    }
+    out
+}
+
+/// Pod-template hashes of the pods, terminating ones included.
+fn templates(pods: &[Pod]) -> BTreeSet<&str> {
+    pods.iter()
+        .filter_map(|p| p.labels().get(POD_TEMPLATE_HASH).map(String::as_str))
+        .collect()
+}
+
+fn names(d: &Deferred) -> String {
+    let list: Vec<&str> = d.names.iter().map(String::as_str).take(10).collect();
+    let more = d.count.saturating_sub(list.len() as u64);
+    if more > 0 {
+        format!("{} and {more} more", list.join(", "))
+    } else {
+        list.join(", ")
+    }
+}
+
+/// How a Job ended, if it did.
+fn outcome(job: &Job) -> Option<(bool, String)> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    conditions.iter().find_map(|c| {
+        let done = c.status == "True";
+        match c.type_.as_str() {
+            "Complete" if done => Some((true, String::new())),
+            "Failed" if done => Some((
+                false,
+                [c.reason.as_deref(), c.message.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(": "),
+            )),
+            _ => None,
+        }
+    })
+}
+
+/// The summary message of the Job's step, from its newest pod.
+async fn job_summary(ctx: &Context, namespace: &str, job: &str) -> Option<String> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+        .await
+        .ok()?;
+    let mut items = list.items;
+    items.sort_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+    items.iter().rev().find_map(|p| {
+        let status = p.status.as_ref()?.container_statuses.as_ref()?;
+        let t = status
+            .iter()
+            .find(|s| s.name == MIGRATE_CONTAINER)?
+            .state
+            .as_ref()?
+            .terminated
+            .as_ref()?;
+        let message = t.message.as_deref()?;
+        Some(Summary::parse(message).map_or_else(|| message.trim().to_owned(), |s| s.message))
+    })
+}
+
+async fn publish(ctx: &Context, d: &Deployment, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(text::cut_to(&note, MAX_NOTE_BYTES)),
+        action: "Contract".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &d.object_ref(&())).await {
+        tracing::warn!(error = %Chain(&e), "cannot publish an event on the Deployment");
+    }
+}
+
+async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, ContractError> {
+    let namespace = d.namespace().unwrap_or_default();
+    let name = d.name_any();
+    let key = format!("{namespace}/{name}");
+    let labels = DeploymentLabels {
+        namespace: namespace.clone(),
+        deployment: name.clone(),
+    };
+    let object =
+        serde_json::to_value(d.as_ref()).map_err(|e| ContractError::Serialize(key.clone(), e))?;
+    let job = match contract_job::contract_job(&object, d.metadata.uid.as_deref()) {
+        Ok(job) => job,
+        Err(NoContractJob::NotInjected | NoContractJob::WaitMode | NoContractJob::NoName) => {
+            ctx.forget(&key);
+            ctx.metrics.pending_since.remove(&labels);
+            return Ok(Action::await_change());
+        }
+    };
+    let job_name = job["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    let Rollout::Complete(completed) = rollout(&d) else {
+        // A rollout in progress: what waits is decided again by the new release's steps.
+        return Ok(Action::await_change());
+    };
+    let selector = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|l| {
+            l.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pods = pods
+        .list(&ListParams::default().labels(&format!("{INJECTED_LABEL},{selector}")))
+        .await
+        .map_err(|e| ContractError::ListPods(key.clone(), e))?
+        .items;
+    let deferred = deferred(&pods);
+
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let existing = if ctx.create_jobs {
+        jobs.get_opt(&job_name)
+            .await
+            .map_err(|e| ContractError::ReadJob(job_name.clone(), e))?
+    } else {
+        None
+    };
+    if let Some(existing) = existing {
+        return Ok(report_job(&ctx, &d, &key, &labels, &existing, &job_name, &deferred).await);
+    }
+    if deferred.count == 0 {
+        ctx.forget(&key);
+        ctx.metrics.pending_since.remove(&labels);
+        return Ok(Action::await_change());
+    }
+    if templates(&pods).len() > 1 {
+        tracing::debug!(deployment = %key, "pods of an older release are still terminating");
+        return Ok(Action::requeue(OLD_PODS_RECHECK));
+    }
+
+    let settings = Settings::from_annotations(d.metadata.annotations.as_ref()).unwrap_or_default();
+    let delay = deferred.delay.max(f64::from(settings.contract_delay));
+    let due = completed.map(|t| {
+        t.checked_add(Duration::from_secs_f64(delay.max(0.0)))
+            .unwrap_or(t)
+    });
+    let pending = Pending {
+        key,
+        labels,
+        what: format!(
+            "{} deferred migration(s): {}",
+            deferred.count,
+            names(&deferred)
+        ),
+        job_name,
+        delay,
+    };
+    start(&ctx, &d, &jobs, pending, due, job).await
+}
+
+/// Deferred migrations that wait for a contract run that has not started.
+struct Pending {
+    key: String,
+    labels: DeploymentLabels,
+    /// How many wait, and their names.
+    what: String,
+    job_name: String,
+    delay: f64,
+}
+
+/// Starts the contract run once it is due (or says that Jobs are off); else waits.
+async fn start(
+    ctx: &Context,
+    d: &Deployment,
+    jobs: &Api<Job>,
+    p: Pending,
+    due: Option<Timestamp>,
+    job: serde_json::Value,
+) -> Result<Action, ContractError> {
+    let Pending {
+        key,
+        labels,
+        what,
+        job_name,
+        delay,
+    } = p;
+    let now = Timestamp::now();
+    let due = due.unwrap_or(now);
+    if due > now {
+        if ctx.enter(
+            &key,
+            Stage::Waiting {
+                job: job_name.clone(),
+            },
+        ) {
+            publish(
+                ctx,
+                d,
+                EventType::Normal,
+                event::CONTRACT_PENDING,
+                format!(
+                    "{what}; the contract run starts at {due} (rollout complete, delay {delay:.0}s)"
+                ),
+            )
+            .await;
+        }
+        let wait = (due.as_second() - now.as_second()).max(1);
+        return Ok(Action::requeue(Duration::from_secs(
+            u64::try_from(wait).unwrap_or(1),
+        )));
+    }
+    let _ = ctx
+        .metrics
+        .pending_since
+        .get_or_create(&labels)
+        .set(due.as_second());
+
+    if !ctx.create_jobs {
+        if ctx.enter(
+            &key,
+            Stage::Due {
+                job: job_name.clone(),
+            },
+        ) {
+            tracing::warn!(deployment = %key, job = %job_name, "deferred migrations are due and contract Jobs are off");
+            publish(
+                ctx,
+                d,
+                EventType::Warning,
+                event::CONTRACT_PENDING,
+                format!(
+                    "{what}; no pod of the previous release is left, but contract Jobs are off (controller.contractJobs): apply `django-migrate-webhook inject --contract-job` of this Deployment, or turn them on"
+                ),
+            )
+            .await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    let job: Job =
+        serde_json::from_value(job).map_err(|e| ContractError::Serialize(key.clone(), e))?;
+    let params = PostParams {
+        field_manager: Some(CONTROLLER_NAME.into()),
+        ..PostParams::default()
+    };
+    match jobs.create(&params, &job).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(ContractError::CreateJob(job_name, e)),
+    }
+    tracing::info!(deployment = %key, job = %job_name, "created the contract Job");
+    if ctx.enter(
+        &key,
+        Stage::Running {
+            job: job_name.clone(),
+        },
+    ) {
+        publish(
+            ctx,
+            d,
+            EventType::Normal,
+            event::CONTRACT_PENDING,
+            format!("{what}; no pod of the previous release is left: created Job {job_name} to apply them"),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Reports a contract Job that exists: Events and metrics when it ends.
+async fn report_job(
+    ctx: &Context,
+    d: &Deployment,
+    key: &str,
+    labels: &DeploymentLabels,
+    job: &Job,
+    job_name: &str,
+    deferred: &Deferred,
+) -> Action {
+    let namespace = &labels.namespace;
+    match outcome(job) {
+        None => {
+            ctx.enter(
+                key,
+                Stage::Running {
+                    job: job_name.to_owned(),
+                },
+            );
+        }
+        Some((true, _)) => {
+            ctx.metrics.pending_since.remove(labels);
+            ctx.metrics.failed.remove(labels);
+            if ctx.enter(
+                key,
+                Stage::Applied {
+                    job: job_name.to_owned(),
+                },
+            ) {
+                let summary = job_summary(ctx, namespace, job_name)
+                    .await
+                    .unwrap_or_else(|| format!("applied {}", names(deferred)));
+                ctx.metrics
+                    .runs
+                    .get_or_create(&RunLabels {
+                        namespace: labels.namespace.clone(),
+                        deployment: labels.deployment.clone(),
+                        result: "applied",
+                    })
+                    .inc();
+                tracing::info!(deployment = %key, job = %job_name, "the contract Job applied the deferred migrations");
+                publish(
+                    ctx,
+                    d,
+                    EventType::Normal,
+                    event::CONTRACT_APPLIED,
+                    format!("Job {job_name}: {summary}"),
+                )
+                .await;
+            }
+        }
+        Some((false, why)) => {
+            let _ = ctx.metrics.failed.get_or_create(labels).set(1);
+            if ctx.enter(
+                key,
+                Stage::Failed {
+                    job: job_name.to_owned(),
+                },
+            ) {
+                let summary = job_summary(ctx, namespace, job_name).await;
+                ctx.metrics
+                    .runs
+                    .get_or_create(&RunLabels {
+                        namespace: labels.namespace.clone(),
+                        deployment: labels.deployment.clone(),
+                        result: "failed",
+                    })
+                    .inc();
+                tracing::warn!(deployment = %key, job = %job_name, why = %why, "the contract Job failed");
+                publish(
+                    ctx,
+                    d,
+                    EventType::Warning,
+                    event::CONTRACT_FAILED,
+                    format!(
+                        "Job {job_name} failed ({why}): {}; see `kubectl logs job/{job_name} -n {namespace}`, fix, then delete the Job to run it again",
+                        summary.as_deref().unwrap_or("no summary")
+                    ),
+                )
+                .await;
+            }
+        }
+    }
+    Action::await_change()
+}
+
+fn error_policy(_d: Arc<Deployment>, error: &ContractError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %Chain(error), "contract check failed; retrying in 10s");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Watches opted-in Deployments (and, with Jobs on, their contract Jobs); runs until
+/// dropped (when the leader steps down).
+pub async fn run(ctx: Context) {
+    let deployments: Api<Deployment> = Api::all(ctx.client.clone());
+    let config = watcher::Config::default().labels(&format!("{INJECT_LABEL}=true"));
+    let mut controller = Controller::new(deployments, config);
+    if ctx.create_jobs {
+        let jobs: Api<Job> = Api::all(ctx.client.clone());
+        controller = controller.owns(jobs, watcher::Config::default().labels(CONTRACT_FOR_LABEL));
+    }
+    controller
+        .run(reconcile, error_policy, Arc::new(ctx))
+        .for_each(|_| futures_util::future::ready(()))
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment(status: &serde_json::Value) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "shop", "namespace": "n", "generation": 3},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "shop"}},
+                     "template": {"spec": {"containers": []}}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_rollout_is_complete_when_every_replica_is_new_and_available() {
+        let complete = json!({"observedGeneration": 3, "replicas": 3, "updatedReplicas": 3,
+            "availableReplicas": 3, "conditions": [{"type": "Progressing", "status": "True",
+            "reason": "NewReplicaSetAvailable", "lastUpdateTime": "2026-12-02T10:00:00Z",
+            "lastTransitionTime": "2026-12-01T10:00:00Z"}]});
+        assert_eq!(
+            rollout(&deployment(&complete)),
+            Rollout::Complete(Some("2026-12-02T10:00:00Z".parse().unwrap()))
+        );
+        for (field, value) in [
+            ("observedGeneration", 2),
+            ("replicas", 4),
+            ("updatedReplicas", 2),
+            ("availableReplicas", 2),
+        ] {
+            let mut status = complete.clone();
+            status[field] = json!(value);
+            assert_eq!(
+                rollout(&deployment(&status)),
+                Rollout::InProgress,
+                "{field}"
+            );
+        }
+    }
+
+    fn pod(hash: &str, summary: Option<serde_json::Value>) -> Pod {
+        let statuses = summary.map(|s| {
+            json!([{"name": MIGRATE_CONTAINER, "image": "x", "imageID": "", "ready": false,
+                    "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 0, "message": s.to_string()}}}])
+        });
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("shop-{hash}"), "labels": {POD_TEMPLATE_HASH: hash}},
+            "status": {"initContainerStatuses": statuses},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn what_waits_comes_from_the_pods_summaries() {
+        let one = json!({"result": "applied", "deferred": [{"migration": "shop.0002_drop", "why": "x", "delay": 300}],
+                         "contract_delay_seconds": 300, "counts": {"deferred": 1}});
+        let none = json!({"result": "nothing-pending", "counts": {"deferred": 0}});
+        let pods = [pod("a", Some(one)), pod("a", Some(none)), pod("a", None)];
+        let d = deferred(&pods);
+        assert_eq!(d.count, 1);
+        assert_eq!(d.names, BTreeSet::from(["shop.0002_drop".to_owned()]));
+        assert!((d.delay - 300.0).abs() < f64::EPSILON);
+        assert_eq!(names(&d), "shop.0002_drop");
+        assert_eq!(templates(&pods).len(), 1);
+        assert_eq!(templates(&[pod("a", None), pod("b", None)]).len(), 2);
+    }
+}

@@ -1,0 +1,276 @@
+//! The contract run's Job: the injected Django step in `contract` mode, built from an
+//! injected Deployment's pod template.
+//!
+//! The controller creates it once the rollout is complete and no pod of an older release
+//! is left; `inject --contract-job` prints the same object for review or for GitOps users
+//! who apply it themselves. Its pod is the Deployment's pod without the app: the same
+//! service account, pull secrets, volumes, scheduling and pod annotations (an agent
+//! injector that brings the database credentials reads those), the user's own init
+//! containers (a native sidecar the database is reached through runs beside the step),
+//! the code copy, and the step as the only container. It carries none of the template's
+//! labels, so no Service selects it and no ReplicaSet adopts it.
+
+use serde_json::{Value, json};
+use thiserror::Error;
+
+use crate::deployment::JsonMap;
+use crate::names::{
+    CODE_CONTAINER, CONTRACT_FOR_LABEL, CONTRACT_TEMPLATE_ANNOTATION, CONTROLLER_NAME, ENV_MODE,
+    INJECTED_LABEL, MIGRATE_CONTAINER, WAIT_CONTAINER, exit,
+};
+
+/// Longest Job name: the Job controller puts it into a label of its pods.
+const MAX_NAME: usize = 63;
+
+/// Retries of the Job's pod after a failure that is not the step's own verdict (a node
+/// lost, the database not reachable in time).
+const BACKOFF_LIMIT: i32 = 2;
+
+/// Why a Deployment has no contract Job.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum NoContractJob {
+    #[error("it carries no injected migration step (not opted in, or stored without the webhook)")]
+    NotInjected,
+    #[error(
+        "its step only waits (django-migrate.io/mode: wait): the Deployment whose step migrates runs the contract"
+    )]
+    WaitMode,
+    #[error("it has no name")]
+    NoName,
+}
+
+/// A stable short hash of the pod template (FNV-1a over its canonical JSON, object keys
+/// sorted): one Job per template, whoever builds it.
+pub fn template_hash(template: &Value) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in template.to_string().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:010x}", hash & 0xff_ffff_ffff)
+}
+
+/// `<deployment>-contract-<hash>`, the Deployment's name cut so that it fits.
+pub fn job_name(deployment: &str, hash: &str) -> String {
+    let suffix = format!("-contract-{hash}");
+    // Deployment names are DNS subdomains: ASCII, so any byte is a boundary.
+    let keep = deployment.len().min(MAX_NAME - suffix.len());
+    let name = deployment[..keep].trim_end_matches(['-', '.']);
+    format!("{name}{suffix}")
+}
+
+/// The contract Job for an injected Deployment (apps/v1, as JSON). `owner` is the
+/// Deployment's UID when known; the controller sets it, a preview cannot.
+pub fn contract_job(deployment: &Value, owner: Option<&str>) -> Result<Value, NoContractJob> {
+    let name = deployment
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .ok_or(NoContractJob::NoName)?;
+    let template = deployment
+        .pointer("/spec/template")
+        .ok_or(NoContractJob::NotInjected)?;
+    let injected = template
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .is_some_and(|l| l.contains_key(INJECTED_LABEL));
+    let init: Vec<JsonMap> = template
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|c| c.as_object().cloned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let named = |c: &JsonMap, n: &str| c.get("name").and_then(Value::as_str) == Some(n);
+    let Some(step) = init.iter().find(|c| named(c, MIGRATE_CONTAINER)) else {
+        if injected && init.iter().any(|c| named(c, WAIT_CONTAINER)) {
+            return Err(NoContractJob::WaitMode);
+        }
+        return Err(NoContractJob::NotInjected);
+    };
+    if !injected {
+        return Err(NoContractJob::NotInjected);
+    }
+    let hash = template_hash(template);
+
+    let mut step = step.clone();
+    if let Some(Value::Array(env)) = step.get_mut("env") {
+        for e in env.iter_mut() {
+            if e.get("name").and_then(Value::as_str) == Some(ENV_MODE) {
+                e["value"] = json!("contract");
+            }
+        }
+    }
+    // The user's init containers (native sidecars included) and the code copy run first,
+    // as in the Deployment's pods; the step is the Job's only container.
+    let init: Vec<Value> = init
+        .into_iter()
+        .filter(|c| !named(c, MIGRATE_CONTAINER) && !named(c, WAIT_CONTAINER))
+        .map(Value::Object)
+        .collect();
+    debug_assert!(init.iter().any(|c| c["name"] == CODE_CONTAINER));
+
+    let mut spec = template
+        .get("spec")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    for field in ["readinessGates", "hostname", "subdomain"] {
+        spec.remove(field);
+    }
+    spec.insert("initContainers".into(), Value::Array(init));
+    spec.insert("containers".into(), json!([Value::Object(step)]));
+    spec.insert("restartPolicy".into(), json!("Never"));
+
+    let mut pod_metadata = json!({"labels": {CONTRACT_FOR_LABEL: name}});
+    if let Some(a) = template.pointer("/metadata/annotations") {
+        pod_metadata["annotations"] = a.clone();
+    }
+    let mut metadata = json!({
+        "name": job_name(name, &hash),
+        "labels": {
+            CONTRACT_FOR_LABEL: name,
+            "app.kubernetes.io/managed-by": CONTROLLER_NAME,
+        },
+        "annotations": {CONTRACT_TEMPLATE_ANNOTATION: hash},
+    });
+    if let Some(ns) = deployment.pointer("/metadata/namespace") {
+        metadata["namespace"] = ns.clone();
+    }
+    if let Some(uid) = owner {
+        metadata["ownerReferences"] = json!([{
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+            "uid": uid,
+            "controller": true,
+            "blockOwnerDeletion": true,
+        }]);
+    }
+    Ok(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {
+            "backoffLimit": BACKOFF_LIMIT,
+            // The step's own verdicts (a failed migration, credentials, a held-back plan,
+            // the lock) are final; a lost node or a database not reachable in time is
+            // tried again.
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {
+                    "containerName": MIGRATE_CONTAINER,
+                    "operator": "In",
+                    "values": [exit::MIGRATE_FAILED, exit::CREDENTIALS, exit::NOT_FOUND, exit::UNSAFE, exit::LOCK],
+                }},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]},
+            "template": {"metadata": pod_metadata, "spec": Value::Object(spec)},
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deployment::Deployment;
+    use crate::injected::CodeImage;
+    use crate::mutation::{Operation, mutate};
+
+    fn injected(annotations: &Value) -> Value {
+        let mut d = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "shop", "namespace": "prod",
+                         "labels": {"django-migrate.io/inject": "true"},
+                         "annotations": annotations},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "shop"}},
+              "template": {
+                "metadata": {"labels": {"app": "shop"}, "annotations": {"vault.hashicorp.com/agent-inject": "true"}},
+                "spec": {
+                  "serviceAccountName": "shop",
+                  "imagePullSecrets": [{"name": "registry"}],
+                  "nodeSelector": {"pool": "apps"},
+                  "initContainers": [{"name": "proxy", "image": "proxy:1", "restartPolicy": "Always"}],
+                  "containers": [{"name": "web", "image": "shop:2",
+                                  "env": [{"name": "DB", "value": "x"}],
+                                  "ports": [{"containerPort": 8000}]}],
+                  "volumes": [{"name": "certs", "secret": {"secretName": "db-certs"}}]}}}
+        });
+        let parsed: Deployment = serde_json::from_value(d.clone()).unwrap();
+        let m = mutate(Operation::Create, &parsed, None, &CodeImage::default()).unwrap();
+        json_patch::patch(&mut d, &m.patch).unwrap();
+        d
+    }
+
+    #[test]
+    fn the_job_runs_the_step_in_contract_mode_with_the_pods_settings() {
+        let d = injected(&json!({"django-migrate.io/unsafe-migrations": "defer"}));
+        let job = contract_job(&d, Some("uid-1")).unwrap();
+        let name = job["metadata"]["name"].as_str().unwrap();
+        assert!(name.starts_with("shop-contract-"), "{name}");
+        assert_eq!(job["metadata"]["namespace"], "prod");
+        assert_eq!(job["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        let pod = &job["spec"]["template"];
+        assert_eq!(
+            pod["metadata"]["labels"],
+            json!({CONTRACT_FOR_LABEL: "shop"})
+        );
+        assert_eq!(
+            pod["metadata"]["annotations"]["vault.hashicorp.com/agent-inject"],
+            "true"
+        );
+        let spec = &pod["spec"];
+        assert_eq!(spec["restartPolicy"], "Never");
+        assert_eq!(spec["serviceAccountName"], "shop");
+        assert_eq!(spec["imagePullSecrets"], json!([{"name": "registry"}]));
+        assert_eq!(spec["nodeSelector"], json!({"pool": "apps"}));
+        assert!(spec.get("readinessGates").is_none());
+        let init: Vec<&str> = spec["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(init, ["proxy", CODE_CONTAINER]);
+        let step = &spec["containers"][0];
+        assert_eq!(spec["containers"].as_array().unwrap().len(), 1);
+        assert_eq!(step["name"], MIGRATE_CONTAINER);
+        assert_eq!(step["image"], "shop:2");
+        let env = step["env"].as_array().unwrap();
+        assert!(env.contains(&json!({"name": "DB", "value": "x"})));
+        assert!(env.contains(&json!({"name": ENV_MODE, "value": "contract"})));
+        assert!(
+            env.contains(&json!({"name": "DJANGO_MIGRATE_UNSAFE_MIGRATIONS", "value": "defer"}))
+        );
+    }
+
+    #[test]
+    fn one_name_per_template_and_none_without_a_migrating_step() {
+        let a = injected(&json!({}));
+        let b = contract_job(&a, None).unwrap();
+        assert_eq!(contract_job(&a, None).unwrap(), b);
+        assert!(b["metadata"].get("ownerReferences").is_none());
+        let mut changed = a.clone();
+        changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("shop:3");
+        assert_ne!(
+            contract_job(&changed, None).unwrap()["metadata"]["name"],
+            b["metadata"]["name"]
+        );
+        let wait = injected(&json!({"django-migrate.io/mode": "wait"}));
+        assert_eq!(contract_job(&wait, None), Err(NoContractJob::WaitMode));
+        let mut plain = a.clone();
+        plain["spec"]["template"]["metadata"]["labels"] = json!({"app": "shop"});
+        plain["spec"]["template"]["spec"]["initContainers"] = json!([]);
+        assert_eq!(contract_job(&plain, None), Err(NoContractJob::NotInjected));
+    }
+
+    #[test]
+    fn long_names_are_cut_to_a_valid_job_name() {
+        let long = "a".repeat(70);
+        let name = job_name(&long, "0123456789");
+        assert_eq!(name.len(), 63);
+        assert!(name.ends_with("-contract-0123456789"));
+        assert_eq!(job_name("x-", "ab"), "x-contract-ab");
+    }
+}
