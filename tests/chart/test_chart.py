@@ -193,12 +193,13 @@ def test_rbac_grants_exactly_what_the_controller_needs():
         ("", "pods"): ["get", "list", "watch"],
         ("", "pods/status"): ["patch"],
         ("apps", "deployments"): ["get", "list", "watch"],
+        ("batch", "jobs"): ["create", "get", "list", "watch"],
         ("", "events"): ["create", "patch"],
         ("events.k8s.io", "events"): ["create", "patch"],
     }
-    assert (
-        "--heal-missed-injections" not in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-    )
+    args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--heal-missed-injections" not in args
+    assert "--contract-jobs" in args
     role = one(docs, "Role")
     assert role["metadata"]["namespace"] == NAMESPACE
     assert role["rules"] == [
@@ -213,6 +214,12 @@ def test_healing_missed_injections_adds_the_flag_and_patch_on_deployments_only()
     docs = render({"controller": {"healMissedInjections": True}})
     assert cluster_rules(docs)[("apps", "deployments")] == ["get", "list", "patch", "watch"]
     assert "--heal-missed-injections" in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_contract_jobs_off_drops_the_flag_and_every_grant_on_jobs():
+    docs = render({"controller": {"contractJobs": False}})
+    assert ("batch", "jobs") not in cluster_rules(docs)
+    assert "--contract-jobs" not in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 @pytest.mark.parametrize("mode", list(TLS_MODES))
@@ -371,7 +378,7 @@ def test_the_api_server_accepts_every_rendered_object(mode):
 VERBS = ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
 
 
-def assert_service_account_can_do_exactly_what_the_controller_needs(namespace, heal=False):
+def assert_service_account_can_do_exactly_what_the_controller_needs(namespace, heal=False, contract_jobs=True):
     """`kubectl auth can-i` as the installed chart's ServiceAccount, asked by the real API
     server's RBAC authorizer: the controller's verbs and not one more."""
     user = f"system:serviceaccount:{namespace}:dmw-django-migrate-webhook"
@@ -387,6 +394,8 @@ def assert_service_account_can_do_exactly_what_the_controller_needs(namespace, h
         ("configmaps", None): set(),
         ("deployments.apps", None): {"get", "list", "watch"} | ({"patch"} if heal else set()),
         ("mutatingwebhookconfigurations.admissionregistration.k8s.io", None): set(),
+        ("jobs.batch", None): {"create", "get", "list", "watch"} if contract_jobs else set(),
+        ("cronjobs.batch", None): set(),
     }
     wrong = []
     for (resource, ns), verbs in needed.items():

@@ -74,6 +74,8 @@ def test_every_alert_fires_and_stays_silent_in_promtool_unit_tests(promtool, tmp
         "DjangoMigrateStepPendingTooLong",
         "DjangoMigrateUnsafeMigrationBlocked",
         "DjangoMigrateDeploymentsNotInjected",
+        "DjangoMigrateContractFailed",
+        "DjangoMigrateContractPendingTooLong",
         "DjangoMigrateControllerNoLeader",
     }
     assert set(alert_names(rule)) == expected
