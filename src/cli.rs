@@ -224,6 +224,11 @@ pub struct InjectArgs {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
     pub output: OutputFormat,
+    /// Print, instead of the injected manifests, the contract Job of each opted-in
+    /// Deployment: what the controller creates once its rollout is complete and no pod of
+    /// the previous release is left (for review, or to apply it yourself).
+    #[arg(long)]
+    pub contract_job: bool,
     #[command(flatten)]
     pub code_image: CodeImageArgs,
 }

@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use crate::deployment::JsonMap;
 use crate::names::{
-    CODE_CONTAINER, CONTRACT_FOR_LABEL, CONTRACT_TEMPLATE_ANNOTATION, CONTROLLER_NAME, ENV_MODE,
+    CODE_CONTAINER, CONTRACT_FOR_LABEL, CONTRACT_RELEASE_ANNOTATION, CONTROLLER_NAME, ENV_MODE,
     INJECTED_LABEL, MIGRATE_CONTAINER, WAIT_CONTAINER, exit,
 };
 
@@ -39,11 +39,18 @@ pub enum NoContractJob {
     NoName,
 }
 
-/// A stable short hash of the pod template (FNV-1a over its canonical JSON, object keys
-/// sorted): one Job per template, whoever builds it.
-pub fn template_hash(template: &Value) -> String {
+/// A stable short hash of what makes a release for the migrations: the step's image, env
+/// and envFrom (FNV-1a over their canonical JSON, object keys sorted). Fields the API
+/// server fills in with defaults are left out, so a manifest and the stored object give
+/// the same name; a rollout that changes only resources or probes is the same release.
+pub fn release_hash(step: &JsonMap) -> String {
+    let release = json!({
+        "image": step.get("image"),
+        "env": step.get("env"),
+        "envFrom": step.get("envFrom"),
+    });
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in template.to_string().bytes() {
+    for byte in release.to_string().bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -93,7 +100,7 @@ pub fn contract_job(deployment: &Value, owner: Option<&str>) -> Result<Value, No
     if !injected {
         return Err(NoContractJob::NotInjected);
     }
-    let hash = template_hash(template);
+    let hash = release_hash(step);
 
     let mut step = step.clone();
     if let Some(Value::Array(env)) = step.get_mut("env") {
@@ -134,7 +141,7 @@ pub fn contract_job(deployment: &Value, owner: Option<&str>) -> Result<Value, No
             CONTRACT_FOR_LABEL: name,
             "app.kubernetes.io/managed-by": CONTROLLER_NAME,
         },
-        "annotations": {CONTRACT_TEMPLATE_ANNOTATION: hash},
+        "annotations": {CONTRACT_RELEASE_ANNOTATION: hash},
     });
     if let Some(ns) = deployment.pointer("/metadata/namespace") {
         metadata["namespace"] = ns.clone();
@@ -252,9 +259,18 @@ mod tests {
         assert_eq!(contract_job(&a, None).unwrap(), b);
         assert!(b["metadata"].get("ownerReferences").is_none());
         let mut changed = a.clone();
-        changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("shop:3");
+        changed["spec"]["template"]["spec"]["initContainers"][2]["image"] = json!("shop:3");
         assert_ne!(
             contract_job(&changed, None).unwrap()["metadata"]["name"],
+            b["metadata"]["name"]
+        );
+        // Defaults the API server fills in do not make another release.
+        let mut stored = a.clone();
+        stored["spec"]["template"]["spec"]["dnsPolicy"] = json!("ClusterFirst");
+        stored["spec"]["template"]["spec"]["initContainers"][2]["terminationMessagePath"] =
+            json!("/dev/termination-log");
+        assert_eq!(
+            contract_job(&stored, None).unwrap()["metadata"]["name"],
             b["metadata"]["name"]
         );
         let wait = injected(&json!({"django-migrate.io/mode": "wait"}));

@@ -53,7 +53,12 @@ fn inject(args: InjectArgs) -> anyhow::Result<()> {
     } else {
         std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file))?
     };
-    let result = preview::inject(&input, args.output, &args.code_image.into())?;
+    let image = args.code_image.into();
+    let result = if args.contract_job {
+        preview::contract_jobs(&input, args.output, &image)?
+    } else {
+        preview::inject(&input, args.output, &image)?
+    };
     for w in &result.warnings {
         eprintln!("Warning: {w}");
     }

@@ -19,7 +19,7 @@ pub const INJECTED_LABEL: &str = "django-migrate.io/injected";
 /// On a contract Job and its pod: the Deployment it contracts.
 pub const CONTRACT_FOR_LABEL: &str = "django-migrate.io/contract-for";
 /// On a contract Job: the hash of the pod template it was built from.
-pub const CONTRACT_TEMPLATE_ANNOTATION: &str = "django-migrate.io/contract-template";
+pub const CONTRACT_RELEASE_ANNOTATION: &str = "django-migrate.io/contract-release";
 
 // ---------------------------------------------------------------- annotations
 

@@ -6,6 +6,7 @@
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::contract_job::{self, NoContractJob};
 use crate::deployment::Deployment;
 use crate::injected::CodeImage;
 use crate::mutation::{self, Denial, Operation};
@@ -41,6 +42,8 @@ pub enum PreviewError {
     Patch { doc: usize, message: String },
     #[error("cannot write the output: {0}")]
     Output(String),
+    #[error("no contract Job: no opted-in Deployment in the input has a step that migrates")]
+    NoContractJob,
 }
 
 /// The preview's result: the text to print and the warnings the webhook would return.
@@ -144,6 +147,64 @@ pub fn inject(
     Ok(preview)
 }
 
+/// `inject --contract-job`: the contract Job of each opted-in Deployment whose step
+/// migrates, built from the injected Deployment as the controller builds it (without the
+/// owner reference, which needs the stored Deployment's UID).
+pub fn contract_jobs(
+    input: &str,
+    format: OutputFormat,
+    image: &CodeImage,
+) -> Result<Preview, PreviewError> {
+    let injected = inject(input, OutputFormat::Json, image)?;
+    let mut preview = Preview {
+        warnings: injected.warnings,
+        ..Preview::default()
+    };
+    let mut jobs = Vec::new();
+    for doc in serde_json::Deserializer::from_str(&injected.output).into_iter::<Value>() {
+        let doc = doc.map_err(|e| PreviewError::Output(e.to_string()))?;
+        let items = if is_list(&doc) {
+            doc["items"].as_array().cloned().unwrap_or_default()
+        } else {
+            vec![doc]
+        };
+        for item in items {
+            if item.get("kind").and_then(Value::as_str) != Some("Deployment") {
+                continue;
+            }
+            match contract_job::contract_job(&item, None) {
+                Ok(job) => jobs.push(job),
+                Err(NoContractJob::WaitMode) => {
+                    let name = item.pointer("/metadata/name").and_then(Value::as_str);
+                    preview.warnings.push(format!(
+                        "Deployment {}: {}",
+                        name.unwrap_or("?"),
+                        NoContractJob::WaitMode
+                    ));
+                }
+                Err(NoContractJob::NotInjected | NoContractJob::NoName) => {}
+            }
+        }
+    }
+    if jobs.is_empty() {
+        return Err(PreviewError::NoContractJob);
+    }
+    let mut out = String::new();
+    for (i, job) in jobs.iter().enumerate() {
+        let text = match format {
+            OutputFormat::Json => serde_json::to_string_pretty(job).map(|t| t + "\n"),
+            OutputFormat::Yaml => serde_yaml_ng::to_string(job)
+                .map(|t| if i > 0 { format!("---\n{t}") } else { t })
+                .map_err(serde::ser::Error::custom),
+        }
+        .map_err(|e| PreviewError::Output(e.to_string()))?;
+        out.push_str(&text);
+    }
+    preview.mutated = jobs.len();
+    preview.output = out;
+    Ok(preview)
+}
+
 fn is_list(v: &Value) -> bool {
     v.get("kind")
         .and_then(Value::as_str)
@@ -234,6 +295,36 @@ mod tests {
         let docs = split_yaml(input);
         assert_eq!(docs.concat(), input);
         assert_eq!(docs.len(), 3);
+    }
+
+    #[test]
+    fn the_contract_job_of_each_migrating_deployment() {
+        let input = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+  labels: {django-migrate.io/inject: "true"}
+spec:
+  selector: {matchLabels: {app: shop}}
+  template:
+    metadata: {labels: {app: shop}}
+    spec:
+      containers: [{name: web, image: "shop:2"}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: shop}
+"#;
+        let p = contract_jobs(input, OutputFormat::Yaml, &CodeImage::default()).unwrap();
+        let job: Value = serde_yaml_ng::from_str(&p.output).unwrap();
+        assert_eq!(job["kind"], "Job");
+        assert_eq!(
+            job["spec"]["template"]["spec"]["containers"][0]["image"],
+            "shop:2"
+        );
+        let plain = "apiVersion: v1\nkind: Service\nmetadata: {name: shop}\n";
+        let e = contract_jobs(plain, OutputFormat::Yaml, &CodeImage::default()).unwrap_err();
+        assert!(matches!(e, PreviewError::NoContractJob), "{e}");
     }
 
     #[test]
