@@ -218,15 +218,15 @@ fn rollout(d: &Deployment) -> Rollout {
 
 /// What the current pods' steps left for the contract run.
 #[derive(Debug, Default, PartialEq)]
-struct Deferred {
-    count: u64,
-    names: BTreeSet<String>,
+pub(crate) struct Deferred {
+    pub count: u64,
+    pub names: BTreeSet<String>,
     /// The longest `delay`, in seconds.
-    delay: f64,
+    pub delay: f64,
 }
 
 /// The summaries of the pods' finished migrate steps.
-fn deferred(pods: &[Pod]) -> Deferred {
+pub(crate) fn deferred(pods: &[Pod]) -> Deferred {
     let mut out = Deferred::default();
     for pod in pods {
         let statuses = pod
@@ -295,9 +295,10 @@ fn outcome(job: &Job) -> Option<(bool, String)> {
     })
 }
 
-/// The summary message of the Job's step, from its newest pod.
-async fn job_summary(ctx: &Context, namespace: &str, job: &str) -> Option<String> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+/// The summary of the Job's step (else its raw termination message), from its newest pod
+/// whose step ended.
+pub async fn job_step_summary(client: &Client, namespace: &str, job: &str) -> Option<Summary> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let list = pods
         .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
         .await
@@ -314,8 +315,27 @@ async fn job_summary(ctx: &Context, namespace: &str, job: &str) -> Option<String
             .terminated
             .as_ref()?;
         let message = t.message.as_deref()?;
-        Some(Summary::parse(message).map_or_else(|| message.trim().to_owned(), |s| s.message))
+        Some(Summary::parse(message).unwrap_or_else(|| Summary {
+            exit_code: t.exit_code,
+            message: message.trim().to_owned(),
+            ..Summary::default()
+        }))
     })
+}
+
+/// Where a contract Job stands: `running`, `applied`, or `failed` with why.
+pub fn job_state(job: &Job) -> (&'static str, Option<String>) {
+    match outcome(job) {
+        None => ("running", None),
+        Some((true, _)) => ("applied", None),
+        Some((false, why)) => ("failed", Some(why)),
+    }
+}
+
+async fn job_summary(ctx: &Context, namespace: &str, job: &str) -> Option<String> {
+    job_step_summary(&ctx.client, namespace, job)
+        .await
+        .map(|s| s.message)
 }
 
 async fn publish(ctx: &Context, d: &Deployment, type_: EventType, reason: &str, note: String) {

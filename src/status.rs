@@ -22,7 +22,7 @@ use crate::names::{
 use crate::settings::Settings;
 use crate::step::{Reason, StepState, StepStatus};
 use crate::summary::Phase;
-use crate::summary::Summary;
+use crate::summary::{Deferred, Summary};
 
 #[derive(Debug, Error)]
 pub enum StatusError {
@@ -61,6 +61,37 @@ pub struct DeploymentStatus {
     pub rollout: Rollout,
     /// The pods of the current ReplicaSet.
     pub pods: Vec<PodStatus>,
+    /// Migrations the pods' steps left for the contract run, and its Job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contract: Option<ContractStatus>,
+}
+
+/// The contract run of the current release.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContractStatus {
+    /// What the current pods' steps deferred, and why (the first ones, when their
+    /// summaries were cut).
+    pub deferred: Vec<Deferred>,
+    /// How many they deferred.
+    pub count: u64,
+    /// When it runs.
+    pub runs: String,
+    /// The Job of this release, once created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<ContractJobStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ContractJobStatus {
+    pub name: String,
+    /// `running`, `applied` or `failed`.
+    pub state: String,
+    /// Why it failed, from the Job's condition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// The summary of its step, once it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -94,7 +125,13 @@ pub struct PodStatus {
 impl DeploymentStatus {
     /// Not injected, or a pod's step failed or was blocked.
     pub fn has_problem(&self) -> bool {
-        !self.injected || self.pods.iter().any(|p| p.reason.is_failure())
+        !self.injected
+            || self.pods.iter().any(|p| p.reason.is_failure())
+            || self
+                .contract
+                .as_ref()
+                .and_then(|c| c.job.as_ref())
+                .is_some_and(|j| j.state == "failed")
     }
 }
 
@@ -283,6 +320,7 @@ async fn deployment_status(
         }
         out.push(p);
     }
+    let contract = contract_status(client, d, &out).await;
     Ok(DeploymentStatus {
         namespace,
         name,
@@ -291,6 +329,73 @@ async fn deployment_status(
         settings,
         rollout,
         pods: out,
+        contract,
+    })
+}
+
+/// What the pods deferred, when it runs, and the Job of this release (if the user may
+/// read Jobs).
+async fn contract_status(
+    client: &Client,
+    d: &Deployment,
+    pods: &[PodStatus],
+) -> Option<ContractStatus> {
+    let mut deferred: Vec<Deferred> = Vec::new();
+    let mut count = 0;
+    let mut delay: f64 = 0.0;
+    for s in pods.iter().filter_map(|p| p.summary.as_ref()) {
+        count = count.max(s.deferred_count());
+        delay = delay.max(s.contract_delay_seconds.unwrap_or(0.0));
+        for item in &s.deferred {
+            if !deferred.iter().any(|x| x.migration == item.migration) {
+                deferred.push(item.clone());
+            }
+        }
+    }
+    let namespace = d.namespace().unwrap_or_default();
+    let job_name = serde_json::to_value(d)
+        .ok()
+        .and_then(|v| crate::contract_job::contract_job(&v, None).ok())
+        .and_then(|j| j["metadata"]["name"].as_str().map(str::to_owned))?;
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &namespace);
+    let job = match jobs.get_opt(&job_name).await {
+        Ok(Some(job)) => {
+            let (state, why) = crate::contract::job_state(&job);
+            let summary = if state == "running" {
+                None
+            } else {
+                crate::contract::job_step_summary(client, &namespace, &job_name).await
+            };
+            Some(ContractJobStatus {
+                name: job_name.clone(),
+                state: state.to_owned(),
+                why,
+                summary,
+            })
+        }
+        Ok(None) | Err(_) => None,
+    };
+    if count == 0 && job.is_none() {
+        return None;
+    }
+    let settings = Settings::from_annotations(d.metadata.annotations.as_ref()).unwrap_or_default();
+    let delay = delay.max(f64::from(settings.contract_delay));
+    let runs = match &job {
+        Some(j) => format!("Job {} {}", j.name, j.state),
+        None => format!(
+            "in Job {job_name}, once the rollout is complete, no pod of the previous release is left{}",
+            if delay > 0.0 {
+                format!(" and {delay:.0}s have passed")
+            } else {
+                String::new()
+            }
+        ),
+    };
+    Some(ContractStatus {
+        deferred,
+        count,
+        runs,
+        job,
     })
 }
 
@@ -479,6 +584,29 @@ pub fn table(statuses: &[DeploymentStatus]) -> String {
         }
         for p in &s.pods {
             let _ = writeln!(out, "  pod {}: {}", p.name, pod_line(p));
+        }
+        if let Some(c) = &s.contract {
+            let names: Vec<String> = c
+                .deferred
+                .iter()
+                .map(|d| format!("{} ({})", d.migration, d.why))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  contract: {} deferred{}{}; runs {}",
+                c.count,
+                if names.is_empty() { "" } else { ": " },
+                names.join(", "),
+                c.runs
+            );
+            if let Some(j) = &c.job {
+                if let Some(why) = &j.why {
+                    let _ = writeln!(out, "  contract job {}: failed: {why}", j.name);
+                }
+                if let Some(summary) = &j.summary {
+                    let _ = writeln!(out, "  contract job {}: {}", j.name, summary.message);
+                }
+            }
         }
     }
     out
