@@ -10,6 +10,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod contract;
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -158,9 +160,14 @@ fn kubectl_ok(args: &[&str]) -> String {
 /// A namespace with the webhook (and its controller) registered for it, and a fresh
 /// database.
 async fn setup(prefix: &str) -> (Namespace, Serve, String) {
+    setup_with(prefix, &[]).await
+}
+
+/// [`setup`], with extra flags for `serve`.
+async fn setup_with(prefix: &str, extra: &[&str]) -> (Namespace, Serve, String) {
     let ns = Namespace::new(prefix);
     let image = webhook_image();
-    let webhook = Serve::start(&[
+    let mut args = vec![
         "--controller",
         "--lease-namespace",
         &ns.name,
@@ -168,8 +175,9 @@ async fn setup(prefix: &str) -> (Namespace, Serve, String) {
         &image,
         "--code-image-pull-policy",
         "Never",
-    ])
-    .await;
+    ];
+    args.extend_from_slice(extra);
+    let webhook = Serve::start(&args).await;
     register(&ns, &webhook, "Fail");
     wait_until_effective(&ns).await;
     let database = format!("e2e_{}", ns.name.replace('-', "_"));
