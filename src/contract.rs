@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
@@ -34,7 +34,8 @@ use thiserror::Error;
 
 use crate::contract_job::{self, NoContractJob};
 use crate::names::{
-    CONTRACT_FOR_LABEL, CONTROLLER_NAME, INJECT_LABEL, INJECTED_LABEL, MIGRATE_CONTAINER, event,
+    CONTRACT_FOR_LABEL, CONTRACT_RELEASE_ANNOTATION, CONTRACTED_RELEASES, CONTROLLER_NAME,
+    INJECT_LABEL, INJECTED_LABEL, MIGRATE_CONTAINER, event,
 };
 use crate::settings::Settings;
 use crate::summary::Summary;
@@ -588,6 +589,9 @@ async fn report_job(
                     })
                     .inc();
                 tracing::info!(deployment = %key, job = %job_name, "the contract Job applied the deferred migrations");
+                if let Err(e) = record_older_releases(ctx, d, job).await {
+                    tracing::warn!(deployment = %key, error = %Chain(&e), "cannot record the releases older than the contract run");
+                }
                 publish(
                     ctx,
                     d,
@@ -631,6 +635,64 @@ async fn report_job(
         }
     }
     Action::await_change()
+}
+
+/// Records on the Deployment the releases of its older ReplicaSets (what `kubectl rollout
+/// undo` goes back to), so that admission warns about a rollback to one of them.
+async fn record_older_releases(
+    ctx: &Context,
+    d: &Deployment,
+    job: &Job,
+) -> Result<(), kube::Error> {
+    let namespace = d.namespace().unwrap_or_default();
+    let contracted = job
+        .annotations()
+        .get(CONTRACT_RELEASE_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    let uid = d.metadata.uid.clone().unwrap_or_default();
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut releases: BTreeSet<String> = d
+        .annotations()
+        .get(CONTRACTED_RELEASES)
+        .into_iter()
+        .flat_map(|r| r.split(','))
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty())
+        .collect();
+    let known = releases.len();
+    for rs in replica_sets.list(&ListParams::default()).await?.items {
+        if !rs.owner_references().iter().any(|o| o.uid == uid) {
+            continue;
+        }
+        let step = rs
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.as_ref())
+            .and_then(|t| t.spec.as_ref())
+            .and_then(|s| s.init_containers.as_ref())
+            .and_then(|c| c.iter().find(|c| c.name == MIGRATE_CONTAINER))
+            .and_then(|c| serde_json::to_value(c).ok());
+        if let Some(serde_json::Value::Object(step)) = step {
+            let hash = contract_job::release_hash(&step);
+            if hash != contracted {
+                releases.insert(hash);
+            }
+        }
+    }
+    if releases.len() == known {
+        return Ok(());
+    }
+    let value = releases.into_iter().collect::<Vec<_>>().join(",");
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PatchParams {
+        field_manager: Some(CONTROLLER_NAME.into()),
+        ..PatchParams::default()
+    };
+    let patch = serde_json::json!({"metadata": {"annotations": {CONTRACTED_RELEASES: value}}});
+    api.patch(&d.name_any(), &params, &Patch::Merge(patch))
+        .await?;
+    Ok(())
 }
 
 fn error_policy(_d: Arc<Deployment>, error: &ContractError, _ctx: Arc<Context>) -> Action {

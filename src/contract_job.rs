@@ -282,6 +282,35 @@ mod tests {
     }
 
     #[test]
+    fn a_release_from_before_a_contract_run_is_warned_about() {
+        let old = injected(&json!({}));
+        let old_step = old["spec"]["template"]["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == MIGRATE_CONTAINER)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .clone();
+        let mut d = old.clone();
+        d["metadata"]["annotations"] = json!({
+            crate::names::CONTRACTED_RELEASES: format!("0000000000,{}", release_hash(&old_step))
+        });
+        let warned = |d: &Value| {
+            let parsed: Deployment = serde_json::from_value(d.clone()).unwrap();
+            mutate(Operation::Update, &parsed, None, &CodeImage::default())
+                .unwrap()
+                .warnings
+                .iter()
+                .any(|w| w.contains("before an applied contract run"))
+        };
+        assert!(warned(&d), "the old release again");
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("shop:3");
+        assert!(!warned(&d), "a new release");
+    }
+
+    #[test]
     fn long_names_are_cut_to_a_valid_job_name() {
         let long = "a".repeat(70);
         let name = job_name(&long, "0123456789");

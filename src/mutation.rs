@@ -11,7 +11,9 @@ use thiserror::Error;
 
 use crate::deployment::{Deployment, JsonMap, container_name};
 use crate::injected::{self, CodeImage};
-use crate::names::{CODE_CONTAINER, CODE_VOLUME, INJECTED_LABEL, MIGRATED_CONDITION};
+use crate::names::{
+    CODE_CONTAINER, CODE_VOLUME, CONTRACTED_RELEASES, INJECTED_LABEL, MIGRATED_CONDITION,
+};
 use crate::settings::{self, InvalidAnnotation, Settings};
 
 /// Pod-template annotation kubectl uses to pick a pod's main container.
@@ -85,6 +87,19 @@ pub fn mutate(
         return Ok(Mutation::default());
     }
     inject(new, image)
+}
+
+/// A warning when the template is a release from before an applied contract run (the
+/// controller records those releases on the Deployment): it may read what was dropped.
+fn rollback_warning(d: &Deployment, step: &Value) -> Option<String> {
+    let releases = d.annotations()?.get(CONTRACTED_RELEASES)?;
+    let hash = crate::contract_job::release_hash(step.as_object()?);
+    releases
+        .split(',')
+        .any(|r| r.trim() == hash)
+        .then(|| {
+            "django-migrate: this is a release from before an applied contract run: it may read what that run dropped or changed".to_owned()
+        })
 }
 
 /// The owned parts of a pod template, as they will be diffed.
@@ -231,10 +246,14 @@ fn inject(d: &Deployment, image: &CodeImage) -> Result<Mutation, Denial> {
     }
 
     let pod_security = d.pod_spec().and_then(|s| s.security_context.as_ref());
-    after.init_containers.get_or_insert_with(Vec::new).extend([
-        injected::code_container(image, pod_security),
-        injected::step_container(app, &settings),
-    ]);
+    let step = injected::step_container(app, &settings);
+    if let Some(w) = rollback_warning(d, &step) {
+        warnings.push(w);
+    }
+    after
+        .init_containers
+        .get_or_insert_with(Vec::new)
+        .extend([injected::code_container(image, pod_security), step]);
     after
         .volumes
         .get_or_insert_with(Vec::new)

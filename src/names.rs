@@ -43,8 +43,14 @@ pub const DEFER: &str = "django-migrate.io/defer";
 /// Seconds the contract run waits after the rollout completed (at least).
 pub const CONTRACT_DELAY: &str = "django-migrate.io/contract-delay";
 
+/// Written by the controller once a contract run succeeded: the releases (hashes of their
+/// steps, see `contract_job::release_hash`) of the Deployment's older ReplicaSets, which may
+/// read what the contract dropped. A template of one of them is warned about at admission
+/// (`kubectl rollout undo`).
+pub const CONTRACTED_RELEASES: &str = "django-migrate.io/contracted-releases";
+
 /// Every annotation the webhook understands; anything else under the prefix is a typo.
-pub const KNOWN_ANNOTATIONS: [&str; 17] = [
+pub const KNOWN_ANNOTATIONS: [&str; 18] = [
     CONTAINER,
     MODE,
     MANAGE_PY,
@@ -62,6 +68,7 @@ pub const KNOWN_ANNOTATIONS: [&str; 17] = [
     USE_IMAGE_ENTRYPOINT,
     DEFER,
     CONTRACT_DELAY,
+    CONTRACTED_RELEASES,
 ];
 
 // ---------------------------------------------------------------- readiness gate

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 pub use crate::names::{
-    ALLOW_UNSAFE, CONTAINER, CONTRACT_DELAY, DATABASE, DEFER, HOLD_BACK, INJECT_LABEL,
-    KNOWN_ANNOTATIONS, LOCK_TIMEOUT, LOCKING_MIN_ROWS, MANAGE_COMMAND, MANAGE_PY, MIGRATE_TIMEOUT,
-    MODE, PREFIX, PYTHON, READINESS_GATE_ANNOTATION, UNSAFE_MIGRATIONS, USE_IMAGE_ENTRYPOINT,
-    WAIT_TIMEOUT,
+    ALLOW_UNSAFE, CONTAINER, CONTRACT_DELAY, CONTRACTED_RELEASES, DATABASE, DEFER, HOLD_BACK,
+    INJECT_LABEL, KNOWN_ANNOTATIONS, LOCK_TIMEOUT, LOCKING_MIN_ROWS, MANAGE_COMMAND, MANAGE_PY,
+    MIGRATE_TIMEOUT, MODE, PREFIX, PYTHON, READINESS_GATE_ANNOTATION, UNSAFE_MIGRATIONS,
+    USE_IMAGE_ENTRYPOINT, WAIT_TIMEOUT,
 };
 
 /// Default for `lock-timeout`, in seconds: a query of the running release waits at most
@@ -370,6 +370,8 @@ impl Settings {
                 UNSAFE_MIGRATIONS => s.unsafe_migrations = parse_unsafe_migrations(key, value)?,
                 ALLOW_UNSAFE => s.allow_unsafe = parse_migration_names(key, value)?,
                 DEFER => s.defer = parse_migration_names(key, value)?,
+                // The controller's record, read by the admission check for rollbacks.
+                CONTRACTED_RELEASES => {}
                 CONTRACT_DELAY if value == "0" => s.contract_delay = 0,
                 CONTRACT_DELAY => s.contract_delay = parse_timeout(key, value)?,
                 HOLD_BACK => s.hold_back = parse_harms(key, value)?,

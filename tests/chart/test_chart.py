@@ -192,7 +192,8 @@ def test_rbac_grants_exactly_what_the_controller_needs():
     assert cluster_rules(docs) == {
         ("", "pods"): ["get", "list", "watch"],
         ("", "pods/status"): ["patch"],
-        ("apps", "deployments"): ["get", "list", "watch"],
+        ("apps", "deployments"): ["get", "list", "patch", "watch"],
+        ("apps", "replicasets"): ["list"],
         ("batch", "jobs"): ["create", "get", "list", "watch"],
         ("", "events"): ["create", "patch"],
         ("events.k8s.io", "events"): ["create", "patch"],
@@ -211,14 +212,17 @@ def test_rbac_grants_exactly_what_the_controller_needs():
 
 
 def test_healing_missed_injections_adds_the_flag_and_patch_on_deployments_only():
-    docs = render({"controller": {"healMissedInjections": True}})
+    docs = render({"controller": {"healMissedInjections": True, "contractJobs": False}})
     assert cluster_rules(docs)[("apps", "deployments")] == ["get", "list", "patch", "watch"]
     assert "--heal-missed-injections" in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_contract_jobs_off_drops_the_flag_and_every_grant_on_jobs():
     docs = render({"controller": {"contractJobs": False}})
-    assert ("batch", "jobs") not in cluster_rules(docs)
+    rules = cluster_rules(docs)
+    assert ("batch", "jobs") not in rules
+    assert ("apps", "replicasets") not in rules
+    assert rules[("apps", "deployments")] == ["get", "list", "watch"]
     assert "--contract-jobs" not in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
@@ -385,14 +389,14 @@ def assert_service_account_can_do_exactly_what_the_controller_needs(namespace, h
     needed = {
         ("pods", None): {"get", "list", "watch"},
         ("pods --subresource=status", None): {"patch"},
-        ("replicasets.apps", None): set(),
+        ("replicasets.apps", None): {"list"} if contract_jobs else set(),
         ("events", None): {"create", "patch"},
         ("events.events.k8s.io", None): {"create", "patch"},
         ("leases.coordination.k8s.io", namespace): {"get", "create", "update", "patch"},
         ("leases.coordination.k8s.io", "default"): set(),
         ("secrets", None): set(),
         ("configmaps", None): set(),
-        ("deployments.apps", None): {"get", "list", "watch"} | ({"patch"} if heal else set()),
+        ("deployments.apps", None): {"get", "list", "watch"} | ({"patch"} if heal or contract_jobs else set()),
         ("mutatingwebhookconfigurations.admissionregistration.k8s.io", None): set(),
         ("jobs.batch", None): {"create", "get", "list", "watch"} if contract_jobs else set(),
         ("cronjobs.batch", None): set(),

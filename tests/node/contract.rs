@@ -386,6 +386,31 @@ async fn a_column_drop_ships_in_one_release_under_defer_without_a_failed_request
     // The controller does not run it again.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(contract_jobs(&ns.name).len(), 1);
+
+    // A rollback to release 1, which reads the dropped column, is warned about.
+    wait_for(
+        "the contracted releases on the Deployment",
+        Duration::from_secs(30),
+        &webhook,
+        || {
+            let d = kubectl_ok(&["get", "deployment", "ledger", "-n", &ns.name, "-o", "json"]);
+            let d: Value = serde_json::from_str(&d).unwrap();
+            d["metadata"]["annotations"]["django-migrate.io/contracted-releases"]
+                .as_str()
+                .map(|_| ())
+        },
+    )
+    .await;
+    let undo = kubectl(
+        &["rollout", "undo", "deployment/ledger", "-n", &ns.name],
+        None,
+    );
+    let (_, stderr) = text(&undo);
+    assert!(undo.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("release from before an applied contract run"),
+        "kubectl rollout undo printed: {stderr}"
+    );
 }
 
 /// A deferred migration that fails in the contract run: the Job fails at once (the step's
