@@ -21,6 +21,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::core::Selector;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
@@ -35,7 +36,7 @@ use thiserror::Error;
 use crate::contract_job::{self, NoContractJob};
 use crate::names::{
     CONTRACT_FOR_LABEL, CONTRACT_RELEASE_ANNOTATION, CONTRACTED_RELEASES, CONTROLLER_NAME,
-    INJECT_LABEL, INJECTED_LABEL, MIGRATE_CONTAINER, event,
+    INJECT_LABEL, MIGRATE_CONTAINER, event,
 };
 use crate::settings::Settings;
 use crate::summary::Summary;
@@ -379,32 +380,30 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Cont
         // A rollout in progress: what waits is decided again by the new release's steps.
         return Ok(Action::await_change());
     };
-    let selector = d
+    let Some(selector) = d
         .spec
         .as_ref()
-        .and_then(|s| s.selector.match_labels.as_ref())
-        .map(|l| {
-            l.iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
+        .and_then(|s| Selector::try_from(s.selector.clone()).ok())
+    else {
+        return Ok(Action::await_change());
+    };
+    // Every pod the Deployment selects, terminating ones and ones from before the injection
+    // included: each is a release still serving.
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let pods = pods
-        .list(&ListParams::default().labels(&format!("{INJECTED_LABEL},{selector}")))
+        .list(&ListParams::default().labels_from(&selector))
         .await
         .map_err(|e| ContractError::ListPods(key.clone(), e))?
         .items;
     let deferred = deferred(&pods);
 
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
-    let existing = if ctx.create_jobs {
-        jobs.get_opt(&job_name)
-            .await
-            .map_err(|e| ContractError::ReadJob(job_name.clone(), e))?
-    } else {
-        None
+    // With Jobs off the controller may not read them: then a Job applied by hand is not
+    // seen, and the contract stays reported as due until new pods find nothing deferred.
+    let existing = match jobs.get_opt(&job_name).await {
+        Ok(job) => job,
+        Err(kube::Error::Api(s)) if s.code == 403 && !ctx.create_jobs => None,
+        Err(e) => return Err(ContractError::ReadJob(job_name.clone(), e)),
     };
     if let Some(existing) = existing {
         return Ok(report_job(&ctx, &d, &key, &labels, &existing, &job_name, &deferred).await);
