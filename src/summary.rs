@@ -101,7 +101,7 @@ impl Phase {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
 pub struct Summary {
-    /// `migrate` or `wait`.
+    /// `migrate`, `wait`, or `contract` (the contract run's Job).
     pub mode: String,
     /// The phase it ended in.
     pub phase: Phase,

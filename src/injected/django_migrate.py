@@ -22,7 +22,15 @@
 #      the lock's transaction. A heartbeat keeps the lock's connection alive under idle
 #      limits; a lost lock stops `migrate` before the next migration is applied or
 #      recorded;
-#    - wait mode: wait until nothing is pending, never migrate.
+#    - wait mode: wait until nothing is pending, never migrate;
+#    - contract mode (the contract run's Job, once no pod of the previous release is
+#      left): like migrate mode, and it applies the deferred migrations too.
+#
+# Expand and contract: in migrate and wait mode a pending migration is deferred when it
+# is marked django-safemigrate's `Safe.after_deploy()`, named in DJANGO_MIGRATE_DEFER, or
+# breaks the previous release under `unsafe-migrations: defer`. Migrate mode applies the
+# rest (exit 5 when one of the rest must run after a deferred one); both modes wait only
+# for the rest; the summary names the deferred ones for the contract run.
 #
 # The timeouts bound waiting (for the database, the lock, other pods, lock-timeout
 # retries); a running migration is never cut by this program.
@@ -48,7 +56,10 @@ import sys
 import threading
 import time
 
-MODE = os.environ.get("DJANGO_MIGRATE_MODE", "migrate")
+MODE_MIGRATE = "migrate"
+MODE_WAIT = "wait"
+MODE_CONTRACT = "contract"
+MODE = os.environ.get("DJANGO_MIGRATE_MODE", MODE_MIGRATE)
 ALIAS = os.environ.get("DJANGO_MIGRATE_DATABASE", "default")
 MANAGE_COMMAND = os.environ.get("DJANGO_MIGRATE_MANAGE_COMMAND", "python3 manage.py").split()
 WAIT_TIMEOUT = float(os.environ.get("DJANGO_MIGRATE_WAIT_TIMEOUT", "300"))
@@ -188,6 +199,21 @@ class Report:
             "deferred": len(self.deferred),
         }
 
+    def contract_delay_seconds(self):
+        """The longest `delay` of the deferred migrations (django-safemigrate's), or None:
+        the contract run waits at least this long after the rollout completed."""
+        delays = [d["delay"] for d in self.deferred if d.get("delay") is not None]
+        return max(delays) if delays else None
+
+    def deferred_note(self):
+        """What a message of a successful step adds when migrations were deferred."""
+        if not self.deferred:
+            return ""
+        return "; %d deferred to the contract run: %s" % (
+            len(self.deferred),
+            name_list(d["migration"] for d in self.deferred),
+        )
+
     def summary(self, code, result, message):
         """The JSON summary, within MAX_SUMMARY_BYTES. The counts always stay; prose is cut
         before lists, and lists keep their first entries."""
@@ -209,6 +235,8 @@ class Report:
             "retries": self.retries,
             "counts": self.counts(),
             "unsafe_operations": [dict(u) for u in self.unsafe_operations],
+            "deferred": [dict(d) for d in self.deferred],
+            "contract_delay_seconds": self.contract_delay_seconds(),
         }
 
         def oversized():
@@ -219,7 +247,8 @@ class Report:
         if oversized():
             for u in data["unsafe_operations"]:
                 u["why"] = shorten(u["why"], WHY_MAX_CHARS)
-        for key in ("pending", "applied", "unsafe_operations"):
+        # The deferred ones go last: the contract run is planned from them.
+        for key in ("pending", "applied", "unsafe_operations", "deferred"):
             if oversized():
                 # The longest prefix that fits, found by halving the range.
                 whole, fits, over = data[key], 0, len(data[key])
@@ -1208,8 +1237,11 @@ def classify(plan, first_install, connection, report):
 
 def held_back(u):
     """True when `deny` holds this finding back: its kind is chosen by hold-back, it is
-    not allowed by name, and a locking one is on a table of at least the size set."""
+    not allowed by name, and a locking one is on a table of at least the size set. The
+    contract run holds no breaking one back: no pod of the previous release is left."""
     if UNSAFE_MIGRATIONS != "deny" or u["migration"] in ALLOW_UNSAFE or u["kind"] not in HOLD_BACK:
+        return False
+    if MODE == MODE_CONTRACT and u["kind"] == KIND_BREAKING:
         return False
     return u["kind"] != KIND_LOCKING or u["rows"] is None or u["rows"] >= LOCKING_MIN_ROWS
 
@@ -1294,24 +1326,54 @@ def blocked_by_deferred(plan, deferred):
     return [(n, waits_for[n]) for n in names if n in waits_for and n not in deferred]
 
 
+def note_deferred(plan, deferred, report):
+    """Records the deferred migrations in plan order; logs the ones not logged before."""
+    known = {d["migration"] for d in report.deferred}
+    names = ["%s.%s" % (m.app_label, m.name) for m, _state in plan]
+    report.deferred = [deferred[n] for n in names if n in deferred]
+    for d in report.deferred:
+        if d["migration"] not in known:
+            report.log("deferred to the contract run (%s): %s" % (d["why"], d["migration"]))
+
+
+def find_deferred(connection, report):
+    """Migrate and wait mode, before the lock: records the deferred migrations of the
+    pending plan (classified only under `defer`, where breaking ones are deferred) and
+    takes them out of `report.pending`, which is then what this pod waits for."""
+    plan, first_install = pending_plan(connection)
+    unsafe = classify(plan, first_install, connection, report)[0] if UNSAFE_MIGRATIONS == "defer" else []
+    note_deferred(plan, deferred_migrations(plan, unsafe), report)
+    report.pending = not_deferred(report.pending, report)
+
+
+def not_deferred(pending, report):
+    """`pending` without the migrations left for the contract run."""
+    deferred = {d["migration"] for d in report.deferred}
+    return [p for p in pending if p not in deferred]
+
+
+def pending_kept(connection, report):
+    """The pending migrations this step applies or waits for: all of them in contract
+    mode, else all but the deferred ones."""
+    return not_deferred(pending_migrations(connection), report)
+
+
 def defer_contract(plan, unsafe, report):
     """Leaves the deferred migrations for the contract run; ends the step (exit 5, nothing
     applied) when a migration that is not deferred must run after one that is."""
     deferred = deferred_migrations(plan, unsafe)
     blocked = blocked_by_deferred(plan, deferred)
-    report.deferred = [deferred[n] for n in ("%s.%s" % (m.app_label, m.name) for m, _s in plan) if n in deferred]
-    for d in report.deferred:
-        report.log("deferred to the contract run (%s): %s" % (d["why"], d["migration"]))
+    note_deferred(plan, deferred, report)
     if blocked:
         migration, waits_for = blocked[0]
         raise StepEnded(
             EXIT_UNSAFE,
             RESULT_DEFERRED_BLOCKED,
-            "%d migration(s) must run after a deferred one; first: %s runs after %s, which waits for the "
-            "contract run; nothing was applied: defer %s too (django-migrate.io/defer), or move it to the next "
-            "release" % (len(blocked), migration, waits_for, migration),
+            "%d migration(s) must run after a deferred one; first: %s depends on %s, which is deferred to the "
+            "contract run; nothing was applied: defer %s too (add it to django-migrate.io/defer), or ship it in "
+            "the next release" % (len(blocked), migration, waits_for, migration),
         )
-    report.pending = [p for p in report.pending if p not in deferred]
+    report.pending = not_deferred(report.pending, report)
 
 
 def hold_back_unsafe(connection, report):
@@ -1319,7 +1381,7 @@ def hold_back_unsafe(connection, report):
     (exit 5) unless each of the kinds it holds back is allowed by name."""
     plan, first_install = pending_plan(connection)
     unsafe, unchecked = classify(plan, first_install, connection, report)
-    if MODE != "contract":
+    if MODE != MODE_CONTRACT:
         defer_contract(plan, unsafe, report)
         unsafe = [u for u in unsafe if u["migration"] not in {d["migration"] for d in report.deferred}]
     for item in unchecked:
@@ -1334,6 +1396,8 @@ def hold_back_unsafe(connection, report):
             verdict = "allowed by django-migrate.io/allow-unsafe"
         elif u in blocked:
             verdict = "held back"
+        elif MODE == MODE_CONTRACT and u["kind"] == KIND_BREAKING:
+            verdict = "applied, no pod of the previous release is left"
         elif UNSAFE_MIGRATIONS == "deny" and u["kind"] in HOLD_BACK:
             verdict = "reported only: fewer than %d rows" % LOCKING_MIN_ROWS
         else:
@@ -1643,7 +1707,7 @@ def run_migrate(connection, lock, report, watchdog, deadline):
                     why = lock.lost if lock.lost else first_line(e)
                     raise lock_lost(connection, report, progress, failed, nothing_applied, why) from e
                 try:
-                    report.pending = pending_migrations(connection)
+                    report.pending = pending_kept(connection, report)
                 except Exception:  # noqa: BLE001
                     pass
                 if not is_lock_timeout(e) or failed is None:
@@ -1695,7 +1759,7 @@ def lock_lost(connection, report, progress, failed, nothing_applied, why):
 
     report.failed_migration = failed
     try:
-        report.pending = pending_migrations(connection)
+        report.pending = pending_kept(connection, report)
     except DatabaseError:
         pass
     if progress.recorded_after_loss:
@@ -1729,7 +1793,8 @@ def poll_until_applied(connection, report, watchdog, phase, what, check):
     """The loop both waits share. Calls `check()` once per poll: it returns True when the
     wait is over (then this returns None), else the line to log before the next poll (or
     None). Returns the step's end once nothing is pending (another pod applied it, exit 0)
-    or the migrate timeout passed (exit 1).
+    or the migrate timeout passed (exit 1). Deferred migrations are not waited for: they
+    stay pending until the contract run.
 
     A waiting pod holds no connection while it sleeps and at most one while it asks: with
     a session pooler smaller than the number of pods, a pod that kept one connection while
@@ -1759,7 +1824,7 @@ def poll_until_applied(connection, report, watchdog, phase, what, check):
             report.log(waiting)
         time.sleep(min(POLL_SECONDS, max(left, 0.1)))
         try:
-            report.pending = pending_migrations(connection)
+            report.pending = pending_kept(connection, report)
         except DatabaseError as e:
             report.log("cannot read the migration state: %s" % first_line(e))
             continue
@@ -1768,7 +1833,7 @@ def poll_until_applied(connection, report, watchdog, phase, what, check):
             return StepEnded(
                 EXIT_OK,
                 RESULT_APPLIED_BY_OTHER_POD,
-                "applied by another pod (waited %.1fs)" % (time.monotonic() - started),
+                "applied by another pod (waited %.1fs)%s" % (time.monotonic() - started, report.deferred_note()),
             )
 
 
@@ -1822,15 +1887,25 @@ def step_migrate(connections, connection, report, watchdog):
     try:
         if lock.supported:
             # Another pod may have finished between our check and the lock.
-            report.pending = pending_now(connection, report)
-            if not report.pending:
+            pending = pending_now(connection, report)
+            if not not_deferred(pending, report):
+                report.pending = []
                 report.phase = PHASE_DONE
                 return StepEnded(
                     EXIT_OK,
                     RESULT_APPLIED_BY_OTHER_POD,
-                    "applied by another pod (waited %.1fs for the lock)" % report.lock_wait_seconds,
+                    "applied by another pod (waited %.1fs for the lock)%s"
+                    % (report.lock_wait_seconds, report.deferred_note()),
                 )
+            # What is deferred is decided again below, on the plan as it is under the lock.
+            report.pending = pending
         hold_back_unsafe(connection, report)
+        if not report.pending:
+            # Another pod applied all but what the plan under the lock defers.
+            report.phase = PHASE_DONE
+            return StepEnded(
+                EXIT_OK, RESULT_NOTHING_PENDING, "nothing to apply (%.1fs)%s" % (elapsed(), report.deferred_note())
+            )
         run_migrate(connection, lock if lock.supported else None, report, watchdog, deadline)
     finally:
         # Whichever way the step ends here, the next pod does not wait for this
@@ -1839,7 +1914,10 @@ def step_migrate(connections, connection, report, watchdog):
             lock.release()
     report.phase = PHASE_DONE
     note = ""
-    for kind, said in ((KIND_BREAKING, "unsafe for the previous release"), (KIND_LOCKING, "blocking traffic")):
+    breaking = "unsafe for the previous release"
+    if MODE == MODE_CONTRACT:
+        breaking = "breaking the previous release, which is gone"
+    for kind, said in ((KIND_BREAKING, breaking), (KIND_LOCKING, "blocking traffic")):
         found = [u for u in report.unsafe_operations if u["applied"] and u["kind"] == kind]
         if found:
             note += "; %d %s: %s" % (
@@ -1858,7 +1936,7 @@ def step_migrate(connections, connection, report, watchdog):
             retries,
             report.lock_wait_seconds,
             name_list(report.applied),
-            note,
+            note + report.deferred_note(),
         ),
     )
 
@@ -1893,18 +1971,22 @@ def run_inner(report):
             "database alias %r is not in settings.DATABASES (have: %s)"
             % (ALIAS, ", ".join(connections.settings) or "none")
         ) from e
-    if MODE not in ("migrate", "wait"):
-        raise not_found("unknown DJANGO_MIGRATE_MODE %r: allowed migrate or wait" % MODE)
-    if UNSAFE_MIGRATIONS not in ("warn", "deny"):
-        raise not_found("unknown DJANGO_MIGRATE_UNSAFE_MIGRATIONS %r: allowed warn or deny" % UNSAFE_MIGRATIONS)
+    if MODE not in (MODE_MIGRATE, MODE_WAIT, MODE_CONTRACT):
+        raise not_found("unknown DJANGO_MIGRATE_MODE %r: allowed migrate, wait or contract" % MODE)
+    if UNSAFE_MIGRATIONS not in ("warn", "deny", "defer"):
+        raise not_found("unknown DJANGO_MIGRATE_UNSAFE_MIGRATIONS %r: allowed warn, deny or defer" % UNSAFE_MIGRATIONS)
     watchdog = Watchdog(report)
     with_connect_timeout(connection)
     wait_for_connection(connection, report, watchdog)
     report.pending = pending_now(connection, report)
+    if report.pending and MODE != MODE_CONTRACT:
+        find_deferred(connection, report)
     if not report.pending:
         report.phase = PHASE_DONE
-        return StepEnded(EXIT_OK, RESULT_NOTHING_PENDING, "nothing to apply (%.1fs)" % elapsed())
-    if MODE == "migrate":
+        return StepEnded(
+            EXIT_OK, RESULT_NOTHING_PENDING, "nothing to apply (%.1fs)%s" % (elapsed(), report.deferred_note())
+        )
+    if MODE in (MODE_MIGRATE, MODE_CONTRACT):
         return step_migrate(connections, connection, report, watchdog)
     report.log(
         "%d migrations pending: %s; waiting for them to be applied" % (len(report.pending), ", ".join(report.pending))

@@ -175,9 +175,22 @@ impl Container {
             .unwrap_or_else(|| panic!("no counts: {text}"));
         assert!(
             counts.applied >= summary.applied.len() as u64
-                && counts.pending >= summary.pending.len() as u64,
+                && counts.pending >= summary.pending.len() as u64
+                && counts.deferred >= summary.deferred.len() as u64,
             "counts smaller than the lists: {text}"
         );
+        // The longest delay is never cut: no deferred migration shown waits longer.
+        let longest = summary
+            .deferred
+            .iter()
+            .filter_map(|d| d.delay)
+            .fold(None, |m: Option<f64>, d| Some(m.map_or(d, |m| m.max(d))));
+        if let Some(longest) = longest {
+            assert!(
+                summary.contract_delay_seconds.is_some_and(|c| c >= longest),
+                "contract_delay_seconds below a deferred migration's delay: {text}"
+            );
+        }
     }
 }
 

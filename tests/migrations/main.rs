@@ -8,6 +8,7 @@
 mod support;
 
 mod classifier;
+mod contract;
 mod kubelet;
 mod poolers;
 mod safety;

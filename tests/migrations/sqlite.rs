@@ -358,3 +358,81 @@ fn hundreds_of_migrations_are_counted_in_a_summary_within_4_kib() {
     assert_eq!(summary["counts"]["applied"], 0, "{summary}");
     assert_eq!(summary["counts"]["pending"], 0, "{summary}");
 }
+
+/// Hundreds of migrations marked `Safe.after_deploy(delay=...)`, the longest delay on the
+/// last one: the summary stays within 4 KiB, counts every deferred migration, lists the
+/// first ones in plan order, and keeps the longest delay that the list no longer shows.
+#[test]
+fn hundreds_of_deferred_migrations_are_counted_in_a_summary_within_4_kib() {
+    const GENERATED: usize = 300;
+    let (mut pods, _) = sqlite_pods();
+    let site = pods.dir.path().join("site");
+    let settings = many_migrations_app(&site, GENERATED);
+    let migrations = site.join("sensors/migrations");
+    for entry in std::fs::read_dir(&migrations).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let Some(number) = file.get(..4).and_then(|n| n.parse::<usize>().ok()) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "class Migration(migrations.Migration):\n",
+            &format!(
+                "class Migration(migrations.Migration):\n    \
+                 safe = Safe.after_deploy(delay=timedelta(seconds={number}))\n"
+            ),
+        );
+        std::fs::write(
+            &path,
+            format!(
+                "from datetime import timedelta\n\nfrom django_safemigrate import Safe\n{text}"
+            ),
+        )
+        .unwrap();
+    }
+    pods.env
+        .push(("PYTHONPATH".into(), site.to_string_lossy().into()));
+    pods.env
+        .push(("DJANGO_SETTINGS_MODULE".into(), settings.into()));
+
+    let exit = pods.containers(&[], &[])[1].run(Duration::from_secs(600));
+    assert_eq!(exit.code, 0, "{}", exit.logs);
+    let text = pods.termination_message(None);
+    assert!(text.len() <= 4096, "{} bytes: {text}", text.len());
+    let summary = pods.summary(None);
+    assert_eq!(summary["result"], "applied", "{summary}");
+    assert_eq!(summary["counts"]["deferred"], GENERATED, "{summary}");
+    assert_eq!(
+        summary["contract_delay_seconds"],
+        serde_json::json!(GENERATED as f64),
+        "{summary}"
+    );
+    let deferred = summary["deferred"].as_array().unwrap();
+    assert!(
+        !deferred.is_empty() && deferred.len() < GENERATED,
+        "{summary}"
+    );
+    for (i, d) in deferred.iter().enumerate() {
+        let n = i + 1;
+        assert_eq!(
+            d["migration"],
+            format!("sensors.{n:04}_records_the_reading_of_sensor_{n:04}"),
+            "{summary}"
+        );
+        assert_eq!(d["delay"], serde_json::json!(n as f64), "{summary}");
+    }
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "; {GENERATED} deferred to the contract run: sensors.0001_"
+        )),
+        "{message}"
+    );
+    // The log line has the whole message, which counts the migrations it does not name.
+    let logged = exit
+        .logs
+        .lines()
+        .find(|l| l.contains("deferred to the contract run: sensors.0001_"))
+        .unwrap_or_else(|| panic!("{}", exit.logs));
+    assert!(logged.ends_with(" more"), "{logged}");
+}

@@ -12,6 +12,9 @@ DEBUG = False
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True
 INSTALLED_APPS = ["catalog", "orders"]
+ROOT_URLCONF = "testsite.urls"
+# The release of the ledger app's code: "1" or "2".
+LEDGER_RELEASE = os.environ.get("LEDGER_RELEASE", "2")
 if os.environ.get("BROKEN_MIGRATION") == "1":
     # An app whose only migration raises.
     INSTALLED_APPS.append("broken")
@@ -21,6 +24,16 @@ if os.environ.get("UNSAFE_APP") == "1":
 if os.environ.get("TWO_STEP_APP") == "1":
     # A migration of two statements on two tables.
     INSTALLED_APPS.append("twostep")
+if os.environ.get("LEDGER_APP") == "1":
+    # Expand and contract: release 1 (LEDGER_RELEASE=1) reads a column that release 2
+    # drops; LEDGER_MIGRATIONS picks a variant of release 2's migrations (marked: the drop
+    # marked Safe.after_deploy() with a delay; blocked: a migration after that one; safe:
+    # migrations marked before_deploy and always).
+    INSTALLED_APPS.append("ledger")
+    if LEDGER_RELEASE == "1":
+        MIGRATION_MODULES = {"ledger": "ledger.migrations_release1"}
+    elif os.environ.get("LEDGER_MIGRATIONS"):
+        MIGRATION_MODULES = {"ledger": "ledger.migrations_" + os.environ["LEDGER_MIGRATIONS"]}
 if os.environ.get("CORPUS_CASE"):
     # One case of the classifier's corpus: a previous release and the migration it ships.
     INSTALLED_APPS.append("corpus")

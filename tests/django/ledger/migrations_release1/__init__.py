@@ -1,0 +1,1 @@
+"""Release 1 of the ledger: the legacy column exists."""
