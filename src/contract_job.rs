@@ -306,6 +306,34 @@ mod tests {
                 .any(|w| w.contains("before an applied contract run"))
         };
         assert!(warned(&d), "the old release again");
+
+        // `kubectl rollout undo` replaces the annotations: the stored object's record
+        // counts, and the patch keeps it.
+        let stored: Deployment = serde_json::from_value(d.clone()).unwrap();
+        let mut undone = old.clone();
+        undone["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("annotations");
+        let parsed: Deployment = serde_json::from_value(undone.clone()).unwrap();
+        let m = mutate(
+            Operation::Update,
+            &parsed,
+            Some(&stored),
+            &CodeImage::default(),
+        )
+        .unwrap();
+        assert!(
+            m.warnings
+                .iter()
+                .any(|w| w.contains("before an applied contract run"))
+        );
+        json_patch::patch(&mut undone, &m.patch).unwrap();
+        assert_eq!(
+            undone["metadata"]["annotations"][crate::names::CONTRACTED_RELEASES],
+            d["metadata"]["annotations"][crate::names::CONTRACTED_RELEASES]
+        );
+
         d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("shop:3");
         assert!(!warned(&d), "a new release");
     }

@@ -86,13 +86,31 @@ pub fn mutate(
         }
         return Ok(Mutation::default());
     }
-    inject(new, image)
+    // `kubectl rollout undo` replaces the annotations with the old ReplicaSet's, which
+    // never carried the controller's record of contracted releases: read it from the
+    // stored object, and keep it.
+    let dropped = recorded(new)
+        .is_none()
+        .then(|| old.and_then(recorded))
+        .flatten();
+    let mut m = inject(new, recorded(new).or(dropped), image)?;
+    if let Some(releases) = dropped {
+        let annotations = new.annotations().cloned().unwrap_or_default();
+        let mut kept = annotations.clone();
+        kept.insert(CONTRACTED_RELEASES.to_owned(), releases.clone());
+        let before = match new.annotations() {
+            Some(_) => json!({"metadata": {"annotations": annotations}}),
+            None => json!({"metadata": {}}),
+        };
+        let after = json!({"metadata": {"annotations": kept}});
+        m.patch.0.extend(json_patch::diff(&before, &after).0);
+    }
+    Ok(m)
 }
 
 /// A warning when the template is a release from before an applied contract run (the
 /// controller records those releases on the Deployment): it may read what was dropped.
-fn rollback_warning(d: &Deployment, step: &Value) -> Option<String> {
-    let releases = d.annotations()?.get(CONTRACTED_RELEASES)?;
+fn rollback_warning(releases: &str, step: &Value) -> Option<String> {
     let hash = crate::contract_job::release_hash(step.as_object()?);
     releases
         .split(',')
@@ -219,7 +237,17 @@ fn opt_out(d: &Deployment) -> Mutation {
     Mutation { patch, warnings }
 }
 
-fn inject(d: &Deployment, image: &CodeImage) -> Result<Mutation, Denial> {
+/// The controller's record of releases older than an applied contract run.
+fn recorded(d: &Deployment) -> Option<&String> {
+    d.annotations()?.get(CONTRACTED_RELEASES)
+}
+
+/// `contracted`: the controller's record of releases older than an applied contract run.
+fn inject(
+    d: &Deployment,
+    contracted: Option<&String>,
+    image: &CodeImage,
+) -> Result<Mutation, Denial> {
     let settings = Settings::from_annotations(d.annotations())?;
     let containers = d
         .pod_spec()
@@ -247,7 +275,7 @@ fn inject(d: &Deployment, image: &CodeImage) -> Result<Mutation, Denial> {
 
     let pod_security = d.pod_spec().and_then(|s| s.security_context.as_ref());
     let step = injected::step_container(app, &settings);
-    if let Some(w) = rollback_warning(d, &step) {
+    if let Some(w) = contracted.and_then(|releases| rollback_warning(releases, &step)) {
         warnings.push(w);
     }
     after

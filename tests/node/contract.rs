@@ -14,6 +14,10 @@ use serde_json::Value;
 
 use super::*;
 
+/// A controller with contract Jobs on acts on every namespace: the test with them off runs
+/// alone.
+static CONTRACT_JOBS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// The ledger app of `tests/django`: release 1 reads `ledger_entry.legacy` on every
 /// request to `/ledger/`, release 2 drops it (`ledger.0002_remove_entry_legacy`).
 fn ledger(ns: &str, database: &str, release: &str, annotations: &[(&str, &str)]) -> String {
@@ -270,6 +274,7 @@ fn old_pods(ns: &str, release: &str) -> usize {
 /// creates one Job that drops it. No request of either release fails.
 #[tokio::test]
 async fn a_column_drop_ships_in_one_release_under_defer_without_a_failed_request() {
+    let _jobs = CONTRACT_JOBS.read().await;
     let _db = DATABASE.read().await;
     let (ns, webhook, database) = setup_with("contract", &["--contract-jobs"]).await;
     let defer = [("unsafe-migrations", "defer")];
@@ -418,6 +423,7 @@ async fn a_column_drop_ships_in_one_release_under_defer_without_a_failed_request
 /// behind the alert is 1, and `status` exits 1.
 #[tokio::test]
 async fn a_failing_contract_job_is_reported() {
+    let _jobs = CONTRACT_JOBS.read().await;
     let _db = DATABASE.read().await;
     let (ns, webhook, database) = setup_with("contract-fail", &["--contract-jobs"]).await;
     let manifest = django_deployment(
@@ -475,6 +481,7 @@ async fn a_failing_contract_job_is_reported() {
 /// replaced; the new release's own contract runs once it is complete.
 #[tokio::test]
 async fn a_new_rollout_before_the_contract_replaces_it() {
+    let _jobs = CONTRACT_JOBS.read().await;
     let _db = DATABASE.read().await;
     let (ns, webhook, database) = setup_with("contract-new", &["--contract-jobs"]).await;
     let defer = [("unsafe-migrations", "defer"), ("contract-delay", "20")];
@@ -534,6 +541,7 @@ async fn contract_job_name(ns: &str) -> String {
 /// nothing; the Job that `inject --contract-job` prints, applied by hand, contracts.
 #[tokio::test]
 async fn with_contract_jobs_off_the_printed_job_applies_the_deferred_migrations() {
+    let _jobs = CONTRACT_JOBS.write().await;
     let _db = DATABASE.read().await;
     let (ns, webhook, database) = setup_with("contract-off", &[]).await;
     let defer = [("unsafe-migrations", "defer")];
