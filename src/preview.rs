@@ -10,6 +10,7 @@ use crate::contract_job::{self, NoContractJob};
 use crate::deployment::Deployment;
 use crate::injected::CodeImage;
 use crate::mutation::{self, Denial, Operation};
+use crate::names::INJECTED_LABEL;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -68,36 +69,7 @@ pub fn inject(
     format: OutputFormat,
     image: &CodeImage,
 ) -> Result<Preview, PreviewError> {
-    let trimmed = input.trim_start();
-    let is_json = trimmed.starts_with('{') || trimmed.starts_with('[');
-    let mut docs = if is_json {
-        serde_json::Deserializer::from_str(input)
-            .into_iter::<Value>()
-            .map(|v| {
-                v.map(|value| Doc {
-                    text: None,
-                    value,
-                    changed: false,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(PreviewError::Json)?
-    } else {
-        split_yaml(input)
-            .into_iter()
-            .enumerate()
-            .map(|(i, text)| {
-                serde_yaml_ng::from_str::<Value>(&text)
-                    .map(|value| Doc {
-                        text: Some(text),
-                        value,
-                        changed: false,
-                    })
-                    .map_err(|source| PreviewError::Yaml { doc: i + 1, source })
-            })
-            .collect::<Result<Vec<_>, _>>()?
-    };
-
+    let mut docs = parse(input)?;
     let mut preview = Preview::default();
     for (i, doc) in docs.iter_mut().enumerate() {
         let n = i + 1;
@@ -147,28 +119,67 @@ pub fn inject(
     Ok(preview)
 }
 
+/// The documents of a YAML or JSON stream.
+fn parse(input: &str) -> Result<Vec<Doc>, PreviewError> {
+    let trimmed = input.trim_start();
+    let is_json = trimmed.starts_with('{') || trimmed.starts_with('[');
+    let docs = if is_json {
+        serde_json::Deserializer::from_str(input)
+            .into_iter::<Value>()
+            .map(|v| {
+                v.map(|value| Doc {
+                    text: None,
+                    value,
+                    changed: false,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(PreviewError::Json)?
+    } else {
+        split_yaml(input)
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| {
+                serde_yaml_ng::from_str::<Value>(&text)
+                    .map(|value| Doc {
+                        text: Some(text),
+                        value,
+                        changed: false,
+                    })
+                    .map_err(|source| PreviewError::Yaml { doc: i + 1, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    Ok(docs)
+}
+
 /// `inject --contract-job`: the contract Job of each opted-in Deployment whose step
 /// migrates, built from the injected Deployment as the controller builds it (without the
-/// owner reference, which needs the stored Deployment's UID).
+/// owner reference, which needs the stored Deployment's UID). A Deployment that carries
+/// the injection already (read from the cluster) is used as it is.
 pub fn contract_jobs(
     input: &str,
     format: OutputFormat,
     image: &CodeImage,
 ) -> Result<Preview, PreviewError> {
-    let injected = inject(input, OutputFormat::Json, image)?;
-    let mut preview = Preview {
-        warnings: injected.warnings,
-        ..Preview::default()
-    };
+    let mut preview = Preview::default();
     let mut jobs = Vec::new();
-    for doc in serde_json::Deserializer::from_str(&injected.output).into_iter::<Value>() {
-        let doc = doc.map_err(|e| PreviewError::Output(e.to_string()))?;
-        let items = if is_list(&doc) {
-            doc["items"].as_array().cloned().unwrap_or_default()
+    for (i, doc) in parse(input)?.into_iter().enumerate() {
+        let items = if is_list(&doc.value) {
+            doc.value["items"].as_array().cloned().unwrap_or_default()
         } else {
-            vec![doc]
+            vec![doc.value]
         };
-        for item in items {
+        for mut item in items {
+            // A Deployment read from the cluster is injected already, with the code image
+            // its webhook chose: used as it is, it gives the controller's Job.
+            let injected = item
+                .pointer("/spec/template/metadata/labels")
+                .and_then(Value::as_object)
+                .is_some_and(|l| l.contains_key(INJECTED_LABEL));
+            if !injected {
+                inject_one(i + 1, &mut item, image, &mut preview)?;
+            }
             if item.get("kind").and_then(Value::as_str) != Some("Deployment") {
                 continue;
             }
@@ -322,6 +333,19 @@ metadata: {name: shop}
             job["spec"]["template"]["spec"]["containers"][0]["image"],
             "shop:2"
         );
+        // From the cluster: injected already, with the code image its webhook chose.
+        let chosen = CodeImage {
+            image: "registry.local/django-migrate-webhook:9".into(),
+            pull_policy: "Always".into(),
+        };
+        let stored = inject(input, OutputFormat::Yaml, &chosen).unwrap().output;
+        let p = contract_jobs(&stored, OutputFormat::Json, &CodeImage::default()).unwrap();
+        let from_cluster: Value = serde_json::from_str(&p.output).unwrap();
+        assert_eq!(
+            from_cluster["spec"]["template"]["spec"]["initContainers"][0]["image"],
+            "registry.local/django-migrate-webhook:9"
+        );
+        assert_eq!(from_cluster["metadata"]["name"], job["metadata"]["name"]);
         let plain = "apiVersion: v1\nkind: Service\nmetadata: {name: shop}\n";
         let e = contract_jobs(plain, OutputFormat::Yaml, &CodeImage::default()).unwrap_err();
         assert!(matches!(e, PreviewError::NoContractJob), "{e}");
