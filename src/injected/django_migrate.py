@@ -1347,7 +1347,10 @@ def find_deferred(connection, report):
 
 
 def not_deferred(pending, report):
-    """`pending` without the migrations left for the contract run."""
+    """`pending` without the migrations left for the contract run. Deferred ones that are
+    no longer pending are forgotten: a pod that decided while another one held the lock
+    may have deferred what the holder, deciding on the whole plan, applied."""
+    report.deferred = [d for d in report.deferred if d["migration"] in pending]
     deferred = {d["migration"] for d in report.deferred}
     return [p for p in pending if p not in deferred]
 
@@ -1789,12 +1792,14 @@ def lock_unavailable(why):
     )
 
 
-def poll_until_applied(connection, report, watchdog, phase, what, check):
+def poll_until_applied(connection, report, watchdog, phase, what, check, decide_under_lock=False):
     """The loop both waits share. Calls `check()` once per poll: it returns True when the
     wait is over (then this returns None), else the line to log before the next poll (or
     None). Returns the step's end once nothing is pending (another pod applied it, exit 0)
     or the migrate timeout passed (exit 1). Deferred migrations are not waited for: they
-    stay pending until the contract run.
+    stay pending until the contract run. With `decide_under_lock`, a pod that deferred
+    some keeps waiting for the lock instead: what is deferred was decided while another pod
+    applied the plan, and is decided again under the lock, on what that pod left.
 
     A waiting pod holds no connection while it sleeps and at most one while it asks: with
     a session pooler smaller than the number of pods, a pod that kept one connection while
@@ -1828,7 +1833,7 @@ def poll_until_applied(connection, report, watchdog, phase, what, check):
         except DatabaseError as e:
             report.log("cannot read the migration state: %s" % first_line(e))
             continue
-        if not report.pending:
+        if not report.pending and not (decide_under_lock and report.deferred):
             report.phase = PHASE_DONE
             return StepEnded(
                 EXIT_OK,
@@ -1861,7 +1866,9 @@ def wait_for_lock(connection, lock, report, watchdog):
             POLL_SECONDS,
         )
 
-    return poll_until_applied(connection, report, watchdog, PHASE_LOCK, "the migration lock", check)
+    return poll_until_applied(
+        connection, report, watchdog, PHASE_LOCK, "the migration lock", check, decide_under_lock=True
+    )
 
 
 def wait_for_other_pods(connection, report, watchdog):
