@@ -74,6 +74,7 @@ def test_every_alert_fires_and_stays_silent_in_promtool_unit_tests(promtool, tmp
         "DjangoMigrateStepPendingTooLong",
         "DjangoMigrateUnsafeMigrationBlocked",
         "DjangoMigrateDeploymentsNotInjected",
+        "DjangoMigrateMigrationBlockedByDeferred",
         "DjangoMigrateContractFailed",
         "DjangoMigrateContractPendingTooLong",
         "DjangoMigrateControllerNoLeader",

@@ -519,6 +519,76 @@ async fn a_new_rollout_before_the_contract_replaces_it() {
     assert_eq!(ledger_0002(&database), "1");
 }
 
+/// A migration that depends on a deferred one stops the first new pod's step before
+/// anything is applied: the gate says why, the rollout stalls and release 1 keeps serving.
+#[tokio::test]
+async fn a_migration_after_a_deferred_one_stalls_the_rollout() {
+    let _jobs = CONTRACT_JOBS.read().await;
+    let _db = DATABASE.read().await;
+    let (ns, webhook, database) = setup_with("contract-dep", &["--contract-jobs"]).await;
+    let defer = [("unsafe-migrations", "defer")];
+    apply(&ledger(&ns.name, &database, "1", &defer), &[]);
+    rollout_completes(&ns.name, "ledger", "240s", &webhook);
+    apply(
+        &ledger_with(
+            &ns.name,
+            &database,
+            "2",
+            &defer,
+            &[("LEDGER_MIGRATIONS", "dependent")],
+        ),
+        &[],
+    );
+    let client = client().await;
+    let (_, message) =
+        wait_for_gate(&client, &ns.name, "MigrationBlockedByDeferred", &webhook).await;
+    assert!(
+        message.contains("ledger.0003_entry_note")
+            && message.contains("ledger.0002_remove_entry_legacy"),
+        "{message}"
+    );
+    assert_eq!(
+        psql(
+            &database,
+            "SELECT COUNT(*) FROM django_migrations WHERE app = 'ledger' AND name > '0001'"
+        ),
+        "0",
+        "nothing of the plan applied"
+    );
+    assert_eq!(legacy_column(&database), "1");
+    let d = get_deployment(&client, &ns.name, "ledger").await;
+    assert_eq!(
+        d["status"]["availableReplicas"], 3,
+        "release 1 keeps serving"
+    );
+    assert!(contract_jobs(&ns.name).is_empty());
+}
+
+/// The first pod whose gate has `reason`: its status and message.
+async fn wait_for_gate(
+    client: &kube::Client,
+    ns: &str,
+    reason: &str,
+    webhook: &Serve,
+) -> (String, String) {
+    let started = Instant::now();
+    loop {
+        for pod in pods_of(client, ns, "ledger").await {
+            if let Some((status, r, message)) = gate(&pod)
+                && r == reason
+            {
+                return (status, message);
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no pod's gate says {reason}\nwebhook log:\n{}",
+            webhook.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// The Job name `inject --contract-job` gives the Deployment as stored.
 async fn contract_job_name(ns: &str) -> String {
     let stored = kubectl_ok(&["get", "deployment", "ledger", "-n", ns, "-o", "json"]);

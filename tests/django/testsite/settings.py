@@ -28,7 +28,8 @@ if os.environ.get("LEDGER_APP") == "1":
     # Expand and contract: release 1 (LEDGER_RELEASE=1) reads a column that release 2
     # drops; LEDGER_MIGRATIONS picks a variant of release 2's migrations (marked: the drop
     # marked Safe.after_deploy() with a delay; blocked: a migration after that one; safe:
-    # migrations marked before_deploy and always).
+    # migrations marked before_deploy and always; dependent: the drop unmarked and a
+    # migration after it).
     INSTALLED_APPS.append("ledger")
     if LEDGER_RELEASE == "1":
         MIGRATION_MODULES = {"ledger": "ledger.migrations_release1"}
