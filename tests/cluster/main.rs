@@ -829,14 +829,33 @@ async fn the_controller_gates_pods_and_a_second_replica_takes_over() {
     let started = std::time::Instant::now();
     register(&ns, follower, "Fail");
     wait_until_effective(&ns).await;
+    // The controllers of the tests running beside this one watch every namespace too and
+    // may set a gate first: the takeover is read from the Lease and the follower's own
+    // count of the new pod, not from the gate alone.
+    let new_holder = eventually("the follower to take the Lease", WAIT, || async {
+        lease_holder(&client, &ns.name)
+            .await
+            .filter(|h| *h != holder)
+    })
+    .await;
+    let took_over = started.elapsed();
     apply(&deployment(&ns.name, "after", "shop:1", true, &[]), &[]);
     let pod = pods(&client, &ns.name, "after", 1).await.remove(0);
     play_kubelet(&client, &pod, 0, &done).await;
     gate_of(&client, &pod, "True", "Migrated").await;
-    let new_holder = lease_holder(&client, &ns.name).await.unwrap();
-    assert_ne!(new_holder, holder);
+    let counted = format!(
+        "django_migrate_controller_pods{{{ns_label},deployment=\"after\",reason=\"Migrated\"}} 1"
+    );
+    eventually("the new leader to count the new pod", WAIT, || async {
+        follower
+            .metrics()
+            .lines()
+            .any(|l| l == counted)
+            .then_some(())
+    })
+    .await;
     eprintln!(
-        "takeover: the gate was set by {new_holder} {:.1?} after {holder} was killed",
+        "takeover: {new_holder} held the Lease {took_over:.1?} after {holder} was killed; the gate was set {:.1?} after",
         started.elapsed()
     );
     assert!(follower.logs().contains("holding the lease"));
