@@ -19,6 +19,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// True when `/readyz` on the admin port answers 200.
+fn ready(admin: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok_and(|mut s| {
+        use std::io::Read;
+        let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200")
+    })
+}
+
 /// Polls `check` until it returns Some, or panics with `what` after `limit`.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where
@@ -62,46 +73,55 @@ impl Serve {
             .unwrap();
         assert!(out.status.success());
         let ca = std::fs::read(dir.path().join("ca.crt")).unwrap();
-        let (port, admin) = (free_port(), free_port());
         let log = dir.path().join("serve.log");
-        let child = Command::new(BIN)
-            .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{admin}")])
-            .arg("--tls-cert")
-            .arg(dir.path().join("tls.crt"))
-            .arg("--tls-key")
-            .arg(dir.path().join("tls.key"))
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let webhook = Serve {
-            child: Some(child),
-            port,
-            admin,
-            ca_bundle: base64::engine::general_purpose::STANDARD.encode(ca),
-            log,
-            _certs: dir,
-        };
-        eventually(
-            "serve to answer /readyz",
-            Duration::from_secs(20),
-            || async {
-                let ok = std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok_and(|mut s| {
-                    use std::io::Read;
-                    let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
-                    let mut buf = String::new();
-                    let _ = s.read_to_string(&mut buf);
-                    buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200")
-                });
-                ok.then_some(())
-            },
-        )
-        .await;
-        webhook
+        let ca_bundle = base64::engine::general_purpose::STANDARD.encode(ca);
+        // A port found free may be taken by another test before serve binds it: serve then
+        // exits at once, and is started again on other ports.
+        for attempt in 1..=3 {
+            let (port, admin) = (free_port(), free_port());
+            let mut child = Command::new(BIN)
+                .arg("serve")
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--metrics-listen", &format!("127.0.0.1:{admin}")])
+                .arg("--tls-cert")
+                .arg(dir.path().join("tls.crt"))
+                .arg("--tls-key")
+                .arg(dir.path().join("tls.key"))
+                .args(extra)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            let started = Instant::now();
+            loop {
+                if ready(admin) {
+                    return Serve {
+                        child: Some(child),
+                        port,
+                        admin,
+                        ca_bundle,
+                        log,
+                        _certs: dir,
+                    };
+                }
+                let logs = std::fs::read_to_string(&log).unwrap_or_default();
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(
+                        attempt < 3 && logs.contains("in use"),
+                        "serve exited with {status} before answering /readyz:\n{logs}"
+                    );
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(20) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("timed out after 20s waiting for serve to answer /readyz:\n{logs}");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        unreachable!("serve started three times")
     }
 
     /// The admin port's `/metrics`.
