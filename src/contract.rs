@@ -419,7 +419,11 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Cont
     }
 
     let settings = Settings::from_annotations(d.metadata.annotations.as_ref()).unwrap_or_default();
-    let delay = deferred.delay.max(f64::from(settings.contract_delay));
+    // A summary is the pod's word: a delay beyond a year (or below zero) is bounded.
+    let delay = deferred
+        .delay
+        .max(f64::from(settings.contract_delay))
+        .clamp(0.0, 365.0 * 86_400.0);
     let due = completed.map(|t| {
         t.checked_add(Duration::from_secs_f64(delay.max(0.0)))
             .unwrap_or(t)

@@ -97,7 +97,8 @@ pub fn contract_job(deployment: &Value, owner: Option<&str>) -> Result<Value, No
         }
         return Err(NoContractJob::NotInjected);
     };
-    if !injected {
+    // An earlier release's injection (no code copy) gets a Job once it is applied again.
+    if !injected || !init.iter().any(|c| named(c, CODE_CONTAINER)) {
         return Err(NoContractJob::NotInjected);
     }
     let hash = release_hash(step);
@@ -110,14 +111,12 @@ pub fn contract_job(deployment: &Value, owner: Option<&str>) -> Result<Value, No
             }
         }
     }
-    // The user's init containers (native sidecars included) and the code copy run first,
-    // as in the Deployment's pods; the step is the Job's only container.
+    // The user's init containers (native sidecars too) and the code copy, then the step.
     let init: Vec<Value> = init
         .into_iter()
         .filter(|c| !named(c, MIGRATE_CONTAINER) && !named(c, WAIT_CONTAINER))
         .map(Value::Object)
         .collect();
-    debug_assert!(init.iter().any(|c| c["name"] == CODE_CONTAINER));
 
     let mut spec = template
         .get("spec")
@@ -275,6 +274,13 @@ mod tests {
         );
         let wait = injected(&json!({"django-migrate.io/mode": "wait"}));
         assert_eq!(contract_job(&wait, None), Err(NoContractJob::WaitMode));
+        // An earlier release's injection: the step without the code copy.
+        let mut legacy = a.clone();
+        legacy["spec"]["template"]["spec"]["initContainers"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|c| c["name"] != CODE_CONTAINER);
+        assert_eq!(contract_job(&legacy, None), Err(NoContractJob::NotInjected));
         let mut plain = a.clone();
         plain["spec"]["template"]["metadata"]["labels"] = json!({"app": "shop"});
         plain["spec"]["template"]["spec"]["initContainers"] = json!([]);
