@@ -378,11 +378,7 @@ async fn a_column_drop_ships_in_one_release_under_defer_without_a_failed_request
         )),
         "{metrics}"
     );
-    let out = std::process::Command::new(BIN)
-        .args(["status", "-n", &ns.name])
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
+    let (_, table) = status(&ns.name);
     eprintln!("$ django-migrate-webhook status -n {}\n{table}", ns.name);
     assert!(
         table.contains("contract:") && table.contains("applied"),
@@ -468,12 +464,8 @@ async fn a_failing_contract_job_is_reported() {
         )),
         "{metrics}"
     );
-    let out = std::process::Command::new(BIN)
-        .args(["status", "-n", &ns.name])
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{table}");
+    let (code, table) = status(&ns.name);
+    assert_eq!(code, Some(1), "{table}");
     assert!(table.contains("failed"), "{table}");
 }
 
@@ -590,11 +582,23 @@ async fn wait_for_gate(
     }
 }
 
-/// The Job name `inject --contract-job` gives the Deployment as stored.
-async fn contract_job_name(ns: &str) -> String {
+/// `django-migrate-webhook status -n NS`: its exit code and table.
+fn status(ns: &str) -> (Option<i32>, String) {
+    let out = std::process::Command::new(BIN)
+        .args(["status", "-n", ns])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// What `inject --contract-job -o FORMAT` prints for the ledger Deployment as stored.
+fn printed_contract_job(ns: &str, format: &str) -> String {
     let stored = kubectl_ok(&["get", "deployment", "ledger", "-n", ns, "-o", "json"]);
     let out = std::process::Command::new(BIN)
-        .args(["inject", "--contract-job", "-o", "json", "-f", "-"])
+        .args(["inject", "--contract-job", "-o", format, "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -604,7 +608,12 @@ async fn contract_job_name(ns: &str) -> String {
         })
         .unwrap();
     assert!(out.status.success());
-    let job: Value = serde_json::from_slice(&out.stdout).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The Job name `inject --contract-job` gives the Deployment as stored.
+async fn contract_job_name(ns: &str) -> String {
+    let job: Value = serde_json::from_str(&printed_contract_job(ns, "json")).unwrap();
     job["metadata"]["name"].as_str().unwrap().to_owned()
 }
 
@@ -642,19 +651,7 @@ async fn with_contract_jobs_off_the_printed_job_applies_the_deferred_migrations(
         webhook.metrics()
     );
 
-    let stored = kubectl_ok(&["get", "deployment", "ledger", "-n", &ns.name, "-o", "json"]);
-    let out = std::process::Command::new(BIN)
-        .args(["inject", "--contract-job", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child.stdin.take().unwrap().write_all(stored.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    assert!(out.status.success());
-    apply(&String::from_utf8_lossy(&out.stdout), &[]);
+    apply(&printed_contract_job(&ns.name, "yaml"), &[]);
     wait_for(
         "the applied Job to succeed",
         Duration::from_secs(180),
