@@ -1376,7 +1376,9 @@ def defer_contract(plan, unsafe, report):
             "contract run; nothing was applied: defer %s too (add it to django-migrate.io/defer), or ship it in "
             "the next release" % (len(blocked), migration, waits_for, migration),
         )
-    report.pending = not_deferred(report.pending, report)
+    # The plan, not `report.pending`: the latter may already be without the deferred ones.
+    names = ("%s.%s" % (m.app_label, m.name) for m, _state in plan)
+    report.pending = [n for n in names if n not in deferred]
 
 
 def hold_back_unsafe(connection, report):
