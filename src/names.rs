@@ -42,6 +42,8 @@ pub const USE_IMAGE_ENTRYPOINT: &str = "django-migrate.io/use-image-entrypoint";
 pub const DEFER: &str = "django-migrate.io/defer";
 /// Seconds the contract run waits after the rollout completed (at least).
 pub const CONTRACT_DELAY: &str = "django-migrate.io/contract-delay";
+/// `"false"` turns off the step's fast path (and its record table).
+pub const FAST_PATH: &str = "django-migrate.io/fast-path";
 
 /// Written by the controller once a contract run succeeded: the releases (hashes of their
 /// steps, see `contract_job::release_hash`) of the Deployment's older ReplicaSets, which may
@@ -50,7 +52,7 @@ pub const CONTRACT_DELAY: &str = "django-migrate.io/contract-delay";
 pub const CONTRACTED_RELEASES: &str = "django-migrate.io/contracted-releases";
 
 /// Every annotation the webhook understands; anything else under the prefix is a typo.
-pub const KNOWN_ANNOTATIONS: [&str; 18] = [
+pub const KNOWN_ANNOTATIONS: [&str; 19] = [
     CONTAINER,
     MODE,
     MANAGE_PY,
@@ -69,6 +71,7 @@ pub const KNOWN_ANNOTATIONS: [&str; 18] = [
     DEFER,
     CONTRACT_DELAY,
     CONTRACTED_RELEASES,
+    FAST_PATH,
 ];
 
 // ---------------------------------------------------------------- readiness gate
@@ -153,8 +156,10 @@ pub const ENV_HOLD_BACK: &str = "DJANGO_MIGRATE_HOLD_BACK";
 pub const ENV_LOCKING_MIN_ROWS: &str = "DJANGO_MIGRATE_LOCKING_MIN_ROWS";
 /// Comma-separated `app_label.migration_name` left for the contract run.
 pub const ENV_DEFER: &str = "DJANGO_MIGRATE_DEFER";
+/// `false` when the fast path is off; unset means on.
+pub const ENV_FAST_PATH: &str = "DJANGO_MIGRATE_FAST_PATH";
 /// Env vars set by the webhook on the Django step; same-named vars of the app are dropped.
-pub const STEP_ENV: [&str; 11] = [
+pub const STEP_ENV: [&str; 12] = [
     ENV_MODE,
     ENV_DATABASE,
     ENV_MANAGE_COMMAND,
@@ -166,6 +171,7 @@ pub const STEP_ENV: [&str; 11] = [
     ENV_HOLD_BACK,
     ENV_LOCKING_MIN_ROWS,
     ENV_DEFER,
+    ENV_FAST_PATH,
 ];
 /// Env vars of earlier releases that carried the program and the step; dropped when found.
 pub const LEGACY_ENV: [&str; 3] = [

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 pub use crate::names::{
-    ALLOW_UNSAFE, CONTAINER, CONTRACT_DELAY, CONTRACTED_RELEASES, DATABASE, DEFER, HOLD_BACK,
-    INJECT_LABEL, KNOWN_ANNOTATIONS, LOCK_TIMEOUT, LOCKING_MIN_ROWS, MANAGE_COMMAND, MANAGE_PY,
-    MIGRATE_TIMEOUT, MODE, PREFIX, PYTHON, READINESS_GATE_ANNOTATION, UNSAFE_MIGRATIONS,
+    ALLOW_UNSAFE, CONTAINER, CONTRACT_DELAY, CONTRACTED_RELEASES, DATABASE, DEFER, FAST_PATH,
+    HOLD_BACK, INJECT_LABEL, KNOWN_ANNOTATIONS, LOCK_TIMEOUT, LOCKING_MIN_ROWS, MANAGE_COMMAND,
+    MANAGE_PY, MIGRATE_TIMEOUT, MODE, PREFIX, PYTHON, READINESS_GATE_ANNOTATION, UNSAFE_MIGRATIONS,
     USE_IMAGE_ENTRYPOINT, WAIT_TIMEOUT,
 };
 
@@ -118,6 +118,9 @@ pub struct Settings {
     pub defer: Vec<String>,
     /// Seconds the contract run waits after the rollout completed, at least.
     pub contract_delay: u32,
+    /// Whether the step may end without starting Django when its record proves that
+    /// nothing is pending.
+    pub fast_path: bool,
 }
 
 impl Settings {
@@ -148,6 +151,7 @@ impl Default for Settings {
             use_image_entrypoint: false,
             defer: Vec::new(),
             contract_delay: 0,
+            fast_path: true,
         }
     }
 }
@@ -390,6 +394,7 @@ impl Settings {
                 }
                 READINESS_GATE_ANNOTATION => s.readiness_gate = parse_bool(key, value)?,
                 USE_IMAGE_ENTRYPOINT => s.use_image_entrypoint = parse_bool(key, value)?,
+                FAST_PATH => s.fast_path = parse_bool(key, value)?,
                 _ => {
                     return Err(InvalidAnnotation::Unknown {
                         annotation: key.clone(),
@@ -488,6 +493,7 @@ mod tests {
             (DEFER, ""),
             (CONTRACT_DELAY, "-1"),
             (CONTRACT_DELAY, "1h"),
+            (FAST_PATH, "off"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();
             assert_eq!(e.annotation(), k);
@@ -526,6 +532,8 @@ mod tests {
         assert!(s.defers());
         assert_eq!(parse(&[(CONTRACT_DELAY, "0")]).unwrap().contract_delay, 0);
         assert!(!Settings::default().defers());
+        assert!(Settings::default().fast_path);
+        assert!(!parse(&[(FAST_PATH, "false")]).unwrap().fast_path);
         let e = parse(&[(UNSAFE_MIGRATIONS, "later")])
             .unwrap_err()
             .to_string();

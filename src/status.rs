@@ -641,6 +641,14 @@ fn pod_line(p: &PodStatus) -> String {
         if s.retries > 0 {
             let _ = write!(line, ", {} lock-timeout retries", s.retries);
         }
+        match &s.fast_path {
+            Some(f) if f.taken => line.push_str(", fast path"),
+            // Only worth a look when the fast path could have answered.
+            Some(f) if applied == 0 && p.phase == "applied" => {
+                let _ = write!(line, ", full path ({})", f.why);
+            }
+            _ => {}
+        }
     }
     if p.phase != "applied"
         && let Some(m) = &p.message

@@ -128,6 +128,20 @@ pub struct Summary {
     pub contract_delay_seconds: Option<f64>,
     /// The lengths of the lists, never cut; absent from summaries of earlier releases.
     pub counts: Option<Counts>,
+    /// Whether the step ended without starting Django; absent when the fast path is off.
+    pub fast_path: Option<FastPath>,
+}
+
+/// The fast path: the step's record in the database proved that nothing is pending, or
+/// the doubt that sent the step down the full path.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct FastPath {
+    pub taken: bool,
+    /// How it knew, or which doubt made it start Django.
+    pub why: String,
+    /// After a full run: whether the record for the next start was written, and if not why.
+    pub recorded: Option<String>,
 }
 
 /// A pending migration the step left for the contract run.

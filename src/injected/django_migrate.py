@@ -104,6 +104,9 @@ PHASE_MIGRATING = "migrating"
 PHASE_DONE = "done"
 
 STARTED = time.monotonic()
+# The environment as the pod gave it: the settings module the fast path imports may change
+# os.environ (TZ, a .env file), and the inner phase must not start with those changes.
+ENVIRON = dict(os.environ)
 
 # The `result` of the summary.
 RESULT_NOTHING_PENDING = "nothing-pending"
@@ -184,6 +187,8 @@ class Report:
         self.unsafe_operations = []
         # Pending migrations left for the contract run, with why (and a delay, if any).
         self.deferred = []
+        # Whether the fast path was taken, and why (not), and whether a record was written.
+        self.fast_path = None
         # Held by the first thread that ends the process (the main one or the watchdog).
         self.ending = threading.Lock()
 
@@ -237,6 +242,7 @@ class Report:
             "unsafe_operations": [dict(u) for u in self.unsafe_operations],
             "deferred": [dict(d) for d in self.deferred],
             "contract_delay_seconds": self.contract_delay_seconds(),
+            "fast_path": self.fast_path,
         }
 
         def oversized():
@@ -298,8 +304,9 @@ def not_found(message):
     return StepEnded(EXIT_NOT_FOUND, RESULT_NOT_FOUND, message)
 
 
-def run_outer():
-    """Runs the inner phase under Django's shell; returns its exit code to pass through."""
+def run_outer(report):
+    """Ends the step on the fast path when it can; otherwise runs the inner phase under
+    Django's shell and returns its exit code to pass through."""
     if not MANAGE_COMMAND:
         raise not_found("DJANGO_MIGRATE_MANAGE_COMMAND is empty")
     program = MANAGE_COMMAND[0]
@@ -315,8 +322,8 @@ def run_outer():
                 "django-migrate.io/manage-py annotation" % (word, os.getcwd())
             )
 
+    env = try_fast_path(report)
     read_fd, write_fd = os.pipe()
-    env = dict(os.environ)
     env[STATUS_FD_ENV] = str(write_fd)
     inner = "import runpy; runpy.run_path(%r, run_name='django_migrate')" % os.path.abspath(__file__)
     argv = MANAGE_COMMAND + ["shell", "-v", "0", "-c", inner]
@@ -357,6 +364,543 @@ def run_outer():
             "could not be loaded; see the error above" % rc
         )
     return rc
+
+
+# ---------------------------------------------------------------- fast path
+#
+# Most pod starts have nothing to migrate. After a full run that leaves nothing pending,
+# the step records in the database (RECORD_TABLE) a fingerprint of everything apart from
+# the database that decides Django's migration plan: the files of every app's migrations
+# module and where that module resolves, the files that define the apps, the settings the
+# plan reads, Django's version, the alias and the database's address; and the rows of
+# django_migrations the empty plan rested on. A later start computes the fingerprint
+# again without starting Django (it imports the settings module, never django.setup())
+# and ends with nothing pending only when a record has that fingerprint and those rows
+# are still as they were. Any doubt takes the full path, and the summary says which.
+
+FAST_PATH = os.environ.get("DJANGO_MIGRATE_FAST_PATH", "true")
+RECORD_TABLE = "django_migrate_record"
+# Records of other fingerprints (earlier releases, other Deployments) kept beside the newest.
+RECORDS_KEPT = 50
+# The fast path gives up after this long and the full path runs.
+FAST_PATH_SECONDS = 20.0
+# The record write gives up after this long; the step has succeeded either way.
+RECORD_SECONDS = 15.0
+FAST_PATH_CONNECT_TIMEOUT = 5
+FINGERPRINT_FORMAT = 1
+# The outer phase tells the inner one why the fast path was not taken, and whether a
+# record may let the next start take it.
+FAST_PATH_DOUBT_ENV = "DJANGO_MIGRATE_FAST_PATH_DOUBT"
+FAST_PATH_RECORD_ENV = "DJANGO_MIGRATE_FAST_PATH_RECORD"
+# Settings the plan always reads; the swappable settings its dependencies name are added.
+PLAN_SETTINGS = ("INSTALLED_APPS", "MIGRATION_MODULES")
+FAST_PATH_WHY_MAX_CHARS = 300
+# What a manage.py of Django's template imports and calls, and nothing else.
+MANAGE_PY_IMPORTS = ("os", "sys", "django", "django.core.management")
+MANAGE_PY_CALLS = ("execute_from_command_line", "main", "ImportError")
+ENGINES_POSTGRESQL = ("django.db.backends.postgresql", "django.contrib.gis.db.backends.postgis")
+ENGINES_MYSQL = ("django.db.backends.mysql", "django.contrib.gis.db.backends.mysql")
+ENGINES_SQLITE = ("django.db.backends.sqlite3", "django.contrib.gis.db.backends.spatialite")
+
+
+class Doubt(Exception):
+    """Why the fast path cannot prove that nothing is pending. A `lasting` one holds for
+    every start of this image and settings (a driver it does not know, say): no record is
+    written for it."""
+
+    def __init__(self, why, lasting=False):
+        super().__init__(why)
+        self.why = why
+        self.lasting = lasting
+
+
+def dotted(node):
+    """`a.b.c` of a Name/Attribute chain, or None."""
+    import ast
+
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def standard_manage_py(path):
+    """The DJANGO_SETTINGS_MODULE default of a manage.py of Django's template shape (or
+    None when it sets none); a Doubt for any other manage.py: one that loads a .env file
+    or changes sys.path may change what the settings read, and only running it tells."""
+    import ast
+
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), path)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise Doubt("cannot read %s: %s" % (path, first_line(e)), lasting=True) from e
+    allowed = (ast.Import, ast.ImportFrom, ast.Expr, ast.FunctionDef, ast.If, ast.Try, ast.Raise, ast.Pass, ast.Return)
+    default = None
+    for node in ast.walk(tree):
+        what = None
+        if isinstance(node, ast.stmt) and not isinstance(node, allowed):
+            what = "a %s statement" % node.__class__.__name__
+        elif isinstance(node, ast.Import) and any(a.name not in MANAGE_PY_IMPORTS for a in node.names):
+            what = "import %s" % ", ".join(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module not in MANAGE_PY_IMPORTS:
+            what = "from %s import" % node.module
+        elif isinstance(node, ast.Call):
+            name = dotted(node.func)
+            args = [a.value if isinstance(a, ast.Constant) else None for a in node.args]
+            if name == "os.environ.setdefault" and len(args) == 2 and args[0] == "DJANGO_SETTINGS_MODULE":
+                if not isinstance(args[1], str):
+                    what = "a DJANGO_SETTINGS_MODULE that is not a string literal"
+                default = args[1]
+            elif name not in MANAGE_PY_CALLS:
+                what = "a call of %s" % (name or "an expression")
+        if what is not None:
+            raise Doubt(
+                "%s does more than Django's manage.py template (%s, line %d)"
+                % (path, what, getattr(node, "lineno", 0)),
+                lasting=True,
+            )
+    return default
+
+
+def manage_script():
+    """The manage.py that the manage command runs with this very interpreter, or a Doubt:
+    another interpreter has another sys.path, and another command other settings."""
+    if len(MANAGE_COMMAND) != 2 or not MANAGE_COMMAND[1].endswith(".py"):
+        raise Doubt("the manage command %r is not `python manage.py`" % " ".join(MANAGE_COMMAND), lasting=True)
+    python = shutil.which(MANAGE_COMMAND[0])
+    if python is None or os.path.abspath(python) != os.path.abspath(sys.executable):
+        raise Doubt(
+            "the manage command runs %s, not this interpreter (%s)" % (python or MANAGE_COMMAND[0], sys.executable),
+            lasting=True,
+        )
+    return os.path.abspath(MANAGE_COMMAND[1])
+
+
+def plan_settings():
+    """The settings as manage.py would load them, without starting Django: the module over
+    Django's defaults (django.conf.Settings), on the sys.path of `python manage.py`."""
+    script = manage_script()
+    default = standard_manage_py(script)
+    module = ENVIRON.get("DJANGO_SETTINGS_MODULE") or default
+    if not module:
+        raise Doubt("DJANGO_SETTINGS_MODULE is not set and %s sets no default" % script, lasting=True)
+    # `python manage.py` puts the script's directory first on sys.path, symbolic links resolved.
+    sys.path[0] = os.path.dirname(os.path.realpath(script))
+    try:
+        from django.conf import Settings
+
+        return Settings(module)
+    except Exception as e:  # noqa: BLE001 - whatever the settings module raises
+        raise Doubt(
+            "cannot load the settings module %s without starting Django: %s: %s"
+            % (module, e.__class__.__name__, first_line(e))
+        ) from e
+
+
+def database_identity(db):
+    """The database's address as the settings give it (no credentials)."""
+    options = {k: v for k, v in (db.get("OPTIONS") or {}).items() if "pass" not in k.lower()}
+    return {
+        "ENGINE": db.get("ENGINE") or "",
+        "NAME": str(db.get("NAME") or ""),
+        "HOST": str(db.get("HOST") or ""),
+        "PORT": str(db.get("PORT") or ""),
+        "OPTIONS": options,
+    }
+
+
+def file_digest(path):
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        raise Doubt("cannot read %s: %s" % (path, first_line(e))) from e
+
+
+def directory_digest(path):
+    """Every file of a migrations package by name and content (what Django's loader lists
+    from it, and more); subdirectories, __pycache__ included, are not migrations."""
+    h = hashlib.sha256()
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError as e:
+        raise Doubt("cannot list %s: %s" % (path, first_line(e))) from e
+    for entry in entries:
+        if entry.is_file():
+            h.update(("%s\0%s\n" % (entry.name, file_digest(entry.path))).encode())
+    return h.hexdigest()
+
+
+def module_state(name):
+    """Where the module `name` resolves, found the way the import system finds it but
+    without running any module: ["package", directory, its digest] (Django's loader reads
+    migrations from it), ["namespace"] or ["module"] (Django treats the app as unmigrated)
+    or ["missing"]; then the digests of the parent packages' __init__ files on the way."""
+    import importlib.machinery
+    import importlib.util
+
+    parts = name.split(".")
+    parents = []
+    spec = None
+    for i in range(len(parts)):
+        full = ".".join(parts[: i + 1])
+        try:
+            if i == 0:
+                # A top-level name: the finders are asked (editable installs included);
+                # nothing is executed.
+                spec = importlib.util.find_spec(full)
+            elif spec.submodule_search_locations is None:
+                spec = None
+            else:
+                spec = importlib.machinery.PathFinder.find_spec(full, list(spec.submodule_search_locations))
+        except (ImportError, ValueError) as e:
+            raise Doubt("cannot resolve %s: %s" % (full, first_line(e))) from e
+        if spec is None:
+            return ["missing", full] + parents
+        if i < len(parts) - 1 and spec.origin:
+            parents.append([spec.origin, file_digest(spec.origin)])
+    if spec.submodule_search_locations is None:
+        return ["module", spec.origin] + parents
+    if not spec.origin or not spec.has_location:
+        return ["namespace"] + parents
+    directory = os.path.realpath(os.path.dirname(spec.origin))
+    return ["package", directory, directory_digest(directory)] + parents
+
+
+def loaded_state(name):
+    """What Django's loader saw of the imported module `name`, in module_state's terms."""
+    module = sys.modules.get(name)
+    if module is None:
+        return "missing", None
+    if not hasattr(module, "__path__"):
+        return "module", None
+    if getattr(module, "__file__", None) is None and not isinstance(module.__path__, list):
+        return "namespace", None
+    return "package", os.path.realpath(os.path.dirname(module.__file__))
+
+
+def fingerprint(settings, identity, sources):
+    """The digest of everything but the database that decides the migration plan, for the
+    settings, the database's identity and the sources a record names."""
+    import django
+
+    payload = {
+        "format": FINGERPRINT_FORMAT,
+        "django": django.__version__,
+        "alias": ALIAS,
+        "database": identity,
+        "settings": {n: getattr(settings, n, None) for n in sorted(set(PLAN_SETTINGS) | set(sources["settings"]))},
+        "modules": [[name] + module_state(name) for name in sources["modules"]],
+        "files": [[path, file_digest(path)] for path in sources["files"]],
+    }
+    text = json.dumps(payload, sort_keys=True, default=repr, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def connect_outside_django(db):
+    """A DB-API connection with the parameters Django's backend would use, or a Doubt."""
+    engine = db.get("ENGINE") or ""
+    options = dict(db.get("OPTIONS") or {})
+    name = db.get("NAME")
+    try:
+        if engine in ENGINES_POSTGRESQL:
+            if options.get("assume_role"):
+                raise Doubt("OPTIONS assume_role changes what the connection sees", lasting=True)
+            for key in ("assume_role", "isolation_level", "server_side_binding", "pool", "cursor_factory"):
+                options.pop(key, None)
+            params = dict(options, client_encoding="UTF8")
+            if name:
+                params["dbname"] = name
+            elif name is None:
+                params.pop("service", None)
+                params["dbname"] = "postgres"
+            for key, param in (("USER", "user"), ("PASSWORD", "password"), ("HOST", "host"), ("PORT", "port")):
+                if db.get(key):
+                    params[param] = db[key]
+            params.setdefault("connect_timeout", FAST_PATH_CONNECT_TIMEOUT)
+            try:
+                import psycopg
+
+                params.setdefault("prepare_threshold", None)
+                conn = psycopg.connect(autocommit=True, **params)
+            except ImportError:
+                import psycopg2
+
+                conn = psycopg2.connect(**params)
+                conn.autocommit = True
+            return conn
+        if engine in ENGINES_MYSQL:
+            import MySQLdb
+
+            options.pop("isolation_level", None)
+            params = {"charset": "utf8mb4", "connect_timeout": FAST_PATH_CONNECT_TIMEOUT}
+            for key, param in (("USER", "user"), ("NAME", "db"), ("PASSWORD", "passwd")):
+                if db.get(key):
+                    params[param] = db[key]
+            host = db.get("HOST") or ""
+            if host.startswith("/"):
+                params["unix_socket"] = host
+            elif host:
+                params["host"] = host
+            if db.get("PORT"):
+                params["port"] = int(db["PORT"])
+            params.update(options)
+            conn = MySQLdb.connect(**params)
+            conn.autocommit(True)
+            return conn
+        if engine in ENGINES_SQLITE:
+            import pathlib
+            import sqlite3
+
+            text = str(name or "")
+            if not text or text == ":memory:" or text.startswith("file:"):
+                raise Doubt("the SQLite database %r is not a plain file" % text, lasting=True)
+            return sqlite3.connect("%s?mode=ro" % pathlib.Path(text).resolve().as_uri(), uri=True)
+    except Doubt:
+        raise
+    except Exception as e:  # noqa: BLE001 - any driver's error: the full path reports it
+        raise Doubt("cannot connect: %s: %s" % (e.__class__.__name__, first_line(e))) from e
+    raise Doubt(
+        "no fast path for ENGINE %r (it knows PostgreSQL, MySQL/MariaDB and SQLite)" % engine,
+        lasting=True,
+    )
+
+
+def fetch_all(conn, sql):
+    cursor = conn.cursor()
+    try:
+        cursor.execute(sql)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def fast_path_check(report):
+    """Returns what a step that found nothing pending says, or raises a Doubt."""
+    settings = plan_settings()
+    db = settings.DATABASES.get(ALIAS)
+    if db is None:
+        raise Doubt("database alias %r is not in settings.DATABASES" % ALIAS)
+    identity = database_identity(db)
+    conn = connect_outside_django(db)
+    try:
+        try:
+            records = fetch_all(
+                conn,
+                "SELECT fingerprint, recorded_at, sources, applied FROM %s ORDER BY recorded_at DESC" % RECORD_TABLE,
+            )
+        except Exception as e:  # noqa: BLE001 - a missing table is the usual one
+            raise Doubt("no record table %s: %s" % (RECORD_TABLE, first_line(e))) from e
+        match = None
+        for digest, recorded_at, sources, applied in records[:RECORDS_KEPT]:
+            try:
+                sources, applied = json.loads(sources), json.loads(applied)
+            except ValueError:
+                continue
+            if fingerprint(settings, identity, sources) == digest:
+                match = digest, recorded_at, applied
+                break
+        if match is None:
+            raise Doubt("no record of this image's migrations for this database (%d other records)" % len(records))
+        digest, recorded_at, applied = match
+        try:
+            rows = {"%s.%s" % (app, name) for app, name in fetch_all(conn, "SELECT app, name FROM django_migrations")}
+        except Exception as e:  # noqa: BLE001
+            raise Doubt("cannot read django_migrations: %s" % first_line(e)) from e
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+    gone = [m for m in applied if m not in rows]
+    if gone:
+        raise Doubt("%d recorded migrations are no longer in django_migrations: %s" % (len(gone), name_list(gone)))
+    return "fingerprint %s recorded %s; its %d applied migrations are all in django_migrations" % (
+        digest[:12],
+        recorded_at,
+        len(applied),
+    )
+
+
+def try_fast_path(report):
+    """The outer phase: ends the step with nothing pending when the fast path proves it;
+    otherwise notes why not and returns the env the inner phase gets."""
+    env = dict(ENVIRON)
+    if FAST_PATH == "false" or MODE not in (MODE_MIGRATE, MODE_WAIT, MODE_CONTRACT):
+        return env
+    if FAST_PATH != "true":
+        raise not_found("unknown DJANGO_MIGRATE_FAST_PATH %r: allowed true or false" % FAST_PATH)
+    outcome = {}
+    if MODE == MODE_CONTRACT:
+        outcome["doubt"] = Doubt("the contract run applies what the pods deferred: always the full path")
+    else:
+
+        def run():
+            try:
+                outcome["why"] = fast_path_check(report)
+            except Doubt as d:
+                outcome["doubt"] = d
+            except BaseException as e:  # noqa: BLE001 - the settings module may even exit
+                outcome["doubt"] = Doubt("%s: %s" % (e.__class__.__name__, first_line(e)))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(FAST_PATH_SECONDS)
+        if thread.is_alive():
+            outcome["doubt"] = Doubt("no answer within %.0fs" % FAST_PATH_SECONDS)
+    if "why" in outcome:
+        report.fast_path = {"taken": True, "why": shorten(outcome["why"], FAST_PATH_WHY_MAX_CHARS)}
+        report.phase = PHASE_DONE
+        raise StepEnded(
+            EXIT_OK,
+            RESULT_NOTHING_PENDING,
+            "nothing to apply (%.2fs, fast path: %s)" % (elapsed(), outcome["why"]),
+        )
+    doubt = outcome["doubt"]
+    report.log("full path: %s" % doubt.why)
+    env[FAST_PATH_DOUBT_ENV] = shorten(doubt.why, FAST_PATH_WHY_MAX_CHARS)
+    if not doubt.lasting and MODE in (MODE_MIGRATE, MODE_CONTRACT):
+        env[FAST_PATH_RECORD_ENV] = "1"
+    return env
+
+
+# The inner phase's side: the record.
+
+
+def plan_rows(loader, rows):
+    """The django_migrations rows an empty plan rests on: every migration of the graph
+    and, for a squashed one, all it replaces (Django counts it applied only when they all
+    are recorded; its own row does not matter). None when the plan is not empty, or when
+    a squashed migration replaces another squashed one."""
+    required = set()
+    for key, migration in loader.graph.nodes.items():
+        replaces = [tuple(r) for r in getattr(migration, "replaces", None) or []]
+        if any(r in loader.replacements for r in replaces):
+            return None
+        required.update(replaces or [key])
+    if not required <= rows:
+        return None
+    return sorted("%s.%s" % k for k in required)
+
+
+def plan_sources(loader):
+    """What the fingerprint covers besides the settings it always reads: the swappable
+    settings the migrations' dependencies name, every app's migrations module, and the
+    files that define the apps (apps.py decides an app's label)."""
+    from django.apps import apps
+
+    modules, files = set(), set()
+    for app_config in apps.get_app_configs():
+        module, _explicit = loader.migrations_module(app_config.label)
+        if module is not None:
+            modules.add(module)
+        defined_in = getattr(sys.modules.get(type(app_config).__module__), "__file__", None)
+        for path in (defined_in, *(os.path.join(app_config.path, f) for f in ("apps.py", "__init__.py"))):
+            if path:
+                files.add(os.path.realpath(path))
+    swappable = {
+        dependency.setting
+        for migration in loader.disk_migrations.values()
+        for dependency in migration.dependencies
+        if getattr(dependency, "setting", None)
+    }
+    return {"settings": sorted(swappable), "modules": sorted(modules), "files": sorted(files)}
+
+
+def write_record(identity):
+    """Records this image's fingerprint as fully applied to this database; returns what
+    the summary says about it."""
+    from django.conf import settings
+    from django.db import connections
+    from django.db.migrations.loader import MigrationLoader
+
+    connection = connections[ALIAS]
+    vendor = connection.vendor
+    if vendor not in ("postgresql", "mysql", "sqlite"):
+        return "not recorded: no fast path for the %s backend" % vendor
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT app, name FROM django_migrations")
+            rows = {tuple(r) for r in cursor.fetchall()}
+        # The graph from the files alone; the rows decide what it means, as in Django.
+        loader = MigrationLoader(None)
+        required = plan_rows(loader, rows)
+        if required is None:
+            return "not recorded: migrations are still pending (deferred ones, or another pod's)"
+        sources = plan_sources(loader)
+        for module in sources["modules"]:
+            state = module_state(module)
+            kind, directory = loaded_state(module)
+            if state[0] != kind or (kind == "package" and state[1] != directory):
+                return "not recorded: %s resolves to %s without importing, but Django loaded %s" % (
+                    module,
+                    state[1] if len(state) > 1 else state[0],
+                    directory or kind,
+                )
+        digest = fingerprint(settings, identity, sources)
+        values = [
+            digest,
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            json.dumps(sources, separators=(",", ":")),
+            json.dumps(required, separators=(",", ":")),
+        ]
+        insert = "INSERT INTO %s (fingerprint, recorded_at, sources, applied) VALUES (%%s, %%s, %%s, %%s)" % (
+            RECORD_TABLE
+        )
+        if vendor == "postgresql":
+            insert += (
+                " ON CONFLICT (fingerprint) DO UPDATE SET recorded_at = EXCLUDED.recorded_at,"
+                " sources = EXCLUDED.sources, applied = EXCLUDED.applied"
+            )
+        elif vendor == "mysql":
+            insert += (
+                " ON DUPLICATE KEY UPDATE recorded_at = VALUES(recorded_at), sources = VALUES(sources),"
+                " applied = VALUES(applied)"
+            )
+        else:
+            insert = insert.replace("INSERT INTO", "INSERT OR REPLACE INTO", 1)
+        with connection.cursor() as cursor:
+            with contextlib.suppress(Exception):
+                # Pods racing to create it: one wins, the others' inserts go into its table.
+                cursor.execute(
+                    "CREATE TABLE IF NOT EXISTS %s (fingerprint varchar(64) NOT NULL PRIMARY KEY, "
+                    "recorded_at varchar(32) NOT NULL, sources text NOT NULL, applied text NOT NULL)" % RECORD_TABLE
+                )
+            cursor.execute(insert, values)
+            cursor.execute("SELECT fingerprint FROM %s ORDER BY recorded_at DESC" % RECORD_TABLE)
+            old = [r[0] for r in cursor.fetchall()[RECORDS_KEPT:]]
+            if old:
+                cursor.execute(
+                    "DELETE FROM %s WHERE fingerprint IN (%s)" % (RECORD_TABLE, ", ".join(["%s"] * len(old))), old
+                )
+        return "recorded fingerprint %s (%d applied migrations)" % (digest[:12], len(required))
+    except Exception as e:  # noqa: BLE001 - the step succeeded; only the next start is slower
+        return "not recorded: %s: %s" % (e.__class__.__name__, first_line(e))
+    finally:
+        close_quietly(connection)
+
+
+def record_for_fast_path(report, identity):
+    """After a successful full run with nothing left pending: the record, written on a
+    connection of its own in a thread bounded by RECORD_SECONDS. `identity` is the
+    database's as the settings gave it, before the step added its connect timeout."""
+    outcome = {}
+
+    def run():
+        outcome["said"] = write_record(identity)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(RECORD_SECONDS)
+    said = outcome.get("said", "not recorded: no answer within %.0fs" % RECORD_SECONDS)
+    report.log("fast path: %s" % said)
+    if report.fast_path is not None:
+        report.fast_path["recorded"] = shorten(said, FAST_PATH_WHY_MAX_CHARS)
 
 
 # ---------------------------------------------------------------- inner phase
@@ -1984,6 +2528,19 @@ def run_inner(report):
         raise not_found("unknown DJANGO_MIGRATE_MODE %r: allowed migrate, wait or contract" % MODE)
     if UNSAFE_MIGRATIONS not in ("warn", "deny", "defer"):
         raise not_found("unknown DJANGO_MIGRATE_UNSAFE_MIGRATIONS %r: allowed warn, deny or defer" % UNSAFE_MIGRATIONS)
+    doubt = os.environ.pop(FAST_PATH_DOUBT_ENV, None)
+    if doubt is not None:
+        report.fast_path = {"taken": False, "why": doubt}
+    record = os.environ.pop(FAST_PATH_RECORD_ENV, None) == "1"
+    identity = database_identity(connection.settings_dict)
+    ended = run_mode(connections, connection, report)
+    if record and ended.code == EXIT_OK and not report.pending and not report.deferred:
+        record_for_fast_path(report, identity)
+    return ended
+
+
+def run_mode(connections, connection, report):
+    """The step of this mode, once the settings are loaded: returns (or raises) its end."""
     watchdog = Watchdog(report)
     with_connect_timeout(connection)
     wait_for_connection(connection, report, watchdog)
@@ -2012,7 +2569,7 @@ def main():
             ended = run_inner(report)
         else:
             # The inner phase wrote the summary: its exit code is passed through.
-            ended = StepEnded(run_outer(), None, None)
+            ended = StepEnded(run_outer(report), None, None)
     except StepEnded as e:
         ended = e
     except Exception as e:  # noqa: BLE001 - reported, not swallowed: the step fails

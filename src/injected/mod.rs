@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 use crate::deployment::JsonMap;
 use crate::names::{
     CODE_CONTAINER, CODE_MOUNT_PATH, CODE_VOLUME, ENV_ALLOW_UNSAFE, ENV_DATABASE, ENV_DEFER,
-    ENV_HOLD_BACK, ENV_LOCK_TIMEOUT, ENV_LOCKING_MIN_ROWS, ENV_MANAGE_COMMAND, ENV_MIGRATE_TIMEOUT,
-    ENV_MODE, ENV_UNSAFE_MIGRATIONS, ENV_WAIT_TIMEOUT, LEGACY_ENV, MIGRATE_CONTAINER, PROGRAM_FILE,
-    RESERVED_CONTAINERS, STEP_ENV, TERMINATION_LOG, WAIT_CONTAINER,
+    ENV_FAST_PATH, ENV_HOLD_BACK, ENV_LOCK_TIMEOUT, ENV_LOCKING_MIN_ROWS, ENV_MANAGE_COMMAND,
+    ENV_MIGRATE_TIMEOUT, ENV_MODE, ENV_UNSAFE_MIGRATIONS, ENV_WAIT_TIMEOUT, LEGACY_ENV,
+    MIGRATE_CONTAINER, PROGRAM_FILE, RESERVED_CONTAINERS, STEP_ENV, TERMINATION_LOG,
+    WAIT_CONTAINER,
 };
 use crate::settings::{DEFAULT_LOCKING_MIN_ROWS, Mode, Settings};
 
@@ -164,6 +165,9 @@ pub fn step_container(app: &JsonMap, s: &Settings) -> Value {
     if !s.defer.is_empty() {
         set(ENV_DEFER, s.defer.join(","));
     }
+    if !s.fast_path {
+        set(ENV_FAST_PATH, "false".into());
+    }
     if s.hold_back != Settings::default().hold_back {
         let kinds: Vec<&str> = s.hold_back.iter().map(|h| h.as_str()).collect();
         set(ENV_HOLD_BACK, kinds.join(","));
@@ -262,6 +266,21 @@ mod tests {
             json!([{"name": "media", "mountPath": "/media"},
                    {"name": CODE_VOLUME, "mountPath": CODE_MOUNT_PATH, "readOnly": true}])
         );
+    }
+
+    /// The fast path is on unless turned off, and a default adds nothing to the template
+    /// (an upgrade starts no rollout).
+    #[test]
+    fn the_fast_path_env_is_set_only_when_it_is_off() {
+        let on = step_container(&app(), &Settings::default());
+        assert!(!on.to_string().contains(ENV_FAST_PATH));
+        let off = Settings {
+            fast_path: false,
+            ..Settings::default()
+        };
+        let step = step_container(&app(), &off);
+        let env = step["env"].as_array().unwrap();
+        assert!(env.contains(&json!({"name": ENV_FAST_PATH, "value": "false"})));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod support;
 
 mod classifier;
 mod contract;
+mod fast_path;
 mod kubelet;
 mod poolers;
 mod safety;

@@ -45,9 +45,9 @@ fn count_runs(db: &str) -> i64 {
 #[test]
 fn one_step_waits_for_the_database_and_applies_every_migration_once() {
     let (mut pods, db) = sqlite_pods();
-    let loads = pods.dir.path().join("settings-loads");
+    let starts = pods.dir.path().join("django-starts");
     pods.env
-        .push(("SETTINGS_LOADS_FILE".into(), loads.to_string_lossy().into()));
+        .push(("DJANGO_STARTS_FILE".into(), starts.to_string_lossy().into()));
     let containers = pods.containers(&[], &[]);
     let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["django-migrate-code", "django-migrate"]);
@@ -88,8 +88,8 @@ fn one_step_waits_for_the_database_and_applies_every_migration_once() {
     );
     assert_eq!(count_runs(&db), 1);
     // The database wait and the migration share one Django start.
-    let starts = std::fs::read_to_string(&loads).unwrap();
-    assert_eq!(starts.lines().count(), 1, "Django started {starts:?}");
+    let started = std::fs::read_to_string(&starts).unwrap();
+    assert_eq!(started.lines().count(), 1, "Django started {started:?}");
 
     // A restarted pod finds nothing to do and leaves the data alone.
     let exit = containers[1].run(LIMIT);

@@ -63,8 +63,3 @@ else:
         # Session settings the server or a proxy gives this app's connections (a short
         # wait_timeout, say).
         DATABASES["default"]["OPTIONS"] = {"init_command": os.environ["DB_INIT_COMMAND"]}
-
-# Tests count Django start-ups: each start appends its PID to this file.
-if os.environ.get("SETTINGS_LOADS_FILE"):
-    with open(os.environ["SETTINGS_LOADS_FILE"], "a") as _loads:
-        _loads.write("%d\n" % os.getpid())
