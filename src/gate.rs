@@ -83,6 +83,7 @@ pub struct GateMetrics {
     retries: Family<DeploymentKey, Counter>,
     failures: Family<FailureLabels, Counter>,
     held_back: Family<DeploymentKey, Counter>,
+    fast_path: Family<DeploymentKey, Counter>,
     pods: PodMetrics,
 }
 
@@ -98,6 +99,7 @@ impl GateMetrics {
             retries: Family::default(),
             failures: Family::default(),
             held_back: Family::default(),
+            fast_path: Family::default(),
             pods: PodMetrics::default(),
         };
         registry.register(
@@ -130,6 +132,11 @@ impl GateMetrics {
             "Unsafe operations held back by unsafe-migrations: deny",
             metrics.held_back.clone(),
         );
+        registry.register(
+            "steps_fast_path",
+            "Django steps that found nothing pending from their record, without starting Django",
+            metrics.fast_path.clone(),
+        );
         let controller = registry.sub_registry_with_prefix("controller");
         controller.register(
             "time_to_gate_seconds",
@@ -159,6 +166,10 @@ impl GateMetrics {
         self.held_back
             .get_or_create(deployment)
             .inc_by(stats.held_back);
+        let fast_path = self.fast_path.get_or_create(deployment);
+        if stats.fast_path {
+            fast_path.inc();
+        }
     }
 
     /// One series of each labelled family, for tests that list what is exported.

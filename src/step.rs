@@ -118,6 +118,8 @@ pub struct StepStats {
     pub retries: u64,
     /// Unsafe operations held back (`unsafe-migrations: deny`).
     pub held_back: u64,
+    /// It ended on the fast path, without starting Django.
+    pub fast_path: bool,
 }
 
 impl Exit {
@@ -155,6 +157,7 @@ impl Exit {
                     applied: s.applied_count(),
                     retries: u64::from(s.retries),
                     held_back: s.held_back_count(),
+                    fast_path: s.fast_path.as_ref().is_some_and(|f| f.taken),
                 })
                 .unwrap_or_default(),
         }

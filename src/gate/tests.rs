@@ -187,6 +187,9 @@ async fn a_step_that_applied_hundreds_of_migrations_is_counted_and_told_once() {
     let retries = r#"django_migrate_lock_timeout_retries_total{namespace="n",deployment="shop"}"#;
     assert_eq!(fx.sample(retries), format!("{retries} 1"));
 
+    let fast = r#"django_migrate_steps_fast_path_total{namespace="n",deployment="shop"}"#;
+    assert_eq!(fx.sample(fast), format!("{fast} 0"));
+
     // The pod now carries the condition: nothing is sent, nothing is counted again.
     let done = pod(&summary, Some(condition));
     fx.reconcile(&done, vec![]).await;
@@ -247,4 +250,26 @@ async fn a_running_step_is_patched_without_events_and_pods_without_the_gate_are_
     );
     running.spec.gated = false;
     fx.reconcile(&running, vec![]).await;
+}
+
+#[tokio::test]
+async fn a_step_that_ended_on_the_fast_path_is_counted() {
+    let summary = json!({
+        "mode": "migrate", "phase": "done", "result": "nothing-pending", "exit_code": 0,
+        "message": "nothing to apply (0.21s, fast path: fingerprint 0123456789ab recorded 2026-12-01T10:00:00Z; its 219 applied migrations are all in django_migrations)",
+        "applied": [], "pending": [],
+        "seconds": {"total": 0.21, "database": 0.0, "lock_wait": 0.0, "migrate": 0.0},
+        "fast_path": {"taken": true, "why": "fingerprint 0123456789ab recorded 2026-12-01T10:00:00Z"},
+    });
+    let fx = Fixture::new();
+    let bodies = fx
+        .reconcile(
+            &pod(&summary, None),
+            vec![expect("PATCH", POD_STATUS, Some(pod_reply()))],
+        )
+        .await;
+    let condition = patched_condition(&bodies[0]);
+    assert_eq!(condition["status"], "True");
+    let fast = r#"django_migrate_steps_fast_path_total{namespace="n",deployment="shop"}"#;
+    assert_eq!(fx.sample(fast), format!("{fast} 1"));
 }

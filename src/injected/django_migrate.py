@@ -515,13 +515,22 @@ def database_identity(db):
 
 
 def file_digest(path):
+    """The SHA-256 of a regular file's content, read in chunks; "missing" when there is
+    none (a record names paths, and a device or a directory is never one of its files)."""
+    import stat
+
+    h = hashlib.sha256()
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return "missing"
         with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     except FileNotFoundError:
         return "missing"
     except OSError as e:
         raise Doubt("cannot read %s: %s" % (path, first_line(e))) from e
+    return h.hexdigest()
 
 
 def directory_digest(path):
