@@ -489,8 +489,11 @@ def plan_settings():
     module = ENVIRON.get("DJANGO_SETTINGS_MODULE") or default
     if not module:
         raise Doubt("DJANGO_SETTINGS_MODULE is not set and %s sets no default" % script, lasting=True)
-    # `python manage.py` puts the script's directory first on sys.path, symbolic links resolved.
-    sys.path[0] = os.path.dirname(os.path.realpath(script))
+    # `python manage.py` puts the script's directory first on sys.path, symbolic links
+    # resolved, where this program's directory is now (neither is there under
+    # PYTHONSAFEPATH).
+    if not getattr(sys.flags, "safe_path", False):
+        sys.path[0] = os.path.dirname(os.path.realpath(script))
     try:
         from django.conf import Settings
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::servers::{Engine, Server, server};
-use crate::{Pairs, Pods, test_python};
+use crate::{Pairs, Pods, test_python, test_python_django42};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const RECORD_TABLE: &str = "django_migrate_record";
@@ -53,9 +53,13 @@ struct Site {
 
 impl Site {
     fn new(engine: Engine, label: &str) -> Site {
+        Site::with_python(engine, label, test_python())
+    }
+
+    fn with_python(engine: Engine, label: &str, python: PathBuf) -> Site {
         let server = server(engine);
         let database = server.create_database(label);
-        let mut pods = server.pods(test_python(), &database, server.port, &server.password);
+        let mut pods = server.pods(python, &database, server.port, &server.password);
         let site = pods.dir.path().join("site");
         let migrations = site.join("fleet/migrations");
         std::fs::create_dir_all(&migrations).unwrap();
@@ -274,6 +278,17 @@ fn postgresql_second_start_takes_the_fast_path() {
 #[test]
 fn mysql_second_start_takes_the_fast_path() {
     second_start_takes_the_fast_path(Engine::Mysql);
+}
+
+/// Django 4.2 with psycopg2 (the previous LTS and the other PostgreSQL driver): the
+/// record a full run writes lets the next start end on the fast path.
+#[test]
+fn postgresql_django42_psycopg2_second_start_takes_the_fast_path() {
+    let site = Site::with_python(Engine::Postgresql, "fast42", test_python_django42());
+    let first = site.step(&[], &[]);
+    assert_eq!(first["result"], "applied", "{first}");
+    recorded_then_fast(&site, &first);
+    assert_eq!(site.django_starts(), 1, "the fast path started Django");
 }
 
 /// Every change after the record that makes a skip wrong sends the step down the full
