@@ -44,6 +44,7 @@
 # The names below (env vars, phases, exit codes) are the ones of src/names.rs.
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -392,6 +393,27 @@ FINGERPRINT_FORMAT = 1
 # record may let the next start take it.
 FAST_PATH_DOUBT_ENV = "DJANGO_MIGRATE_FAST_PATH_DOUBT"
 FAST_PATH_RECORD_ENV = "DJANGO_MIGRATE_FAST_PATH_RECORD"
+# Set on the process that runs the check: the file descriptor its answer goes to.
+FAST_PATH_CHECK_FD_ENV = "DJANGO_MIGRATE_FAST_PATH_CHECK_FD"
+# Connection options that do not choose the database (and may differ from pod to pod):
+# left out of the database's identity.
+CONNECTION_ONLY_OPTIONS = (
+    "application_name",
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "pool",
+    "isolation_level",
+    "server_side_binding",
+    "cursor_factory",
+    "prepare_threshold",
+    "client_encoding",
+    "charset",
+    "conv",
+)
 # Settings the plan always reads; the swappable settings its dependencies name are added.
 PLAN_SETTINGS = ("INSTALLED_APPS", "MIGRATION_MODULES")
 FAST_PATH_WHY_MAX_CHARS = 300
@@ -440,22 +462,31 @@ def standard_manage_py(path):
     except (OSError, SyntaxError, ValueError) as e:
         raise Doubt("cannot read %s: %s" % (path, first_line(e)), lasting=True) from e
     allowed = (ast.Import, ast.ImportFrom, ast.Expr, ast.FunctionDef, ast.If, ast.Try, ast.Raise, ast.Pass, ast.Return)
-    default = None
+    defaults = []
     for node in ast.walk(tree):
         what = None
         if isinstance(node, ast.stmt) and not isinstance(node, allowed):
             what = "a %s statement" % node.__class__.__name__
+        elif isinstance(node, (ast.Import, ast.ImportFrom)) and any(a.asname for a in node.names):
+            what = "an import under another name"
         elif isinstance(node, ast.Import) and any(a.name not in MANAGE_PY_IMPORTS for a in node.names):
             what = "import %s" % ", ".join(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module not in MANAGE_PY_IMPORTS:
             what = "from %s import" % node.module
+        elif isinstance(node, ast.If) and not (
+            isinstance(node.test, ast.Compare)
+            and dotted(node.test.left) == "__name__"
+            and [type(o) for o in node.test.ops] == [ast.Eq]
+            and [getattr(c, "value", None) for c in node.test.comparators] == ["__main__"]
+        ):
+            what = 'a condition other than __name__ == "__main__"'
         elif isinstance(node, ast.Call):
             name = dotted(node.func)
             args = [a.value if isinstance(a, ast.Constant) else None for a in node.args]
             if name == "os.environ.setdefault" and len(args) == 2 and args[0] == "DJANGO_SETTINGS_MODULE":
-                if not isinstance(args[1], str):
-                    what = "a DJANGO_SETTINGS_MODULE that is not a string literal"
-                default = args[1]
+                if not isinstance(args[1], str) or defaults:
+                    what = "a DJANGO_SETTINGS_MODULE that is not one string literal"
+                defaults.append(args[1])
             elif name not in MANAGE_PY_CALLS:
                 what = "a call of %s" % (name or "an expression")
         if what is not None:
@@ -464,7 +495,7 @@ def standard_manage_py(path):
                 % (path, what, getattr(node, "lineno", 0)),
                 lasting=True,
             )
-    return default
+    return defaults[0] if defaults else None
 
 
 def manage_script():
@@ -486,7 +517,7 @@ def plan_settings():
     Django's defaults (django.conf.Settings), on the sys.path of `python manage.py`."""
     script = manage_script()
     default = standard_manage_py(script)
-    module = ENVIRON.get("DJANGO_SETTINGS_MODULE") or default
+    module = ENVIRON["DJANGO_SETTINGS_MODULE"] if "DJANGO_SETTINGS_MODULE" in ENVIRON else default
     if not module:
         raise Doubt("DJANGO_SETTINGS_MODULE is not set and %s sets no default" % script, lasting=True)
     # `python manage.py` puts the script's directory first on sys.path, symbolic links
@@ -507,7 +538,11 @@ def plan_settings():
 
 def database_identity(db):
     """The database's address as the settings give it (no credentials)."""
-    options = {k: v for k, v in (db.get("OPTIONS") or {}).items() if "pass" not in k.lower()}
+    options = {
+        k: v
+        for k, v in (db.get("OPTIONS") or {}).items()
+        if "pass" not in k.lower() and k not in CONNECTION_ONLY_OPTIONS
+    }
     return {
         "ENGINE": db.get("ENGINE") or "",
         "NAME": str(db.get("NAME") or ""),
@@ -517,6 +552,7 @@ def database_identity(db):
     }
 
 
+@functools.lru_cache(maxsize=None)
 def file_digest(path):
     """The SHA-256 of a regular file's content, read in chunks; "missing" when there is
     none (a record names paths, and a device or a directory is never one of its files)."""
@@ -550,6 +586,7 @@ def directory_digest(path):
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=None)
 def module_state(name):
     """Where the module `name` resolves, found the way the import system finds it but
     without running any module: ["package", directory, its digest] (Django's loader reads
@@ -571,8 +608,12 @@ def module_state(name):
             elif spec.submodule_search_locations is None:
                 spec = None
             else:
-                spec = importlib.machinery.PathFinder.find_spec(full, list(spec.submodule_search_locations))
-        except (ImportError, ValueError) as e:
+                # A namespace package's path as found, not recomputed from its imported
+                # parent (which this process may not have).
+                locations = spec.submodule_search_locations
+                locations = list(getattr(locations, "_path", locations))
+                spec = importlib.machinery.PathFinder.find_spec(full, locations)
+        except (ImportError, ValueError, KeyError) as e:
             raise Doubt("cannot resolve %s: %s" % (full, first_line(e))) from e
         if spec is None:
             return ["missing", full] + parents
@@ -595,7 +636,11 @@ def loaded_state(name):
         return "module", None
     if getattr(module, "__file__", None) is None and not isinstance(module.__path__, list):
         return "namespace", None
-    return "package", os.path.realpath(os.path.dirname(module.__file__))
+    directory = os.path.realpath(os.path.dirname(module.__file__))
+    if [os.path.realpath(p) for p in module.__path__] != [directory]:
+        # Django lists migrations from every entry; the fingerprint covers one directory.
+        return "package with more than one directory", None
+    return "package", directory
 
 
 def fingerprint(settings, identity, sources):
@@ -627,12 +672,15 @@ def connect_outside_django(db):
                 raise Doubt("OPTIONS assume_role changes what the connection sees", lasting=True)
             for key in ("assume_role", "isolation_level", "server_side_binding", "pool", "cursor_factory"):
                 options.pop(key, None)
-            params = dict(options, client_encoding="UTF8")
+            # Django's order: an OPTIONS dbname wins over NAME.
             if name:
-                params["dbname"] = name
+                params = dict({"dbname": name}, **options)
             elif name is None:
-                params.pop("service", None)
-                params["dbname"] = "postgres"
+                options.pop("service", None)
+                params = dict({"dbname": "postgres"}, **options)
+            else:
+                params = dict(options)
+            params["client_encoding"] = "UTF8"
             for key, param in (("USER", "user"), ("PASSWORD", "password"), ("HOST", "host"), ("PORT", "port")):
                 if db.get(key):
                     params[param] = db[key]
@@ -694,7 +742,7 @@ def fetch_all(conn, sql):
         cursor.close()
 
 
-def fast_path_check(report):
+def fast_path_check():
     """Returns what a step that found nothing pending says, or raises a Doubt."""
     settings = plan_settings()
     db = settings.DATABASES.get(ALIAS)
@@ -739,6 +787,61 @@ def fast_path_check(report):
     )
 
 
+def fast_path_child():
+    """The process that runs the check: importing the settings module may change the
+    working directory, patch the standard library (gevent) or hold memory, none of which
+    may reach the process that then starts Django. Writes its answer to the descriptor it
+    was given, as JSON, and ends."""
+    fd = int(os.environ.pop(FAST_PATH_CHECK_FD_ENV))
+    try:
+        answer = {"why": fast_path_check()}
+    except Doubt as d:
+        answer = {"doubt": d.why, "lasting": d.lasting}
+    except BaseException as e:  # noqa: BLE001 - the settings module may even exit
+        answer = {"doubt": "%s: %s" % (e.__class__.__name__, first_line(e)), "lasting": False}
+    with contextlib.suppress(OSError):
+        os.write(fd, json.dumps(answer).encode())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def run_fast_path_check():
+    """The check's answer, from a process of its own killed at FAST_PATH_SECONDS: (why it
+    is certain, None) or (None, Doubt)."""
+    read_fd, write_fd = os.pipe()
+    env = dict(ENVIRON, **{FAST_PATH_CHECK_FD_ENV: str(write_fd)})
+    try:
+        child = subprocess.Popen([sys.executable, os.path.abspath(__file__)], env=env, pass_fds=(write_fd,))
+    except OSError as e:
+        os.close(read_fd)
+        os.close(write_fd)
+        return None, Doubt("cannot run the check: %s" % e)
+    os.close(write_fd)
+    answer = b""
+    deadline = time.monotonic() + FAST_PATH_SECONDS
+    with os.fdopen(read_fd, "rb") as pipe:
+        while True:
+            left = deadline - time.monotonic()
+            ready = select.select([pipe], [], [], max(left, 0))[0] if left > 0 else []
+            if not ready:
+                child.kill()
+                child.wait()
+                return None, Doubt("no answer within %.0fs" % FAST_PATH_SECONDS)
+            chunk = os.read(pipe.fileno(), 65536)
+            if not chunk:
+                break
+            answer += chunk
+    child.wait()
+    try:
+        answer = json.loads(answer)
+    except ValueError:
+        return None, Doubt("the check ended without an answer (exit code %d)" % child.returncode)
+    if "why" in answer:
+        return answer["why"], None
+    return None, Doubt(answer["doubt"], lasting=answer.get("lasting", False))
+
+
 def try_fast_path(report):
     """The outer phase: ends the step with nothing pending when the fast path proves it;
     otherwise notes why not and returns the env the inner phase gets."""
@@ -751,20 +854,8 @@ def try_fast_path(report):
     if MODE == MODE_CONTRACT:
         outcome["doubt"] = Doubt("the contract run applies what the pods deferred: always the full path")
     else:
-
-        def run():
-            try:
-                outcome["why"] = fast_path_check(report)
-            except Doubt as d:
-                outcome["doubt"] = d
-            except BaseException as e:  # noqa: BLE001 - the settings module may even exit
-                outcome["doubt"] = Doubt("%s: %s" % (e.__class__.__name__, first_line(e)))
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        thread.join(FAST_PATH_SECONDS)
-        if thread.is_alive():
-            outcome["doubt"] = Doubt("no answer within %.0fs" % FAST_PATH_SECONDS)
+        why, doubt = run_fast_path_check()
+        outcome["why" if why is not None else "doubt"] = why if why is not None else doubt
     if "why" in outcome:
         report.fast_path = {"taken": True, "why": shorten(outcome["why"], FAST_PATH_WHY_MAX_CHARS)}
         report.phase = PHASE_DONE
@@ -800,7 +891,7 @@ def plan_rows(loader, rows):
     return sorted("%s.%s" % k for k in required)
 
 
-def plan_sources(loader):
+def plan_sources(loader, settings):
     """What the fingerprint covers besides the settings it always reads: the swappable
     settings the migrations' dependencies name, every app's migrations module, and the
     files that define the apps (apps.py decides an app's label)."""
@@ -811,16 +902,23 @@ def plan_sources(loader):
         module, _explicit = loader.migrations_module(app_config.label)
         if module is not None:
             modules.add(module)
-        defined_in = getattr(sys.modules.get(type(app_config).__module__), "__file__", None)
-        for path in (defined_in, *(os.path.join(app_config.path, f) for f in ("apps.py", "__init__.py"))):
+        # The label may come from a base class in another module.
+        defined_in = [getattr(sys.modules.get(c.__module__), "__file__", None) for c in type(app_config).__mro__]
+        for path in defined_in + [os.path.join(app_config.path, f) for f in ("apps.py", "__init__.py")]:
             if path:
                 files.add(os.path.realpath(path))
-    swappable = {
+    # A swappable dependency carries the setting's value (`auth.User`), not its name.
+    values = {
         dependency.setting
         for migration in loader.disk_migrations.values()
         for dependency in migration.dependencies
         if getattr(dependency, "setting", None)
     }
+    swappable = set()
+    for name in filter(str.isupper, dir(settings)):
+        with contextlib.suppress(Exception):  # a setting that refuses to be read is not one
+            if getattr(settings, name) in values:
+                swappable.add(name)
     return {"settings": sorted(swappable), "modules": sorted(modules), "files": sorted(files)}
 
 
@@ -844,7 +942,7 @@ def write_record(identity):
         required = plan_rows(loader, rows)
         if required is None:
             return "not recorded: migrations are still pending (deferred ones, or another pod's)"
-        sources = plan_sources(loader)
+        sources = plan_sources(loader, settings)
         for module in sources["modules"]:
             state = module_state(module)
             kind, directory = loaded_state(module)
@@ -879,9 +977,12 @@ def write_record(identity):
         with connection.cursor() as cursor:
             with contextlib.suppress(Exception):
                 # Pods racing to create it: one wins, the others' inserts go into its table.
+                # MySQL's `text` holds 64 KiB: a long history's rows need more.
+                text = "longtext" if vendor == "mysql" else "text"
                 cursor.execute(
                     "CREATE TABLE IF NOT EXISTS %s (fingerprint varchar(64) NOT NULL PRIMARY KEY, "
-                    "recorded_at varchar(32) NOT NULL, sources text NOT NULL, applied text NOT NULL)" % RECORD_TABLE
+                    "recorded_at varchar(32) NOT NULL, sources %s NOT NULL, applied %s NOT NULL)"
+                    % (RECORD_TABLE, text, text)
                 )
             cursor.execute(insert, values)
             cursor.execute("SELECT fingerprint FROM %s ORDER BY recorded_at DESC" % RECORD_TABLE)
@@ -2593,6 +2694,9 @@ def main():
     end(report, ended.code, ended.result, ended.message)
 
 
-# The outer phase runs this file as a script; the inner one through runpy, under another name.
-if STATUS_FD_ENV in os.environ or __name__ == "__main__":
+# The outer phase runs this file as a script, and so does the fast path's check; the inner
+# phase runs it through runpy, under another name.
+if FAST_PATH_CHECK_FD_ENV in os.environ and __name__ == "__main__":
+    fast_path_child()
+elif STATUS_FD_ENV in os.environ or __name__ == "__main__":
     main()
