@@ -643,13 +643,19 @@ async fn with_contract_jobs_off_the_printed_job_applies_the_deferred_migrations(
     assert!(note.contains("ledger.0002_remove_entry_legacy"), "{note}");
     assert!(contract_jobs(&ns.name).is_empty());
     assert_eq!(legacy_column(&database), "1");
-    assert!(
-        webhook
-            .metrics()
-            .contains("django_migrate_contract_pending_since_timestamp_seconds{"),
-        "{}",
-        webhook.metrics()
+    // The Event may come from another test's controller (each watches the whole cluster):
+    // this one's gauge follows once it has reconciled the Deployment too.
+    let gauge = format!(
+        "django_migrate_contract_pending_since_timestamp_seconds{{namespace=\"{}\"",
+        ns.name
     );
+    wait_for(
+        "this controller's pending gauge",
+        Duration::from_secs(60),
+        &webhook,
+        || webhook.metrics().contains(&gauge).then_some(()),
+    )
+    .await;
 
     apply(&printed_contract_job(&ns.name, "yaml"), &[]);
     wait_for(
