@@ -153,12 +153,12 @@ fn assert_fast(summary: &Value) {
 }
 
 /// The full path ran, recorded the image, and the next start takes the fast path again.
-fn recorded_then_fast(site: &Site, summary: &Value) {
+fn recorded_then_fast(site: &Site, summary: &Value, env: Pairs) {
     let recorded = summary["fast_path"]["recorded"]
         .as_str()
         .unwrap_or_default();
     assert!(recorded.starts_with("recorded fingerprint"), "{summary}");
-    assert_fast(&site.step(&[], &[]));
+    assert_fast(&site.step(env, &[]));
 }
 
 /// Holds the migration lock of `database` from a session of the server's own client
@@ -287,7 +287,7 @@ fn postgresql_django42_psycopg2_second_start_takes_the_fast_path() {
     let site = Site::with_python(Engine::Postgresql, "fast42", test_python_django42());
     let first = site.step(&[], &[]);
     assert_eq!(first["result"], "applied", "{first}");
-    recorded_then_fast(&site, &first);
+    recorded_then_fast(&site, &first, &[]);
     assert_eq!(site.django_starts(), 1, "the fast path started Django");
 }
 
@@ -304,7 +304,7 @@ fn wrong_skips_take_the_full_path(engine: Engine) {
     let s = site.step(&[], &[]);
     assert!(full_path(&s).contains("no record of this image"), "{s}");
     assert_eq!(s["applied"], serde_json::json!(["fleet.0004_step"]), "{s}");
-    recorded_then_fast(&site, &s);
+    recorded_then_fast(&site, &s, &[]);
 
     // A changed migration file (applied already: nothing is pending, and only Django can
     // tell).
@@ -316,7 +316,7 @@ fn wrong_skips_take_the_full_path(engine: Engine) {
     let s = site.step(&[], &[]);
     full_path(&s);
     assert_eq!(s["result"], "nothing-pending", "{s}");
-    recorded_then_fast(&site, &s);
+    recorded_then_fast(&site, &s, &[]);
 
     // A migration unapplied by hand after the record was written.
     site.manage(&site.database, &["fleet", "0002_step"]);
@@ -331,7 +331,7 @@ fn wrong_skips_take_the_full_path(engine: Engine) {
         serde_json::json!(["fleet.0003_step", "fleet.0004_step"]),
         "{s}"
     );
-    recorded_then_fast(&site, &s);
+    recorded_then_fast(&site, &s, &[]);
 
     // A squashed migration replacing applied ones.
     std::fs::write(
@@ -354,7 +354,7 @@ fn wrong_skips_take_the_full_path(engine: Engine) {
     let s = site.step(&[], &[]);
     full_path(&s);
     assert_eq!(s["result"], "nothing-pending", "{s}");
-    recorded_then_fast(&site, &s);
+    recorded_then_fast(&site, &s, &[]);
 
     // MIGRATION_MODULES pointing elsewhere (a package with one more migration), by a
     // setting alone.
@@ -378,19 +378,11 @@ fn wrong_skips_take_the_full_path(engine: Engine) {
         .sql(&site.database, &format!("DROP TABLE {RECORD_TABLE}"));
     let s = site.step(&next, &[]);
     assert!(full_path(&s).contains("no record table"), "{s}");
-    recorded_then_fast_with(&site, &s, &next);
+    recorded_then_fast(&site, &s, &next);
     // Five migrations and the squashed one, recorded by `migrate` once all it replaces were.
     assert_eq!(site.rows(&site.database, "fleet"), 6);
     // Seven full paths and one `manage.py migrate` by hand.
     assert_eq!(site.django_starts(), 8);
-}
-
-fn recorded_then_fast_with(site: &Site, summary: &Value, env: Pairs) {
-    let recorded = summary["fast_path"]["recorded"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(recorded.starts_with("recorded fingerprint"), "{summary}");
-    assert_fast(&site.step(env, &[]));
 }
 
 #[test]
