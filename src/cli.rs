@@ -58,6 +58,37 @@ pub enum Command {
     /// plugin: link this binary as `kubectl-django_migrate` on PATH, then
     /// `kubectl django-migrate status`.
     Status(StatusArgs),
+    /// Print the injection as admission policies (`admissionregistration.k8s.io/v1`,
+    /// Kubernetes 1.36 and later): a MutatingAdmissionPolicy that injects exactly what the
+    /// webhook injects, ValidatingAdmissionPolicies for its denials and warnings, and their
+    /// bindings. Apply them instead of the webhook configuration (the chart's
+    /// `mode: policy` does), and keep the controller running.
+    Policy(PolicyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Name of the mutating policy; the validating ones add `-settings` and `-warnings`.
+    #[arg(long, default_value = "django-migrate-webhook", value_name = "NAME")]
+    pub name: String,
+    /// A namespace the policies never touch (repeat for more).
+    #[arg(
+        long = "exclude-namespace",
+        default_value = "kube-system",
+        value_name = "NAMESPACE"
+    )]
+    pub exclude_namespaces: Vec<String>,
+    /// What the API server does when a policy cannot be evaluated.
+    #[arg(long, default_value = "Fail", value_parser = ["Fail", "Ignore"], value_name = "POLICY")]
+    pub failure_policy: String,
+    /// Print the three policies only, without bindings.
+    #[arg(long)]
+    pub without_bindings: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub code_image: CodeImageArgs,
 }
 
 #[derive(Debug, Args)]

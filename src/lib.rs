@@ -16,6 +16,7 @@ pub mod missed;
 pub mod mutation;
 pub mod names;
 pub mod pod_states;
+pub mod policy;
 pub mod preview;
 pub mod process;
 pub mod server;

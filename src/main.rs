@@ -4,9 +4,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use django_migrate_webhook::cli::{
-    CertsArgs, Cli, Command, InjectArgs, InstallCodeArgs, ServeArgs, StatusArgs, StatusOutput,
+    CertsArgs, Cli, Command, InjectArgs, InstallCodeArgs, PolicyArgs, ServeArgs, StatusArgs,
+    StatusOutput,
 };
-use django_migrate_webhook::{certs, injected, preview, process, status, telemetry};
+use django_migrate_webhook::{certs, injected, policy, preview, process, status, telemetry};
 
 /// The webhook's answer is built from many small JSON values; mimalloc serves those
 /// allocations faster than glibc's malloc (see the README's "Performance"). It is built
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
         Command::Inject(args) => inject(args),
         Command::Certs(args) => make_certs(&args),
         Command::InstallCode(args) => install_code(&args),
+        Command::Policy(args) => print_policy(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -40,6 +42,37 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?
         .block_on(process::run(&options))?;
+    Ok(())
+}
+
+/// `policy`: the admission policies, as one YAML stream or one JSON List.
+fn print_policy(args: PolicyArgs) -> anyhow::Result<()> {
+    let options = policy::PolicyOptions {
+        name: args.name,
+        image: args.code_image.into(),
+        exclude_namespaces: args.exclude_namespaces,
+        failure_policy: args.failure_policy,
+    };
+    let objects = if args.without_bindings {
+        policy::policies(&options)
+    } else {
+        policy::objects(&options)
+    };
+    let text = match args.output {
+        preview::OutputFormat::Json => {
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
+            serde_json::to_string_pretty(&list)? + "\n"
+        }
+        preview::OutputFormat::Yaml => {
+            let mut out = String::new();
+            for o in &objects {
+                out.push_str("---\n");
+                out.push_str(&serde_yaml_ng::to_string(o)?);
+            }
+            out
+        }
+    };
+    print!("{text}");
     Ok(())
 }
 

@@ -180,6 +180,46 @@ impl InvalidAnnotation {
     }
 }
 
+/// What an annotation accepts, as its denial says it: one text for the webhook and for the
+/// admission policies of `policy` mode. `None` for names that are not settings.
+pub fn allowed(annotation: &str) -> Option<String> {
+    let word = |example: &str| {
+        format!(
+            "allowed: letters, digits and . _ - / + only (no spaces or shell characters), e.g. \"{example}\""
+        )
+    };
+    let bool = || "allowed: \"true\" or \"false\"".to_owned();
+    Some(match annotation {
+        CONTAINER => "allowed: the name of a container".to_owned(),
+        MODE => "allowed: \"migrate\" or \"wait\"".to_owned(),
+        MANAGE_PY => word("src/manage.py"),
+        PYTHON => word("python3"),
+        DATABASE => {
+            "allowed: a Django database alias (letters, digits, _ and -), e.g. \"default\"".to_owned()
+        }
+        MANAGE_COMMAND => "allowed: words of letters, digits and . _ - / + separated by spaces (no shell), e.g. \"./manage.py lms\"".to_owned(),
+        WAIT_TIMEOUT | MIGRATE_TIMEOUT | CONTRACT_DELAY => format!(
+            "allowed: a whole number of seconds from 1 to {MAX_TIMEOUT_SECONDS}, e.g. \"300\""
+        ),
+        LOCK_TIMEOUT => format!(
+            "allowed: a whole number of seconds from 1 to {MAX_LOCK_TIMEOUT_SECONDS}, e.g. \"{DEFAULT_LOCK_TIMEOUT_SECONDS}\""
+        ),
+        UNSAFE_MIGRATIONS => "allowed: \"warn\", \"deny\" or \"defer\"".to_owned(),
+        ALLOW_UNSAFE | DEFER => "allowed: comma-separated app_label.migration_name, e.g. \"shop.0042_remove_product_legacy_code\"".to_owned(),
+        HOLD_BACK => {
+            "allowed: \"breaking\", \"locking\" or \"breaking,locking\"".to_owned()
+        }
+        LOCKING_MIN_ROWS => "allowed: a whole number of rows (0 holds back every locking operation), e.g. \"100000\"".to_owned(),
+        READINESS_GATE_ANNOTATION | USE_IMAGE_ENTRYPOINT | FAST_PATH => bool(),
+        _ => return None,
+    })
+}
+
+/// The denial of `value` for `annotation`, with what it accepts.
+fn invalid_value(annotation: &str, value: &str) -> InvalidAnnotation {
+    invalid(annotation, value, allowed(annotation).unwrap_or_default())
+}
+
 fn invalid(annotation: &str, value: &str, allowed: impl Into<String>) -> InvalidAnnotation {
     // Bound the echoed value so a huge annotation cannot make a huge denial message.
     let mut value = value.to_owned();
@@ -203,36 +243,18 @@ fn parse_bool(annotation: &str, value: &str) -> Result<bool, InvalidAnnotation> 
     match value {
         "true" => Ok(true),
         "false" => Ok(false),
-        _ => Err(invalid(annotation, value, "allowed: \"true\" or \"false\"")),
+        _ => Err(invalid_value(annotation, value)),
     }
 }
 
-fn parse_timeout(annotation: &str, value: &str) -> Result<u32, InvalidAnnotation> {
-    let allowed = || {
-        format!("allowed: a whole number of seconds from 1 to {MAX_TIMEOUT_SECONDS}, e.g. \"300\"")
-    };
-    // u32::parse accepts a leading '+'; only plain digits are allowed here.
+/// Whole seconds from 1 to `max`, plain digits only (`u32::parse` would take a `+`).
+fn parse_seconds(annotation: &str, value: &str, max: u32) -> Result<u32, InvalidAnnotation> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid(annotation, value, allowed()));
+        return Err(invalid_value(annotation, value));
     }
     match value.parse::<u32>() {
-        Ok(n) if (1..=MAX_TIMEOUT_SECONDS).contains(&n) => Ok(n),
-        _ => Err(invalid(annotation, value, allowed())),
-    }
-}
-
-fn parse_lock_timeout(annotation: &str, value: &str) -> Result<u32, InvalidAnnotation> {
-    let allowed = || {
-        format!(
-            "allowed: a whole number of seconds from 1 to {MAX_LOCK_TIMEOUT_SECONDS}, e.g. \"{DEFAULT_LOCK_TIMEOUT_SECONDS}\""
-        )
-    };
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid(annotation, value, allowed()));
-    }
-    match value.parse::<u32>() {
-        Ok(n) if (1..=MAX_LOCK_TIMEOUT_SECONDS).contains(&n) => Ok(n),
-        _ => Err(invalid(annotation, value, allowed())),
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(invalid_value(annotation, value)),
     }
 }
 
@@ -244,11 +266,7 @@ fn parse_unsafe_migrations(
         "warn" => Ok(UnsafeMigrations::Warn),
         "deny" => Ok(UnsafeMigrations::Deny),
         "defer" => Ok(UnsafeMigrations::Defer),
-        _ => Err(invalid(
-            annotation,
-            value,
-            "allowed: \"warn\", \"deny\" or \"defer\"",
-        )),
+        _ => Err(invalid_value(annotation, value)),
     }
 }
 
@@ -259,13 +277,7 @@ fn parse_harms(annotation: &str, value: &str) -> Result<Vec<Harm>, InvalidAnnota
         let harm = match word {
             "breaking" => Harm::Breaking,
             "locking" => Harm::Locking,
-            _ => {
-                return Err(invalid(
-                    annotation,
-                    value,
-                    "allowed: \"breaking\", \"locking\" or \"breaking,locking\"",
-                ));
-            }
+            _ => return Err(invalid_value(annotation, value)),
         };
         if !harms.contains(&harm) {
             harms.push(harm);
@@ -299,26 +311,16 @@ fn parse_migration_names(annotation: &str, value: &str) -> Result<Vec<String>, I
         .map(str::to_owned)
         .collect();
     if names.is_empty() || !names.iter().all(|n| is_name(n)) {
-        return Err(invalid(
-            annotation,
-            value,
-            "allowed: comma-separated app_label.migration_name, e.g. \"shop.0042_remove_product_legacy_code\"",
-        ));
+        return Err(invalid_value(annotation, value));
     }
     Ok(names)
 }
 
-fn parse_word(annotation: &str, value: &str, example: &str) -> Result<String, InvalidAnnotation> {
+fn parse_word(annotation: &str, value: &str) -> Result<String, InvalidAnnotation> {
     if is_plain_word(value) {
         Ok(value.to_owned())
     } else {
-        Err(invalid(
-            annotation,
-            value,
-            format!(
-                "allowed: letters, digits and . _ - / + only (no spaces or shell characters), e.g. \"{example}\""
-            ),
-        ))
+        Err(invalid_value(annotation, value))
     }
 }
 
@@ -340,7 +342,7 @@ impl Settings {
             match key.as_str() {
                 CONTAINER => {
                     if value.is_empty() {
-                        return Err(invalid(key, value, "allowed: the name of a container"));
+                        return Err(invalid_value(key, value));
                     }
                     s.container = Some(value.to_owned());
                 }
@@ -348,49 +350,45 @@ impl Settings {
                     s.mode = match value {
                         "migrate" => Mode::Migrate,
                         "wait" => Mode::Wait,
-                        _ => return Err(invalid(key, value, "allowed: \"migrate\" or \"wait\"")),
+                        _ => return Err(invalid_value(key, value)),
                     }
                 }
-                MANAGE_PY => s.manage_py = parse_word(key, value, "src/manage.py")?,
-                PYTHON => s.python = parse_word(key, value, "python3")?,
+                MANAGE_PY => s.manage_py = parse_word(key, value)?,
+                PYTHON => s.python = parse_word(key, value)?,
                 DATABASE => {
                     if value.is_empty()
                         || !value
                             .bytes()
                             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
                     {
-                        return Err(invalid(
-                            key,
-                            value,
-                            "allowed: a Django database alias (letters, digits, _ and -), e.g. \"default\"",
-                        ));
+                        return Err(invalid_value(key, value));
                     }
                     value.clone_into(&mut s.database);
                 }
                 MANAGE_COMMAND => manage_command = Some(value),
-                WAIT_TIMEOUT => s.wait_timeout = parse_timeout(key, value)?,
-                MIGRATE_TIMEOUT => s.migrate_timeout = parse_timeout(key, value)?,
-                LOCK_TIMEOUT => s.lock_timeout = parse_lock_timeout(key, value)?,
+                WAIT_TIMEOUT => s.wait_timeout = parse_seconds(key, value, MAX_TIMEOUT_SECONDS)?,
+                MIGRATE_TIMEOUT => {
+                    s.migrate_timeout = parse_seconds(key, value, MAX_TIMEOUT_SECONDS)?;
+                }
+                LOCK_TIMEOUT => {
+                    s.lock_timeout = parse_seconds(key, value, MAX_LOCK_TIMEOUT_SECONDS)?;
+                }
                 UNSAFE_MIGRATIONS => s.unsafe_migrations = parse_unsafe_migrations(key, value)?,
                 ALLOW_UNSAFE => s.allow_unsafe = parse_migration_names(key, value)?,
                 DEFER => s.defer = parse_migration_names(key, value)?,
                 // The controller's record, read by the admission check for rollbacks.
                 CONTRACTED_RELEASES => {}
                 CONTRACT_DELAY if value == "0" => s.contract_delay = 0,
-                CONTRACT_DELAY => s.contract_delay = parse_timeout(key, value)?,
+                CONTRACT_DELAY => {
+                    s.contract_delay = parse_seconds(key, value, MAX_TIMEOUT_SECONDS)?;
+                }
                 HOLD_BACK => s.hold_back = parse_harms(key, value)?,
                 LOCKING_MIN_ROWS => {
                     s.locking_min_rows = value
                         .parse()
                         .ok()
                         .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
-                        .ok_or_else(|| {
-                            invalid(
-                                key,
-                                value,
-                                "allowed: a whole number of rows (0 holds back every locking operation), e.g. \"100000\"",
-                            )
-                        })?;
+                        .ok_or_else(|| invalid_value(key, value))?;
                 }
                 READINESS_GATE_ANNOTATION => s.readiness_gate = parse_bool(key, value)?,
                 USE_IMAGE_ENTRYPOINT => s.use_image_entrypoint = parse_bool(key, value)?,
@@ -411,11 +409,7 @@ impl Settings {
             Some(value) => {
                 let words: Vec<String> = value.split_whitespace().map(str::to_owned).collect();
                 if words.is_empty() || !words.iter().all(|w| is_plain_word(w)) {
-                    return Err(invalid(
-                        MANAGE_COMMAND,
-                        value,
-                        "allowed: words of letters, digits and . _ - / + separated by spaces (no shell), e.g. \"./manage.py lms\"",
-                    ));
+                    return Err(invalid_value(MANAGE_COMMAND, value));
                 }
                 words
             }

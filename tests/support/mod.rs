@@ -11,6 +11,7 @@ use serde_json::Value;
 
 pub mod fuzz_checks;
 pub mod kube;
+pub mod parity;
 pub mod review;
 pub mod serve;
 

@@ -1,0 +1,785 @@
+//! `policy` mode: the injection as a MutatingAdmissionPolicy, the webhook's denials and
+//! warnings as two ValidatingAdmissionPolicies, so that no server of ours is in the API
+//! server's write path (`admissionregistration.k8s.io/v1`, served from Kubernetes 1.36).
+//!
+//! Every expression is generated here from what the webhook itself uses: the names of
+//! `names`, the defaults of `Settings::default`, the texts of `settings::allowed`, the
+//! containers of `injected`. The policy tier applies the same Deployments through the
+//! webhook and through these policies and compares what the API server stores.
+//!
+//! The mutation is a JSON Patch that rewrites whole lists (init containers, volumes,
+//! readiness gates) from the incoming object, so running it again changes nothing, and an
+//! opt-out removes everything it added. The policies are compiled without schema types,
+//! so objects are built with `Object.<path>{...}` initializers, as the API requires.
+
+use serde_json::{Value, json};
+
+use crate::injected::{self, CodeImage};
+use crate::mutation::{DEFAULT_CONTAINER_ANNOTATION, MAX_WARNING_LEN};
+use crate::names::{
+    CODE_CONTAINER, CODE_MOUNT_PATH, CODE_VOLUME, CONTRACTED_RELEASES, ENV_ALLOW_UNSAFE,
+    ENV_DATABASE, ENV_DEFER, ENV_FAST_PATH, ENV_HOLD_BACK, ENV_LOCK_TIMEOUT, ENV_LOCKING_MIN_ROWS,
+    ENV_MANAGE_COMMAND, ENV_MIGRATE_TIMEOUT, ENV_MODE, ENV_UNSAFE_MIGRATIONS, ENV_WAIT_TIMEOUT,
+    INJECTED_LABEL, LEGACY_ENV, MIGRATE_CONTAINER, MIGRATED_CONDITION, PROGRAM_FILE,
+    RESERVED_CONTAINERS, STEP_ENV, TERMINATION_LOG, WAIT_CONTAINER,
+};
+use crate::settings::{
+    self, ALLOW_UNSAFE, CONTAINER, CONTRACT_DELAY, DATABASE, DEFER, FAST_PATH, HOLD_BACK,
+    INJECT_LABEL, KNOWN_ANNOTATIONS, LOCK_TIMEOUT, LOCKING_MIN_ROWS, MANAGE_COMMAND, MANAGE_PY,
+    MAX_LOCK_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS, MIGRATE_TIMEOUT, MODE, PREFIX, PYTHON,
+    READINESS_GATE_ANNOTATION, Settings, UNSAFE_MIGRATIONS, USE_IMAGE_ENTRYPOINT, WAIT_TIMEOUT,
+};
+
+/// The API version of the policies: GA from Kubernetes 1.36.
+pub const API_VERSION: &str = "admissionregistration.k8s.io/v1";
+
+/// What the policies are named and which Deployments they apply to.
+#[derive(Clone, Debug)]
+pub struct PolicyOptions {
+    /// The MutatingAdmissionPolicy's name; the validating ones add `-settings` and
+    /// `-warnings`, and each binding has its policy's name.
+    pub name: String,
+    /// The webhook's own image, which the code-copy container runs.
+    pub image: CodeImage,
+    /// Namespaces never touched (the webhook configuration's `excludeNamespaces`).
+    pub exclude_namespaces: Vec<String>,
+    /// `Fail` (a policy that cannot be evaluated rejects the request) or `Ignore`.
+    pub failure_policy: String,
+}
+
+impl Default for PolicyOptions {
+    fn default() -> Self {
+        PolicyOptions {
+            name: "django-migrate-webhook".to_owned(),
+            image: CodeImage::default(),
+            exclude_namespaces: vec!["kube-system".to_owned()],
+            failure_policy: "Fail".to_owned(),
+        }
+    }
+}
+
+/// The six objects: the mutating policy and binding, then the settings (deny) and
+/// warnings (warn) validating policies and their bindings.
+pub fn objects(o: &PolicyOptions) -> Vec<Value> {
+    let settings = format!("{}-settings", o.name);
+    let warnings = format!("{}-warnings", o.name);
+    vec![
+        mutating_policy(o),
+        binding("MutatingAdmissionPolicyBinding", &o.name, o, None),
+        validating_policy(&settings, o, &settings_validations()),
+        binding(
+            "ValidatingAdmissionPolicyBinding",
+            &settings,
+            o,
+            Some("Deny"),
+        ),
+        validating_policy(&warnings, o, &warning_validations()),
+        binding(
+            "ValidatingAdmissionPolicyBinding",
+            &warnings,
+            o,
+            Some("Warn"),
+        ),
+    ]
+}
+
+/// The three policies without their bindings (the chart writes its own bindings, with
+/// its namespace selectors).
+pub fn policies(o: &PolicyOptions) -> Vec<Value> {
+    objects(o).into_iter().step_by(2).collect()
+}
+
+fn match_constraints() -> Value {
+    json!({
+        "matchPolicy": "Equivalent",
+        "resourceRules": [{
+            "apiGroups": ["apps"],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": ["deployments"],
+            "scope": "Namespaced",
+        }],
+    })
+}
+
+fn mutating_policy(o: &PolicyOptions) -> Value {
+    let mut variables = common_variables();
+    variables.extend(injection_variables());
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": {"name": o.name, "labels": {"app.kubernetes.io/name": "django-migrate-webhook"}},
+        "spec": {
+            "failurePolicy": o.failure_policy,
+            "reinvocationPolicy": "IfNeeded",
+            "matchConstraints": match_constraints(),
+            "variables": to_variables(&variables),
+            "mutations": [{
+                "patchType": "JSONPatch",
+                "jsonPatch": {"expression": patch_expression(&o.image)},
+            }],
+        },
+    })
+}
+
+fn validating_policy(name: &str, o: &PolicyOptions, validations: &[Value]) -> Value {
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "django-migrate-webhook"}},
+        "spec": {
+            "failurePolicy": o.failure_policy,
+            "matchConstraints": match_constraints(),
+            "variables": to_variables(&common_variables()),
+            "validations": validations,
+        },
+    })
+}
+
+/// Selects what the webhook configuration selects: Deployments whose stored or incoming
+/// object carries the opt-in label, outside the excluded namespaces.
+fn binding(kind: &str, policy: &str, o: &PolicyOptions, actions: Option<&str>) -> Value {
+    let mut spec = json!({
+        "policyName": policy,
+        "matchResources": {
+            "objectSelector": {"matchLabels": {INJECT_LABEL: "true"}},
+            "namespaceSelector": {"matchExpressions": [{
+                "key": "kubernetes.io/metadata.name",
+                "operator": "NotIn",
+                "values": o.exclude_namespaces,
+            }]},
+        },
+    });
+    if o.exclude_namespaces.is_empty() {
+        spec["matchResources"]
+            .as_object_mut()
+            .map(|m| m.remove("namespaceSelector"));
+    }
+    if let Some(action) = actions {
+        spec["validationActions"] = json!([action]);
+    }
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "metadata": {"name": policy, "labels": {"app.kubernetes.io/name": "django-migrate-webhook"}},
+        "spec": spec,
+    })
+}
+
+fn to_variables(vars: &[(&str, String)]) -> Value {
+    Value::Array(
+        vars.iter()
+            .map(|(name, expression)| json!({"name": name, "expression": expression}))
+            .collect(),
+    )
+}
+
+// ---------------------------------------------------------------- CEL text
+
+/// A CEL string literal.
+fn lit(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            _ => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+fn lits(items: &[&str]) -> String {
+    let items: Vec<String> = items.iter().map(|s| lit(s)).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// A JSON Pointer token (RFC 6901).
+fn pointer(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+/// A JSON value as CEL: objects as `Object.<path>{...}` initializers (the policy is
+/// compiled without schema types, so any field name is accepted), arrays as lists.
+fn cel(path: &str, v: &Value) -> String {
+    match v {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => lit(s),
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(|i| cel(path, i)).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::Object(fields) => {
+            let fields: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", cel(&format!("{path}.{k}"), v)))
+                .collect();
+            format!("{path}{{{}}}", fields.join(", "))
+        }
+    }
+}
+
+/// Rust's `{:?}` of a string, for the common characters: quoted, with `\` and `"`
+/// escaped.
+fn quoted(expr: &str) -> String {
+    format!(
+        r#"'"' + {expr}.replace('\\', '\\\\').replace('"', '\\"').replace('\n', '\\n').replace('\t', '\\t').replace('\r', '\\r') + '"'"#
+    )
+}
+
+/// `text::cut` to `max` bytes, for ASCII text: the cut counts characters.
+fn cut(expr: &str, max: usize) -> String {
+    let keep = max - '…'.len_utf8();
+    format!("(bytes({expr}).size() > {max} ? {expr}.substring(0, {keep}) + '…' : {expr})")
+}
+
+const INIT: &str = "Object.spec.template.spec.initContainers";
+const TEMPLATE_SPEC: &str = "/spec/template/spec";
+
+/// Whether `v` is a valid value of annotation `k`, as `Settings::from_annotations` decides.
+fn valid(k: &str, v: &str) -> String {
+    let plain = "'^[A-Za-z0-9._/+-]+$'";
+    let seconds = |max: u32| {
+        format!("({v}.matches('^0*[0-9]{{1,9}}$') && int({v}) >= 1 && int({v}) <= {max})")
+    };
+    let names = format!(
+        "({v}.split(',').map(w, w.trim()).exists(w, w != '') && {v}.split(',').map(w, w.trim()).filter(w, w != '').all(w, w.matches('^[A-Za-z_][A-Za-z0-9_]*[.][A-Za-z0-9_]+$')))"
+    );
+    let rows = format!(
+        "({v}.matches('^[0-9]+$') && ({v}.matches('^0*[0-9]{{1,19}}$') || ({v}.matches('^0*[1-9][0-9]{{19}}$') && {v}.find('[1-9][0-9]{{19}}$') <= '{}')))",
+        u64::MAX
+    );
+    let arms = [
+        (vec![CONTAINER], format!("{v} != ''")),
+        (vec![MODE], format!("{v} in ['migrate', 'wait']")),
+        (vec![MANAGE_PY, PYTHON], format!("{v}.matches({plain})")),
+        (vec![DATABASE], format!("{v}.matches('^[A-Za-z0-9_-]+$')")),
+        (vec![MANAGE_COMMAND, CONTRACTED_RELEASES], "true".to_owned()),
+        (
+            vec![WAIT_TIMEOUT, MIGRATE_TIMEOUT],
+            seconds(MAX_TIMEOUT_SECONDS),
+        ),
+        (vec![LOCK_TIMEOUT], seconds(MAX_LOCK_TIMEOUT_SECONDS)),
+        (
+            vec![CONTRACT_DELAY],
+            format!("({v} == '0' || {})", seconds(MAX_TIMEOUT_SECONDS)),
+        ),
+        (
+            vec![UNSAFE_MIGRATIONS],
+            format!("{v} in ['warn', 'deny', 'defer']"),
+        ),
+        (vec![ALLOW_UNSAFE, DEFER], names),
+        (
+            vec![HOLD_BACK],
+            format!("{v}.split(',').all(w, w.trim() in ['breaking', 'locking'])"),
+        ),
+        (vec![LOCKING_MIN_ROWS], rows),
+        (
+            vec![READINESS_GATE_ANNOTATION, USE_IMAGE_ENTRYPOINT, FAST_PATH],
+            format!("{v} in ['true', 'false']"),
+        ),
+    ];
+    let mut out = String::new();
+    for (keys, test) in arms {
+        out.push_str(&format!("{k} in {} ? {test} : ", lits(&keys)));
+    }
+    out.push_str("false");
+    out
+}
+
+/// The `allowed: ...` text of annotation `k`, as the webhook's denial says it.
+fn allowed(k: &str) -> String {
+    let mut out = String::new();
+    for a in KNOWN_ANNOTATIONS {
+        if let Some(text) = settings::allowed(a) {
+            out.push_str(&format!("{k} == {} ? {} : ", lit(a), lit(&text)));
+        }
+    }
+    out.push_str("''");
+    out
+}
+
+/// A manage command: words of plain characters separated by Unicode white space, as
+/// `str::split_whitespace` splits them.
+const MANAGE_COMMAND_RE: &str = r"^[\t\n\v\f\r\x{85}\p{Z}]*[A-Za-z0-9._/+-]+([\t\n\v\f\r\x{85}\p{Z}]+[A-Za-z0-9._/+-]+)*[\t\n\v\f\r\x{85}\p{Z}]*$";
+
+/// Variables of every policy: the object's labels and annotations, whether it opted in,
+/// and the webhook's denial for its settings (empty when there is none).
+fn common_variables() -> Vec<(&'static str, String)> {
+    let a = "variables.ann";
+    let first = "variables.badKeys.filter(k, variables.badKeys.all(j, k <= j))[0]";
+    let value = |k: &str| format!("{a}[{k}]");
+    let invalid = |k: &str| {
+        format!(
+            "'annotation ' + {k} + ': invalid value ' + {} + '; ' + ({})",
+            quoted(&cut(&value(k), 100)),
+            allowed(k)
+        )
+    };
+    let known: Vec<&str> = KNOWN_ANNOTATIONS
+        .iter()
+        .map(|a| a.trim_start_matches(PREFIX))
+        .collect();
+    let annotation_error = format!(
+        "variables.badKeys.size() > 0 ? 'django-migrate: ' + ({first} in {known} ? {inv} : 'unknown annotation ' + {first} + '; known: ' + {list}) : {mc} in {a} && !{a}[{mc}].matches({mc_re}) ? 'django-migrate: ' + {mc_inv} : ''",
+        known = lits(&KNOWN_ANNOTATIONS),
+        inv = invalid(first),
+        list = lit(&known.join(", ")),
+        mc = lit(MANAGE_COMMAND),
+        mc_re = lit(MANAGE_COMMAND_RE),
+        mc_inv = invalid(&lit(MANAGE_COMMAND)),
+    );
+    let containers = "variables.containers";
+    let no_containers = crate::mutation::Denial::NoContainers.to_string();
+    let no_such = format!(
+        "'django-migrate: annotation {CONTAINER}: no container named ' + {} + ' in the pod template; allowed: one of ' + {containers}.map(c, {}).join(', ')",
+        quoted(&value(&lit(CONTAINER))),
+        quoted("(has(c.name) ? c.name : '')"),
+    );
+    vec![
+        (
+            "labels",
+            "has(object.metadata.labels) ? object.metadata.labels : {}".to_owned(),
+        ),
+        (
+            "optedIn",
+            format!(
+                "{0} in variables.labels && variables.labels[{0}] == 'true'",
+                lit(INJECT_LABEL)
+            ),
+        ),
+        (
+            "ann",
+            "has(object.metadata.annotations) ? object.metadata.annotations : {}".to_owned(),
+        ),
+        (
+            "containers",
+            "has(object.spec.template.spec.containers) && object.spec.template.spec.containers != null ? object.spec.template.spec.containers : []".to_owned(),
+        ),
+        (
+            "badKeys",
+            format!(
+                "{a}.filter(k, k.startsWith({}) && !({}))",
+                lit(PREFIX),
+                valid("k", &value("k"))
+            ),
+        ),
+        ("annotationError", annotation_error),
+        (
+            "denial",
+            format!(
+                "variables.annotationError != '' ? variables.annotationError : {containers}.size() == 0 ? {} : {c} in {a} && !{containers}.exists(x, has(x.name) && x.name == {a}[{c}]) ? {no_such} : ''",
+                lit(&no_containers),
+                c = lit(CONTAINER),
+            ),
+        ),
+        (
+            "tann",
+            "has(object.spec.template.metadata) && has(object.spec.template.metadata.annotations) ? object.spec.template.metadata.annotations : {}".to_owned(),
+        ),
+        (
+            "tlabels",
+            "has(object.spec.template.metadata) && has(object.spec.template.metadata.labels) ? object.spec.template.metadata.labels : {}".to_owned(),
+        ),
+        (
+            "pod",
+            "object.spec.template.spec".to_owned(),
+        ),
+        (
+            "userInit",
+            format!(
+                "has(variables.pod.initContainers) ? variables.pod.initContainers.filter(c, !has(c.name) || !(c.name in {})) : []",
+                lits(&RESERVED_CONTAINERS)
+            ),
+        ),
+        (
+            "userGates",
+            format!(
+                "has(variables.pod.readinessGates) ? variables.pod.readinessGates.filter(g, !has(g.conditionType) || g.conditionType != {}) : []",
+                lit(MIGRATED_CONDITION)
+            ),
+        ),
+        (
+            "userVolumes",
+            format!(
+                "has(variables.pod.volumes) ? variables.pod.volumes.filter(v, !has(v.name) || v.name != {}) : []",
+                lit(CODE_VOLUME)
+            ),
+        ),
+        (
+            "wasInjected",
+            format!(
+                "request.operation == 'UPDATE' && oldObject != null && ((has(oldObject.metadata.labels) && {l} in oldObject.metadata.labels && oldObject.metadata.labels[{l}] == 'true') || {i} in variables.tlabels)",
+                l = lit(INJECT_LABEL),
+                i = lit(INJECTED_LABEL),
+            ),
+        ),
+        (
+            "app",
+            format!(
+                "{c} in {a} ? {containers}.filter(x, has(x.name) && x.name == {a}[{c}])[0] : {d} in variables.tann && {containers}.exists(x, has(x.name) && x.name == variables.tann[{d}]) ? {containers}.filter(x, has(x.name) && x.name == variables.tann[{d}])[0] : {containers}[0]",
+                c = lit(CONTAINER),
+                d = lit(DEFAULT_CONTAINER_ANNOTATION),
+            ),
+        ),
+        (
+            "mode",
+            setting(MODE, &lit(Settings::default().mode.as_str())),
+        ),
+        (
+            "stepName",
+            format!(
+                "variables.mode == 'wait' ? {} : {}",
+                lit(WAIT_CONTAINER),
+                lit(MIGRATE_CONTAINER)
+            ),
+        ),
+        (
+            "gate",
+            format!(
+                "!({0} in {a}) || {a}[{0}] == 'true'",
+                lit(READINESS_GATE_ANNOTATION)
+            ),
+        ),
+    ]
+}
+
+/// The value of annotation `k`, or `default`.
+fn setting(k: &str, default: &str) -> String {
+    format!(
+        "{0} in variables.ann ? variables.ann[{0}] : {default}",
+        lit(k)
+    )
+}
+
+/// The injected containers, as CEL (`Object` initializers are only known to the mutation
+/// itself, not to variables): `(code copy, Django step)`.
+fn containers(image: &CodeImage) -> (String, String) {
+    let d = Settings::default();
+    let env =
+        |name: &str, value: &str| format!("{INIT}.env{{name: {}, value: {value}}}", lit(name));
+    let number = |k: &str, default: u32| {
+        format!(
+            "{0} in variables.ann ? string(int(variables.ann[{0}])) : '{default}'",
+            lit(k)
+        )
+    };
+    let names = |k: &str| {
+        format!(
+            "variables.ann[{}].split(',').map(w, w.trim()).filter(w, w != '').join(',')",
+            lit(k)
+        )
+    };
+    let default_hold_back: Vec<&str> = d.hold_back.iter().map(|h| h.as_str()).collect();
+    let mut dropped: Vec<&str> = STEP_ENV.to_vec();
+    dropped.extend(LEGACY_ENV);
+    let step_env = format!(
+        "(has(variables.app.env) ? variables.app.env.filter(e, !(e.name in {dropped})) : []) + [{mode}, {database}, {command}, {wait}, {migrate}, {lock}, {unsafe_}] + ({allow} in variables.ann ? [{allow_env}] : []) + ({defer} in variables.ann ? [{defer_env}] : []) + ({fast} in variables.ann && variables.ann[{fast}] == 'false' ? [{fast_env}] : []) + (variables.holdBack != {default_hold_back} ? [{hold_env}] : []) + ({rows} in variables.ann && uint(variables.ann[{rows}]) != {default_rows}u ? [{rows_env}] : [])",
+        dropped = lits(&dropped),
+        mode = env(ENV_MODE, "variables.mode"),
+        database = env(ENV_DATABASE, &setting(DATABASE, &lit(&d.database))),
+        command = env(ENV_MANAGE_COMMAND, "variables.manageCommand"),
+        wait = env(ENV_WAIT_TIMEOUT, &number(WAIT_TIMEOUT, d.wait_timeout)),
+        migrate = env(
+            ENV_MIGRATE_TIMEOUT,
+            &number(MIGRATE_TIMEOUT, d.migrate_timeout)
+        ),
+        lock = env(ENV_LOCK_TIMEOUT, &number(LOCK_TIMEOUT, d.lock_timeout)),
+        unsafe_ = env(
+            ENV_UNSAFE_MIGRATIONS,
+            &setting(UNSAFE_MIGRATIONS, &lit(d.unsafe_migrations.as_str()))
+        ),
+        allow = lit(ALLOW_UNSAFE),
+        allow_env = env(ENV_ALLOW_UNSAFE, &names(ALLOW_UNSAFE)),
+        defer = lit(DEFER),
+        defer_env = env(ENV_DEFER, &names(DEFER)),
+        fast = lit(FAST_PATH),
+        fast_env = env(ENV_FAST_PATH, "'false'"),
+        default_hold_back = lit(&default_hold_back.join(",")),
+        hold_env = env(ENV_HOLD_BACK, "variables.holdBack"),
+        rows = lit(LOCKING_MIN_ROWS),
+        default_rows = d.locking_min_rows,
+        rows_env = env(
+            ENV_LOCKING_MIN_ROWS,
+            &format!("string(uint(variables.ann[{}]))", lit(LOCKING_MIN_ROWS))
+        ),
+    );
+    let run = format!(
+        "[string(variables.python), {}]",
+        lit(&format!("{CODE_MOUNT_PATH}/{PROGRAM_FILE}"))
+    );
+    let copied: String = [
+        "image",
+        "imagePullPolicy",
+        "envFrom",
+        "workingDir",
+        "securityContext",
+        "resources",
+    ]
+    .iter()
+    .map(|f| format!("?{f}: variables.app.?{f}, "))
+    .collect();
+    let step = format!(
+        "{INIT}{{name: variables.stepName, {copied}?command: variables.entrypoint ? optional.none() : optional.of({run}), ?args: variables.entrypoint ? optional.of({run}) : optional.none(), env: variables.stepEnv, volumeMounts: (has(variables.app.volumeMounts) ? variables.app.volumeMounts : []) + [{mount}], terminationMessagePath: {log}, terminationMessagePolicy: 'FallbackToLogsOnError'}}",
+        mount = cel(
+            &format!("{INIT}.volumeMounts"),
+            &json!({"name": CODE_VOLUME, "mountPath": CODE_MOUNT_PATH, "readOnly": true})
+        ),
+        log = lit(TERMINATION_LOG),
+    );
+    let root: crate::deployment::JsonMap =
+        serde_json::from_value(json!({"runAsUser": 0})).unwrap_or_default();
+    let code = format!(
+        "has(variables.pod.securityContext) && has(variables.pod.securityContext.runAsUser) && variables.pod.securityContext.runAsUser == 0 ? {} : {}",
+        cel(INIT, &injected::code_container(image, Some(&root))),
+        cel(INIT, &injected::code_container(image, None)),
+    );
+    let step = step.replace("variables.stepEnv", &format!("({step_env})"));
+    (code, step)
+}
+
+/// The settings the injected step reads.
+fn injection_variables() -> Vec<(&'static str, String)> {
+    let d = Settings::default();
+    let default_hold_back: Vec<&str> = d.hold_back.iter().map(|h| h.as_str()).collect();
+    let hold_back_words = format!(
+        "({} in variables.ann ? variables.ann[{}].split(',').map(w, w.trim()) : {})",
+        lit(HOLD_BACK),
+        lit(HOLD_BACK),
+        lits(&default_hold_back)
+    );
+    vec![
+        ("python", setting(PYTHON, &lit(&d.python))),
+        ("managePy", setting(MANAGE_PY, &lit(&d.manage_py))),
+        (
+            "manageCommand",
+            format!(
+                "{0} in variables.ann ? variables.ann[{0}].findAll('[A-Za-z0-9._/+-]+').join(' ') : variables.python + ' ' + variables.managePy",
+                lit(MANAGE_COMMAND)
+            ),
+        ),
+        (
+            "holdBack",
+            format!(
+                "((('breaking' in {w}) ? ['breaking'] : []) + (('locking' in {w}) ? ['locking'] : [])).join(',')",
+                w = hold_back_words
+            ),
+        ),
+        (
+            "entrypoint",
+            format!(
+                "{0} in variables.ann && variables.ann[{0}] == 'true'",
+                lit(USE_IMAGE_ENTRYPOINT)
+            ),
+        ),
+    ]
+}
+
+/// The JSON Patch: the injection for an opted-in Deployment with valid settings, the
+/// removal for one that opted out, nothing otherwise.
+fn patch_expression(image: &CodeImage) -> String {
+    let (code, step) = containers(image);
+    let add = |path: &str, value: &str| {
+        format!(
+            "JSONPatch{{op: 'add', path: {}, value: {value}}}",
+            lit(path)
+        )
+    };
+    let remove = |path: &str| format!("JSONPatch{{op: 'remove', path: {}}}", lit(path));
+    let init = format!("{TEMPLATE_SPEC}/initContainers");
+    let gates = format!("{TEMPLATE_SPEC}/readinessGates");
+    let volumes = format!("{TEMPLATE_SPEC}/volumes");
+    let labels = "/spec/template/metadata/labels";
+    let injected_label = format!("{labels}/{}", pointer(INJECTED_LABEL));
+    let volume = cel(
+        "Object.spec.template.spec.volumes",
+        &injected::code_volume(),
+    );
+    let gate = format!(
+        "Object.spec.template.spec.readinessGates{{conditionType: {}}}",
+        lit(MIGRATED_CONDITION)
+    );
+    // Keep (or drop) a list: `add` replaces a field that exists.
+    let keep = |path: &str, list: &str, field: &str| {
+        format!(
+            "({list}.size() > 0 ? [{}] : has(variables.pod.{field}) ? [{}] : [])",
+            add(path, list),
+            remove(path)
+        )
+    };
+    let record = lit(CONTRACTED_RELEASES);
+    let inject = format!(
+        "[{}, {}] + (variables.gate ? [{}] : {}) + (has(object.spec.template.metadata.labels) ? [{}] : [{}]) + ({restore})",
+        add(&init, &format!("variables.userInit + [{code}, {step}]")),
+        add(&volumes, &format!("variables.userVolumes + [{volume}]")),
+        add(&gates, &format!("variables.userGates + [{gate}]")),
+        keep(&gates, "variables.userGates", "readinessGates"),
+        add(&injected_label, "'true'"),
+        add(labels, &format!("{{{}: 'true'}}", lit(INJECTED_LABEL))),
+        restore = format!(
+            "oldObject != null && !({record} in variables.ann) && has(oldObject.metadata.annotations) && {record} in oldObject.metadata.annotations ? (has(object.metadata.annotations) ? [{}] : [{}]) : []",
+            add(
+                &format!("/metadata/annotations/{}", pointer(CONTRACTED_RELEASES)),
+                &format!("oldObject.metadata.annotations[{record}]")
+            ),
+            add(
+                "/metadata/annotations",
+                &format!("{{{record}: oldObject.metadata.annotations[{record}]}}")
+            ),
+        ),
+    );
+    let strip = format!(
+        "{} + {} + {} + ({} in variables.tlabels ? [{}] : [])",
+        keep(&init, "variables.userInit", "initContainers"),
+        keep(&gates, "variables.userGates", "readinessGates"),
+        keep(&volumes, "variables.userVolumes", "volumes"),
+        lit(INJECTED_LABEL),
+        remove(&injected_label),
+    );
+    format!(
+        "!variables.optedIn ? (variables.wasInjected ? {strip} : []) : variables.denial != '' ? [] : {inject}"
+    )
+}
+
+// ---------------------------------------------------------------- validations
+
+fn settings_validations() -> Vec<Value> {
+    vec![json!({
+        "expression": "!variables.optedIn || variables.denial == ''",
+        "messageExpression": "variables.denial",
+        "reason": "Invalid",
+    })]
+}
+
+/// One validation per warning the webhook gives (a failed `Warn` validation is a
+/// warning). They read the object after the mutation, and the stored object.
+fn warning_validations() -> Vec<Value> {
+    let warn = |when: String, message: String| {
+        json!({
+            "expression": format!("!({when})"),
+            "messageExpression": cut(&format!("({message})"), MAX_WARNING_LEN),
+        })
+    };
+    let ok = "variables.optedIn && variables.denial == ''";
+    let differs = |field: &str| {
+        format!(
+            "(has(object.spec.template.spec.{field}) ? object.spec.template.spec.{field} : []) != (has(oldObject.spec.template.spec.{field}) ? oldObject.spec.template.spec.{field} : [])"
+        )
+    };
+    let old_reserved = format!(
+        "has(oldObject.spec.template.spec.initContainers) && oldObject.spec.template.spec.initContainers.exists(c, has(c.name) && c.name in {})",
+        lits(&RESERVED_CONTAINERS)
+    );
+    let changed = format!(
+        "(oldObject == null || {} || {} || {} || ({i} in variables.tlabels) != (has(oldObject.spec.template.metadata.labels) && {i} in oldObject.spec.template.metadata.labels))",
+        differs("initContainers"),
+        differs("readinessGates"),
+        differs("volumes"),
+        i = lit(INJECTED_LABEL),
+    );
+    let step_name_of_new = format!(
+        "(has(variables.pod.initContainers) && variables.pod.initContainers.exists(c, c.name == {w}) ? {w} : {m})",
+        w = lit(WAIT_CONTAINER),
+        m = lit(MIGRATE_CONTAINER)
+    );
+    let app_name = "(variables.app.name)";
+    let mut v = vec![
+        warn(
+            format!("{ok} && {changed}"),
+            format!(
+                "'django-migrate: ' + (oldObject != null && {old_reserved} ? 'updated' : 'injected') + ' init containers {CODE_CONTAINER} and ' + {step_name_of_new} + ' (copied from ' + {} + ')'",
+                quoted(app_name)
+            ),
+        ),
+        warn(
+            format!("{ok} && {changed}"),
+            format!(
+                "variables.gate ? {} : {}",
+                lit(&format!(
+                    "django-migrate: readiness gate {MIGRATED_CONDITION}: a pod is Ready once its migration step succeeded"
+                )),
+                lit(&format!(
+                    "django-migrate: no readiness gate ({READINESS_GATE_ANNOTATION}: \"false\")"
+                ))
+            ),
+        ),
+    ];
+    // Which container the step copies, as `choose_app_container` warns about it.
+    let c = lit(CONTAINER);
+    let d = lit(DEFAULT_CONTAINER_ANNOTATION);
+    let n = "variables.containers.size()";
+    let default_named =
+        format!("variables.containers.exists(x, has(x.name) && x.name == variables.tann[{d}])");
+    v.push(warn(
+        format!("{ok} && !({c} in variables.ann) && {d} in variables.tann && {default_named} && {n} > 1"),
+        format!(
+            "'django-migrate: ' + string({n}) + ' containers, using ' + {} + ' from {DEFAULT_CONTAINER_ANNOTATION}'",
+            quoted(&format!("variables.tann[{d}]"))
+        ),
+    ));
+    v.push(warn(
+        format!("{ok} && !({c} in variables.ann) && {d} in variables.tann && !{default_named}"),
+        format!(
+            "'django-migrate: {DEFAULT_CONTAINER_ANNOTATION} names no container (' + {} + '); using the first'",
+            quoted(&format!("variables.tann[{d}]"))
+        ),
+    ));
+    v.push(warn(
+        format!("{ok} && !({c} in variables.ann) && !({d} in variables.tann) && {n} > 1"),
+        format!(
+            "'django-migrate: ' + string({n}) + ' containers, using the first, ' + {} + '; set {CONTAINER} to choose'",
+            quoted("(has(variables.containers[0].name) ? variables.containers[0].name : '')")
+        ),
+    ));
+    // An init container of the app's own that runs migrate: one warning each.
+    for i in 0..MIGRATE_INIT_WARNINGS {
+        let c = format!("variables.userInit[{i}]");
+        let words = format!(
+            "((has({c}.command) ? {c}.command : []) + (has({c}.args) ? {c}.args : [])).join(' ')"
+        );
+        v.push(warn(
+            format!("{ok} && variables.userInit.size() > {i} && {words}.contains('migrate')"),
+            format!(
+                "'django-migrate: init container ' + {} + ({words}.contains('--check') ? ' polls migrate --check; django-migrate makes it redundant' : ' already runs migrations; remove it so only the locked migrate runs')",
+                quoted(&format!("(has({c}.name) ? {c}.name : '<unnamed>')"))
+            ),
+        ));
+    }
+    v.push(warn(
+        format!(
+            "{ok} && has(object.spec.replicas) && object.spec.replicas > 1 && has(variables.app.env) && variables.app.env.exists(e, e.name == 'DATABASE_URL' && has(e.value) && e.value.startsWith('sqlite'))"
+        ),
+        "'django-migrate: DATABASE_URL is SQLite with ' + string(object.spec.replicas) + ' replicas: no shared database, no cross-pod lock'".to_owned(),
+    ));
+    v.push(warn(
+        format!(
+            "!variables.optedIn && variables.wasInjected && {old_has} && !{new_has}",
+            old_has = injected_parts("oldObject"),
+            new_has = injected_parts("object"),
+        ),
+        lit(&format!(
+            "django-migrate: label {INJECT_LABEL} removed: removed the injected init containers, volume and readiness gate"
+        )),
+    ));
+    v
+}
+
+/// How many of an app's own init containers are checked for `migrate` (the webhook
+/// checks all of them; a validation gives one warning).
+pub const MIGRATE_INIT_WARNINGS: usize = 8;
+
+/// Whether object `o` carries any part of the injection.
+fn injected_parts(o: &str) -> String {
+    format!(
+        "((has({o}.spec.template.spec.initContainers) && {o}.spec.template.spec.initContainers.exists(c, has(c.name) && c.name in {reserved})) || (has({o}.spec.template.spec.readinessGates) && {o}.spec.template.spec.readinessGates.exists(g, has(g.conditionType) && g.conditionType == {gate})) || (has({o}.spec.template.spec.volumes) && {o}.spec.template.spec.volumes.exists(v, has(v.name) && v.name == {volume})) || (has({o}.spec.template.metadata.labels) && {label} in {o}.spec.template.metadata.labels))",
+        reserved = lits(&RESERVED_CONTAINERS),
+        gate = lit(MIGRATED_CONDITION),
+        volume = lit(CODE_VOLUME),
+        label = lit(INJECTED_LABEL),
+    )
+}

@@ -1,0 +1,275 @@
+//! Parity of the two modes: the same Deployment applied through the webhook in one
+//! namespace and through the admission policies of `policy` mode in another, then
+//! compared as a user would see it: what the API server stored, the warnings kubectl
+//! printed, and the denial.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::kube::{Namespace, apply, deployment, init_names, kubectl, register, text};
+use super::serve::{Serve, eventually};
+
+/// The binary's `policy` output, bound to one namespace.
+pub struct Policies {
+    pub name: String,
+}
+
+impl Policies {
+    /// Applies the policies of `django-migrate-webhook policy`, their bindings limited to
+    /// namespace `ns`, and waits until they are in effect.
+    pub async fn apply(ns: &Namespace) -> Policies {
+        let name = format!("parity-{}", ns.name);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_django-migrate-webhook"))
+            .args(["policy", "-o", "json", "--name", &name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut list: Value = serde_json::from_slice(&out.stdout).unwrap();
+        for item in list["items"].as_array_mut().unwrap() {
+            if item["kind"].as_str().unwrap().ends_with("Binding") {
+                item["spec"]["matchResources"]["namespaceSelector"] =
+                    json!({"matchLabels": {"django-migrate-test": ns.name}});
+            }
+        }
+        let out = kubectl(&["apply", "-f", "-"], Some(&list.to_string()));
+        assert!(out.status.success(), "{}", text(&out).1);
+        let policies = Policies { name };
+        wait_until_effective(ns).await;
+        policies
+    }
+}
+
+impl Drop for Policies {
+    fn drop(&mut self) {
+        for kind in [
+            "mutatingadmissionpolicybinding",
+            "mutatingadmissionpolicy",
+            "validatingadmissionpolicybinding",
+            "validatingadmissionpolicy",
+        ] {
+            let names = match kind.starts_with("mutating") {
+                true => vec![self.name.clone()],
+                false => vec![
+                    format!("{}-settings", self.name),
+                    format!("{}-warnings", self.name),
+                ],
+            };
+            for name in names {
+                let _ = kubectl(&["delete", kind, &name, "--ignore-not-found"], None);
+            }
+        }
+    }
+}
+
+/// Waits until a dry run of a labelled Deployment comes back injected and one with a bad
+/// setting is denied.
+async fn wait_until_effective(ns: &Namespace) {
+    let probe = deployment(&ns.name, "probe", "shop:1", true, &[]);
+    let bad = deployment(
+        &ns.name,
+        "probe",
+        "shop:1",
+        true,
+        &[("django-migrate.io/mode", "fast")],
+    );
+    eventually(
+        "the admission policies to take effect",
+        Duration::from_secs(60),
+        || async {
+            let out = kubectl(
+                &["apply", "--dry-run=server", "-o", "json", "-f", "-"],
+                Some(&probe),
+            );
+            let stored: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let denied = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&bad));
+            (init_names(&stored).len() == 2 && !denied.status.success()).then_some(())
+        },
+    )
+    .await;
+}
+
+/// The two namespaces and the two admission paths.
+pub struct Parity {
+    pub webhook_ns: Namespace,
+    pub policy_ns: Namespace,
+    _webhook: Serve,
+    _policies: Policies,
+}
+
+/// What a user sees of one `kubectl apply`.
+#[derive(Debug, PartialEq)]
+pub struct Seen {
+    /// The denial or error, from `django-migrate: ` on when it is ours.
+    pub error: Option<String>,
+    pub warnings: Vec<String>,
+    /// Labels, annotations (without kubectl's own) and pod template as stored.
+    pub stored: Option<Value>,
+}
+
+impl Parity {
+    pub async fn start(prefix: &str) -> Parity {
+        let webhook_ns = Namespace::new(&format!("{prefix}-webhook"));
+        let policy_ns = Namespace::new(&format!("{prefix}-policy"));
+        let webhook = Serve::start::<&str>(&[]).await;
+        register(&webhook_ns, &webhook, "Fail");
+        super::kube::wait_until_effective(&webhook_ns).await;
+        let policies = Policies::apply(&policy_ns).await;
+        Parity {
+            webhook_ns,
+            policy_ns,
+            _webhook: webhook,
+            _policies: policies,
+        }
+    }
+
+    /// Applies `manifest` (a Deployment, any namespace) in both namespaces, then a
+    /// metadata-only update, an image update and an opt-out, and asserts that each step
+    /// looks the same through both. Returns how many steps were compared.
+    pub fn check(&self, case: &str, manifest: &Value) -> usize {
+        let mut d = manifest.clone();
+        prepare(&mut d, case);
+        let mut steps = 0;
+        let created = self.compare(case, "create", &d);
+        steps += 1;
+        let opted_in = d["metadata"]["labels"]["django-migrate.io/inject"] == "true";
+        if created.error.is_some() || !opted_in {
+            return steps;
+        }
+        let template = created.stored.as_ref().unwrap()["template"].clone();
+
+        d["metadata"]["annotations"]["parity.example/touched"] = json!("yes");
+        let touched = self.compare(case, "metadata-only update", &d);
+        assert_eq!(
+            touched.stored.as_ref().unwrap()["template"],
+            template,
+            "{case}: a metadata-only update changed the pod template"
+        );
+        for c in d["spec"]["template"]["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+        {
+            c["image"] = json!("registry.invalid/parity/next:2");
+        }
+        let updated = self.compare(case, "image update", &d);
+        let init = &updated.stored.as_ref().unwrap()["template"]["spec"]["initContainers"];
+        assert!(
+            init.as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["image"] == "registry.invalid/parity/next:2"),
+            "{case}: the step follows the app's image: {init}"
+        );
+        d["metadata"]["labels"]
+            .as_object_mut()
+            .unwrap()
+            .remove("django-migrate.io/inject");
+        let out = self.compare(case, "opt-out", &d);
+        let stored = out.stored.unwrap();
+        assert!(
+            !stored.to_string().contains("django-migrate-code"),
+            "{case}: an opt-out removes the injection: {stored}"
+        );
+        steps + 3
+    }
+
+    /// One step through both paths; they must agree.
+    fn compare(&self, case: &str, step: &str, d: &Value) -> Seen {
+        let webhook = see(&self.webhook_ns.name, d);
+        let policy = see(&self.policy_ns.name, d);
+        assert_eq!(
+            webhook, policy,
+            "{case}, {step}: the webhook (left) and the policy (right) differ"
+        );
+        webhook
+    }
+}
+
+/// Names the case, and keeps its pods off any real node: this tier has no kubelet.
+fn prepare(d: &mut Value, case: &str) {
+    let name: String = case
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let meta = d["metadata"].as_object_mut().unwrap();
+    for key in [
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "managedFields",
+        "namespace",
+    ] {
+        meta.remove(key);
+    }
+    meta.insert("name".into(), json!(name.trim_matches('-')));
+    if !meta.contains_key("annotations") {
+        meta.insert("annotations".into(), json!({}));
+    }
+    if let Some(o) = d.as_object_mut() {
+        o.remove("status");
+    }
+    if d["spec"]["template"]["spec"].is_object() {
+        d["spec"]["template"]["spec"]["nodeSelector"] = json!({"e2e.invalid/no-such-node": "true"});
+    }
+}
+
+fn see(ns: &str, d: &Value) -> Seen {
+    let mut d = d.clone();
+    d["metadata"]["namespace"] = json!(ns);
+    let out = kubectl(&["apply", "-f", "-"], Some(&d.to_string()));
+    let (_, stderr) = text(&out);
+    let mut warnings = Vec::new();
+    let mut error = None;
+    for line in stderr.lines() {
+        if let Some(w) = line.strip_prefix("Warning: ") {
+            warnings.push(strip_policy_prefix(w).to_owned());
+        } else if !line.trim().is_empty() {
+            let ours = line.find("django-migrate: ").map(|i| &line[i..]);
+            error = Some(ours.unwrap_or(line).replace(ns, "NS"));
+        }
+    }
+    if !out.status.success() {
+        assert!(
+            error.is_some(),
+            "kubectl failed without a message: {stderr}"
+        );
+        return Seen {
+            error,
+            warnings,
+            stored: None,
+        };
+    }
+    let name = d["metadata"]["name"].as_str().unwrap();
+    let get = kubectl(&["get", "deployment", name, "-n", ns, "-o", "json"], None);
+    assert!(get.status.success(), "{}", text(&get).1);
+    let stored: Value = serde_json::from_slice(&get.stdout).unwrap();
+    let mut annotations = stored["metadata"]["annotations"].clone();
+    if let Some(a) = annotations.as_object_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        a.remove("deployment.kubernetes.io/revision");
+    }
+    Seen {
+        error,
+        warnings,
+        stored: Some(json!({
+            "labels": stored["metadata"]["labels"],
+            "annotations": annotations,
+            "template": stored["spec"]["template"],
+        })),
+    }
+}
+
+/// A policy's warning without the API server's "Validation failed for
+/// ValidatingAdmissionPolicy 'x' with binding 'y': ".
+fn strip_policy_prefix(w: &str) -> &str {
+    match w.strip_prefix("Validation failed for ValidatingAdmissionPolicy '") {
+        Some(rest) => rest.split_once("': ").map_or(w, |(_, m)| m),
+        None => w,
+    }
+}
