@@ -82,7 +82,7 @@ pub fn mutate(
                 .template_labels()
                 .is_some_and(|l| l.contains_key(INJECTED_LABEL));
         if op == Operation::Update && was_injected {
-            return Ok(opt_out(new));
+            return Ok(opt_out(new, old));
         }
         return Ok(Mutation::default());
     }
@@ -93,7 +93,7 @@ pub fn mutate(
         .is_none()
         .then(|| old.and_then(recorded))
         .flatten();
-    let mut m = inject(new, recorded(new).or(dropped), image)?;
+    let mut m = inject(new, old, recorded(new).or(dropped), image)?;
     if let Some(releases) = dropped {
         let annotations = new.annotations().cloned().unwrap_or_default();
         let mut kept = annotations.clone();
@@ -221,12 +221,31 @@ fn diff(before: Owned, after: Owned) -> json_patch::Patch {
     json_patch::diff(&before.into_document(), &after.into_document())
 }
 
-fn opt_out(d: &Deployment) -> Mutation {
+/// The injection as the stored object `old` carries it, against `d`'s after the change:
+/// whether it differs (the webhook and the admission policies report the same changes,
+/// and a policy sees only the stored object and the result).
+fn injection_changed(old: &Deployment, after: &Owned) -> bool {
+    let view = |o: &Owned| {
+        let list = |l: &Option<Vec<Value>>| l.clone().unwrap_or_default();
+        (
+            list(&o.init_containers),
+            list(&o.readiness_gates),
+            list(&o.volumes),
+            o.labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(INJECTED_LABEL)),
+        )
+    };
+    view(&Owned::of(old)) != view(after)
+}
+
+fn opt_out(d: &Deployment, old: Option<&Deployment>) -> Mutation {
     let before = Owned::of(d);
     let mut after = Owned::of(d);
     after.strip();
+    let removed = old.is_some_and(|o| injection_changed(o, &after));
     let patch = diff(before, after);
-    let warnings = if patch.0.is_empty() {
+    let warnings = if !removed {
         Vec::new()
     } else {
         vec![format!(
@@ -242,9 +261,11 @@ fn recorded(d: &Deployment) -> Option<&String> {
     d.annotations()?.get(CONTRACTED_RELEASES)
 }
 
-/// `contracted`: the controller's record of releases older than an applied contract run.
+/// `old`: the stored object on UPDATE. `contracted`: the controller's record of releases
+/// older than an applied contract run.
 fn inject(
     d: &Deployment,
+    old: Option<&Deployment>,
     contracted: Option<&String>,
     image: &CodeImage,
 ) -> Result<Mutation, Denial> {
@@ -297,19 +318,21 @@ fn inject(
         .get_or_insert_with(JsonMap::new)
         .insert(INJECTED_LABEL.into(), "true".into());
 
-    let verb = if before
-        .init_containers
-        .iter()
-        .flatten()
-        .any(|c| value_name(c).is_some_and(injected::is_reserved))
-    {
-        "updated"
-    } else {
-        "injected"
-    };
+    // "updated" when the stored object was injected: what a user applied before, not
+    // what the request happens to carry (admission policies see only the stored object).
+    let was_injected = old.is_some_and(|o| {
+        Owned::of(o)
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| value_name(c).is_some_and(injected::is_reserved))
+    });
+    let verb = if was_injected { "updated" } else { "injected" };
+    let changed = old.is_none_or(|o| injection_changed(o, &after));
     let patch = diff(before, after);
-    if !patch.0.is_empty() {
-        // Say what changed; a request that changes nothing only gets the problems.
+    if changed {
+        // Say what changed in the stored object; an update that leaves the injection as
+        // it was only gets the problems.
         let step = injected::step_name(settings.mode);
         let summary = [
             format!(

@@ -93,8 +93,13 @@ async fn every_fixture_is_stored_warned_and_denied_alike_through_the_webhook_and
     for (case, d) in &cases {
         steps += parity.check(case, d);
     }
+    let differences = parity.differences.borrow();
     eprintln!(
-        "parity: {} Deployments, {steps} steps identical through the webhook and the policy",
-        cases.len()
+        "parity: {} Deployments, {steps} steps; {} differ, all refused by the API server's own validation:",
+        cases.len(),
+        differences.len()
     );
+    for d in differences.iter() {
+        eprintln!("  {d}");
+    }
 }
