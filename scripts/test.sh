@@ -110,6 +110,10 @@ source "$databases/env"
 say "cargo test (tiers: unit, engine, server, migrations, cluster on Kubernetes v$KUBE_VERSION)"
 cargo test --locked "$@"
 
+# Admission policies (policy mode) are served as v1 from Kubernetes 1.36: the newest only.
+say "cargo test (tier: policy on Kubernetes v$KUBE_VERSION)"
+cargo test --locked --test policy "$@"
+
 if [ -n "${DJANGO_MIGRATE_REAL_WORLD_DIR:-}" ]; then
     say "cargo test (tier: real_world, from $DJANGO_MIGRATE_REAL_WORLD_DIR)"
     cargo test --locked --test real_world "$@"

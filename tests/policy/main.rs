@@ -103,3 +103,113 @@ async fn every_fixture_is_stored_warned_and_denied_alike_through_the_webhook_and
         eprintln!("  {d}");
     }
 }
+
+/// Settings written the way people write them (leading zeros, spaces, tabs, repeats),
+/// values the webhook denies for their order or length, and pod settings the copy
+/// container depends on: parsed, normalised, denied and warned about alike.
+#[tokio::test]
+async fn settings_as_people_write_them_are_read_alike_by_the_webhook_and_the_policy() {
+    let parity = Parity::start("edges").await;
+    let base = |annotations: Value| {
+        serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "x", "labels": {"django-migrate.io/inject": "true"},
+                         "annotations": annotations},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "x"}},
+                     "template": {"metadata": {"labels": {"app": "x"}}, "spec": {
+                         "containers": [{"name": "web", "image": "shop:1",
+                                         "env": [{"name": "DATABASE_URL", "value": "sqlite:///db"},
+                                                 {"name": "DJANGO_MIGRATE_MODE", "value": "old"}]},
+                                        {"name": "sidecar", "image": "proxy:1"}]}}}
+        })
+    };
+    let long = "x ".repeat(75);
+    let cases: Vec<(&str, Value)> = vec![
+        (
+            "leading-zeros-and-spaces",
+            serde_json::json!({
+                "django-migrate.io/wait-timeout": "0300",
+                "django-migrate.io/lock-timeout": "007",
+                "django-migrate.io/locking-min-rows": "0100000",
+                "django-migrate.io/hold-back": "locking, breaking,locking",
+                "django-migrate.io/manage-command": "  sentry\tdjango ",
+                "django-migrate.io/defer": " shop.0042_drop , shop.0043_x,",
+                "django-migrate.io/allow-unsafe": "shop.0041_y",
+                "django-migrate.io/contract-delay": "0",
+                "django-migrate.io/fast-path": "false",
+            }),
+        ),
+        (
+            "wait-mode-entrypoint-no-gate",
+            serde_json::json!({
+                "django-migrate.io/mode": "wait",
+                "django-migrate.io/use-image-entrypoint": "true",
+                "django-migrate.io/readiness-gate": "false",
+                "django-migrate.io/python": "/venv/bin/python3.12",
+                "django-migrate.io/container": "web",
+                "django-migrate.io/unsafe-migrations": "defer",
+                "django-migrate.io/locking-min-rows": "18446744073709551615",
+            }),
+        ),
+        (
+            "first-bad-annotation-in-order",
+            serde_json::json!({
+                "django-migrate.io/wait-timeout": "soon",
+                "django-migrate.io/mode": "fast",
+                "django-migrate.io/zzz": "1",
+            }),
+        ),
+        (
+            "unknown-before-invalid",
+            serde_json::json!({"django-migrate.io/aaa": "1", "django-migrate.io/mode": "x"}),
+        ),
+        (
+            "long-value-is-cut",
+            serde_json::json!({"django-migrate.io/database": long}),
+        ),
+        (
+            "quotes-in-value",
+            serde_json::json!({"django-migrate.io/mode": "say \"hi\" \\ there"}),
+        ),
+        (
+            "rows-beyond-u64",
+            serde_json::json!({"django-migrate.io/locking-min-rows": "18446744073709551616"}),
+        ),
+        (
+            "bad-manage-command-after-good-rest",
+            serde_json::json!({"django-migrate.io/manage-command": "sh -c `id`"}),
+        ),
+        (
+            "no-such-container",
+            serde_json::json!({"django-migrate.io/container": "worker"}),
+        ),
+    ];
+    let mut steps = 0;
+    for (case, annotations) in cases {
+        steps += parity.check(case, &base(annotations));
+    }
+    // The default-container annotation, right and wrong, and a pod that runs as root.
+    let mut d = base(serde_json::json!({}));
+    d["spec"]["template"]["metadata"]["annotations"] =
+        serde_json::json!({"kubectl.kubernetes.io/default-container": "sidecar"});
+    d["spec"]["template"]["spec"]["securityContext"] = serde_json::json!({"runAsUser": 0});
+    steps += parity.check("default-container-and-root", &d);
+    d["spec"]["template"]["metadata"]["annotations"] =
+        serde_json::json!({"kubectl.kubernetes.io/default-container": "gone"});
+    steps += parity.check("default-container-gone", &d);
+    // An app's own init containers that run migrate.
+    let mut d = base(serde_json::json!({}));
+    d["spec"]["template"]["spec"]["initContainers"] = serde_json::json!([
+        {"name": "migrate", "image": "shop:1", "command": ["python", "manage.py", "migrate"]},
+        {"name": "check", "image": "shop:1", "args": ["manage.py", "migrate", "--check"]},
+        {"name": "assets", "image": "shop:1", "command": ["collectstatic"]},
+    ]);
+    steps += parity.check("own-migrate-init-containers", &d);
+    assert!(
+        parity.differences.borrow().is_empty(),
+        "{:?}",
+        parity.differences.borrow()
+    );
+    eprintln!("edges: {steps} steps identical through the webhook and the policy");
+}

@@ -143,6 +143,41 @@ fn has(warnings: &[String], needle: &str) -> bool {
     warnings.iter().any(|w| w.contains(needle))
 }
 
+/// `policy` mode: each Deployment through the webhook and through the admission policies
+/// of a real API server (the control plane `scripts/test.sh` starts, from KUBECONFIG):
+/// created, touched, updated and opted out alike.
+#[tokio::test]
+async fn every_real_world_deployment_is_injected_alike_in_policy_mode() {
+    let parity = support::parity::Parity::start("rw-parity").await;
+    let mut files: Vec<String> = std::fs::read_dir(real_world_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 9, "{files:?}");
+    let mut steps = 0;
+    for file in &files {
+        let mut d = load(file);
+        d["metadata"]["labels"][names::INJECT_LABEL] = Value::from("true");
+        steps += parity.check(file.trim_end_matches(".yaml"), &d);
+    }
+    assert!(
+        parity.differences.borrow().is_empty(),
+        "{:?}",
+        parity.differences.borrow()
+    );
+    assert_eq!(
+        steps,
+        4 * files.len(),
+        "every Deployment went through all four steps"
+    );
+    eprintln!(
+        "real-world parity: {} Deployments, {steps} steps identical",
+        files.len()
+    );
+}
+
 #[test]
 fn every_real_world_deployment_is_injected() {
     let expected = [

@@ -37,7 +37,12 @@ impl Policies {
             }
         }
         let out = kubectl(&["apply", "-f", "-"], Some(&list.to_string()));
-        assert!(out.status.success(), "{}", text(&out).1);
+        assert!(
+            out.status.success(),
+            "cannot create the admission policies (admissionregistration.k8s.io/v1 is served \
+             from Kubernetes 1.36): {}",
+            text(&out).1
+        );
         let policies = Policies { name };
         wait_until_effective(ns).await;
         policies
