@@ -146,16 +146,21 @@ pub struct InstallCodeArgs {
 }
 
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools, reason = "each is a command-line flag")]
 pub struct ServeArgs {
     /// Address of the HTTPS webhook listener.
     #[arg(long, default_value = "0.0.0.0:8443", value_name = "ADDR")]
     pub listen: SocketAddr,
     /// PEM certificate chain served on the webhook port.
-    #[arg(long, value_name = "FILE")]
-    pub tls_cert: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "no_webhook")]
+    pub tls_cert: Option<PathBuf>,
     /// PEM private key of the serving certificate.
-    #[arg(long, value_name = "FILE")]
-    pub tls_key: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "no_webhook")]
+    pub tls_key: Option<PathBuf>,
+    /// Run the controller without the webhook: in `policy` mode admission policies
+    /// inject (see `policy`), and no server of ours is in the API server's write path.
+    #[arg(long, requires = "controller", conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub no_webhook: bool,
     /// Seconds between checks of the certificate files; a new pair is served on new
     /// connections without a restart.
     #[arg(long, default_value = "10", value_parser = seconds(1, 3600), value_name = "SECONDS")]
@@ -223,9 +228,10 @@ impl From<ServeArgs> for ServeOptions {
             contract_jobs: args.contract_jobs,
         });
         ServeOptions {
+            webhook: !args.no_webhook,
             listen: args.listen,
-            tls_cert: args.tls_cert,
-            tls_key: args.tls_key,
+            tls_cert: args.tls_cert.unwrap_or_default(),
+            tls_key: args.tls_key.unwrap_or_default(),
             metrics_listen: args.metrics_listen,
             cert_reload_interval: args.cert_reload_interval,
             shutdown_delay: args.shutdown_delay,

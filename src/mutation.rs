@@ -245,13 +245,13 @@ fn opt_out(d: &Deployment, old: Option<&Deployment>) -> Mutation {
     after.strip();
     let removed = old.is_some_and(|o| injection_changed(o, &after));
     let patch = diff(before, after);
-    let warnings = if !removed {
-        Vec::new()
-    } else {
+    let warnings = if removed {
         vec![format!(
             "django-migrate: label {} removed: removed the injected init containers, volume and readiness gate",
             settings::INJECT_LABEL
         )]
+    } else {
+        Vec::new()
     };
     Mutation { patch, warnings }
 }

@@ -12,6 +12,8 @@
 //! opt-out removes everything it added. The policies are compiled without schema types,
 //! so objects are built with `Object.<path>{...}` initializers, as the API requires.
 
+use std::fmt::Write as _;
+
 use serde_json::{Value, json};
 
 use crate::injected::{self, CodeImage};
@@ -286,7 +288,7 @@ fn valid(k: &str, v: &str) -> String {
     ];
     let mut out = String::new();
     for (keys, test) in arms {
-        out.push_str(&format!("{k} in {} ? {test} : ", lits(&keys)));
+        let _ = write!(out, "{k} in {} ? {test} : ", lits(&keys));
     }
     out.push_str("false");
     out
@@ -297,7 +299,7 @@ fn allowed(k: &str) -> String {
     let mut out = String::new();
     for a in KNOWN_ANNOTATIONS {
         if let Some(text) = settings::allowed(a) {
-            out.push_str(&format!("{k} == {} ? {} : ", lit(a), lit(&text)));
+            let _ = write!(out, "{k} == {} ? {} : ", lit(a), lit(&text));
         }
     }
     out.push_str("''");
@@ -308,9 +310,16 @@ fn allowed(k: &str) -> String {
 /// `str::split_whitespace` splits them.
 const MANAGE_COMMAND_RE: &str = r"^[\t\n\v\f\r\x{85}\p{Z}]*[A-Za-z0-9._/+-]+([\t\n\v\f\r\x{85}\p{Z}]+[A-Za-z0-9._/+-]+)*[\t\n\v\f\r\x{85}\p{Z}]*$";
 
-/// Variables of every policy: the object's labels and annotations, whether it opted in,
-/// and the webhook's denial for its settings (empty when there is none).
+/// Variables of every policy: the settings' and then the template's.
 fn common_variables() -> Vec<(&'static str, String)> {
+    let mut v = settings_variables();
+    v.extend(template_variables());
+    v
+}
+
+/// The object's labels and annotations, whether it opted in, and the webhook's denial for
+/// its settings (empty when there is none).
+fn settings_variables() -> Vec<(&'static str, String)> {
     let a = "variables.ann";
     let first = "variables.badKeys.filter(k, variables.badKeys.all(j, k <= j))[0]";
     let value = |k: &str| format!("{a}[{k}]");
@@ -378,6 +387,14 @@ fn common_variables() -> Vec<(&'static str, String)> {
                 c = lit(CONTAINER),
             ),
         ),
+    ]
+}
+
+/// Variables over the pod template: what the injection and the warnings read.
+fn template_variables() -> Vec<(&'static str, String)> {
+    let a = "variables.ann";
+    let containers = "variables.containers";
+    vec![
         (
             "tann",
             "has(object.spec.template.metadata) && has(object.spec.template.metadata.annotations) ? object.spec.template.metadata.annotations : {}".to_owned(),
@@ -522,8 +539,10 @@ fn containers(image: &CodeImage) -> (String, String) {
         "resources",
     ]
     .iter()
-    .map(|f| format!("?{f}: variables.app.?{f}, "))
-    .collect();
+    .fold(String::new(), |mut out, f| {
+        let _ = write!(out, "?{f}: variables.app.?{f}, ");
+        out
+    });
     let step = format!(
         "{INIT}{{name: variables.stepName, {copied}?command: variables.entrypoint ? optional.none() : optional.of({run}), ?args: variables.entrypoint ? optional.of({run}) : optional.none(), env: variables.stepEnv, volumeMounts: (has(variables.app.volumeMounts) ? variables.app.volumeMounts : []) + [{mount}], terminationMessagePath: {log}, terminationMessagePolicy: 'FallbackToLogsOnError'}}",
         mount = cel(
@@ -566,8 +585,7 @@ fn injection_variables() -> Vec<(&'static str, String)> {
         (
             "holdBack",
             format!(
-                "((('breaking' in {w}) ? ['breaking'] : []) + (('locking' in {w}) ? ['locking'] : [])).join(',')",
-                w = hold_back_words
+                "((('breaking' in {hold_back_words}) ? ['breaking'] : []) + (('locking' in {hold_back_words}) ? ['locking'] : [])).join(',')"
             ),
         ),
         (
@@ -613,25 +631,34 @@ fn patch_expression(image: &CodeImage) -> String {
         )
     };
     let record = lit(CONTRACTED_RELEASES);
-    let inject = format!(
-        "[{}, {}] + (variables.gate ? [{}] : {}) + (has(object.spec.template.metadata.labels) ? [{}] : [{}]) + ({restore})",
+    let lists = [
         add(&init, &format!("variables.userInit + [{code}, {step}]")),
         add(&volumes, &format!("variables.userVolumes + [{volume}]")),
         add(&gates, &format!("variables.userGates + [{gate}]")),
         keep(&gates, "variables.userGates", "readinessGates"),
+    ];
+    let label = [
         add(&injected_label, "'true'"),
         add(labels, &format!("{{{}: 'true'}}", lit(INJECTED_LABEL))),
-        restore = format!(
-            "oldObject != null && !({record} in variables.ann) && has(oldObject.metadata.annotations) && {record} in oldObject.metadata.annotations ? (has(object.metadata.annotations) ? [{}] : [{}]) : []",
-            add(
-                &format!("/metadata/annotations/{}", pointer(CONTRACTED_RELEASES)),
-                &format!("oldObject.metadata.annotations[{record}]")
-            ),
-            add(
-                "/metadata/annotations",
-                &format!("{{{record}: oldObject.metadata.annotations[{record}]}}")
-            ),
+    ];
+    // `kubectl rollout undo` replaces the annotations: keep the controller's record.
+    let kept = [
+        add(
+            &format!("/metadata/annotations/{}", pointer(CONTRACTED_RELEASES)),
+            &format!("oldObject.metadata.annotations[{record}]"),
         ),
+        add(
+            "/metadata/annotations",
+            &format!("{{{record}: oldObject.metadata.annotations[{record}]}}"),
+        ),
+    ];
+    let restore = format!(
+        "oldObject != null && !({record} in variables.ann) && has(oldObject.metadata.annotations) && {record} in oldObject.metadata.annotations ? (has(object.metadata.annotations) ? [{}] : [{}]) : []",
+        kept[0], kept[1]
+    );
+    let inject = format!(
+        "[{}, {}] + (variables.gate ? [{}] : {}) + (has(object.spec.template.metadata.labels) ? [{}] : [{}]) + ({restore})",
+        lists[0], lists[1], lists[2], lists[3], label[0], label[1]
     );
     let strip = format!(
         "{} + {} + {} + ({} in variables.tlabels ? [{}] : [])",
@@ -658,13 +685,15 @@ fn settings_validations() -> Vec<Value> {
 
 /// One validation per warning the webhook gives (a failed `Warn` validation is a
 /// warning). They read the object after the mutation, and the stored object.
+/// A `Warn` validation: `message` when `when` holds, cut as the webhook cuts warnings.
+fn warn(when: &str, message: &str) -> Value {
+    json!({
+        "expression": format!("!({when})"),
+        "messageExpression": cut(&format!("({message})"), MAX_WARNING_LEN),
+    })
+}
+
 fn warning_validations() -> Vec<Value> {
-    let warn = |when: String, message: String| {
-        json!({
-            "expression": format!("!({when})"),
-            "messageExpression": cut(&format!("({message})"), MAX_WARNING_LEN),
-        })
-    };
     let ok = "variables.optedIn && variables.denial == ''";
     let differs = |field: &str| {
         format!(
@@ -690,20 +719,20 @@ fn warning_validations() -> Vec<Value> {
     let app_name = "(variables.app.name)";
     let mut v = vec![
         warn(
-            format!("{ok} && {changed}"),
-            format!(
+            &format!("{ok} && {changed}"),
+            &format!(
                 "'django-migrate: ' + (oldObject != null && {old_reserved} ? 'updated' : 'injected') + ' init containers {CODE_CONTAINER} and ' + {step_name_of_new} + ' (copied from ' + {} + ')'",
                 quoted(app_name)
             ),
         ),
         warn(
-            format!("{ok} && {changed}"),
-            format!(
+            &format!("{ok} && {changed}"),
+            &format!(
                 "variables.gate ? {} : {}",
                 lit(&format!(
                     "django-migrate: readiness gate {MIGRATED_CONDITION}: a pod is Ready once its migration step succeeded"
                 )),
-                lit(&format!(
+                &lit(&format!(
                     "django-migrate: no readiness gate ({READINESS_GATE_ANNOTATION}: \"false\")"
                 ))
             ),
@@ -716,26 +745,33 @@ fn warning_validations() -> Vec<Value> {
     let default_named =
         format!("variables.containers.exists(x, has(x.name) && x.name == variables.tann[{d}])");
     v.push(warn(
-        format!("{ok} && !({c} in variables.ann) && {d} in variables.tann && {default_named} && {n} > 1"),
-        format!(
+        &format!("{ok} && !({c} in variables.ann) && {d} in variables.tann && {default_named} && {n} > 1"),
+        &format!(
             "'django-migrate: ' + string({n}) + ' containers, using ' + {} + ' from {DEFAULT_CONTAINER_ANNOTATION}'",
             quoted(&format!("variables.tann[{d}]"))
         ),
     ));
     v.push(warn(
-        format!("{ok} && !({c} in variables.ann) && {d} in variables.tann && !{default_named}"),
-        format!(
+        &format!("{ok} && !({c} in variables.ann) && {d} in variables.tann && !{default_named}"),
+        &format!(
             "'django-migrate: {DEFAULT_CONTAINER_ANNOTATION} names no container (' + {} + '); using the first'",
             quoted(&format!("variables.tann[{d}]"))
         ),
     ));
     v.push(warn(
-        format!("{ok} && !({c} in variables.ann) && !({d} in variables.tann) && {n} > 1"),
-        format!(
+        &format!("{ok} && !({c} in variables.ann) && !({d} in variables.tann) && {n} > 1"),
+        &format!(
             "'django-migrate: ' + string({n}) + ' containers, using the first, ' + {} + '; set {CONTAINER} to choose'",
             quoted("(has(variables.containers[0].name) ? variables.containers[0].name : '')")
         ),
     ));
+    v.extend(problem_validations(ok));
+    v
+}
+
+/// Warnings about the app's own init containers, SQLite, and an opt-out.
+fn problem_validations(ok: &str) -> Vec<Value> {
+    let mut v = Vec::new();
     // An init container of the app's own that runs migrate: one warning each.
     for i in 0..MIGRATE_INIT_WARNINGS {
         let c = format!("variables.userInit[{i}]");
@@ -743,26 +779,26 @@ fn warning_validations() -> Vec<Value> {
             "((has({c}.command) ? {c}.command : []) + (has({c}.args) ? {c}.args : [])).join(' ')"
         );
         v.push(warn(
-            format!("{ok} && variables.userInit.size() > {i} && {words}.contains('migrate')"),
-            format!(
+            &format!("{ok} && variables.userInit.size() > {i} && {words}.contains('migrate')"),
+            &format!(
                 "'django-migrate: init container ' + {} + ({words}.contains('--check') ? ' polls migrate --check; django-migrate makes it redundant' : ' already runs migrations; remove it so only the locked migrate runs')",
                 quoted(&format!("(has({c}.name) ? {c}.name : '<unnamed>')"))
             ),
         ));
     }
     v.push(warn(
-        format!(
+        &format!(
             "{ok} && has(object.spec.replicas) && object.spec.replicas > 1 && has(variables.app.env) && variables.app.env.exists(e, e.name == 'DATABASE_URL' && has(e.value) && e.value.startsWith('sqlite'))"
         ),
-        "'django-migrate: DATABASE_URL is SQLite with ' + string(object.spec.replicas) + ' replicas: no shared database, no cross-pod lock'".to_owned(),
+        "'django-migrate: DATABASE_URL is SQLite with ' + string(object.spec.replicas) + ' replicas: no shared database, no cross-pod lock'",
     ));
     v.push(warn(
-        format!(
+        &format!(
             "!variables.optedIn && variables.wasInjected && {old_has} && !{new_has}",
             old_has = injected_parts("oldObject"),
             new_has = injected_parts("object"),
         ),
-        lit(&format!(
+        &lit(&format!(
             "django-migrate: label {INJECT_LABEL} removed: removed the injected init containers, volume and readiness gate"
         )),
     ));
@@ -782,4 +818,102 @@ fn injected_parts(o: &str) -> String {
         volume = lit(CODE_VOLUME),
         label = lit(INJECTED_LABEL),
     )
+}
+
+/// The chart's `files/policies.yaml`: the three policies as JSON documents, with
+/// placeholders that `templates/policy.yaml` fills in (`__NAME__`, `__CODE_IMAGE__`,
+/// `__PULL_POLICY__`, `__FAILURE_POLICY__`).
+pub fn chart_file() -> String {
+    let o = PolicyOptions {
+        name: "__NAME__".to_owned(),
+        image: CodeImage {
+            image: "__CODE_IMAGE__".to_owned(),
+            pull_policy: "__PULL_POLICY__".to_owned(),
+        },
+        exclude_namespaces: Vec::new(),
+        failure_policy: "__FAILURE_POLICY__".to_owned(),
+    };
+    let mut out = String::from(
+        "# Generated by `django-migrate-webhook` (src/policy.rs); `UPDATE_GOLDEN=1 cargo test --lib policy` rewrites it.\n",
+    );
+    for p in policies(&o) {
+        out.push_str("---\n");
+        out.push_str(&p.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chart_carries_the_policies_this_version_generates() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/charts/django-migrate-webhook/files/policies.yaml"
+        );
+        let generated = chart_file();
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let stored = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            stored == generated,
+            "{path} is not what this version generates: run UPDATE_GOLDEN=1 cargo test --lib policy"
+        );
+    }
+
+    #[test]
+    fn cel_literals_escape_quotes_and_backslashes() {
+        assert_eq!(lit(r"it's a \ path"), r"'it\'s a \\ path'");
+        assert_eq!(pointer("django-migrate.io/x~y"), "django-migrate.io~1x~0y");
+        assert_eq!(
+            cel("Object.a", &json!({"b": {"c": [1, "d"]}, "e": true})),
+            "Object.a{b: Object.a.b{c: [1, 'd']}, e: true}"
+        );
+    }
+
+    #[test]
+    fn every_setting_has_an_allowed_text_and_a_validity_test() {
+        for a in KNOWN_ANNOTATIONS {
+            if a == CONTRACTED_RELEASES {
+                continue;
+            }
+            assert!(settings::allowed(a).is_some(), "{a}");
+            assert!(valid("k", "v").contains(&lit(a)), "{a}");
+        }
+    }
+
+    #[test]
+    fn bindings_select_the_opt_in_label_outside_excluded_namespaces() {
+        let objects = objects(&PolicyOptions::default());
+        let kinds: Vec<&str> = objects
+            .iter()
+            .map(|o| o["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "MutatingAdmissionPolicy",
+                "MutatingAdmissionPolicyBinding",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding"
+            ]
+        );
+        let binding = &objects[1]["spec"]["matchResources"];
+        assert_eq!(
+            binding["objectSelector"]["matchLabels"][INJECT_LABEL],
+            "true"
+        );
+        assert_eq!(
+            binding["namespaceSelector"]["matchExpressions"][0]["values"],
+            json!(["kube-system"])
+        );
+        assert_eq!(objects[3]["spec"]["validationActions"], json!(["Deny"]));
+        assert_eq!(objects[5]["spec"]["validationActions"], json!(["Warn"]));
+    }
 }

@@ -29,6 +29,9 @@ use crate::tls::{self, CertMetrics, CertStore, TlsError};
 /// What `serve` needs to start.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
+    /// Serve the webhook; `false` runs the controller alone (`policy` mode: admission
+    /// policies inject, and no server of ours is in the API server's write path).
+    pub webhook: bool,
     pub listen: SocketAddr,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
@@ -59,16 +62,17 @@ pub enum ServeError {
 
 /// The four parts, running.
 pub struct Running {
-    pub webhook_addr: SocketAddr,
+    /// `None` without the webhook.
+    pub webhook_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub state: AppState,
     /// The shutdown token: the reloader and the controller stop when it turns true.
     token: watch::Sender<bool>,
     /// Closes the listeners, after the shutdown delay.
     close: watch::Sender<bool>,
-    webhook: JoinHandle<()>,
+    webhook: Option<JoinHandle<()>>,
     admin: JoinHandle<()>,
-    reloader: JoinHandle<()>,
+    reloader: Option<JoinHandle<()>>,
     controller: Option<JoinHandle<Result<(), LeaseError>>>,
 }
 
@@ -120,22 +124,27 @@ async fn start_with(
         api: _,
         controller: controller_metrics,
     } = metrics;
-    let certs = CertStore::new(tls::load_pair(&options.tls_cert, &options.tls_key)?);
     let state = AppState::new(options.code_image.clone(), admission, Arc::new(registry));
-    let (webhook_listener, webhook_addr) = server::bind(options.listen).await?;
-    let (admin_listener, admin_addr) = server::bind(options.metrics_listen).await?;
     let (token, stopped) = watch::channel(false);
     let (close, closed) = watch::channel(false);
-    let webhook = server::spawn_webhook(webhook_listener, &state, certs.clone(), closed.clone())?;
+    let (webhook, reloader, webhook_addr) = if options.webhook {
+        let certs = CertStore::new(tls::load_pair(&options.tls_cert, &options.tls_key)?);
+        let (listener, addr) = server::bind(options.listen).await?;
+        let webhook = server::spawn_webhook(listener, &state, certs.clone(), closed.clone())?;
+        let reloader = tokio::spawn(tls::reload_on_change(
+            certs,
+            options.tls_cert.clone(),
+            options.tls_key.clone(),
+            options.cert_reload_interval,
+            cert_metrics,
+            stopped.clone(),
+        ));
+        (Some(webhook), Some(reloader), Some(addr))
+    } else {
+        (None, None, None)
+    };
+    let (admin_listener, admin_addr) = server::bind(options.metrics_listen).await?;
     let admin = server::spawn_admin(admin_listener, state.clone(), closed);
-    let reloader = tokio::spawn(tls::reload_on_change(
-        certs,
-        options.tls_cert.clone(),
-        options.tls_key.clone(),
-        options.cert_reload_interval,
-        cert_metrics,
-        stopped.clone(),
-    ));
     let controller = match (client, options.controller.clone()) {
         (Some(client), Some(controller_options)) => Some(tokio::spawn(controller::run(
             client,
@@ -145,7 +154,7 @@ async fn start_with(
         ))),
         _ => None,
     };
-    tracing::info!(%webhook_addr, %admin_addr, controller = controller.is_some(), "serving");
+    tracing::info!(?webhook_addr, %admin_addr, controller = controller.is_some(), "serving");
     Ok(Running {
         webhook_addr,
         admin_addr,
@@ -190,7 +199,9 @@ impl Running {
                 tokio::time::sleep(delay).await;
             }
             let _ = close.send(true);
-            let _ = webhook.await;
+            if let Some(webhook) = webhook {
+                let _ = webhook.await;
+            }
             let _ = admin.await;
             tracing::info!("all connections closed");
         };
@@ -201,7 +212,9 @@ impl Running {
             }
         };
         let ((), controller) = tokio::join!(drain, release);
-        let _ = reloader.await;
+        if let Some(reloader) = reloader {
+            let _ = reloader.await;
+        }
         controller
     }
 }

@@ -367,7 +367,7 @@ async fn bad_input_gets_a_clear_answer_in_bounded_time() {
 async fn trickle(fx: &Fixture, prefix: &'static [u8], every: Duration) -> Duration {
     let started = Instant::now();
     let mut stream = tls(
-        fx.running.webhook_addr,
+        fx.running.webhook_addr.unwrap(),
         &fx.ca,
         &[b"http/1.1"],
         rustls::DEFAULT_VERSIONS,
@@ -424,7 +424,11 @@ async fn slow_and_idle_clients_do_not_stop_the_others() {
     // 1000 connections that never send a byte: cut off by the TLS handshake timeout.
     let mut idle = Vec::new();
     for _ in 0..1000 {
-        idle.push(TcpStream::connect(fx.running.webhook_addr).await.unwrap());
+        idle.push(
+            TcpStream::connect(fx.running.webhook_addr.unwrap())
+                .await
+                .unwrap(),
+        );
     }
     let idle_started = Instant::now();
     // A client that sends its request headers one byte at a time: cut off by the header

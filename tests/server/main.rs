@@ -42,6 +42,7 @@ async fn start() -> Fixture {
     let generated = certs::generate(&["localhost".into()], &[LOCALHOST]).unwrap();
     certs::write(dir.path(), &generated).unwrap();
     let options = process::ServeOptions {
+        webhook: true,
         listen: SocketAddr::new(LOCALHOST, 0),
         tls_cert: dir.path().join("tls.crt"),
         tls_key: dir.path().join("tls.key"),
@@ -94,7 +95,7 @@ async fn tls(
 /// An HTTP/1.1 keep-alive connection, as kube-apiserver opens them.
 async fn http1(fx: &Fixture) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let stream = tls(
-        fx.running.webhook_addr,
+        fx.running.webhook_addr.unwrap(),
         &fx.ca,
         &[b"http/1.1"],
         rustls::DEFAULT_VERSIONS,
@@ -171,7 +172,7 @@ async fn http1_keep_alive_answers_admission_reviews_with_a_base64_patch() {
 async fn h2_serves_concurrent_streams() {
     let fx = start().await;
     let stream = tls(
-        fx.running.webhook_addr,
+        fx.running.webhook_addr.unwrap(),
         &fx.ca,
         &[b"h2", b"http/1.1"],
         rustls::DEFAULT_VERSIONS,
@@ -206,7 +207,13 @@ async fn h2_serves_concurrent_streams() {
 async fn tls12_and_tls13_clients_connect() {
     let fx = start().await;
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
-        let stream = tls(fx.running.webhook_addr, &fx.ca, &[b"http/1.1"], &[version]).await;
+        let stream = tls(
+            fx.running.webhook_addr.unwrap(),
+            &fx.ca,
+            &[b"http/1.1"],
+            &[version],
+        )
+        .await;
         assert_eq!(stream.get_ref().1.protocol_version(), Some(version.version));
     }
     fx.running.shutdown(Duration::ZERO).await.unwrap();
@@ -254,7 +261,7 @@ async fn first_record(addr: SocketAddr, hello: &[u8]) -> [u8; 7] {
 #[tokio::test]
 async fn tls11_is_refused() {
     let fx = start().await;
-    let addr = fx.running.webhook_addr;
+    let addr = fx.running.webhook_addr.unwrap();
     // The same hello with version TLS 1.2 gets a ServerHello, so the hello itself is fine.
     let accepted = first_record(addr, &client_hello([0x03, 0x03])).await;
     assert_eq!(accepted[0], 0x16, "handshake record expected: {accepted:?}");
@@ -325,7 +332,7 @@ async fn bodies_over_8_mib_get_413() {
     assert!(body["message"].as_str().unwrap().contains("8388608"));
     // Streamed without a length (h2 data frames): cut off at the limit.
     let stream = tls(
-        fx.running.webhook_addr,
+        fx.running.webhook_addr.unwrap(),
         &fx.ca,
         &[b"h2"],
         rustls::DEFAULT_VERSIONS,
@@ -560,6 +567,7 @@ async fn certificates_rotate_without_a_restart_or_a_failed_request() {
     let second = certs::generate(&["localhost".into()], &[LOCALHOST]).unwrap();
     mount_secret(dir.path(), "..2026_11_24_v1", &first, None);
     let options = process::ServeOptions {
+        webhook: true,
         listen: SocketAddr::new(LOCALHOST, 0),
         tls_cert: dir.path().join("tls.crt"),
         tls_key: dir.path().join("tls.key"),
@@ -570,7 +578,7 @@ async fn certificates_rotate_without_a_restart_or_a_failed_request() {
         code_image: Default::default(),
     };
     let running = process::start(&options, None).await.unwrap();
-    let addr = running.webhook_addr;
+    let addr = running.webhook_addr.unwrap();
     // The client trusts both CAs, as the API server does while caBundle holds both.
     let cas = format!("{}{}", first.ca_cert, second.ca_cert).into_bytes();
     let body = create_fixture().to_string();

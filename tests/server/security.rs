@@ -36,7 +36,7 @@ fn s_client(port: u16, version: &str) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_tls_versions_and_plain_http_are_refused() {
     let fx = start().await;
-    let port = fx.running.webhook_addr.port();
+    let port = fx.running.webhook_addr.unwrap().port();
     let result = tokio::task::spawn_blocking(move || {
         for version in ["-tls1", "-tls1_1"] {
             let (ok, text) = s_client(port, version);
