@@ -496,7 +496,7 @@ fn containers(image: &CodeImage) -> (String, String) {
     let mut dropped: Vec<&str> = STEP_ENV.to_vec();
     dropped.extend(LEGACY_ENV);
     let step_env = format!(
-        "(has(variables.app.env) ? variables.app.env.filter(e, !(e.name in {dropped})) : []) + [{mode}, {database}, {command}, {wait}, {migrate}, {lock}, {unsafe_}] + ({allow} in variables.ann ? [{allow_env}] : []) + ({defer} in variables.ann ? [{defer_env}] : []) + ({fast} in variables.ann && variables.ann[{fast}] == 'false' ? [{fast_env}] : []) + (variables.holdBack != {default_hold_back} ? [{hold_env}] : []) + ({rows} in variables.ann && uint(variables.ann[{rows}]) != {default_rows}u ? [{rows_env}] : [])",
+        "(has(variables.app.env) ? variables.app.env.filter(e, !has(e.name) || !(e.name in {dropped})) : []) + [{mode}, {database}, {command}, {wait}, {migrate}, {lock}, {unsafe_}] + ({allow} in variables.ann ? [{allow_env}] : []) + ({defer} in variables.ann ? [{defer_env}] : []) + ({fast} in variables.ann && variables.ann[{fast}] == 'false' ? [{fast_env}] : []) + (variables.holdBack != {default_hold_back} ? [{hold_env}] : []) + ({rows} in variables.ann && uint(variables.ann[{rows}]) != {default_rows}u ? [{rows_env}] : [])",
         dropped = lits(&dropped),
         mode = env(ENV_MODE, "variables.mode"),
         database = env(ENV_DATABASE, &setting(DATABASE, &lit(&d.database))),
@@ -711,17 +711,12 @@ fn warning_validations() -> Vec<Value> {
         differs("volumes"),
         i = lit(INJECTED_LABEL),
     );
-    let step_name_of_new = format!(
-        "(has(variables.pod.initContainers) && variables.pod.initContainers.exists(c, c.name == {w}) ? {w} : {m})",
-        w = lit(WAIT_CONTAINER),
-        m = lit(MIGRATE_CONTAINER)
-    );
-    let app_name = "(variables.app.name)";
+    let app_name = "(has(variables.app.name) ? variables.app.name : '<unnamed>')";
     let mut v = vec![
         warn(
             &format!("{ok} && {changed}"),
             &format!(
-                "'django-migrate: ' + (oldObject != null && {old_reserved} ? 'updated' : 'injected') + ' init containers {CODE_CONTAINER} and ' + {step_name_of_new} + ' (copied from ' + {} + ')'",
+                "'django-migrate: ' + (oldObject != null && {old_reserved} ? 'updated' : 'injected') + ' init containers {CODE_CONTAINER} and ' + variables.stepName + ' (copied from ' + {} + ')'",
                 quoted(app_name)
             ),
         ),
@@ -788,7 +783,7 @@ fn problem_validations(ok: &str) -> Vec<Value> {
     }
     v.push(warn(
         &format!(
-            "{ok} && has(object.spec.replicas) && object.spec.replicas > 1 && has(variables.app.env) && variables.app.env.exists(e, e.name == 'DATABASE_URL' && has(e.value) && e.value.startsWith('sqlite'))"
+            "{ok} && has(object.spec.replicas) && object.spec.replicas > 1 && has(variables.app.env) && variables.app.env.exists(e, has(e.name) && e.name == 'DATABASE_URL' && has(e.value) && e.value.startsWith('sqlite'))"
         ),
         "'django-migrate: DATABASE_URL is SQLite with ' + string(object.spec.replicas) + ' replicas: no shared database, no cross-pod lock'",
     ));
