@@ -68,14 +68,15 @@ pub fn objects(o: &PolicyOptions) -> Vec<Value> {
     vec![
         mutating_policy(o),
         binding("MutatingAdmissionPolicyBinding", &o.name, o, None),
-        validating_policy(&settings, o, &settings_validations()),
+        validating_policy(&settings, &o.failure_policy, &settings_validations()),
         binding(
             "ValidatingAdmissionPolicyBinding",
             &settings,
             o,
             Some("Deny"),
         ),
-        validating_policy(&warnings, o, &warning_validations()),
+        // A warning that cannot be evaluated must never block an apply.
+        validating_policy(&warnings, "Ignore", &warning_validations()),
         binding(
             "ValidatingAdmissionPolicyBinding",
             &warnings,
@@ -124,13 +125,13 @@ fn mutating_policy(o: &PolicyOptions) -> Value {
     })
 }
 
-fn validating_policy(name: &str, o: &PolicyOptions, validations: &[Value]) -> Value {
+fn validating_policy(name: &str, failure_policy: &str, validations: &[Value]) -> Value {
     json!({
         "apiVersion": API_VERSION,
         "kind": "ValidatingAdmissionPolicy",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "django-migrate-webhook"}},
         "spec": {
-            "failurePolicy": o.failure_policy,
+            "failurePolicy": failure_policy,
             "matchConstraints": match_constraints(),
             "variables": to_variables(&common_variables()),
             "validations": validations,
@@ -153,9 +154,9 @@ fn binding(kind: &str, policy: &str, o: &PolicyOptions, actions: Option<&str>) -
         },
     });
     if o.exclude_namespaces.is_empty() {
-        spec["matchResources"]
-            .as_object_mut()
-            .map(|m| m.remove("namespaceSelector"));
+        if let Some(m) = spec["matchResources"].as_object_mut() {
+            m.remove("namespaceSelector");
+        }
     }
     if let Some(action) = actions {
         spec["validationActions"] = json!([action]);
