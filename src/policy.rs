@@ -153,10 +153,10 @@ fn binding(kind: &str, policy: &str, o: &PolicyOptions, actions: Option<&str>) -
             }]},
         },
     });
-    if o.exclude_namespaces.is_empty() {
-        if let Some(m) = spec["matchResources"].as_object_mut() {
-            m.remove("namespaceSelector");
-        }
+    if o.exclude_namespaces.is_empty()
+        && let Some(m) = spec["matchResources"].as_object_mut()
+    {
+        m.remove("namespaceSelector");
     }
     if let Some(action) = actions {
         spec["validationActions"] = json!([action]);
