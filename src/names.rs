@@ -16,6 +16,9 @@ pub const PREFIX: &str = "django-migrate.io/";
 pub const INJECT_LABEL: &str = "django-migrate.io/inject";
 /// Pod-template label that marks injected pods, so the controller watches only those.
 pub const INJECTED_LABEL: &str = "django-migrate.io/injected";
+/// On the admission policies of `policy` mode and their bindings: what each does
+/// (`inject`, `settings` or `warnings`); `status` finds the injecting binding by it.
+pub const POLICY_LABEL: &str = "django-migrate.io/policy";
 /// On a contract Job and its pod: the Deployment it contracts.
 pub const CONTRACT_FOR_LABEL: &str = "django-migrate.io/contract-for";
 /// On a contract Job: the hash of the pod template it was built from.

@@ -22,7 +22,7 @@ use crate::names::{
     CODE_CONTAINER, CODE_MOUNT_PATH, CODE_VOLUME, CONTRACTED_RELEASES, ENV_ALLOW_UNSAFE,
     ENV_DATABASE, ENV_DEFER, ENV_FAST_PATH, ENV_HOLD_BACK, ENV_LOCK_TIMEOUT, ENV_LOCKING_MIN_ROWS,
     ENV_MANAGE_COMMAND, ENV_MIGRATE_TIMEOUT, ENV_MODE, ENV_UNSAFE_MIGRATIONS, ENV_WAIT_TIMEOUT,
-    INJECTED_LABEL, LEGACY_ENV, MIGRATE_CONTAINER, MIGRATED_CONDITION, PROGRAM_FILE,
+    INJECTED_LABEL, LEGACY_ENV, MIGRATE_CONTAINER, MIGRATED_CONDITION, POLICY_LABEL, PROGRAM_FILE,
     RESERVED_CONTAINERS, STEP_ENV, TERMINATION_LOG, WAIT_CONTAINER,
 };
 use crate::settings::{
@@ -67,11 +67,12 @@ pub fn objects(o: &PolicyOptions) -> Vec<Value> {
     let warnings = format!("{}-warnings", o.name);
     vec![
         mutating_policy(o),
-        binding("MutatingAdmissionPolicyBinding", &o.name, o, None),
+        binding("MutatingAdmissionPolicyBinding", &o.name, "inject", o, None),
         validating_policy(&settings, &o.failure_policy, &settings_validations()),
         binding(
             "ValidatingAdmissionPolicyBinding",
             &settings,
+            "settings",
             o,
             Some("Deny"),
         ),
@@ -80,6 +81,7 @@ pub fn objects(o: &PolicyOptions) -> Vec<Value> {
         binding(
             "ValidatingAdmissionPolicyBinding",
             &warnings,
+            "warnings",
             o,
             Some("Warn"),
         ),
@@ -111,7 +113,7 @@ fn mutating_policy(o: &PolicyOptions) -> Value {
     json!({
         "apiVersion": API_VERSION,
         "kind": "MutatingAdmissionPolicy",
-        "metadata": {"name": o.name, "labels": {"app.kubernetes.io/name": "django-migrate-webhook"}},
+        "metadata": {"name": o.name, "labels": labels("inject")},
         "spec": {
             "failurePolicy": o.failure_policy,
             "reinvocationPolicy": "IfNeeded",
@@ -125,11 +127,17 @@ fn mutating_policy(o: &PolicyOptions) -> Value {
     })
 }
 
+/// The labels of each object: the project's name and the object's role.
+fn labels(role: &str) -> Value {
+    json!({"app.kubernetes.io/name": "django-migrate-webhook", POLICY_LABEL: role})
+}
+
 fn validating_policy(name: &str, failure_policy: &str, validations: &[Value]) -> Value {
+    let role = name.rsplit('-').next().unwrap_or_default();
     json!({
         "apiVersion": API_VERSION,
         "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "django-migrate-webhook"}},
+        "metadata": {"name": name, "labels": labels(role)},
         "spec": {
             "failurePolicy": failure_policy,
             "matchConstraints": match_constraints(),
@@ -141,7 +149,13 @@ fn validating_policy(name: &str, failure_policy: &str, validations: &[Value]) ->
 
 /// Selects what the webhook configuration selects: Deployments whose stored or incoming
 /// object carries the opt-in label, outside the excluded namespaces.
-fn binding(kind: &str, policy: &str, o: &PolicyOptions, actions: Option<&str>) -> Value {
+fn binding(
+    kind: &str,
+    policy: &str,
+    role: &str,
+    o: &PolicyOptions,
+    actions: Option<&str>,
+) -> Value {
     let mut spec = json!({
         "policyName": policy,
         "matchResources": {
@@ -164,7 +178,7 @@ fn binding(kind: &str, policy: &str, o: &PolicyOptions, actions: Option<&str>) -
     json!({
         "apiVersion": API_VERSION,
         "kind": kind,
-        "metadata": {"name": policy, "labels": {"app.kubernetes.io/name": "django-migrate-webhook"}},
+        "metadata": {"name": policy, "labels": labels(role)},
         "spec": spec,
     })
 }

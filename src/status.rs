@@ -16,8 +16,8 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::names::{
-    INJECT_LABEL, INJECTED_LABEL, MIGRATE_CONTAINER, MIGRATED_CONDITION, PREFIX, WAIT_CONTAINER,
-    WEBHOOK_NAME,
+    INJECT_LABEL, INJECTED_LABEL, MIGRATE_CONTAINER, MIGRATED_CONDITION, POLICY_LABEL, PREFIX,
+    WAIT_CONTAINER, WEBHOOK_NAME,
 };
 use crate::settings::Settings;
 use crate::step::{Reason, StepState, StepStatus};
@@ -206,19 +206,38 @@ fn label_only_on_template(d: &Deployment) -> bool {
     !opted_in(d) && label_true(template_labels(d), INJECT_LABEL)
 }
 
-/// The namespace selectors of this webhook's registrations (`None` when they cannot be
-/// read, `Some(empty)` when none is installed).
+/// The namespace selectors of what injects: this webhook's registrations and, in policy
+/// mode, the injecting policy's bindings (`None` when the webhook registrations cannot be
+/// read, `Some(empty)` when nothing is installed).
 async fn webhook_selectors(client: &Client) -> Option<Vec<LabelSelector>> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let list = api.list(&ListParams::default()).await.ok()?;
-    Some(
-        list.items
-            .into_iter()
-            .flat_map(|c| c.webhooks.unwrap_or_default())
-            .filter(|w| w.name == WEBHOOK_NAME)
-            .map(|w| w.namespace_selector.unwrap_or_default())
-            .collect(),
-    )
+    let mut selectors: Vec<LabelSelector> = list
+        .items
+        .into_iter()
+        .flat_map(|c| c.webhooks.unwrap_or_default())
+        .filter(|w| w.name == WEBHOOK_NAME)
+        .map(|w| w.namespace_selector.unwrap_or_default())
+        .collect();
+    // Served from Kubernetes 1.36 only: a cluster without them has no policy mode.
+    let bindings = kube::discovery::ApiResource {
+        group: "admissionregistration.k8s.io".into(),
+        version: "v1".into(),
+        api_version: crate::policy::API_VERSION.into(),
+        kind: "MutatingAdmissionPolicyBinding".into(),
+        plural: "mutatingadmissionpolicybindings".into(),
+    };
+    let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &bindings);
+    let selected = ListParams::default().labels(&format!("{POLICY_LABEL}=inject"));
+    if let Ok(list) = api.list(&selected).await {
+        selectors.extend(list.items.into_iter().map(|b| {
+            let selector = b.data.pointer("/spec/matchResources/namespaceSelector");
+            selector
+                .and_then(|s| serde_json::from_value(s.clone()).ok())
+                .unwrap_or_default()
+        }));
+    }
+    Some(selectors)
 }
 
 /// True when `selector` selects an object with `labels` (matchLabels and the four
@@ -260,7 +279,7 @@ async fn why_not_injected(
     match hooks {
         Some([]) => {
             return format!(
-                "no MutatingWebhookConfiguration has the webhook {WEBHOOK_NAME}: is the chart installed?"
+                "no MutatingWebhookConfiguration has the webhook {WEBHOOK_NAME} and no MutatingAdmissionPolicyBinding is labelled {POLICY_LABEL}=inject: is the chart installed?"
             );
         }
         Some(selectors) => {
@@ -269,14 +288,14 @@ async fn why_not_injected(
                 let labels = ns.metadata.labels.unwrap_or_default();
                 if !selectors.iter().any(|s| selects(s, &labels)) {
                     return format!(
-                        "namespace {namespace} is not selected by the webhook's namespaceSelector (excluded)"
+                        "namespace {namespace} is not selected by the namespaceSelector of the webhook or the policy binding (excluded)"
                     );
                 }
             }
         }
         None => {}
     }
-    "stored without the step: applied while the webhook was unreachable (failurePolicy Ignore)? Re-apply it".to_owned()
+    "stored without the step: applied while the webhook was unreachable (failurePolicy Ignore), or before the chart was installed? Re-apply it".to_owned()
 }
 
 async fn deployment_status(

@@ -6,6 +6,8 @@ once; where it does not (1.34, 1.35), the install is refused with the reason. sc
 runs this tier on every version it tests, so both branches run."""
 
 import json
+import pathlib
+import subprocess
 import time
 import uuid
 
@@ -28,7 +30,9 @@ from test_in_cluster import (
 RELEASE = "e2e-policy"
 FULLNAME = f"{RELEASE}-django-migrate-webhook"
 SELECTED = {"e2e.django-migrate.io/policy-mode": "true"}
-CHART = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "charts" / "django-migrate-webhook")
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = str(ROOT / "charts" / "django-migrate-webhook")
+BIN = ROOT / "target" / "debug" / "django-migrate-webhook"
 
 
 def serves_policies():
@@ -116,6 +120,19 @@ def test_policy_mode_installs_where_the_api_server_serves_it_and_is_refused_else
         ("validatingadmissionpolicybinding", f"{FULLNAME}-warnings"),
     ]:
         kubectl("get", kind, name)
+    # `status` finds the policy binding: a Deployment outside its namespaces is named as such.
+    outside = f"dmw-policy-outside-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", outside)
+    try:
+        kubectl("apply", "-f", "-", stdin=json.dumps(deployment(outside, "plain")))
+        assert not injected(get_json("deployment", "plain", "-n", outside))
+        status = subprocess.run([str(BIN), "status", "-n", outside], capture_output=True, text=True)
+        assert status.returncode == 1, status.stdout + status.stderr
+        assert "not selected by the namespaceSelector of the webhook or the policy binding" in status.stdout, (
+            status.stdout
+        )
+    finally:
+        kubectl("delete", "namespace", outside, "--wait=false", check=False)
     print(f"{version}: chart installed in policy mode, 2 controller replicas Ready after {seconds:.1f}s")
 
 
