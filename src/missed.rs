@@ -213,7 +213,7 @@ async fn reconcile(d: Arc<WatchedDeployment>, ctx: Arc<Context>) -> Result<Actio
         tracing::warn!(
             deployment = %format!("{namespace}/{name}"),
             heal = ctx.heal,
-            "labelled {INJECT_LABEL}=true but stored without the migration step: it was applied while the webhook was unreachable, or its namespace is not selected by the webhook"
+            "labelled {INJECT_LABEL}=true but stored without the migration step: it was applied while the webhook was unreachable or before the chart was installed, or its namespace is not selected by the webhook (or the policy binding)"
         );
         let note = if ctx.heal {
             "labelled django-migrate.io/inject=true but stored without the migration step (applied while the webhook was unreachable?): sending it through the webhook again"
