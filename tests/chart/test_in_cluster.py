@@ -345,3 +345,35 @@ def admission_report(before, after):
         "rejected": int(delta(r"^apiserver_admission_webhook_rejection_count\{")),
         "non_200": int(delta(r'^apiserver_admission_webhook_request_total\{(?!.*code="200")')),
     }
+
+
+GITOPS_MANAGER = "argocd-controller"
+
+
+def test_gitops_tools_see_injected_deployments_in_sync(installed):
+    """What Argo CD and Flux rely on: after a client-side or a server-side apply, `kubectl
+    diff` of the same manifest finds nothing (its dry run goes through the webhook too), and
+    a second server-side apply with a GitOps tool's field manager stores nothing new; the
+    same after an image update."""
+    apps = apps_namespace("dmw-e2e-gitops")
+    ssa = ["--server-side", f"--field-manager={GITOPS_MANAGER}"]
+    try:
+        for how in ("client-side", "server-side"):
+            name = f"gitops-{how}"
+            for image in ("registry.invalid/shop:1", "registry.invalid/shop:2"):
+                manifest = json.dumps(deployment(apps, name, image=image))
+                kubectl("apply", "-f", "-", *(ssa if how == "server-side" else []), stdin=manifest)
+                stored = get_json("deployment", name, "-n", apps)
+                assert injected(stored), stored["spec"]["template"]["spec"]
+                assert stored["spec"]["template"]["spec"]["initContainers"][-1]["image"] == image
+                diff = kubectl("diff", "-f", "-", *(ssa if how == "server-side" else []), stdin=manifest, check=False)
+                assert diff.returncode == 0, f"{how}, {image}: kubectl diff found a change:\n{diff.stdout}{diff.stderr}"
+                kubectl("apply", "-f", "-", *ssa, stdin=manifest)
+                version = get_json("deployment", name, "-n", apps)["metadata"]["resourceVersion"]
+                kubectl("apply", "-f", "-", *ssa, stdin=manifest)
+                again = get_json("deployment", name, "-n", apps)["metadata"]["resourceVersion"]
+                assert again == version, f"{how}, {image}: a second server-side apply stored a change"
+            assert len(get_json("replicasets", "-n", apps, "-l", f"app={name}")["items"]) == 2
+        print("GitOps: kubectl diff empty and server-side re-applies stored nothing, before and after an image update")
+    finally:
+        kubectl("delete", "namespace", apps, "--wait=false", check=False)
