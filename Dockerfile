@@ -1,12 +1,21 @@
-# The webhook image: the binary only, on a distroless base, as a non-root user.
+# The webhook image: the binary only, on a distroless base, as a non-root user, with its
+# CycloneDX SBOM at /usr/share/doc/django-migrate-webhook/sbom.cdx.json and OCI labels.
 #
-#   docker build -t REGISTRY/django-migrate-webhook:0.1.0 .
+#   docker build --build-arg REVISION="$(git rev-parse HEAD)" -t REGISTRY/django-migrate-webhook:0.1.0 .
 #   docker push REGISTRY/django-migrate-webhook:0.1.0
 #   helm install django-migrate-webhook charts/django-migrate-webhook \
 #     --namespace django-migrate-system --create-namespace \
 #     --set image.repository=REGISTRY/django-migrate-webhook
+#
+# Build arguments: VERSION (the image's version label; the Cargo.toml version), REVISION
+# (the commit it is built from), SOURCE_URL (the repository).
 
 FROM rust:1.95-bookworm AS build
+# The SBOM generator: the one on PATH if it is this version (the offline test build of
+# scripts/kube/build-images.sh provides it), else installed from crates.io.
+ARG CARGO_CYCLONEDX_VERSION=0.5.9
+RUN cargo cyclonedx --version 2>/dev/null | grep -q " ${CARGO_CYCLONEDX_VERSION}$" \
+    || cargo install --locked "cargo-cyclonedx@${CARGO_CYCLONEDX_VERSION}"
 WORKDIR /src
 # Dependencies first, so that a source change does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
@@ -20,10 +29,27 @@ RUN sed -i '/^\[\[test\]\]/,$d' Cargo.toml \
     && touch src/main.rs src/lib.rs \
     && cargo build --release --locked --bin django-migrate-webhook \
     && strip target/release/django-migrate-webhook
+# The SBOM of the crate just built, from the same Cargo.lock (which must stay unchanged):
+# its dependencies for this platform with their versions, checksums and licences;
+# build-only ones (build scripts' dependencies) have scope "excluded", dev-dependencies
+# are left out.
+RUN cp Cargo.lock /tmp/Cargo.lock \
+    && cargo cyclonedx --format json --spec-version 1.5 --override-filename sbom.cdx \
+    && cmp Cargo.lock /tmp/Cargo.lock
 
 # glibc, CA certificates and a nonroot user (65532), no shell.
 FROM gcr.io/distroless/cc-debian12:nonroot
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE_URL=https://github.com/django-migrate/django-migrate-webhook
+LABEL org.opencontainers.image.title="django-migrate-webhook" \
+      org.opencontainers.image.description="Kubernetes mutating admission webhook that makes Django migrations safe when many pods start at once" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /src/target/release/django-migrate-webhook /usr/local/bin/django-migrate-webhook
+COPY --from=build /src/sbom.cdx.json /usr/share/doc/django-migrate-webhook/sbom.cdx.json
 USER 65532:65532
 EXPOSE 8443 8080
 ENTRYPOINT ["/usr/local/bin/django-migrate-webhook"]

@@ -8,7 +8,9 @@
 #                                  psycopg2 (pip) + the test project of tests/django
 #   localhost/e2e/django-migrate-webhook:VERSION
 #                                  the webhook image built from the project's Dockerfile by
-#                                  buildah, on local stand-ins for its base images (below)
+#                                  buildah, on local stand-ins for its base images (below),
+#                                  then checked: its OCI labels and its CycloneDX SBOM
+#                                  (check_webhook_image.py)
 #
 # Usage: build-images.sh [OUT_DIR]     (default ~/.cache/django-migrate-webhook/images)
 # Env:   IMAGES="pause busybox"
@@ -53,25 +55,40 @@ EOF
 #   rust:X.Y-bookworm                 debootstrap'ed bookworm minbase + gcc + this machine's
 #                                     Rust toolchain (cargo, rustc, the std library); the
 #                                     crates come from this machine's cargo registry, mounted
-#                                     read-only, so cargo runs offline
+#                                     read-only, so cargo runs offline; and cargo-cyclonedx
+#                                     (the SBOM generator, at the Dockerfile's
+#                                     CARGO_CYCLONEDX_VERSION), installed from crates.io once
+#                                     into OUT/cargo-cyclonedx-VERSION
 #   gcr.io/distroless/cc-debian12:nonroot
 #                                     glibc and libgcc from this machine, CA certificates, the
 #                                     users root and nonroot (65532), no shell
-# Rebuilt when this script, the Dockerfile, Cargo.toml, Cargo.lock or src/ change.
+# Rebuilt when this script, the Dockerfile, Cargo.toml, Cargo.lock or src/ change; checked
+# (check_webhook_image) every time.
 build_webhook_image() {
-  local version rust_tag toolchain key buildah_root ref
+  local version rust_tag toolchain key buildah_root ref cdx_version cdx revision
   version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -n 1)
   ref="localhost/e2e/django-migrate-webhook:$version"
   key=$(cd "$ROOT" && { cat "$HERE/build-images.sh" Dockerfile .dockerignore Cargo.toml Cargo.lock
     find src -type f -print0 | sort -z | xargs -0 cat; } | sha256sum | cut -d' ' -f1)
   if [[ -f "$OUT/webhook.tar" && "$(cat "$OUT/webhook.key" 2>/dev/null)" == "$key" ]]; then
-    log "webhook.tar is up to date"; return
+    log "webhook.tar is up to date"
+    check_webhook_image "$OUT/webhook.tar"
+    return
   fi
   command -v buildah >/dev/null || die "buildah missing (apt-get install buildah)"
   rust_tag=$(sed -n 's/^FROM rust:\([^ ]*\) .*/\1/p' "$ROOT/Dockerfile")
   toolchain=$(rustc --print sysroot)
   [[ "$(rustc --version)" == "rustc ${rust_tag%%-*}"* ]] ||
     die "the Dockerfile builds with rust:$rust_tag but this machine has $(rustc --version): install that toolchain (rustup toolchain install ${rust_tag%%-*})"
+  cdx_version=$(sed -n 's/^ARG CARGO_CYCLONEDX_VERSION=\([^ ]*\)$/\1/p' "$ROOT/Dockerfile")
+  [[ -n "$cdx_version" ]] || die "no ARG CARGO_CYCLONEDX_VERSION= in the Dockerfile"
+  cdx="$OUT/cargo-cyclonedx-$cdx_version/bin/cargo-cyclonedx"
+  if [[ ! -x "$cdx" ]]; then
+    local t; t=$(date +%s)
+    log "cargo install cargo-cyclonedx@$cdx_version into $OUT/cargo-cyclonedx-$cdx_version (a few minutes)"
+    cargo install --quiet --locked --root "$OUT/cargo-cyclonedx-$cdx_version" "cargo-cyclonedx@$cdx_version"
+    log "cargo install cargo-cyclonedx took $(( $(date +%s) - t ))s"
+  fi
 
   local rust_root="$OUT/rootfs-rust"
   if [[ ! -x "$rust_root/usr/bin/gcc" ]]; then
@@ -85,8 +102,9 @@ build_webhook_image() {
     log "debootstrap took $(( $(date +%s) - t ))s"
   fi
   rm -rf "$rust_root/usr/local/lib/rustlib" "$rust_root/usr/local/cargo"
-  mkdir -p "$rust_root/usr/local/cargo/registry" "$rust_root/usr/local/lib"
+  mkdir -p "$rust_root/usr/local/cargo/registry" "$rust_root/usr/local/cargo/bin" "$rust_root/usr/local/lib"
   install -m 0755 "$toolchain/bin/cargo" "$toolchain/bin/rustc" "$rust_root/usr/local/bin/"
+  install -m 0755 "$cdx" "$rust_root/usr/local/cargo/bin/"
   cp -a "$toolchain"/lib/*.so* "$rust_root/usr/local/lib/"
   cp -a "$toolchain/lib/rustlib" "$rust_root/usr/local/lib/"
   pack_image "$rust_root" "docker.io/library/rust:$rust_tag" "$OUT/base-rust.tar" '["bash"]' / \
@@ -114,10 +132,17 @@ build_webhook_image() {
     buildah --root "$buildah_root/storage" --runroot "$buildah_root/run" --storage-driver overlay)
   "${b[@]}" pull --quiet "docker-archive:$OUT/base-rust.tar" >/dev/null
   "${b[@]}" pull --quiet "docker-archive:$OUT/base-distroless.tar" >/dev/null
+  # The labels' revision: the commit, marked -dirty when the tree has changes (VERSION is
+  # left to the Dockerfile's default, which the check compares with Cargo.toml).
+  revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null) || revision=unknown
+  if [[ $revision != unknown ]] && ! git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null; then
+    revision+=-dirty
+  fi
   local t; t=$(date +%s)
   log "buildah bud $ROOT/Dockerfile (the release build runs inside; a few minutes)"
   "${b[@]}" bud --pull=never --network=none --layers=false \
     --volume "${CARGO_HOME:-$HOME/.cargo}/registry:/usr/local/cargo/registry:ro" \
+    --build-arg "REVISION=$revision" \
     -f "$ROOT/Dockerfile" -t "$ref" "$ROOT" >"$OUT/buildah-bud.log" 2>&1 ||
     { tail -30 "$OUT/buildah-bud.log"; die "buildah bud failed: $OUT/buildah-bud.log"; }
   log "buildah bud took $(( $(date +%s) - t ))s"
@@ -126,8 +151,28 @@ build_webhook_image() {
   # Keep the base images, drop the rest (the build stage's container and layers).
   "${b[@]}" rmi "$ref" >/dev/null 2>&1 || true
   "${b[@]}" rmi --prune >/dev/null 2>&1 || true
+  check_webhook_image "$OUT/webhook.tar" "$revision"
   echo "$key" >"$OUT/webhook.key"
   log "built $ref from the Dockerfile -> $OUT/webhook.tar ($(du -h "$OUT/webhook.tar" | cut -f1))"
+}
+
+# check_webhook_image TAR [REVISION]: the labels, the binary and the SBOM of the webhook
+# image (check_webhook_image.py, with the CycloneDX schemas of cyclonedx-python-lib from a
+# venv of its own under OUT, created on first use); fails the script otherwise.
+check_webhook_image() {
+  local venv="$OUT/sbom-check-venv" lib="cyclonedx-python-lib[json-validation]==11.12.*"
+  if [[ "$(cat "$venv/stamp" 2>/dev/null)" != "$lib" ]]; then
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || {
+      apt-get -o DPkg::Lock::Timeout=600 update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq python3-venv >/dev/null
+    }
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$lib"
+    echo "$lib" >"$venv/stamp"
+  fi
+  "$venv/bin/python" "$HERE/check_webhook_image.py" "$1" --root "$ROOT" ${2:+--revision "$2"} ||
+    die "the webhook image $1 failed its checks (labels, SBOM): see above (delete it to rebuild)"
 }
 
 for img in $IMAGES; do
