@@ -147,6 +147,24 @@ def deployment(namespace, name, replicas=0, image=DJANGO_IMAGE, env_vars=None):
     }
 
 
+def django_shop(namespace, database):
+    """The test project's 3-replica Deployment, on PostgreSQL database `database` (reached on
+    the node's address)."""
+    return deployment(
+        namespace,
+        "shop",
+        replicas=3,
+        env_vars={
+            "DB_ENGINE": "postgresql",
+            "DB_NAME": database,
+            "DB_HOST": env("DJANGO_MIGRATE_TEST_POSTGRES_NODE_HOST"),
+            "DB_PORT": env("DJANGO_MIGRATE_TEST_POSTGRES_PORT"),
+            "DB_USER": env("DJANGO_MIGRATE_TEST_DB_USER"),
+            "DB_PASSWORD": env("DJANGO_MIGRATE_TEST_DB_PASSWORD"),
+        },
+    )
+
+
 def injected(obj):
     names = [c["name"] for c in obj["spec"]["template"]["spec"].get("initContainers", [])]
     return names[-2:] == ["django-migrate-code", "django-migrate"]
@@ -233,19 +251,7 @@ def test_a_django_deployment_migrates_through_the_installed_chart(installed):
     database = "e2e_" + apps.replace("-", "_")
     psql("postgres", f"CREATE DATABASE {database}")
     try:
-        spec = deployment(
-            apps,
-            "shop",
-            replicas=3,
-            env_vars={
-                "DB_ENGINE": "postgresql",
-                "DB_NAME": database,
-                "DB_HOST": env("DJANGO_MIGRATE_TEST_POSTGRES_NODE_HOST"),
-                "DB_PORT": env("DJANGO_MIGRATE_TEST_POSTGRES_PORT"),
-                "DB_USER": env("DJANGO_MIGRATE_TEST_DB_USER"),
-                "DB_PASSWORD": env("DJANGO_MIGRATE_TEST_DB_PASSWORD"),
-            },
-        )
+        spec = django_shop(apps, database)
         started = time.monotonic()
         kubectl("apply", "-f", "-", stdin=json.dumps(spec))
         assert injected(get_json("deployment", "shop", "-n", apps))

@@ -18,6 +18,7 @@ from test_in_cluster import (
     VERSION,
     WEBHOOK_IMAGE,
     deployment,
+    django_shop,
     env,
     get_json,
     injected,
@@ -147,19 +148,7 @@ def test_a_django_deployment_migrates_once_through_the_policies(installed):
     database = "e2e_" + apps.replace("-", "_")
     psql("postgres", f"CREATE DATABASE {database}")
     try:
-        spec = deployment(
-            apps,
-            "shop",
-            replicas=3,
-            env_vars={
-                "DB_ENGINE": "postgresql",
-                "DB_NAME": database,
-                "DB_HOST": env("DJANGO_MIGRATE_TEST_POSTGRES_NODE_HOST"),
-                "DB_PORT": env("DJANGO_MIGRATE_TEST_POSTGRES_PORT"),
-                "DB_USER": env("DJANGO_MIGRATE_TEST_DB_USER"),
-                "DB_PASSWORD": env("DJANGO_MIGRATE_TEST_DB_PASSWORD"),
-            },
-        )
+        spec = django_shop(apps, database)
         spec["metadata"]["annotations"] = {"django-migrate.io/mode": "fast"}
         refused = kubectl("apply", "-f", "-", stdin=json.dumps(spec), check=False)
         assert refused.returncode != 0, "a bad setting is denied in policy mode too"
