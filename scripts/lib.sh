@@ -52,3 +52,8 @@ wait_for() {
   done
   log "$desc ready after $(elapsed)s"
 }
+
+# The Kubernetes versions the tiers run on: the newest the module proxy serves that builds
+# and runs here, and an older supported one (scripts/kube/build-current.sh, scripts/test.sh).
+# shellcheck disable=SC2034
+KUBE_VERSIONS_DEFAULT="1.37.2 1.34.4"

@@ -3,16 +3,19 @@
 # PostgreSQL and MariaDB from Debian (scripts/databases.sh), Python venvs with Django
 # 5.2 (.venv, tests/requirements.txt) and Django 4.2 (.venv-django42,
 # tests/requirements-django42.txt), and Kubernetes control planes built from the
-# k8s.io/kubernetes Go modules with the machine's Go (scripts/kube/build-current.sh: about
-# 15 minutes per version on 2 cores once, then cached under ~/.cache/django-migrate-webhook).
-# It builds the images of the node tier without a registry (scripts/kube/build-images.sh:
-# pause, busybox, the webhook from the Dockerfile with buildah, a Django test image), starts
-# a control plane with a real node (kubelet, containerd and runc from Debian, a CNI bridge:
-# scripts/kube/start-node.sh) and both database servers (PostgreSQL also on the bridge's
-# address, for the pods), runs every tier against the newest Kubernetes, then the tiers that
-# talk to Kubernetes (cluster, chart, node) again against each older version in
-# KUBE_VERSIONS, and stops everything it started (by PID; mounts, namespaces, the bridge
-# and kernel settings restored) when it exits.
+# k8s.io/kubernetes Go modules with the machine's Go (scripts/kube/build-current.sh, cached
+# under ~/.cache/django-migrate-webhook). Kubernetes builds in the background, at a lower
+# priority, from the first second: meanwhile the prerequisites are installed, the images of
+# the node tier are built without a registry (scripts/kube/build-images.sh: pause, busybox,
+# the webhook from the Dockerfile with buildah, a Django test image) and the tiers that need
+# no cluster run (unit, engine, server, migrations). Then it starts a control plane with a
+# real node (kubelet, containerd and runc from Debian, a CNI bridge:
+# scripts/kube/start-node.sh) and the database servers (PostgreSQL also on the bridge's
+# address, for the pods), runs the cluster tiers (cluster, policy, chart, node) against the
+# newest Kubernetes, then the ones that differ by version (cluster, chart, node) against
+# each older version in KUBE_VERSIONS, prints every stage's time, and stops everything it
+# started (by PID; mounts, namespaces, the bridge and kernel settings restored) when it
+# exits.
 # Extra arguments go to `cargo test`. Opt-in: with DJANGO_MIGRATE_REAL_WORLD_DIR set to
 # the folder of the real-world Deployments (shared/real-world-deployments beside this
 # checkout), the real-world tier runs too.
@@ -20,34 +23,78 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '==> %s\n' "$*" >&2; }
+# shellcheck source=lib.sh
+source scripts/lib.sh
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/django-migrate-webhook"
+
+# timed DESCRIPTION CMD...: runs CMD and records how long it took; `report` prints every
+# stage's time (on exit, also after a failure).
+t_start=$(date +%s)
+stages=()
+timed() {
+    local desc=$1 t rc=0
+    shift
+    say "$desc"
+    t=$(date +%s)
+    "$@" || rc=$?
+    stages+=("$(printf '%6ss  %s' "$(($(date +%s) - t))" "$desc")")
+    return "$rc"
+}
+report() {
+    ((${#stages[@]})) || return 0
+    say "stage times (total $(($(date +%s) - t_start))s):"
+    printf '%s\n' "${stages[@]}" >&2
+}
 
 if ! command -v cargo >/dev/null 2>&1; then
     say "cargo is not installed: install Rust (https://rustup.rs) and run this again"
     exit 1
 fi
 
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
-}
+# Kubernetes is the longest part of a first run (scripts/kube/build-current.sh, cached per
+# version): it builds in the background, at a lower priority, while the images are built
+# and the tiers that need no cluster run; the cluster tiers wait for it.
+read -r -a kube_versions <<<"${KUBE_VERSIONS:-$KUBE_VERSIONS_DEFAULT}"
+mkdir -p "$cache/logs"
+kube_log=$cache/logs/build-current.log
+say "building (or reusing) Kubernetes ${kube_versions[*]} in the background: $kube_log"
+setsid bash scripts/kube/build-current.sh "${kube_versions[@]}" >"$kube_log" 2>&1 </dev/null &
+kube_pid=$!
+kube_t0=$(date +%s)
 
-# python3-venv for the test venvs; openssl and curl for the server tier's TLS checks.
-need=()
-python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
-# The node tier: containerd, runc and CNI plugins from Debian; busybox and debootstrap
-# for its images; gcc for the pause binary; iptables for the one Service route pods use;
-# buildah builds the webhook image from the Dockerfile.
-for pkg in containerd runc containernetworking-plugins busybox-static debootstrap gcc iproute2 iptables buildah; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done
-command -v openssl >/dev/null || need+=(openssl)
-command -v curl >/dev/null || need+=(curl)
-if ((${#need[@]})); then
-    say "installing ${need[*]}"
-    # Another install (unattended upgrades, say) may hold the package lock: wait for it.
-    as_root apt-get -o DPkg::Lock::Timeout=600 update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}" >/dev/null
-fi
-bash scripts/databases.sh install
+databases=""
+cluster=""
+stop_cluster() {
+    if [ -n "$cluster" ]; then
+        bash scripts/kube/stop-node.sh "$cluster" >/dev/null 2>&1 || true
+        bash scripts/kube/stop-cluster.sh "$cluster" --purge >/dev/null || true
+        cluster=""
+    fi
+}
+stop_databases() {
+    if [ -n "$databases" ]; then
+        bash scripts/databases.sh stop "$databases" || true
+        databases=""
+    fi
+}
+# start_databases [EXTRA_LISTEN EXTRA_CIDR]: PostgreSQL, MariaDB and PgBouncer on loopback
+# (and on EXTRA_LISTEN, for the pods); their env is sourced.
+start_databases() {
+    stop_databases
+    databases=$(mktemp -d /tmp/django-migrate-databases.XXXXXX)
+    DB_EXTRA_LISTEN=${1:-} DB_EXTRA_CIDR=${2:-} bash scripts/databases.sh start "$databases"
+    # shellcheck disable=SC1091
+    source "$databases/env"
+}
+cleanup() {
+    local rc=$?
+    if kill -0 "$kube_pid" 2>/dev/null; then kill -- -"$kube_pid" 2>/dev/null || true; fi
+    stop_cluster
+    stop_databases
+    report
+    exit "$rc"
+}
+trap cleanup EXIT
 
 # venv DIR REQUIREMENTS: (re)creates DIR when REQUIREMENTS changed.
 venv() {
@@ -62,34 +109,53 @@ venv() {
         echo "$wanted" > "$stamp"
     fi
 }
-venv .venv tests/requirements.txt
-venv .venv-django42 tests/requirements-django42.txt
+# prerequisites: Debian packages, the database servers' binaries, the venvs.
+prerequisites() {
+    # python3-venv for the test venvs; openssl and curl for the server tier's TLS checks.
+    need=()
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+    # The node tier: containerd, runc and CNI plugins from Debian; busybox and debootstrap
+    # for its images; gcc for the pause binary; iptables for the one Service route pods use;
+    # buildah builds the webhook image from the Dockerfile.
+    for pkg in containerd runc containernetworking-plugins busybox-static debootstrap gcc iproute2 iptables buildah; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+    done
+    command -v openssl >/dev/null || need+=(openssl)
+    command -v curl >/dev/null || need+=(curl)
+    if ((${#need[@]})); then
+        say "installing ${need[*]}"
+        # Another install (unattended upgrades, say) may hold the package lock: wait for it.
+        as_root apt-get -o DPkg::Lock::Timeout=600 update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}" >/dev/null
+    fi
+    bash scripts/databases.sh install
+
+    venv .venv tests/requirements.txt
+    venv .venv-django42 tests/requirements-django42.txt
+}
+timed "prerequisites: Debian packages, databases, Python venvs" prerequisites
 export DJANGO_MIGRATE_TEST_PYTHON="$PWD/.venv/bin/python"
 export DJANGO_MIGRATE_TEST_PYTHON_DJANGO42="$PWD/.venv-django42/bin/python"
 
-# The newest Kubernetes the module proxy serves that builds and runs here, and an older
-# supported one.
-read -r -a kube_versions <<<"${KUBE_VERSIONS:-1.37.2 1.34.4}"
-say "building (or reusing) Kubernetes ${kube_versions[*]}"
-bash scripts/kube/build-current.sh "${kube_versions[@]}" >&2
+timed "images: pause, busybox, django, the webhook's from the Dockerfile (buildah)" \
+    env IMAGES="pause busybox webhook django" bash scripts/kube/build-images.sh
 
-say "building the node tier's images (the webhook's from the Dockerfile, with buildah)"
-IMAGES="pause busybox webhook django" bash scripts/kube/build-images.sh >&2
+# The tiers without a cluster: every default `cargo test` target but the cluster tier.
+start_databases
+timed "cargo test (tiers: unit, engine, server, migrations)" \
+    cargo test --locked --lib --bins --examples --test engine --test server --test migrations "$@"
+timed "cargo test (doc tests)" cargo test --locked --doc "$@"
+stop_databases
+timed "cargo test --no-run (the cluster tiers' binaries)" \
+    cargo test --locked --no-run --test cluster --test policy --test node
 
-databases=$(mktemp -d /tmp/django-migrate-databases.XXXXXX)
-cluster=""
-stop_cluster() {
-    if [ -n "$cluster" ]; then
-        bash scripts/kube/stop-node.sh "$cluster" >/dev/null 2>&1 || true
-        bash scripts/kube/stop-cluster.sh "$cluster" --purge >/dev/null || true
-        cluster=""
-    fi
+timed "waiting for Kubernetes ${kube_versions[*]} (started $(($(date +%s) - kube_t0))s ago)" \
+    wait "$kube_pid" || {
+    tail -n 30 "$kube_log" >&2
+    say "building Kubernetes failed: $kube_log"
+    exit 1
 }
-cleanup() {
-    stop_cluster
-    bash scripts/databases.sh stop "$databases" || true
-}
-trap cleanup EXIT
+grep -E 'done in|etcd v' "$kube_log" >&2 || true
 
 # start_cluster VERSION: a fresh control plane of that version with a real node; its env
 # is sourced.
@@ -102,34 +168,22 @@ start_cluster() {
     source "$cluster/env"
 }
 
-start_cluster "${kube_versions[0]}"
+timed "control plane and node v${kube_versions[0]}" start_cluster "${kube_versions[0]}"
 # The pods reach PostgreSQL on the node's own address, the CNI bridge's (10.244.0.1).
-DB_EXTRA_LISTEN=10.244.0.1 DB_EXTRA_CIDR=10.244.0.0/24 bash scripts/databases.sh start "$databases"
-# shellcheck disable=SC1091
-source "$databases/env"
-say "cargo test (tiers: unit, engine, server, migrations, cluster on Kubernetes v$KUBE_VERSION)"
-cargo test --locked "$@"
-
+start_databases 10.244.0.1 10.244.0.0/24
+timed "cargo test (tier: cluster on Kubernetes v$KUBE_VERSION)" cargo test --locked --test cluster "$@"
 # Admission policies (policy mode) are served as v1 from Kubernetes 1.36: the newest only.
-say "cargo test (tier: policy on Kubernetes v$KUBE_VERSION)"
-cargo test --locked --test policy "$@"
-
+timed "cargo test (tier: policy on Kubernetes v$KUBE_VERSION)" cargo test --locked --test policy "$@"
 if [ -n "${DJANGO_MIGRATE_REAL_WORLD_DIR:-}" ]; then
-    say "cargo test (tier: real_world, from $DJANGO_MIGRATE_REAL_WORLD_DIR)"
-    cargo test --locked --test real_world "$@"
+    timed "cargo test (tier: real_world, from $DJANGO_MIGRATE_REAL_WORLD_DIR)" \
+        cargo test --locked --test real_world "$@"
 fi
-
-say "pytest (tier: chart on Kubernetes v$KUBE_VERSION)"
-.venv/bin/python -m pytest -q tests/chart
-say "cargo test (tier: node on Kubernetes v$KUBE_VERSION)"
-cargo test --locked --test node "$@"
+timed "pytest (tier: chart on Kubernetes v$KUBE_VERSION)" .venv/bin/python -m pytest -q tests/chart
+timed "cargo test (tier: node on Kubernetes v$KUBE_VERSION)" cargo test --locked --test node "$@"
 
 for version in "${kube_versions[@]:1}"; do
-    start_cluster "$version"
-    say "cargo test (tier: cluster on Kubernetes v$KUBE_VERSION)"
-    cargo test --locked --test cluster "$@"
-    say "pytest (tier: chart on Kubernetes v$KUBE_VERSION)"
-    .venv/bin/python -m pytest -q tests/chart
-    say "cargo test (tier: node on Kubernetes v$KUBE_VERSION)"
-    cargo test --locked --test node "$@"
+    timed "control plane and node v$version" start_cluster "$version"
+    timed "cargo test (tier: cluster on Kubernetes v$KUBE_VERSION)" cargo test --locked --test cluster "$@"
+    timed "pytest (tier: chart on Kubernetes v$KUBE_VERSION)" .venv/bin/python -m pytest -q tests/chart
+    timed "cargo test (tier: node on Kubernetes v$KUBE_VERSION)" cargo test --locked --test node "$@"
 done
