@@ -201,7 +201,9 @@ fn a_half_applied_migration_is_never_retried_blindly() {
         manage(&setup, &["migrate", "-v", "0"]);
         manage(&setup, &["migrate", "twostep", "0001", "-v", "0"]);
         let step = pods.containers(extra, &[("lock-timeout", "2")])[1].clone();
-        let holder = traffic(&setup, "hold", "twostep_second", 8);
+        // Held long enough that the step meets it even on a loaded machine; PostgreSQL retries
+        // until it ends.
+        let holder = traffic(&setup, "hold", "twostep_second", 20);
         let exit = step.run(LIMIT);
         holder.wait_with_output().unwrap();
         let summary = pods.summary(None);
@@ -212,6 +214,7 @@ fn a_half_applied_migration_is_never_retried_blindly() {
             let message = summary["message"].as_str().unwrap();
             assert!(message.contains("half-applied"), "{message}");
             assert!(message.contains("twostep_second"), "{message}");
+            assert_eq!(summary["result"], "half-applied", "{summary}");
             assert_eq!(applied(&s, &database, "twostep", "0002_two_columns"), 0);
         } else {
             assert_eq!(exit.code, 0, "{}", exit.logs);
