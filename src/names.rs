@@ -47,6 +47,11 @@ pub const DEFER: &str = "django-migrate.io/defer";
 pub const CONTRACT_DELAY: &str = "django-migrate.io/contract-delay";
 /// `"false"` turns off the step's fast path (and its record table).
 pub const FAST_PATH: &str = "django-migrate.io/fast-path";
+/// `"false"`: a release with nothing to apply gets no `pre_migrate`/`post_migrate` run.
+pub const POST_MIGRATE: &str = "django-migrate.io/post-migrate";
+/// The settings module a wrapper management command (`nautobot-server`) loads, by dotted
+/// name or file: with it, the fast path serves that command too.
+pub const SETTINGS_MODULE: &str = "django-migrate.io/settings-module";
 
 /// Written by the controller once a contract run succeeded: the releases (hashes of their
 /// steps, see `contract_job::release_hash`) of the Deployment's older ReplicaSets, which may
@@ -55,7 +60,7 @@ pub const FAST_PATH: &str = "django-migrate.io/fast-path";
 pub const CONTRACTED_RELEASES: &str = "django-migrate.io/contracted-releases";
 
 /// Every annotation the webhook understands; anything else under the prefix is a typo.
-pub const KNOWN_ANNOTATIONS: [&str; 19] = [
+pub const KNOWN_ANNOTATIONS: [&str; 21] = [
     CONTAINER,
     MODE,
     MANAGE_PY,
@@ -75,6 +80,8 @@ pub const KNOWN_ANNOTATIONS: [&str; 19] = [
     CONTRACT_DELAY,
     CONTRACTED_RELEASES,
     FAST_PATH,
+    POST_MIGRATE,
+    SETTINGS_MODULE,
 ];
 
 // ---------------------------------------------------------------- readiness gate
@@ -161,8 +168,18 @@ pub const ENV_LOCKING_MIN_ROWS: &str = "DJANGO_MIGRATE_LOCKING_MIN_ROWS";
 pub const ENV_DEFER: &str = "DJANGO_MIGRATE_DEFER";
 /// `false` when the fast path is off; unset means on.
 pub const ENV_FAST_PATH: &str = "DJANGO_MIGRATE_FAST_PATH";
+/// `false` when a release with nothing to apply gets no `pre_migrate`/`post_migrate` run;
+/// unset means it gets one.
+pub const ENV_POST_MIGRATE: &str = "DJANGO_MIGRATE_POST_MIGRATE";
+/// The settings module of a wrapper management command: [`SETTINGS_MODULE`].
+pub const ENV_SETTINGS_MODULE: &str = "DJANGO_MIGRATE_SETTINGS_MODULE";
+/// The release a pod belongs to, from the downward API: [`RELEASE_FIELD`].
+pub const ENV_RELEASE: &str = "DJANGO_MIGRATE_RELEASE";
+/// The pod's label that names its release: the Deployment controller gives every pod of
+/// one pod template the same value.
+pub const RELEASE_FIELD: &str = "metadata.labels['pod-template-hash']";
 /// Env vars set by the webhook on the Django step; same-named vars of the app are dropped.
-pub const STEP_ENV: [&str; 12] = [
+pub const STEP_ENV: [&str; 15] = [
     ENV_MODE,
     ENV_DATABASE,
     ENV_MANAGE_COMMAND,
@@ -175,6 +192,9 @@ pub const STEP_ENV: [&str; 12] = [
     ENV_LOCKING_MIN_ROWS,
     ENV_DEFER,
     ENV_FAST_PATH,
+    ENV_POST_MIGRATE,
+    ENV_SETTINGS_MODULE,
+    ENV_RELEASE,
 ];
 /// Env vars of earlier releases that carried the program and the step; dropped when found.
 pub const LEGACY_ENV: [&str; 3] = [

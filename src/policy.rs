@@ -21,15 +21,17 @@ use crate::mutation::{DEFAULT_CONTAINER_ANNOTATION, MAX_WARNING_LEN};
 use crate::names::{
     CODE_CONTAINER, CODE_MOUNT_PATH, CODE_VOLUME, CONTRACTED_RELEASES, ENV_ALLOW_UNSAFE,
     ENV_DATABASE, ENV_DEFER, ENV_FAST_PATH, ENV_HOLD_BACK, ENV_LOCK_TIMEOUT, ENV_LOCKING_MIN_ROWS,
-    ENV_MANAGE_COMMAND, ENV_MIGRATE_TIMEOUT, ENV_MODE, ENV_UNSAFE_MIGRATIONS, ENV_WAIT_TIMEOUT,
-    INJECTED_LABEL, LEGACY_ENV, MIGRATE_CONTAINER, MIGRATED_CONDITION, POLICY_LABEL, PROGRAM_FILE,
-    RESERVED_CONTAINERS, STEP_ENV, TERMINATION_LOG, WAIT_CONTAINER,
+    ENV_MANAGE_COMMAND, ENV_MIGRATE_TIMEOUT, ENV_MODE, ENV_POST_MIGRATE, ENV_SETTINGS_MODULE,
+    ENV_UNSAFE_MIGRATIONS, ENV_WAIT_TIMEOUT, INJECTED_LABEL, LEGACY_ENV, MIGRATE_CONTAINER,
+    MIGRATED_CONDITION, POLICY_LABEL, PROGRAM_FILE, RESERVED_CONTAINERS, STEP_ENV, TERMINATION_LOG,
+    WAIT_CONTAINER,
 };
 use crate::settings::{
     self, ALLOW_UNSAFE, CONTAINER, CONTRACT_DELAY, DATABASE, DEFER, FAST_PATH, HOLD_BACK,
     INJECT_LABEL, KNOWN_ANNOTATIONS, LOCK_TIMEOUT, LOCKING_MIN_ROWS, MANAGE_COMMAND, MANAGE_PY,
-    MAX_LOCK_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS, MIGRATE_TIMEOUT, MODE, PREFIX, PYTHON,
-    READINESS_GATE_ANNOTATION, Settings, UNSAFE_MIGRATIONS, USE_IMAGE_ENTRYPOINT, WAIT_TIMEOUT,
+    MAX_LOCK_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS, MIGRATE_TIMEOUT, MODE, POST_MIGRATE, PREFIX,
+    PYTHON, READINESS_GATE_ANNOTATION, SETTINGS_MODULE, Settings, UNSAFE_MIGRATIONS,
+    USE_IMAGE_ENTRYPOINT, WAIT_TIMEOUT,
 };
 
 /// The API version of the policies: GA from Kubernetes 1.36.
@@ -274,7 +276,10 @@ fn valid(k: &str, v: &str) -> String {
     let arms = [
         (vec![CONTAINER], format!("{v} != ''")),
         (vec![MODE], format!("{v} in ['migrate', 'wait']")),
-        (vec![MANAGE_PY, PYTHON], format!("{v}.matches({plain})")),
+        (
+            vec![MANAGE_PY, PYTHON, SETTINGS_MODULE],
+            format!("{v}.matches({plain})"),
+        ),
         (vec![DATABASE], format!("{v}.matches('^[A-Za-z0-9_-]+$')")),
         (vec![MANAGE_COMMAND, CONTRACTED_RELEASES], "true".to_owned()),
         (
@@ -297,7 +302,12 @@ fn valid(k: &str, v: &str) -> String {
         ),
         (vec![LOCKING_MIN_ROWS], rows),
         (
-            vec![READINESS_GATE_ANNOTATION, USE_IMAGE_ENTRYPOINT, FAST_PATH],
+            vec![
+                READINESS_GATE_ANNOTATION,
+                USE_IMAGE_ENTRYPOINT,
+                FAST_PATH,
+                POST_MIGRATE,
+            ],
             format!("{v} in ['true', 'false']"),
         ),
     ];
@@ -511,7 +521,7 @@ fn containers(image: &CodeImage) -> (String, String) {
     let mut dropped: Vec<&str> = STEP_ENV.to_vec();
     dropped.extend(LEGACY_ENV);
     let step_env = format!(
-        "(has(variables.app.env) ? variables.app.env.filter(e, !has(e.name) || !(e.name in {dropped})) : []) + [{mode}, {database}, {command}, {wait}, {migrate}, {lock}, {unsafe_}] + ({allow} in variables.ann ? [{allow_env}] : []) + ({defer} in variables.ann ? [{defer_env}] : []) + ({fast} in variables.ann && variables.ann[{fast}] == 'false' ? [{fast_env}] : []) + (variables.holdBack != {default_hold_back} ? [{hold_env}] : []) + ({rows} in variables.ann && uint(variables.ann[{rows}]) != {default_rows}u ? [{rows_env}] : [])",
+        "(has(variables.app.env) ? variables.app.env.filter(e, !has(e.name) || !(e.name in {dropped})) : []) + [{mode}, {database}, {command}, {wait}, {migrate}, {lock}, {unsafe_}] + ({allow} in variables.ann ? [{allow_env}] : []) + ({defer} in variables.ann ? [{defer_env}] : []) + ({fast} in variables.ann && variables.ann[{fast}] == 'false' ? [{fast_env}] : []) + ({post} in variables.ann && variables.ann[{post}] == 'false' ? [{post_env}] : []) + ({module} in variables.ann ? [{module_env}] : []) + (variables.holdBack != {default_hold_back} ? [{hold_env}] : []) + ({rows} in variables.ann && uint(variables.ann[{rows}]) != {default_rows}u ? [{rows_env}] : []) + [{release}]",
         dropped = lits(&dropped),
         mode = env(ENV_MODE, "variables.mode"),
         database = env(ENV_DATABASE, &setting(DATABASE, &lit(&d.database))),
@@ -532,6 +542,14 @@ fn containers(image: &CodeImage) -> (String, String) {
         defer_env = env(ENV_DEFER, &names(DEFER)),
         fast = lit(FAST_PATH),
         fast_env = env(ENV_FAST_PATH, "'false'"),
+        post = lit(POST_MIGRATE),
+        post_env = env(ENV_POST_MIGRATE, "'false'"),
+        module = lit(SETTINGS_MODULE),
+        module_env = env(
+            ENV_SETTINGS_MODULE,
+            &format!("variables.ann[{}]", lit(SETTINGS_MODULE))
+        ),
+        release = cel(&format!("{INIT}.env"), &injected::release_env()),
         default_hold_back = lit(&default_hold_back.join(",")),
         hold_env = env(ENV_HOLD_BACK, "variables.holdBack"),
         rows = lit(LOCKING_MIN_ROWS),

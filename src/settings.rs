@@ -11,8 +11,8 @@ use thiserror::Error;
 pub use crate::names::{
     ALLOW_UNSAFE, CONTAINER, CONTRACT_DELAY, CONTRACTED_RELEASES, DATABASE, DEFER, FAST_PATH,
     HOLD_BACK, INJECT_LABEL, KNOWN_ANNOTATIONS, LOCK_TIMEOUT, LOCKING_MIN_ROWS, MANAGE_COMMAND,
-    MANAGE_PY, MIGRATE_TIMEOUT, MODE, PREFIX, PYTHON, READINESS_GATE_ANNOTATION, UNSAFE_MIGRATIONS,
-    USE_IMAGE_ENTRYPOINT, WAIT_TIMEOUT,
+    MANAGE_PY, MIGRATE_TIMEOUT, MODE, POST_MIGRATE, PREFIX, PYTHON, READINESS_GATE_ANNOTATION,
+    SETTINGS_MODULE, UNSAFE_MIGRATIONS, USE_IMAGE_ENTRYPOINT, WAIT_TIMEOUT,
 };
 
 /// Default for `lock-timeout`, in seconds: a query of the running release waits at most
@@ -92,6 +92,10 @@ impl Mode {
 
 /// Settings of one Deployment, with the defaults of DESIGN.md applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "each is an independent true/false annotation"
+)]
 pub struct Settings {
     /// Explicitly chosen app container, if the annotation is set.
     pub container: Option<String>,
@@ -121,6 +125,12 @@ pub struct Settings {
     /// Whether the step may end without starting Django when its record proves that
     /// nothing is pending.
     pub fast_path: bool,
+    /// Whether a release with nothing to apply gets `migrate`'s `pre_migrate` and
+    /// `post_migrate` run once (apps keep their rows up to date from them).
+    pub post_migrate: bool,
+    /// The settings module a wrapper management command loads (the fast path's check
+    /// imports it; the step checks that the command loaded it).
+    pub settings_module: Option<String>,
 }
 
 impl Settings {
@@ -152,6 +162,8 @@ impl Default for Settings {
             defer: Vec::new(),
             contract_delay: 0,
             fast_path: true,
+            post_migrate: true,
+            settings_module: None,
         }
     }
 }
@@ -210,7 +222,8 @@ pub fn allowed(annotation: &str) -> Option<String> {
             "allowed: \"breaking\", \"locking\" or \"breaking,locking\"".to_owned()
         }
         LOCKING_MIN_ROWS => "allowed: a whole number of rows (0 holds back every locking operation), e.g. \"100000\"".to_owned(),
-        READINESS_GATE_ANNOTATION | USE_IMAGE_ENTRYPOINT | FAST_PATH => bool(),
+        READINESS_GATE_ANNOTATION | USE_IMAGE_ENTRYPOINT | FAST_PATH | POST_MIGRATE => bool(),
+        SETTINGS_MODULE => "allowed: the settings module the management command loads, by dotted name or .py file, of letters, digits and . _ - / + only, e.g. \"nautobot_config\" or \"/opt/nautobot/nautobot_config.py\"".to_owned(),
         _ => return None,
     })
 }
@@ -393,6 +406,8 @@ impl Settings {
                 READINESS_GATE_ANNOTATION => s.readiness_gate = parse_bool(key, value)?,
                 USE_IMAGE_ENTRYPOINT => s.use_image_entrypoint = parse_bool(key, value)?,
                 FAST_PATH => s.fast_path = parse_bool(key, value)?,
+                POST_MIGRATE => s.post_migrate = parse_bool(key, value)?,
+                SETTINGS_MODULE => s.settings_module = Some(parse_word(key, value)?),
                 _ => {
                     return Err(InvalidAnnotation::Unknown {
                         annotation: key.clone(),
@@ -488,6 +503,9 @@ mod tests {
             (CONTRACT_DELAY, "-1"),
             (CONTRACT_DELAY, "1h"),
             (FAST_PATH, "off"),
+            (POST_MIGRATE, "no"),
+            (SETTINGS_MODULE, "my settings"),
+            (SETTINGS_MODULE, ""),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();
             assert_eq!(e.annotation(), k);
@@ -528,6 +546,8 @@ mod tests {
         assert!(!Settings::default().defers());
         assert!(Settings::default().fast_path);
         assert!(!parse(&[(FAST_PATH, "false")]).unwrap().fast_path);
+        assert!(Settings::default().post_migrate);
+        assert!(!parse(&[(POST_MIGRATE, "false")]).unwrap().post_migrate);
         let e = parse(&[(UNSAFE_MIGRATIONS, "later")])
             .unwrap_err()
             .to_string();

@@ -652,11 +652,14 @@ fn pod_line(p: &PodStatus) -> String {
         } else if p.phase == "applied" {
             let _ = write!(line, " ({})", s.result);
         }
-        let _ = write!(
-            line,
-            " in {:.1}s, lock wait {:.1}s",
-            s.seconds.total, s.seconds.lock_wait
-        );
+        let _ = write!(line, " in {:.1}s", s.seconds.total);
+        if s.seconds.django_setup > 0.0 {
+            let _ = write!(line, " (Django start {:.1}s)", s.seconds.django_setup);
+        }
+        let _ = write!(line, ", lock wait {:.1}s", s.seconds.lock_wait);
+        if s.post_migrate.as_ref().is_some_and(|m| m.ran) {
+            line.push_str(", post_migrate ran");
+        }
         if s.retries > 0 {
             let _ = write!(line, ", {} lock-timeout retries", s.retries);
         }

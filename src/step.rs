@@ -49,6 +49,12 @@ string_enum! {
         /// A migration must run after a deferred one (left for the contract run) and is
         /// not deferred itself; nothing was applied.
         DeferredBlocked = "MigrationBlockedByDeferred",
+        /// Every migration was applied, then a `post_migrate` receiver raised; the next pod
+        /// of the release runs `post_migrate` again.
+        PostMigrateFailed = "PostMigrateFailed",
+        /// A migration failed after some of its statements ran and stayed: every next pod
+        /// fails the same way until the database is fixed by hand.
+        HalfApplied = "MigrationHalfApplied",
     }
 }
 
@@ -73,6 +79,10 @@ impl Reason {
             exit::NOT_FOUND => Reason::DjangoNotFound,
             exit::LOCK if phase == Some(Phase::Migrating) => Reason::LockLost,
             exit::LOCK => Reason::LockUnavailable,
+            exit::MIGRATE_FAILED if result == Some(StepResult::PostMigrateFailed) => {
+                Reason::PostMigrateFailed
+            }
+            exit::MIGRATE_FAILED if result == Some(StepResult::HalfApplied) => Reason::HalfApplied,
             _ => Reason::Failed,
         }
     }
@@ -350,6 +360,18 @@ mod tests {
             (exit::LOCK, Some(Lock), None, Reason::LockUnavailable),
             (exit::LOCK, Some(Migrating), None, Reason::LockLost),
             (exit::MIGRATE_FAILED, None, None, Reason::Failed),
+            (
+                exit::MIGRATE_FAILED,
+                Some(Migrating),
+                Some(StepResult::PostMigrateFailed),
+                Reason::PostMigrateFailed,
+            ),
+            (
+                exit::MIGRATE_FAILED,
+                Some(Migrating),
+                Some(StepResult::HalfApplied),
+                Reason::HalfApplied,
+            ),
             (137, None, None, Reason::Failed),
         ];
         for (code, phase, result, reason) in cases {

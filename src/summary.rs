@@ -84,6 +84,12 @@ string_enum! {
         LockLost = "lock-lost",
         /// A migration that is not deferred must run after one that is; nothing applied.
         DeferredBlocked = "deferred-blocked",
+        /// Every migration was applied and recorded, then a `post_migrate` receiver raised;
+        /// the release's run is not recorded, so the next pod runs it again.
+        PostMigrateFailed = "post-migrate-failed",
+        /// A migration failed after some of its statements ran and stayed (a backend
+        /// without transactional DDL, or a non-atomic migration).
+        HalfApplied = "half-applied",
     }
 }
 
@@ -130,6 +136,25 @@ pub struct Summary {
     pub counts: Option<Counts>,
     /// Whether the step ended without starting Django; absent when the fast path is off.
     pub fast_path: Option<FastPath>,
+    /// Whether this pod gave its release the `pre_migrate`/`post_migrate` run; absent when
+    /// the step did not get that far, or on the fast path (the release had it).
+    pub post_migrate: Option<PostMigrate>,
+}
+
+/// The release's `pre_migrate`/`post_migrate` run, which `migrate` gives every release once.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct PostMigrate {
+    /// Whether this pod ran it (and it succeeded).
+    pub ran: bool,
+    /// The pod's release (its `pod-template-hash`), when it has one.
+    pub release: Option<String>,
+    /// Why it did not run here: it ran already, in another pod, or is turned off.
+    pub why: Option<String>,
+    /// The signal whose receiver raised (`post_migrate` or `pre_migrate`).
+    pub failed: Option<String>,
+    /// That receiver, `module.function`, when the traceback names it.
+    pub receiver: Option<String>,
 }
 
 /// The fast path: the step's record in the database proved that nothing is pending, or
@@ -176,13 +201,18 @@ pub struct Counts {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
 pub struct Seconds {
+    /// From the container's start to the end of the step.
     pub total: f64,
+    /// Starting Django (the management command's `shell`); 0 on the fast path.
+    pub django_setup: f64,
     /// Waiting for the database to accept a connection.
     pub database: f64,
     /// Waiting for the migration lock or for another pod's migrations.
     pub lock_wait: f64,
     /// Running `migrate`, retries included.
     pub migrate: f64,
+    /// Running `migrate` with nothing to apply, for the release's `post_migrate`.
+    pub post_migrate: f64,
 }
 
 /// A pending operation that breaks the release still serving.

@@ -104,7 +104,30 @@ PHASE_WAITING = "waiting"
 PHASE_MIGRATING = "migrating"
 PHASE_DONE = "done"
 
-STARTED = time.monotonic()
+
+def process_started_at():
+    """The wall-clock time this process started, from /proc (the outer phase is the
+    container's first process, so this is the container's start); now when unknown."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            after_name = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        # Field 22, starttime, in clock ticks since boot (field 3 is after_name[0]).
+        ago = uptime - int(after_name[19]) / os.sysconf("SC_CLK_TCK")
+        return time.time() - min(max(ago, 0.0), 3600.0)
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+# The outer phase tells the inner one when the container started and when it started
+# Django, so that the summary's times count from the container's start.
+STARTED_AT_ENV = "DJANGO_MIGRATE_STARTED_AT"
+SPAWNED_AT_ENV = "DJANGO_MIGRATE_SPAWNED_AT"
+try:
+    STARTED_AT = float(os.environ[STARTED_AT_ENV])
+except (KeyError, ValueError):
+    STARTED_AT = process_started_at()
 # The environment as the pod gave it: the settings module the fast path imports may change
 # os.environ (TZ, a .env file), and the inner phase must not start with those changes.
 ENVIRON = dict(os.environ)
@@ -122,6 +145,8 @@ RESULT_LOCKING_BLOCKED = "locking-blocked"
 RESULT_LOCK_UNAVAILABLE = "lock-unavailable"
 RESULT_LOCK_LOST = "lock-lost"
 RESULT_DEFERRED_BLOCKED = "deferred-blocked"
+RESULT_POST_MIGRATE_FAILED = "post-migrate-failed"
+RESULT_HALF_APPLIED = "half-applied"
 
 # Every log line starts with it; the controller reads the phase of the last one.
 LOG_PREFIX = "django-migrate"
@@ -151,7 +176,8 @@ def log(phase, message):
 
 
 def elapsed():
-    return time.monotonic() - STARTED
+    """Seconds since the container started."""
+    return max(time.time() - STARTED_AT, 0.0)
 
 
 def shorten(text, limit):
@@ -184,6 +210,11 @@ class Report:
         self.database_seconds = 0.0
         self.lock_wait_seconds = 0.0
         self.migrate_seconds = 0.0
+        # From the outer phase starting Django's shell to the inner phase running in it.
+        self.django_setup_seconds = 0.0
+        self.post_migrate_seconds = 0.0
+        # Whether this pod gave the release its pre_migrate/post_migrate run, and why (not).
+        self.post_migrate = None
         self.retries = 0
         self.unsafe_operations = []
         # Pending migrations left for the contract run, with why (and a delay, if any).
@@ -234,9 +265,11 @@ class Report:
             "failed_migration": self.failed_migration,
             "seconds": {
                 "total": round(elapsed(), 3),
+                "django_setup": round(self.django_setup_seconds, 3),
                 "database": round(self.database_seconds, 3),
                 "lock_wait": round(self.lock_wait_seconds, 3),
                 "migrate": round(self.migrate_seconds, 3),
+                "post_migrate": round(self.post_migrate_seconds, 3),
             },
             "retries": self.retries,
             "counts": self.counts(),
@@ -244,6 +277,7 @@ class Report:
             "deferred": [dict(d) for d in self.deferred],
             "contract_delay_seconds": self.contract_delay_seconds(),
             "fast_path": self.fast_path,
+            "post_migrate": self.post_migrate,
         }
 
         def oversized():
@@ -326,6 +360,8 @@ def run_outer(report):
     env = try_fast_path(report)
     read_fd, write_fd = os.pipe()
     env[STATUS_FD_ENV] = str(write_fd)
+    env[STARTED_AT_ENV] = repr(STARTED_AT)
+    env[SPAWNED_AT_ENV] = repr(time.time())
     inner = "import runpy; runpy.run_path(%r, run_name='django_migrate')" % os.path.abspath(__file__)
     argv = MANAGE_COMMAND + ["shell", "-v", "0", "-c", inner]
     try:
@@ -367,6 +403,37 @@ def run_outer(report):
     return rc
 
 
+# ---------------------------------------------------------------- post_migrate
+#
+# `migrate` sends pre_migrate and post_migrate on every run, also with nothing to apply,
+# and apps keep their rows up to date from them (permissions and content types, Nautobot's
+# Jobs, a default site). The step gives every release that run once, under the migration
+# lock (Django's create_permissions is not safe to run twice at once). A release is the
+# pod template a pod was made from: the pod's pod-template-hash label, which the webhook
+# passes to the step through the downward API (DJANGO_MIGRATE_RELEASE). A new image, new
+# settings or a `rollout restart` make a new release; more pods and restarts of the same
+# one do not. Which releases had their run is recorded in RELEASE_TABLE, which the fast
+# path reads; a pod without the label (not made by a Deployment) runs it on every start.
+
+POST_MIGRATE = os.environ.get("DJANGO_MIGRATE_POST_MIGRATE", "true")
+RELEASE = os.environ.get("DJANGO_MIGRATE_RELEASE", "").strip()
+RELEASE_TABLE = "django_migrate_release"
+# Releases kept beside the newest (a rollback to one of them needs no new run).
+RELEASES_KEPT = 50
+
+
+def release_key():
+    """What RELEASE_TABLE stores for this release (a label value fits; anything longer is
+    hashed)."""
+    return RELEASE if len(RELEASE) <= 64 else hashlib.sha256(RELEASE.encode()).hexdigest()
+
+
+def post_migrate_wanted():
+    """Whether this mode and the settings give a release its pre_migrate/post_migrate run
+    when nothing is pending (wait mode never migrates; the contract run always migrates)."""
+    return MODE == MODE_MIGRATE and POST_MIGRATE == "true"
+
+
 # ---------------------------------------------------------------- fast path
 #
 # Most pod starts have nothing to migrate. After a full run that leaves nothing pending,
@@ -380,6 +447,8 @@ def run_outer(report):
 # are still as they were. Any doubt takes the full path, and the summary says which.
 
 FAST_PATH = os.environ.get("DJANGO_MIGRATE_FAST_PATH", "true")
+# The settings module a wrapper management command loads (nautobot-server, sentry django).
+SETTINGS_MODULE = os.environ.get("DJANGO_MIGRATE_SETTINGS_MODULE", "").strip()
 RECORD_TABLE = "django_migrate_record"
 # Records of other fingerprints (earlier releases, other Deployments) kept beside the newest.
 RECORDS_KEPT = 50
@@ -502,7 +571,11 @@ def manage_script():
     """The manage.py that the manage command runs with this very interpreter, or a Doubt:
     another interpreter has another sys.path, and another command other settings."""
     if len(MANAGE_COMMAND) != 2 or not MANAGE_COMMAND[1].endswith(".py"):
-        raise Doubt("the manage command %r is not `python manage.py`" % " ".join(MANAGE_COMMAND), lasting=True)
+        raise Doubt(
+            "the manage command %r is not `python manage.py`: name the settings module it loads "
+            "(django-migrate.io/settings-module) for the fast path" % " ".join(MANAGE_COMMAND),
+            lasting=True,
+        )
     python = shutil.which(MANAGE_COMMAND[0])
     if python is None or os.path.abspath(python) != os.path.abspath(sys.executable):
         raise Doubt(
@@ -512,9 +585,83 @@ def manage_script():
     return os.path.abspath(MANAGE_COMMAND[1])
 
 
+def wrapper_interpreter():
+    """The manage command's program when it runs this very interpreter: Python itself
+    (`python -m package`), or a script whose #! line names it (a console script such as
+    `nautobot-server`); a Doubt otherwise."""
+    program = shutil.which(MANAGE_COMMAND[0])
+    if program is None:
+        raise Doubt("%s is not on PATH" % MANAGE_COMMAND[0], lasting=True)
+    me = os.path.realpath(sys.executable)
+    if os.path.realpath(program) == me:
+        return None
+    try:
+        with open(program, "rb") as f:
+            first = f.readline(512)
+    except OSError as e:
+        raise Doubt("cannot read %s: %s" % (program, first_line(e)), lasting=True) from e
+    words = first[2:].decode(errors="replace").split() if first.startswith(b"#!") else []
+    if len(words) == 2 and os.path.basename(words[0]) == "env":
+        words = [shutil.which(words[1]) or words[1]]
+    if len(words) != 1 or os.path.realpath(words[0]) != me:
+        raise Doubt(
+            "the manage command %s does not run this interpreter (%s)" % (program, sys.executable), lasting=True
+        )
+    return program
+
+
+def declared_settings():
+    """The settings of a wrapper command, from the module DJANGO_MIGRATE_SETTINGS_MODULE
+    names (dotted, or a .py file loaded under its own name, as Nautobot loads its
+    configuration), on the sys.path the command starts with. The step checks after a
+    full run that the command loaded that very module before it writes a record."""
+    program = wrapper_interpreter()
+    if not getattr(sys.flags, "safe_path", False):
+        if program is not None:
+            sys.path[0] = os.path.dirname(os.path.realpath(program))
+        elif MANAGE_COMMAND[1:2] == ["-m"]:
+            sys.path[0] = os.getcwd()
+        elif len(MANAGE_COMMAND) > 1 and MANAGE_COMMAND[1].endswith(".py"):
+            sys.path[0] = os.path.dirname(os.path.realpath(MANAGE_COMMAND[1]))
+    name = SETTINGS_MODULE
+    try:
+        if name.endswith(".py"):
+            import importlib.util
+
+            path = os.path.realpath(name)
+            name = os.path.splitext(os.path.basename(path))[0]
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        from django.conf import Settings
+
+        return Settings(name)
+    except Exception as e:  # noqa: BLE001 - whatever the settings module raises
+        raise Doubt(
+            "cannot load the settings module %s without starting Django: %s: %s"
+            % (SETTINGS_MODULE, e.__class__.__name__, first_line(e))
+        ) from e
+
+
+def settings_loaded_as_declared(settings):
+    """After a full run under a wrapper command: None when it loaded the settings module
+    that DJANGO_MIGRATE_SETTINGS_MODULE names, else what it loaded instead."""
+    loaded = getattr(settings, "SETTINGS_MODULE", None) or "none"
+    if SETTINGS_MODULE.endswith(".py"):
+        path = getattr(sys.modules.get(loaded), "__file__", None)
+        if path and os.path.realpath(path) == os.path.realpath(SETTINGS_MODULE):
+            return None
+        return "%s (%s)" % (loaded, path or "no file")
+    return None if loaded == SETTINGS_MODULE else loaded
+
+
 def plan_settings():
     """The settings as manage.py would load them, without starting Django: the module over
-    Django's defaults (django.conf.Settings), on the sys.path of `python manage.py`."""
+    Django's defaults (django.conf.Settings), on the sys.path of `python manage.py`; for
+    a wrapper command, the module DJANGO_MIGRATE_SETTINGS_MODULE names."""
+    if SETTINGS_MODULE:
+        return declared_settings()
     script = manage_script()
     default = standard_manage_py(script)
     module = ENVIRON["DJANGO_SETTINGS_MODULE"] if "DJANGO_SETTINGS_MODULE" in ENVIRON else default
@@ -643,12 +790,29 @@ def loaded_state(name):
     return "package", directory
 
 
-def fingerprint(settings, identity, sources):
-    """The digest of everything but the database that decides the migration plan, for the
-    settings, the database's identity and the sources a record names."""
+class ModuleSettings:
+    """The settings as the settings module and Django's defaults give them, without what
+    apps set at start-up (swapper gives a swappable setting such as WAGTAIL_PAGE_MODEL its
+    default when the app loads): what the fast path's check, which never starts Django,
+    reads. An app's default is covered by the app's own files in the fingerprint."""
+
+    def __init__(self, settings):
+        self._settings = settings
+
+    def __getattr__(self, name):
+        from django.conf import global_settings
+
+        if self._settings.is_overridden(name):
+            return getattr(self._settings, name)
+        return getattr(global_settings, name)
+
+
+def fingerprint_payload(settings, identity, sources):
+    """Everything but the database that decides the migration plan, for the settings, the
+    database's identity and the sources a record names."""
     import django
 
-    payload = {
+    return {
         "format": FINGERPRINT_FORMAT,
         "django": django.__version__,
         "alias": ALIAS,
@@ -657,8 +821,41 @@ def fingerprint(settings, identity, sources):
         "modules": [[name] + module_state(name) for name in sources["modules"]],
         "files": [[path, file_digest(path)] for path in sources["files"]],
     }
-    text = json.dumps(payload, sort_keys=True, default=repr, separators=(",", ":"))
+
+
+def digest_of(value):
+    text = json.dumps(value, sort_keys=True, default=repr, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fingerprint(settings, identity, sources):
+    """The digest of fingerprint_payload."""
+    return digest_of(fingerprint_payload(settings, identity, sources))
+
+
+def fingerprint_parts(payload):
+    """A short digest per part of the payload (each setting, module and file on its own),
+    which a record keeps so that a start that finds no record can say what differs."""
+    parts = {
+        "django %s" % payload["django"]: "",
+        "database": digest_of([payload["alias"], payload["database"]])[:12],
+    }
+    for name, value in payload["settings"].items():
+        parts["setting %s" % name] = digest_of(value)[:12]
+    for entry in payload["modules"]:
+        parts["module %s" % entry[0]] = digest_of(entry)[:12]
+    for path, digest in payload["files"]:
+        parts["file %s" % path] = digest[:12]
+    return parts
+
+
+def differences(recorded, sources, settings, identity):
+    """What differs between a record's parts and this start's, by name ("setting X",
+    "file P", "django 5.2", ...); None when the record kept no parts."""
+    if not isinstance(recorded, dict):
+        return None
+    now = fingerprint_parts(fingerprint_payload(settings, identity, sources))
+    return sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
 
 
 def connect_outside_django(db):
@@ -744,6 +941,10 @@ def fetch_all(conn, sql):
 
 def fast_path_check():
     """Returns what a step that found nothing pending says, or raises a Doubt."""
+    if post_migrate_wanted() and not RELEASE:
+        raise Doubt(
+            "no release (the pod has no pod-template-hash label): post_migrate runs on every start", lasting=True
+        )
     settings = plan_settings()
     db = settings.DATABASES.get(ALIAS)
     if db is None:
@@ -759,21 +960,35 @@ def fast_path_check():
         except Exception as e:  # noqa: BLE001 - a missing table is the usual one
             raise Doubt("no record table %s: %s" % (RECORD_TABLE, first_line(e))) from e
         match = None
+        newest = None
         for digest, recorded_at, sources, applied in records[:RECORDS_KEPT]:
             try:
                 sources, applied = json.loads(sources), json.loads(applied)
             except ValueError:
                 continue
+            newest = newest or (recorded_at, sources)
             if fingerprint(settings, identity, sources) == digest:
                 match = digest, recorded_at, applied
                 break
         if match is None:
-            raise Doubt("no record of this image's migrations for this database (%d other records)" % len(records))
+            why = "no record of this image's migrations for this database (%d other records)" % len(records)
+            if newest is not None:
+                differ = differences(newest[1].get("parts"), newest[1], settings, identity)
+                if differ:
+                    why += "; the newest (%s) differs in: %s" % (newest[0], name_list(differ))
+            raise Doubt(why)
         digest, recorded_at, applied = match
         try:
             rows = {"%s.%s" % (app, name) for app, name in fetch_all(conn, "SELECT app, name FROM django_migrations")}
         except Exception as e:  # noqa: BLE001
             raise Doubt("cannot read django_migrations: %s" % first_line(e)) from e
+        if post_migrate_wanted():
+            try:
+                releases = {r[0] for r in fetch_all(conn, "SELECT release_hash FROM %s" % RELEASE_TABLE)}
+            except Exception:  # noqa: BLE001 - no release has had its run yet
+                releases = set()
+            if release_key() not in releases:
+                raise Doubt("post_migrate has not run for release %s yet" % RELEASE)
     finally:
         with contextlib.suppress(Exception):
             conn.close()
@@ -850,6 +1065,8 @@ def try_fast_path(report):
         return env
     if FAST_PATH != "true":
         raise not_found("unknown DJANGO_MIGRATE_FAST_PATH %r: allowed true or false" % FAST_PATH)
+    if POST_MIGRATE not in ("true", "false"):
+        raise not_found("unknown DJANGO_MIGRATE_POST_MIGRATE %r: allowed true or false" % POST_MIGRATE)
     outcome = {}
     if MODE == MODE_CONTRACT:
         outcome["doubt"] = Doubt("the contract run applies what the pods deferred: always the full path")
@@ -942,6 +1159,13 @@ def write_record(identity):
         required = plan_rows(loader, rows)
         if required is None:
             return "not recorded: migrations are still pending (deferred ones, or another pod's)"
+        if SETTINGS_MODULE:
+            loaded = settings_loaded_as_declared(settings)
+            if loaded is not None:
+                return (
+                    "not recorded: the manage command loaded the settings module %s, not %s "
+                    "(django-migrate.io/settings-module)" % (loaded, SETTINGS_MODULE)
+                )
         sources = plan_sources(loader, settings)
         for module in sources["modules"]:
             state = module_state(module)
@@ -952,7 +1176,10 @@ def write_record(identity):
                     state[1] if len(state) > 1 else state[0],
                     directory or kind,
                 )
-        digest = fingerprint(settings, identity, sources)
+        # Read as the check reads them: without what apps set at start-up.
+        payload = fingerprint_payload(ModuleSettings(settings), identity, sources)
+        digest = digest_of(payload)
+        sources["parts"] = fingerprint_parts(payload)
         values = [
             digest,
             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -1576,10 +1803,50 @@ def unique_sets(state, app_label, model_name):
     return {tuple(sorted(t)) for t in together}
 
 
-def breaks_previous_release(op, app_label, state, connection, later):
+def existing_unique_sets(state, app_label, model_name):
+    """The field sets the model is unique on before the operation: unique_together, unique
+    fields, and unique constraints without a condition or expressions."""
+    try:
+        model = state.models[app_label, model_name]
+    except KeyError:
+        return set()
+    from django.db.models import UniqueConstraint
+
+    sets = unique_sets(state, app_label, model_name)
+    sets.update((name,) for name, field in model.fields.items() if field.unique and not field.primary_key)
+    for constraint in model.options.get("constraints") or ():
+        if (
+            isinstance(constraint, UniqueConstraint)
+            and constraint.fields
+            and constraint.condition is None
+            and not constraint.expressions
+        ):
+            sets.add(tuple(sorted(constraint.fields)))
+    return sets
+
+
+def unique_rule_harmless(fields, app_label, model_name, state, added, nulls_distinct=None):
+    """True when a uniqueness rule on `fields` cannot fail a write of the previous release:
+    it includes a nullable column added by the pending plan (the previous release leaves
+    it NULL, and NULLs never repeat under a rule whose NULLs are distinct), or it is
+    weaker than a rule the model already has (a set of columns that contains one it is
+    unique on: a repeat of the wider set repeats the narrower one, which already failed)."""
+    fields = set(fields)
+    if not fields:
+        return False
+    if nulls_distinct is not False:
+        for name in fields:
+            field = old_field(state, app_label, model_name, name)
+            if (app_label, model_name, name.lower()) in added and field is not None and field.null:
+                return True
+    return any(set(existing) <= fields for existing in existing_unique_sets(state, app_label, model_name))
+
+
+def breaks_previous_release(op, app_label, state, connection, later, added=frozenset()):
     """Why `op` breaks the release still serving (its model code against the migrated
     database), or None. `state` is the project state just before it; `later` the
-    operations after it in the same migration."""
+    operations after it in the same migration; `added` the (app, model, field) of the
+    columns the pending plan added before it, which the previous release never writes."""
     from django.db.migrations import operations as ops
 
     if isinstance(op, ops.RemoveField):
@@ -1637,11 +1904,15 @@ def breaks_previous_release(op, app_label, state, connection, later):
         return None
     if isinstance(op, ops.AlterUniqueTogether):
         new = {tuple(sorted(t)) for t in (op.unique_together or ())}
-        added = new - unique_sets(state, app_label, op.name_lower)
-        if added:
+        rules = [
+            t
+            for t in new - unique_sets(state, app_label, op.name_lower)
+            if not unique_rule_harmless(t, app_label, op.name_lower, state, added)
+        ]
+        if rules:
             return (
                 "adds the uniqueness rule %s on %s: inserts and updates of the previous release that repeat "
-                "a value now fail" % (", ".join("(%s)" % ", ".join(t) for t in sorted(added)), op.name)
+                "a value now fail" % (", ".join("(%s)" % ", ".join(t) for t in sorted(rules)), op.name)
             )
         return None
     if isinstance(op, ops.AddConstraint):
@@ -1649,6 +1920,15 @@ def breaks_previous_release(op, app_label, state, connection, later):
 
         constraint = op.constraint
         if isinstance(constraint, UniqueConstraint):
+            if not constraint.expressions and unique_rule_harmless(
+                constraint.fields,
+                app_label,
+                op.model_name_lower,
+                state,
+                added,
+                getattr(constraint, "nulls_distinct", None),
+            ):
+                return None
             return (
                 "adds the uniqueness rule %s on %s: inserts and updates of the previous release that repeat "
                 "a value now fail" % (constraint.name, op.model_name)
@@ -1676,7 +1956,12 @@ def breaks_previous_release(op, app_label, state, connection, later):
                 "drops the database default of non-nullable column %s; inserts of the previous release "
                 "rely on it" % where
             )
-        if new.unique and not old.unique and not new.primary_key:
+        if (
+            new.unique
+            and not old.unique
+            and not new.primary_key
+            and not unique_rule_harmless((op.name,), app_label, op.model_name_lower, state, added)
+        ):
             return (
                 "adds a uniqueness rule to column %s: inserts and updates of the previous release that repeat "
                 "a value now fail" % where
@@ -1848,6 +2133,8 @@ def classify(plan, first_install, connection, report):
     if first_install:
         return unsafe, unchecked
     created = set()
+    # Columns the plan adds: the previous release never writes them.
+    added = set()
     sizes = {}
     for migration, state in plan:
         name = "%s.%s" % (migration.app_label, migration.name)
@@ -1862,7 +2149,7 @@ def classify(plan, first_install, connection, report):
             if (migration.app_label, model) in created and not isinstance(op, ops.CreateModel):
                 continue
             described = "%s(%s)" % (op.__class__.__name__, op.describe())
-            why = breaks_previous_release(op, migration.app_label, state, connection, operations[i + 1 :])
+            why = breaks_previous_release(op, migration.app_label, state, connection, operations[i + 1 :], added)
             if why:
                 unsafe.append(
                     {"migration": name, "operation": described, "kind": KIND_BREAKING, "why": why, "applied": False}
@@ -1885,6 +2172,8 @@ def classify(plan, first_install, connection, report):
                         "applied": False,
                     }
                 )
+            if isinstance(op, ops.AddField):
+                added.add((migration.app_label, op.model_name_lower, op.name_lower))
             try:
                 op.state_forwards(migration.app_label, state)
             except Exception:  # noqa: BLE001 - the state is only needed for the checks
@@ -2156,9 +2445,25 @@ class Progress:
         self.atomic = True
         self.statements = 0
         self.failed_sql = None
+        # The first statements of the running migration that changed something, shortened.
+        self.ran = []
+        # "pre_migrate" or "post_migrate" while `migrate` sends that signal.
+        self.signal = None
         # A migration recorded after the lock was found lost (it had committed already).
         self.recorded_after_loss = None
 
+    def count(self, sql):
+        """One more statement of the running migration that changed something."""
+        if self.migration is None:
+            return
+        self.statements += 1
+        if len(self.ran) < HALF_APPLIED_STATEMENTS:
+            self.ran.append(shorten(" ".join(str(sql).split()), HALF_APPLIED_STATEMENT_CHARS))
+
+
+# How many statements of a half-applied migration its message names, and how long each.
+HALF_APPLIED_STATEMENTS = 3
+HALF_APPLIED_STATEMENT_CHARS = 120
 
 READ_ONLY_STATEMENTS = ("SELECT", "SHOW", "SET", "EXPLAIN", "DESCRIBE", "SAVEPOINT", "RELEASE", "ROLLBACK")
 
@@ -2216,6 +2521,7 @@ def track_progress(connection, lock, report):
         progress.migration = name
         progress.atomic = migration.atomic and connection.features.can_rollback_ddl
         progress.statements = 0
+        progress.ran = []
         progress.failed_sql = None
         result = original_apply(self, state, migration, fake=fake, fake_initial=fake_initial)
         report.applied.append(progress.migration)
@@ -2272,8 +2578,8 @@ def track_progress(connection, lock, report):
         except Exception:
             progress.failed_sql = str(sql)
             raise
-        if progress.migration is not None and changes:
-            progress.statements += 1
+        if changes:
+            progress.count(sql)
         return result
 
     def control(statement):
@@ -2304,12 +2610,32 @@ def track_progress(connection, lock, report):
                 "statement cannot run in a transaction, so it runs without the lock timeout: %s" % str(sql)[:200]
             )
             return counted(run, sql, params, many, context, True)
-        if progress.migration is not None:
-            progress.statements += 1
+        progress.count(sql)
         return result
 
-    with connection.execute_wrapper(execute):
-        yield progress
+    # Which signal `migrate` is sending, so that a failure in a receiver is told apart
+    # from a migration's.
+    from django.core.management.commands import migrate as migrate_command
+
+    def sending(name, emit):
+        @functools.wraps(emit)
+        def wrapper(*args, **kwargs):
+            # Left set when a receiver raises: the failure is reported as the signal's.
+            progress.signal = name
+            result = emit(*args, **kwargs)
+            progress.signal = None
+            return result
+
+        return wrapper
+
+    emit_pre, emit_post = migrate_command.emit_pre_migrate_signal, migrate_command.emit_post_migrate_signal
+    migrate_command.emit_pre_migrate_signal = sending("pre_migrate", emit_pre)
+    migrate_command.emit_post_migrate_signal = sending("post_migrate", emit_post)
+    try:
+        with connection.execute_wrapper(execute):
+            yield progress
+    finally:
+        migrate_command.emit_pre_migrate_signal, migrate_command.emit_post_migrate_signal = emit_pre, emit_post
 
 
 def leave_deferred(report):
@@ -2372,6 +2698,18 @@ def run_migrate(connection, lock, report, watchdog, deadline):
                     report.pending = pending_kept(connection, report)
                 except Exception:  # noqa: BLE001
                     pass
+                if progress.signal is not None:
+                    raise signal_failed(progress.signal, e, report) from e
+                if failed is not None and not nothing_applied:
+                    report.failed_migration = failed
+                    if is_lock_timeout(e):
+                        then = "then a statement timed out on its table lock after %ds and was not applied: %s" % (
+                            LOCK_TIMEOUT,
+                            statement,
+                        )
+                    else:
+                        then = "then it failed: %s: %s" % (e.__class__.__name__, first_line(e))
+                    raise half_applied(connection, failed, progress, then) from e
                 if not is_lock_timeout(e) or failed is None:
                     report.failed_migration = failed or (report.pending[0] if report.pending else None)
                     name = report.failed_migration or "unknown migration"
@@ -2379,16 +2717,6 @@ def run_migrate(connection, lock, report, watchdog, deadline):
                         EXIT_MIGRATE_FAILED,
                         RESULT_FAILED,
                         "migration %s failed: %s: %s" % (name, e.__class__.__name__, first_line(e)),
-                    ) from e
-                if not nothing_applied:
-                    report.failed_migration = failed
-                    raise StepEnded(
-                        EXIT_MIGRATE_FAILED,
-                        RESULT_FAILED,
-                        "migration %s is half-applied: %d statement(s) ran, then a statement timed out on its "
-                        "table lock after %ds and was not applied: %s; it is not retried blindly: check the "
-                        "database, then apply the rest or mark it applied (migrate --fake)"
-                        % (failed, progress.statements, LOCK_TIMEOUT, statement),
                     ) from e
                 left = deadline - time.monotonic()
                 pause = min(MAX_RETRY_BACKOFF_SECONDS, 2.0 ** min(attempt, 5)) * random.uniform(0.5, 1.0)
@@ -2412,6 +2740,62 @@ def run_migrate(connection, lock, report, watchdog, deadline):
     report.pending = []
     for u in report.unsafe_operations:
         u["applied"] = u["migration"] in report.applied
+
+
+def receiver_of(error):
+    """`module.function` of the signal receiver that raised `error`: the frame that
+    Django's Signal.send called, from the traceback; None when there is none."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "send" and code.co_filename.replace(os.sep, "/").endswith("django/dispatch/dispatcher.py"):
+            frame = tb.tb_next.tb_frame
+            name = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
+            return "%s.%s" % (frame.f_globals.get("__name__", "?"), name)
+        tb = tb.tb_next
+    return None
+
+
+def signal_failed(signal, error, report):
+    """The end of a step whose `migrate` failed in a pre_migrate or post_migrate receiver.
+    After post_migrate failed, every migration is applied and recorded and the release is
+    not: the next pod of the release runs post_migrate again."""
+    receiver = receiver_of(error)
+    where = "in receiver %s" % receiver if receiver else "in one of its receivers"
+    what = "%s: %s" % (error.__class__.__name__, first_line(error))
+    report.failed_migration = None
+    report.post_migrate = {"ran": False, "release": RELEASE or None, "failed": signal, "receiver": receiver}
+    if signal == "pre_migrate":
+        return StepEnded(
+            EXIT_MIGRATE_FAILED,
+            RESULT_FAILED,
+            "pre_migrate failed %s before any migration was applied: %s" % (where, what),
+        )
+    return StepEnded(
+        EXIT_MIGRATE_FAILED,
+        RESULT_POST_MIGRATE_FAILED,
+        "every migration was applied and recorded (%d by this pod); then post_migrate failed %s: %s; "
+        "the next pod of this release runs post_migrate again" % (len(report.applied), where, what),
+    )
+
+
+def half_applied(connection, failed, progress, then):
+    """The end of a step whose migration failed after some of its statements ran and
+    stayed: the next pod would fail on what they left (a table that already exists), so
+    the message says what ran and what to do."""
+    if connection.features.can_rollback_ddl:
+        why = "the migration is not atomic"
+    else:
+        why = "%s cannot roll DDL back" % connection.display_name
+    app, _, name = failed.partition(".")
+    return StepEnded(
+        EXIT_MIGRATE_FAILED,
+        RESULT_HALF_APPLIED,
+        "migration %s is half-applied: %d statement(s) of it ran and stay (%s), %s; ran: %s; every next pod "
+        "fails on what they left until the database is fixed by hand: reverse what ran, or complete the rest "
+        "and mark it applied (manage.py migrate %s %s --fake)"
+        % (failed, progress.statements, why, then, "; ".join(progress.ran) or "none", app, name),
+    )
 
 
 def lock_lost(connection, report, progress, failed, nothing_applied, why):
@@ -2451,14 +2835,16 @@ def lock_unavailable(why):
     )
 
 
-def poll_until_applied(connection, report, watchdog, phase, what, check, decide_under_lock=False):
+def poll_until_applied(connection, report, watchdog, phase, what, check, decide_under_lock=False, finished=None):
     """The loop both waits share. Calls `check()` once per poll: it returns True when the
     wait is over (then this returns None), else the line to log before the next poll (or
     None). Returns the step's end once nothing is pending (another pod applied it, exit 0)
     or the migrate timeout passed (exit 1). Deferred migrations are not waited for: they
     stay pending until the contract run. With `decide_under_lock`, a pod that deferred
     some keeps waiting for the lock instead: what is deferred was decided while another pod
-    applied the plan, and is decided again under the lock, on what that pod left.
+    applied the plan, and is decided again under the lock, on what that pod left. With
+    `finished`, the wait is over when it returns the step's end (another pod did the work)
+    instead of when nothing is pending.
 
     A waiting pod holds no connection while it sleeps and at most one while it asks: with
     a session pooler smaller than the number of pods, a pod that kept one connection while
@@ -2489,8 +2875,14 @@ def poll_until_applied(connection, report, watchdog, phase, what, check, decide_
         time.sleep(min(POLL_SECONDS, max(left, 0.1)))
         try:
             report.pending = pending_kept(connection, report)
+            ended = finished() if finished is not None else None
         except DatabaseError as e:
             report.log("cannot read the migration state: %s" % first_line(e))
+            continue
+        if finished is not None:
+            if ended is not None:
+                watchdog.disarm()
+                return ended
             continue
         if not report.pending and not (decide_under_lock and report.deferred):
             report.phase = PHASE_DONE
@@ -2501,10 +2893,10 @@ def poll_until_applied(connection, report, watchdog, phase, what, check, decide_
             )
 
 
-def wait_for_lock(connection, lock, report, watchdog):
+def wait_for_lock(connection, lock, report, watchdog, finished=None):
     """Migrate mode: returns None once this pod holds the migration lock, else the step's
-    end (applied by another pod meanwhile, or the timeout); a connection that cannot hold
-    the lock ends the step (exit 6)."""
+    end (applied by another pod meanwhile, or what `finished` returns, or the timeout); a
+    connection that cannot hold the lock ends the step (exit 6)."""
     from django.db.utils import Error as DatabaseError
 
     def check():
@@ -2526,7 +2918,7 @@ def wait_for_lock(connection, lock, report, watchdog):
         )
 
     return poll_until_applied(
-        connection, report, watchdog, PHASE_LOCK, "the migration lock", check, decide_under_lock=True
+        connection, report, watchdog, PHASE_LOCK, "the migration lock", check, decide_under_lock=True, finished=finished
     )
 
 
@@ -2573,6 +2965,8 @@ def step_migrate(connections, connection, report, watchdog):
                 EXIT_OK, RESULT_NOTHING_PENDING, "nothing to apply (%.1fs)%s" % (elapsed(), report.deferred_note())
             )
         run_migrate(connection, lock if lock.supported else None, report, watchdog, deadline)
+        if post_migrate_wanted():
+            record_release(connection, report)
     finally:
         # Whichever way the step ends here, the next pod does not wait for this
         # connection to close.
@@ -2607,10 +3001,145 @@ def step_migrate(connections, connection, report, watchdog):
     )
 
 
+def release_done(connection):
+    """Whether this release already had its pre_migrate/post_migrate run."""
+    with connection.cursor() as cursor:
+        if RELEASE_TABLE not in connection.introspection.table_names(cursor):
+            return False
+        cursor.execute("SELECT release_hash FROM %s WHERE release_hash = %%s" % RELEASE_TABLE, [release_key()])
+        return cursor.fetchone() is not None
+
+
+def record_release(connection, report):
+    """Records, under the lock, that this release had its run (`migrate` sent the signals
+    and they succeeded), and keeps the RELEASES_KEPT newest. A record that cannot be
+    written only makes the next pod run them again."""
+    from django.db.utils import Error as DatabaseError
+
+    report.post_migrate = {"ran": True, "release": RELEASE or None}
+    if not RELEASE:
+        return
+    try:
+        with connection.cursor() as cursor:
+            if RELEASE_TABLE not in connection.introspection.table_names(cursor):
+                cursor.execute(
+                    "CREATE TABLE IF NOT EXISTS %s (release_hash varchar(64) NOT NULL PRIMARY KEY, "
+                    "recorded_at varchar(32) NOT NULL)" % RELEASE_TABLE
+                )
+            cursor.execute("DELETE FROM %s WHERE release_hash = %%s" % RELEASE_TABLE, [release_key()])
+            cursor.execute(
+                "INSERT INTO %s (release_hash, recorded_at) VALUES (%%s, %%s)" % RELEASE_TABLE,
+                [release_key(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())],
+            )
+            cursor.execute("SELECT release_hash FROM %s ORDER BY recorded_at DESC" % RELEASE_TABLE)
+            old = [r[0] for r in cursor.fetchall()[RELEASES_KEPT:]]
+            if old:
+                cursor.execute(
+                    "DELETE FROM %s WHERE release_hash IN (%s)" % (RELEASE_TABLE, ", ".join(["%s"] * len(old))), old
+                )
+    except DatabaseError as e:
+        report.log("post_migrate: release %s not recorded (%s); the next pod runs it again" % (RELEASE, first_line(e)))
+
+
+def post_migrate_due(connection, report):
+    """Migrate mode with nothing pending: whether this release still needs its run."""
+    if MODE != MODE_MIGRATE:
+        return False
+    if POST_MIGRATE != "true":
+        report.post_migrate = {"ran": False, "release": RELEASE or None, "why": "off (post-migrate: false)"}
+        return False
+    if RELEASE and release_done(connection):
+        report.post_migrate = {"ran": False, "release": RELEASE, "why": "ran for this release already"}
+        return False
+    return True
+
+
+def step_post_migrate(connections, connection, report, watchdog):
+    """Migrate mode, nothing pending, and this release has not had its pre_migrate and
+    post_migrate run: `migrate` with nothing to apply, under the lock, once; pods of the
+    release that wait meanwhile end when it is recorded. Returns the step's end."""
+    lock = Lock(connections, report)
+
+    def ran_elsewhere():
+        if not release_done(connection):
+            return None
+        report.phase = PHASE_DONE
+        report.post_migrate = {"ran": False, "release": RELEASE, "why": "ran in another pod"}
+        return StepEnded(
+            EXIT_OK,
+            RESULT_NOTHING_PENDING,
+            "nothing to apply; post_migrate ran for release %s in another pod (waited %.1fs)"
+            % (RELEASE, report.lock_wait_seconds),
+        )
+
+    if lock.supported:
+        ended = wait_for_lock(connection, lock, report, watchdog, finished=ran_elsewhere if RELEASE else None)
+        if ended is not None:
+            return ended
+    try:
+        if lock.supported and RELEASE:
+            # Another pod may have finished between our check and the lock.
+            ended = ran_elsewhere()
+            if ended is not None:
+                return ended
+        run_post_migrate(connection, lock if lock.supported else None, report)
+        record_release(connection, report)
+    finally:
+        if lock.supported:
+            lock.release()
+    report.phase = PHASE_DONE
+    return StepEnded(
+        EXIT_OK,
+        RESULT_NOTHING_PENDING,
+        "nothing to apply; pre_migrate and post_migrate ran for %s in %.1fs (waited %.1fs for the lock)%s"
+        % (
+            "release %s" % RELEASE if RELEASE else "this start (no release to record)",
+            report.post_migrate_seconds,
+            report.lock_wait_seconds,
+            report.deferred_note(),
+        ),
+    )
+
+
+def run_post_migrate(connection, lock, report):
+    """`migrate` with nothing to apply: its pre_migrate and post_migrate signals, as a plain
+    `manage.py migrate` sends them; a receiver that raises ends the step."""
+    from django.core.management import call_command
+
+    report.phase = PHASE_MIGRATING
+    report.log(
+        "nothing to apply; running pre_migrate and post_migrate for %s"
+        % ("release %s" % RELEASE if RELEASE else "this start")
+    )
+    started = time.monotonic()
+    connection.close()
+    leave_deferred(report)
+    with track_progress(connection, lock, report) as progress:
+        try:
+            call_command("migrate", database=ALIAS, interactive=False, verbosity=1)
+        except Exception as e:  # noqa: BLE001 - any failure of a receiver is reported
+            report.post_migrate_seconds = time.monotonic() - started
+            connection.close()
+            if isinstance(e, LockLost) or (lock is not None and lock.lost is not None):
+                why = lock.lost if lock.lost else first_line(e)
+                raise lock_lost(connection, report, progress, None, True, why) from e
+            if progress.signal is not None:
+                raise signal_failed(progress.signal, e, report) from e
+            raise StepEnded(
+                EXIT_MIGRATE_FAILED,
+                RESULT_FAILED,
+                "migrate with nothing to apply failed: %s: %s" % (e.__class__.__name__, first_line(e)),
+            ) from e
+    report.post_migrate_seconds = time.monotonic() - started
+
+
 def run_inner(report):
     """The inner phase, inside Django's shell: returns (or raises) the step's end."""
     # From here on this code writes the summary; tell the outer phase it ran.
     fd = os.environ.pop(STATUS_FD_ENV, None)
+    with contextlib.suppress(KeyError, ValueError):
+        report.django_setup_seconds = max(time.time() - float(os.environ.pop(SPAWNED_AT_ENV)), 0.0)
+    os.environ.pop(STARTED_AT_ENV, None)
     if fd is not None:
         try:
             os.write(int(fd), b"started\n")
@@ -2639,6 +3168,8 @@ def run_inner(report):
         ) from e
     if MODE not in (MODE_MIGRATE, MODE_WAIT, MODE_CONTRACT):
         raise not_found("unknown DJANGO_MIGRATE_MODE %r: allowed migrate, wait or contract" % MODE)
+    if POST_MIGRATE not in ("true", "false"):
+        raise not_found("unknown DJANGO_MIGRATE_POST_MIGRATE %r: allowed true or false" % POST_MIGRATE)
     if UNSAFE_MIGRATIONS not in ("warn", "deny", "defer"):
         raise not_found("unknown DJANGO_MIGRATE_UNSAFE_MIGRATIONS %r: allowed warn, deny or defer" % UNSAFE_MIGRATIONS)
     doubt = os.environ.pop(FAST_PATH_DOUBT_ENV, None)
@@ -2661,12 +3192,20 @@ def run_mode(connections, connection, report):
     if report.pending and MODE != MODE_CONTRACT:
         find_deferred(connection, report)
     if not report.pending:
+        if post_migrate_due(connection, report):
+            return step_post_migrate(connections, connection, report, watchdog)
         report.phase = PHASE_DONE
         return StepEnded(
             EXIT_OK, RESULT_NOTHING_PENDING, "nothing to apply (%.1fs)%s" % (elapsed(), report.deferred_note())
         )
     if MODE in (MODE_MIGRATE, MODE_CONTRACT):
-        return step_migrate(connections, connection, report, watchdog)
+        ended = step_migrate(connections, connection, report, watchdog)
+        # Another release's pod may have applied the plan: this release still gets its run.
+        if ended.result in (RESULT_APPLIED_BY_OTHER_POD, RESULT_NOTHING_PENDING) and post_migrate_due(
+            connection, report
+        ):
+            return step_post_migrate(connections, connection, report, watchdog)
+        return ended
     report.log(
         "%d migrations pending: %s; waiting for them to be applied" % (len(report.pending), ", ".join(report.pending))
     )

@@ -15,9 +15,9 @@ use crate::deployment::JsonMap;
 use crate::names::{
     CODE_CONTAINER, CODE_MOUNT_PATH, CODE_VOLUME, ENV_ALLOW_UNSAFE, ENV_DATABASE, ENV_DEFER,
     ENV_FAST_PATH, ENV_HOLD_BACK, ENV_LOCK_TIMEOUT, ENV_LOCKING_MIN_ROWS, ENV_MANAGE_COMMAND,
-    ENV_MIGRATE_TIMEOUT, ENV_MODE, ENV_UNSAFE_MIGRATIONS, ENV_WAIT_TIMEOUT, LEGACY_ENV,
-    MIGRATE_CONTAINER, PROGRAM_FILE, RESERVED_CONTAINERS, STEP_ENV, TERMINATION_LOG,
-    WAIT_CONTAINER,
+    ENV_MIGRATE_TIMEOUT, ENV_MODE, ENV_POST_MIGRATE, ENV_RELEASE, ENV_SETTINGS_MODULE,
+    ENV_UNSAFE_MIGRATIONS, ENV_WAIT_TIMEOUT, LEGACY_ENV, MIGRATE_CONTAINER, PROGRAM_FILE,
+    RELEASE_FIELD, RESERVED_CONTAINERS, STEP_ENV, TERMINATION_LOG, WAIT_CONTAINER,
 };
 use crate::settings::{DEFAULT_LOCKING_MIN_ROWS, Mode, Settings};
 
@@ -168,6 +168,12 @@ pub fn step_container(app: &JsonMap, s: &Settings) -> Value {
     if !s.fast_path {
         set(ENV_FAST_PATH, "false".into());
     }
+    if !s.post_migrate {
+        set(ENV_POST_MIGRATE, "false".into());
+    }
+    if let Some(module) = &s.settings_module {
+        set(ENV_SETTINGS_MODULE, module.clone());
+    }
     if s.hold_back != Settings::default().hold_back {
         let kinds: Vec<&str> = s.hold_back.iter().map(|h| h.as_str()).collect();
         set(ENV_HOLD_BACK, kinds.join(","));
@@ -175,6 +181,7 @@ pub fn step_container(app: &JsonMap, s: &Settings) -> Value {
     if s.locking_min_rows != DEFAULT_LOCKING_MIN_ROWS {
         set(ENV_LOCKING_MIN_ROWS, s.locking_min_rows.to_string());
     }
+    env.push(release_env());
     c.insert("env".into(), Value::Array(env));
 
     let mut mounts = match app.get("volumeMounts") {
@@ -190,6 +197,15 @@ pub fn step_container(app: &JsonMap, s: &Settings) -> Value {
         "FallbackToLogsOnError".into(),
     );
     Value::Object(c)
+}
+
+/// The step's release, from the downward API (`apiVersion` as the API server defaults it,
+/// so that the stored template is what the webhook wrote).
+pub fn release_env() -> Value {
+    json!({
+        "name": ENV_RELEASE,
+        "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": RELEASE_FIELD}},
+    })
 }
 
 /// Writes [`PROGRAM`] into `dir` (created if missing) as `django_migrate.py`, readable by
@@ -258,8 +274,13 @@ mod tests {
                 ENV_WAIT_TIMEOUT,
                 ENV_MIGRATE_TIMEOUT,
                 ENV_LOCK_TIMEOUT,
-                ENV_UNSAFE_MIGRATIONS
+                ENV_UNSAFE_MIGRATIONS,
+                ENV_RELEASE
             ]
+        );
+        assert_eq!(
+            env.last().unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+            RELEASE_FIELD
         );
         assert_eq!(
             step["volumeMounts"],

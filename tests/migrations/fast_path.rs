@@ -303,6 +303,11 @@ fn wrong_skips_take_the_full_path(engine: Engine) {
     std::fs::write(site.migrations.join("0004_step.py"), fleet_migration(4, "")).unwrap();
     let s = site.step(&[], &[]);
     assert!(full_path(&s).contains("no record of this image"), "{s}");
+    // What differs from the newest record, by name.
+    assert!(
+        full_path(&s).contains("differs in: module fleet.migrations"),
+        "{s}"
+    );
     assert_eq!(s["applied"], serde_json::json!(["fleet.0004_step"]), "{s}");
     recorded_then_fast(&site, &s, &[]);
 
@@ -489,6 +494,90 @@ fn postgresql_images_differing_in_one_file_never_share_a_record() {
 #[test]
 fn mysql_images_differing_in_one_file_never_share_a_record() {
     images_differing_in_one_file_never_share_a_record(Engine::Mysql);
+}
+
+/// A swappable setting that an app defaults when it loads (swapper, as Wagtail does for
+/// its page model) and the settings module never sets: the check, which never starts
+/// Django, reads it as the record did, and the second start takes the fast path.
+#[test]
+fn a_swappable_setting_an_app_defaults_keeps_the_fast_path() {
+    let site = Site::new(Engine::Postgresql, "swapper");
+    let gadgets: Pairs = &[("GADGETS_APP", "1")];
+    let first = site.step(gadgets, &[]);
+    assert_eq!(first["result"], "applied", "{first}");
+    assert!(
+        first["applied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "gadgets.0002_part"),
+        "{first}"
+    );
+    recorded_then_fast(&site, &first, gadgets);
+    assert_eq!(site.django_starts(), 1, "the fast path started Django");
+}
+
+/// A wrapper management command (a console script that sets its settings module, as
+/// `nautobot-server` does): without `settings-module` every start takes the full path and
+/// says why; with it the second start takes the fast path; a `settings-module` that is not
+/// what the command loads writes no record, and the summary says what it loaded.
+#[test]
+fn a_wrapper_command_takes_the_fast_path_with_its_settings_module() {
+    let site = Site::new(Engine::Postgresql, "wrapper");
+    let wrapper = site.pods.dir.path().join("site-manage");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!{}\nimport os\nimport sys\n\n\
+             os.environ[\"DJANGO_SETTINGS_MODULE\"] = \"fleet_settings\"\n\n\
+             from django.core.management import execute_from_command_line\n\n\
+             execute_from_command_line(sys.argv)\n",
+            site.pods.python.display()
+        ),
+    )
+    .unwrap();
+    let mut permissions = std::fs::metadata(&wrapper).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&wrapper, permissions).unwrap();
+    let command = wrapper.to_string_lossy().into_owned();
+    // Like an installed console script, it imports the project from the path, not from
+    // its own directory.
+    let path = format!(
+        "{}:{}",
+        site.pods.dir.path().join("site").display(),
+        crate::repo().join("tests/django").display()
+    );
+    let env: Pairs = &[("PYTHONPATH", &path)];
+
+    let s = site.step(env, &[("manage-command", &command)]);
+    assert!(
+        full_path(&s).contains("name the settings module it loads"),
+        "{s}"
+    );
+    assert_eq!(s["result"], "applied", "{s}");
+    assert!(s["fast_path"]["recorded"].is_null(), "{s}");
+
+    let declared: Pairs = &[
+        ("manage-command", &command),
+        ("settings-module", "fleet_settings"),
+    ];
+    let s = site.step(env, declared);
+    full_path(&s);
+    assert_eq!(s["result"], "nothing-pending", "{s}");
+    let starts = site.django_starts();
+    assert_fast(&site.step(env, declared));
+    assert_eq!(site.django_starts(), starts, "the fast path started Django");
+
+    let wrong: Pairs = &[
+        ("manage-command", &command),
+        ("settings-module", "testsite.settings"),
+    ];
+    let s = site.step(env, wrong);
+    let recorded = s["fast_path"]["recorded"].as_str().unwrap_or_default();
+    assert!(
+        recorded.contains("loaded the settings module fleet_settings, not testsite.settings"),
+        "{s}"
+    );
 }
 
 /// What the fast path cannot see through sends every start down the full path, says

@@ -57,6 +57,9 @@ pub struct Container {
     pub volumes: BTreeMap<String, PathBuf>,
 }
 
+/// The `pod-template-hash` label of the pods these containers stand for: one release.
+pub const POD_TEMPLATE_HASH: &str = "5d8f7c9b6";
+
 impl Container {
     /// Reads a container spec; `entrypoint` stands for the image's ENTRYPOINT when the
     /// spec sets only args.
@@ -64,10 +67,21 @@ impl Container {
         let mut env = BTreeMap::new();
         for var in spec["env"].as_array().into_iter().flatten() {
             let name = var["name"].as_str().unwrap().to_owned();
-            let value = var["value"].as_str().unwrap_or_else(|| {
-                panic!("env {name}: only plain values can be run locally, not {var}")
-            });
-            let value = expand(value, &env);
+            let value = match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                // The downward API, as the kubelet resolves it for a pod of the template
+                // (a label the pod does not have is empty).
+                Some(path) => match path.strip_prefix("metadata.labels['") {
+                    Some("pod-template-hash']") => POD_TEMPLATE_HASH.to_owned(),
+                    Some(_) => String::new(),
+                    None => panic!("env {name}: only pod labels can be run locally, not {var}"),
+                },
+                None => {
+                    let value = var["value"].as_str().unwrap_or_else(|| {
+                        panic!("env {name}: only plain values can be run locally, not {var}")
+                    });
+                    expand(value, &env)
+                }
+            };
             env.insert(name, value);
         }
         let words = |key: &str| -> Vec<String> {

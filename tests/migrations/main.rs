@@ -12,6 +12,7 @@ mod contract;
 mod fast_path;
 mod kubelet;
 mod poolers;
+mod post_migrate;
 mod safety;
 mod servers;
 mod sqlite;

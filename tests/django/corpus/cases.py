@@ -115,6 +115,29 @@ CASES = {
         engines=("postgresql",),
     ),
     # Safe for the previous release.
+    # A wider rule replacing a narrower one: a repeat of (name, code) repeats name, which the
+    # previous release's rule already refused.
+    "alter_unique_together_weaker": case(
+        [migrations.AlterUniqueTogether("item", {("name", "code")})],
+        False,
+        before=[migrations.AlterUniqueTogether("item", {("name",)})],
+    ),
+    "add_unique_constraint_weaker": case(
+        [
+            migrations.AddConstraint(
+                "item", models.UniqueConstraint(fields=["legacy", "name"], name="corpus_item_legacy_name_uniq")
+            )
+        ],
+        False,
+    ),
+    # A rule on a column the same migration adds: the previous release leaves it NULL.
+    "add_field_then_unique_constraint": case(
+        [
+            migrations.AddField("item", "ref", models.CharField(max_length=10, null=True)),
+            migrations.AddConstraint("item", models.UniqueConstraint(fields=["ref"], name="corpus_item_ref_uniq")),
+        ],
+        False,
+    ),
     "add_field_nullable": case([migrations.AddField("item", "rank", models.IntegerField(null=True))], False),
     "add_field_db_default": case([migrations.AddField("item", "rank", models.IntegerField(db_default=0))], False),
     "add_field_then_set_default": case(

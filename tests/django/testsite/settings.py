@@ -35,6 +35,15 @@ if os.environ.get("LEDGER_APP") == "1":
         MIGRATION_MODULES = {"ledger": "ledger.migrations_release1"}
     elif os.environ.get("LEDGER_MIGRATIONS"):
         MIGRATION_MODULES = {"ledger": "ledger.migrations_" + os.environ["LEDGER_MIGRATIONS"]}
+if os.environ.get("UPKEEP_APP") == "1":
+    # An app that writes a row from its post_migrate receiver.
+    INSTALLED_APPS.append("upkeep")
+if os.environ.get("GADGETS_APP") == "1":
+    # A swappable model whose setting swapper defaults when the app loads.
+    INSTALLED_APPS.append("gadgets")
+if os.environ.get("HALFWAY_APP") == "1":
+    # A migration that creates a table, then fails.
+    INSTALLED_APPS.append("halfway")
 if os.environ.get("CORPUS_CASE"):
     # One case of the classifier's corpus: a previous release and the migration it ships.
     INSTALLED_APPS.append("corpus")
