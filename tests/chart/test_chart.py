@@ -15,7 +15,8 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = str(ROOT / "charts" / "django-migrate-webhook")
-BIN = ROOT / "target" / "debug" / "django-migrate-webhook"
+# The binary `cargo test` built, wherever cargo puts its target directory.
+BIN = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "debug" / "django-migrate-webhook"
 RELEASE, NAMESPACE = "dmw", "dmw-system"
 
 

@@ -6,6 +6,7 @@ once; where it does not (1.34, 1.35), the install is refused with the reason. sc
 runs this tier on every version it tests, so both branches run."""
 
 import json
+import os
 import pathlib
 import subprocess
 import time
@@ -33,7 +34,8 @@ FULLNAME = f"{RELEASE}-django-migrate-webhook"
 SELECTED = {"e2e.django-migrate.io/policy-mode": "true"}
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = str(ROOT / "charts" / "django-migrate-webhook")
-BIN = ROOT / "target" / "debug" / "django-migrate-webhook"
+# The binary `cargo test` built, wherever cargo puts its target directory.
+BIN = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "debug" / "django-migrate-webhook"
 
 
 def serves_policies():
