@@ -53,7 +53,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP = os.path.join(ROOT, "src", "injected", "django_migrate.py")
 DATABASES_SH = os.path.join(ROOT, "scripts", "databases.sh")
 TEST_PROJECT = os.path.join(ROOT, "tests", "django")
-WAGTAIL_REQUIREMENTS = ["wagtail==7.4.4", "psycopg[binary]==3.3.9"]
+WAGTAIL_REQUIREMENTS = ["wagtail==8.0.1", "psycopg[binary]==3.3.9"]
 PROJECTS = ("testsite", "wagtail")
 CONTENDERS = ("fast", "miss", "full", "check")
 DB_ENV = ("DJANGO_MIGRATE_TEST_POSTGRES_PORT", "DJANGO_MIGRATE_TEST_DB_USER", "DJANGO_MIGRATE_TEST_DB_PASSWORD")
