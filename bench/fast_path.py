@@ -266,6 +266,8 @@ def run_contender(project, contender, workdir, warm_up=False):
         argv = [python, STEP]
         env["DJANGO_MIGRATE_TERMINATION_LOG"] = log
         env["DJANGO_MIGRATE_MANAGE_COMMAND"] = "%s manage.py" % python
+        # Every run is a pod of one release (its pod-template-hash, as the webhook passes it).
+        env["DJANGO_MIGRATE_RELEASE"] = "bench"
         if contender == "full":
             env["DJANGO_MIGRATE_FAST_PATH"] = "false"
         if contender == "miss" and not warm_up:
