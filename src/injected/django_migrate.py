@@ -12,7 +12,9 @@
 #    - waits until Django can open a connection for the alias (retries with backoff, one
 #      log line per attempt, gives up after DJANGO_MIGRATE_WAIT_TIMEOUT; rejected
 #      credentials fail at once);
-#    - migrate mode: nothing pending -> exit 0 at once; otherwise take the migration lock
+#    - migrate mode: nothing pending -> exit 0 at once, once this release has had its
+#      pre_migrate/post_migrate run (the first pod of a release runs `migrate` with nothing
+#      to apply, under the lock, and records the release); otherwise take the migration lock
 #      on a connection of its own (PostgreSQL: pg_try_advisory_xact_lock in a transaction
 #      kept open for the whole migration, so it works the same direct and through a
 #      transaction pooler; MySQL/MariaDB: GET_LOCK; polled, never a blocking wait), re-check,
@@ -443,8 +445,9 @@ def post_migrate_wanted():
 # plan reads, Django's version, the alias and the database's address; and the rows of
 # django_migrations the empty plan rested on. A later start computes the fingerprint
 # again without starting Django (it imports the settings module, never django.setup())
-# and ends with nothing pending only when a record has that fingerprint and those rows
-# are still as they were. Any doubt takes the full path, and the summary says which.
+# and ends with nothing pending only when a record has that fingerprint, those rows are
+# still as they were and (in migrate mode) this release has had its post_migrate run.
+# Any doubt takes the full path, and the summary says which.
 
 FAST_PATH = os.environ.get("DJANGO_MIGRATE_FAST_PATH", "true")
 # The settings module a wrapper management command loads (nautobot-server, sentry django).
@@ -623,24 +626,35 @@ def declared_settings():
             sys.path[0] = os.getcwd()
         elif len(MANAGE_COMMAND) > 1 and MANAGE_COMMAND[1].endswith(".py"):
             sys.path[0] = os.path.dirname(os.path.realpath(MANAGE_COMMAND[1]))
-    name = SETTINGS_MODULE
-    try:
-        if name.endswith(".py"):
-            import importlib.util
+    if not SETTINGS_MODULE.endswith(".py"):
+        return settings_of(SETTINGS_MODULE, SETTINGS_MODULE)
+    path = os.path.realpath(SETTINGS_MODULE)
+    name = os.path.splitext(os.path.basename(path))[0]
 
-            path = os.path.realpath(name)
-            name = os.path.splitext(os.path.basename(path))[0]
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
+    def load():
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+
+    return settings_of(name, SETTINGS_MODULE, load)
+
+
+def settings_of(name, shown, load=None):
+    """django.conf.Settings of the module `name` (imported first by `load` when given),
+    or a Doubt that names `shown`."""
+    try:
+        if load is not None:
+            load()
         from django.conf import Settings
 
         return Settings(name)
     except Exception as e:  # noqa: BLE001 - whatever the settings module raises
         raise Doubt(
             "cannot load the settings module %s without starting Django: %s: %s"
-            % (SETTINGS_MODULE, e.__class__.__name__, first_line(e))
+            % (shown, e.__class__.__name__, first_line(e))
         ) from e
 
 
@@ -672,15 +686,7 @@ def plan_settings():
     # PYTHONSAFEPATH).
     if not getattr(sys.flags, "safe_path", False):
         sys.path[0] = os.path.dirname(os.path.realpath(script))
-    try:
-        from django.conf import Settings
-
-        return Settings(module)
-    except Exception as e:  # noqa: BLE001 - whatever the settings module raises
-        raise Doubt(
-            "cannot load the settings module %s without starting Django: %s: %s"
-            % (module, e.__class__.__name__, first_line(e))
-        ) from e
+    return settings_of(module, module)
 
 
 def database_identity(db):
