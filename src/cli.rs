@@ -64,6 +64,62 @@ pub enum Command {
     /// bindings. Apply them instead of the webhook configuration (the chart's
     /// `mode: policy` does), and keep the controller running.
     Policy(PolicyArgs),
+    /// Check a cluster before installing (`--pre`) or an installation after it.
+    ///
+    /// With `--pre`: the API server's version, the admission APIs (and whether policy
+    /// mode and image volumes can be used), cert-manager when `--cert-manager` is given,
+    /// and your permissions to install the chart. Without it: the installation's
+    /// replicas, its webhook registration and Service endpoints (or its admission
+    /// policies), its serving certificate against the caBundle, the controller's Lease,
+    /// and a server-side dry run of a labelled Deployment, which must come back injected.
+    /// Reads the cluster with your kubeconfig, like kubectl; stores nothing.
+    ///
+    /// Exit codes: 0 every check passed (warnings allowed), 1 a check failed, 3 the
+    /// cluster could not be read.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Check the cluster before installing, instead of an installation.
+    #[arg(long)]
+    pub pre: bool,
+    /// The installation's namespace (with --pre: the namespace it will be installed
+    /// into; default: django-migrate-system with --pre, else found in every namespace).
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// With --pre: the chart's `mode` to check for.
+    #[arg(long, value_enum, default_value = "webhook", requires = "pre")]
+    pub mode: crate::check::InstallMode,
+    /// With --pre: the chart will use `tls.mode: certManager`.
+    #[arg(long, requires = "pre")]
+    pub cert_manager: bool,
+    /// With --pre: the chart will set `controller.contractJobs` (it grants Jobs).
+    #[arg(long, requires = "pre")]
+    pub contract_jobs: bool,
+    /// Namespace of the dry run of a labelled Deployment: one whose Deployments the
+    /// webhook should inject.
+    #[arg(
+        long,
+        default_value = "default",
+        value_name = "NAMESPACE",
+        conflicts_with = "pre"
+    )]
+    pub probe_namespace: String,
+    /// The kubeconfig context to use (default: the current one).
+    #[arg(long, value_name = "CONTEXT")]
+    pub context: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub output: CheckOutput,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckOutput {
+    /// One line per check, with what to do under a failed one.
+    Table,
+    /// `{"lines": [{"section", "outcome", "message", "hint"}]}`.
+    Json,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod certs;
+pub mod check;
 pub mod cli;
 pub mod contract;
 pub mod contract_job;

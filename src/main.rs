@@ -4,10 +4,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use django_migrate_webhook::cli::{
-    CertsArgs, Cli, Command, InjectArgs, InstallCodeArgs, PolicyArgs, ServeArgs, StatusArgs,
-    StatusOutput,
+    CertsArgs, CheckArgs, CheckOutput, Cli, Command, InjectArgs, InstallCodeArgs, PolicyArgs,
+    ServeArgs, StatusArgs, StatusOutput,
 };
-use django_migrate_webhook::{certs, injected, policy, preview, process, status, telemetry};
+use django_migrate_webhook::{certs, check, injected, policy, preview, process, status, telemetry};
 
 /// The webhook's answer is built from many small JSON values; mimalloc serves those
 /// allocations faster than glibc's malloc (see the README's "Performance"). It is built
@@ -19,6 +19,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Status(args) => return show_status(args),
+        Command::Check(args) => return run_check(args),
         Command::Serve(args) => serve(*args),
         Command::Inject(args) => inject(args),
         Command::Certs(args) => make_certs(&args),
@@ -176,6 +177,70 @@ fn show_status(args: StatusArgs) -> ExitCode {
         }
     }
     if statuses.iter().any(status::DeploymentStatus::has_problem) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `check`: 0 every check passed, 1 a check failed, 3 the cluster could not be read.
+fn run_check(args: CheckArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let result = runtime.block_on(async {
+        let options = kube::config::KubeConfigOptions {
+            context: args.context,
+            ..Default::default()
+        };
+        let config = kube::Config::from_kubeconfig(&options)
+            .await
+            .context("cannot read the kubeconfig")?;
+        let client = kube::Client::try_from(config).context("cannot build a Kubernetes client")?;
+        let report = if args.pre {
+            let options = check::PreOptions {
+                namespace: args
+                    .namespace
+                    .unwrap_or_else(|| "django-migrate-system".to_owned()),
+                mode: args.mode,
+                cert_manager: args.cert_manager,
+                contract_jobs: args.contract_jobs,
+            };
+            check::pre(&client, &options).await?
+        } else {
+            let options = check::InstalledOptions {
+                namespace: args.namespace,
+                probe_namespace: args.probe_namespace,
+            };
+            check::installed(&client, &options).await?
+        };
+        Ok::<_, anyhow::Error>(report)
+    });
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(3);
+        }
+    };
+    match args.output {
+        CheckOutput::Table => print!("{}", report.text()),
+        CheckOutput::Json => match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(3);
+            }
+        },
+    }
+    if report.failed() {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

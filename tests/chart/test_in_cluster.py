@@ -25,6 +25,8 @@ import tomllib
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = str(ROOT / "charts" / "django-migrate-webhook")
 VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
+# The binary `cargo test` built, wherever cargo puts its target directory.
+BIN = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "debug" / "django-migrate-webhook"
 WEBHOOK_IMAGE = "localhost/e2e/django-migrate-webhook"
 DJANGO_IMAGE = "localhost/e2e/django:test"
 RELEASE = "e2e"
@@ -393,4 +395,64 @@ def test_gitops_tools_see_injected_deployments_in_sync(installed):
                 )
         print("GitOps: kubectl diff empty and server-side re-applies stored nothing, before and after an image update")
     finally:
+        kubectl("delete", "namespace", apps, "--wait=false", check=False)
+
+
+def check(*args):
+    if not BIN.exists():
+        pytest.fail(f"{BIN} is missing: build it with cargo build (scripts/test.sh does)")
+    result = subprocess.run([str(BIN), "check", *args, "-o", "json"], capture_output=True, text=True, timeout=120)
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    return result.returncode, {(line["section"], line["outcome"], line["message"]): line.get("hint") for line in json.loads(result.stdout)["lines"]}
+
+
+def lines_with(report, outcome, *words):
+    return [key for key in report if key[1] == outcome and all(w in key[2] for w in words)]
+
+
+def test_check_passes_on_the_installed_chart_and_names_an_unselected_namespace(installed):
+    namespace, _ = installed
+    apps = apps_namespace("dmw-e2e-check")
+    try:
+        code, report = check("-n", namespace, "--probe-namespace", apps)
+        assert code == 0, report
+        expected = [
+            ("found", f"{namespace}/{FULLNAME}", "webhook mode"),
+            ("2 of 2 replicas are available",),
+            (f"MutatingWebhookConfiguration {FULLNAME} calls Service {namespace}/{FULLNAME}",),
+            ("has 2 ready endpoint(s)",),
+            ("is trusted by the caBundle", f"{FULLNAME}.{namespace}.svc"),
+            ("holds Lease django-migrate-webhook-controller",),
+            (f"in namespace {apps} comes back injected",),
+        ]
+        for words in expected:
+            assert lines_with(report, "ok", *words), (words, report)
+        # Its webhook selects only the namespaces labelled for this module: default is not.
+        code, report = check("-n", namespace, "--probe-namespace", "default")
+        assert code == 1, report
+        [failed] = [k for k in report if k[1] == "fail"]
+        assert "in namespace default comes back without the injection" in failed[2], failed
+        assert "namespaceSelector" in report[failed], report[failed]
+    finally:
+        kubectl("delete", "namespace", apps, "--wait=false", check=False)
+
+
+def test_check_fails_with_what_to_do_when_no_replica_serves(installed):
+    """Last in this module: it scales the webhook to zero."""
+    namespace, _ = installed
+    apps = apps_namespace("dmw-e2e-check-down")
+    try:
+        kubectl("scale", "deployment", FULLNAME, "-n", namespace, "--replicas=0")
+        wait_until("no webhook pod", lambda: not webhook_pods(namespace), timeout=90)
+        code, report = check("-n", namespace, "--probe-namespace", apps)
+        assert code == 1, report
+        failed = {k[2]: report[k] for k in report if k[1] == "fail"}
+        assert any("scaled to 0 replicas" in m for m in failed), failed
+        assert any("has no ready endpoint" in m for m in failed), failed
+        assert any("no replica holds Lease" in m for m in failed), failed
+        refused = [m for m in failed if "was refused" in m]
+        assert refused and "failed calling webhook" in refused[0], failed
+        assert all(hint for hint in failed.values()), failed
+    finally:
+        kubectl("scale", "deployment", FULLNAME, "-n", namespace, "--replicas=2", check=False)
         kubectl("delete", "namespace", apps, "--wait=false", check=False)
