@@ -20,7 +20,7 @@ def check(*args, kubeconfig=None):
     if not BIN.exists():
         pytest.fail(f"{BIN} is missing: build it with cargo build (scripts/test.sh does)")
     if not os.environ.get("KUBECONFIG"):
-        pytest.fail("KUBECONFIG is not set: start the test cluster with scripts/kube/start-cluster.sh (scripts/test.sh does)")
+        pytest.fail("KUBECONFIG is not set: start a cluster with scripts/kube/start-cluster.sh (test.sh does)")
     env = {**os.environ, "KUBECONFIG": kubeconfig or os.environ["KUBECONFIG"]}
     return subprocess.run([str(BIN), "check", *args], capture_output=True, text=True, env=env, timeout=120)
 
@@ -69,7 +69,8 @@ def test_pre_for_policy_mode_follows_the_api_servers_version():
 def test_pre_fails_without_cert_manager_when_asked_for_it():
     result = check("--pre", "--cert-manager")
     assert result.returncode == 1, result.stdout
-    assert "[FAIL] cert-manager.io/v1 Certificate and Issuer are not served: cert-manager is not installed" in result.stdout
+    failed = "[FAIL] cert-manager.io/v1 Certificate and Issuer are not served: cert-manager is not installed"
+    assert failed in result.stdout, result.stdout
     assert "-> install cert-manager first, or install with tls.mode: generate" in result.stdout
 
 
@@ -84,14 +85,16 @@ def test_pre_names_the_permissions_a_caller_lacks(tmp_path):
         cluster = config["clusters"][0]
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(
-            json.dumps({
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [cluster],
-                "users": [{"name": "nobody", "user": {"token": token}}],
-                "contexts": [{"name": "nobody", "context": {"cluster": cluster["name"], "user": "nobody"}}],
-                "current-context": "nobody",
-            })
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [cluster],
+                    "users": [{"name": "nobody", "user": {"token": token}}],
+                    "contexts": [{"name": "nobody", "context": {"cluster": cluster["name"], "user": "nobody"}}],
+                    "current-context": "nobody",
+                }
+            )
         )
         result = check("--pre", "-n", namespace, "-o", "json", kubeconfig=str(kubeconfig))
         assert result.returncode == 1, result.stdout + result.stderr
@@ -108,14 +111,16 @@ def test_pre_names_the_permissions_a_caller_lacks(tmp_path):
 def test_an_unreachable_cluster_exits_3_with_the_reason(tmp_path):
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
-        json.dumps({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "gone", "cluster": {"server": "https://127.0.0.1:1"}}],
-            "users": [{"name": "u", "user": {"token": "t"}}],
-            "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "u"}}],
-            "current-context": "gone",
-        })
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "gone", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "u"}}],
+                "current-context": "gone",
+            }
+        )
     )
     result = check("--pre", kubeconfig=str(kubeconfig))
     assert result.returncode == 3, result.stdout + result.stderr

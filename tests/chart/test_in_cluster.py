@@ -403,7 +403,8 @@ def check(*args):
         pytest.fail(f"{BIN} is missing: build it with cargo build (scripts/test.sh does)")
     result = subprocess.run([str(BIN), "check", *args, "-o", "json"], capture_output=True, text=True, timeout=120)
     assert result.returncode in (0, 1), result.stdout + result.stderr
-    return result.returncode, {(line["section"], line["outcome"], line["message"]): line.get("hint") for line in json.loads(result.stdout)["lines"]}
+    lines = json.loads(result.stdout)["lines"]
+    return result.returncode, {(line["section"], line["outcome"], line["message"]): line.get("hint") for line in lines}
 
 
 def lines_with(report, outcome, *words):
