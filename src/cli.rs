@@ -1,11 +1,12 @@
 //! Command-line interface: one subcommand per part of the binary.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::TypedValueParser;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::controller::ControllerOptions;
 use crate::injected::CodeImage;
@@ -24,8 +25,11 @@ fn seconds(min: u64, max: u64) -> impl TypedValueParser<Value = Duration> {
 /// Safe Django migrations for Kubernetes Deployments.
 ///
 /// A mutating admission webhook: a Deployment labelled `django-migrate.io/inject: "true"`
-/// gets one Django init container that waits for the database and migrates under a
-/// database lock (so that many pods can start at once), and a readiness gate.
+/// gets two init containers, `django-migrate-code` (copies the migration program into
+/// the pod) and `django-migrate` (one Django process that waits for the database and
+/// migrates under a database lock, so that many pods can start at once), and the readiness
+/// gate `django-migrate.io/migrated`, which the controller sets once the pod's step
+/// succeeded.
 #[derive(Debug, Parser)]
 #[command(name = "django-migrate-webhook", version, propagate_version = true)]
 pub struct Cli {
@@ -338,4 +342,33 @@ pub struct CertsArgs {
     /// IP address of the serving certificate (repeatable), e.g. 127.0.0.1.
     #[arg(long = "ip", value_name = "IP")]
     pub ip: Vec<IpAddr>,
+}
+
+/// The command-line reference of the book (`docs/src/reference/cli.md`): every command's
+/// `--help`, generated so that the page cannot fall behind the binary (a test compares).
+pub fn markdown_reference() -> String {
+    fn walk(command: &mut clap::Command, path: &str, out: &mut String) {
+        let name = if path.is_empty() {
+            command.get_name().to_owned()
+        } else {
+            format!("{path} {}", command.get_name())
+        };
+        let help = command.render_long_help().to_string();
+        let _ = write!(out, "\n## `{name}`\n\n```text\n{}\n```\n", help.trim_end());
+        let mut subcommands: Vec<clap::Command> = command
+            .get_subcommands()
+            .filter(|c| c.get_name() != "help")
+            .cloned()
+            .collect();
+        for sub in &mut subcommands {
+            walk(sub, &name, out);
+        }
+    }
+    let mut command = Cli::command();
+    command.build();
+    let mut out = String::from(
+        "# Command line\n\nEvery command's `--help`, generated from the binary (`cargo test` fails when this\npage differs from it; `UPDATE_GOLDEN=1 cargo test --test engine` rewrites it). What the\ncommands do in use is in [Commands in use](commands.md).\n",
+    );
+    walk(&mut command, "", &mut out);
+    out
 }

@@ -8,5 +8,6 @@
 mod support;
 
 mod fuzz_corpus;
+mod docs;
 mod golden;
 mod properties;
