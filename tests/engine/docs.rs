@@ -117,8 +117,14 @@ fn every_result_phase_and_exit_code_is_in_the_reference() {
             "exit code {code} has no row in reference/exit-codes.md"
         );
     }
-    let rows = step.lines().filter(|l| l.starts_with("| ") && l.as_bytes()[2].is_ascii_digit());
-    assert_eq!(rows.count(), codes.len(), "a documented exit code the step does not have");
+    let rows = step
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.as_bytes()[2].is_ascii_digit());
+    assert_eq!(
+        rows.count(),
+        codes.len(),
+        "a documented exit code the step does not have"
+    );
 }
 
 #[test]
@@ -165,7 +171,11 @@ fn injected_init_containers() -> Vec<String> {
     .unwrap()
     .output;
     let value: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let deployment = if value["kind"] == "List" { &value["items"][0] } else { &value };
+    let deployment = if value["kind"] == "List" {
+        &value["items"][0]
+    } else {
+        &value
+    };
     let containers = deployment["spec"]["template"]["spec"]["initContainers"]
         .as_array()
         .unwrap();
@@ -182,14 +192,22 @@ fn the_chart_notes_name_what_is_injected() {
         &injected[injected.len() - 2..],
         [CODE_CONTAINER, MIGRATE_CONTAINER]
     );
-    let notes = std::fs::read_to_string(root().join("charts/django-migrate-webhook/templates/NOTES.txt"))
-        .unwrap();
+    let notes =
+        std::fs::read_to_string(root().join("charts/django-migrate-webhook/templates/NOTES.txt"))
+            .unwrap();
     let expected = notes
         .lines()
         .find_map(|l| l.trim().strip_prefix("# -> "))
         .expect("NOTES.txt shows what kubectl prints");
-    let named: Vec<&str> = expected.split_whitespace().filter(|w| *w != "...").collect();
-    assert_eq!(named, [CODE_CONTAINER, MIGRATE_CONTAINER], "NOTES.txt: {expected}");
+    let named: Vec<&str> = expected
+        .split_whitespace()
+        .filter(|w| *w != "...")
+        .collect();
+    assert_eq!(
+        named,
+        [CODE_CONTAINER, MIGRATE_CONTAINER],
+        "NOTES.txt: {expected}"
+    );
     for legacy in [names::LEGACY_WAIT_FOR_DB_CONTAINER] {
         assert!(!notes.contains(legacy), "NOTES.txt names {legacy}");
     }
@@ -202,10 +220,17 @@ fn the_help_names_what_is_injected() {
         .render_long_help()
         .to_string();
     for name in [CODE_CONTAINER, MIGRATE_CONTAINER, MIGRATED_CONDITION] {
-        assert!(help.contains(&format!("`{name}`")), "--help does not name {name}:\n{help}");
+        assert!(
+            help.contains(&format!("`{name}`")),
+            "--help does not name {name}:\n{help}"
+        );
     }
     assert!(!help.contains("one Django init container"), "{help}");
-    assert_eq!(injected_init_containers().len(), 2, "the example has no init container of its own");
+    assert_eq!(
+        injected_init_containers().len(),
+        2,
+        "the example has no init container of its own"
+    );
 }
 
 #[test]
@@ -228,7 +253,90 @@ fn collect(base: &Path, dir: &Path, out: &mut Vec<String>) {
         if path.is_dir() {
             collect(base, &path, out);
         } else if path.extension().is_some_and(|e| e == "md") {
-            out.push(path.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+            out.push(
+                path.strip_prefix(base)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
     }
+}
+
+/// mdBook's id of a heading: its text without markup, lowercase, spaces as dashes, only
+/// letters, digits, `_` and `-` kept.
+fn heading_id(heading: &str) -> String {
+    heading
+        .trim()
+        .replace('`', "")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join("-")
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '_' || *c == '-')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut fenced = false;
+    let mut ids = BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            ids.insert(heading_id(line.trim_start_matches('#')));
+        }
+    }
+    ids
+}
+
+/// The link checker (`scripts/docs.sh`) checks pages, not their anchors: every `#anchor`
+/// of a link between pages names a heading of the page it points at.
+#[test]
+fn every_anchor_of_a_link_names_a_heading() {
+    let src = root().join("docs/src");
+    let mut pages = Vec::new();
+    collect(&src, &src, &mut pages);
+    let mut broken = Vec::new();
+    for p in &pages {
+        let text = page(p);
+        let dir = Path::new(p).parent().unwrap_or(Path::new(""));
+        for (i, _) in text.match_indices("](") {
+            let target = &text[i + 2..];
+            let Some(end) = target.find(')') else {
+                continue;
+            };
+            let target = &target[..end];
+            let Some((file, anchor)) = target.split_once('#') else {
+                continue;
+            };
+            if file.contains("://") {
+                continue;
+            }
+            let linked = if file.is_empty() {
+                p.clone()
+            } else {
+                normalize(&dir.join(file))
+            };
+            if !anchors(&page(&linked)).contains(anchor) {
+                broken.push(format!("{p}: {target}"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "links to no heading: {broken:#?}");
+}
+
+fn normalize(path: &Path) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                parts.pop();
+            }
+            std::path::Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
+            _ => {}
+        }
+    }
+    parts.join("/")
 }

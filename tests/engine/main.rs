@@ -7,7 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-mod fuzz_corpus;
 mod docs;
+mod fuzz_corpus;
 mod golden;
 mod properties;
