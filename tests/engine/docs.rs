@@ -208,9 +208,8 @@ fn the_chart_notes_name_what_is_injected() {
         [CODE_CONTAINER, MIGRATE_CONTAINER],
         "NOTES.txt: {expected}"
     );
-    for legacy in [names::LEGACY_WAIT_FOR_DB_CONTAINER] {
-        assert!(!notes.contains(legacy), "NOTES.txt names {legacy}");
-    }
+    let legacy = names::LEGACY_WAIT_FOR_DB_CONTAINER;
+    assert!(!notes.contains(legacy), "NOTES.txt names {legacy}");
 }
 
 #[test]
