@@ -69,7 +69,7 @@ _EXAMPLE = []
 
 
 def example(namespace, name, image=None):
-    """The README's example Deployment, opted in, without its replicas (no pods needed)."""
+    """The example Deployment (examples/django-deployment.yaml), opted in, without its replicas (no pods needed)."""
     if not _EXAMPLE:
         out = subprocess.run(
             ["kubectl", "create", "--dry-run=client", "-o", "json", "-f", EXAMPLE], check=True, capture_output=True

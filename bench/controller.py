@@ -95,7 +95,7 @@ class Api:
 
 
 def injected_pod_template():
-    """The pod template `inject` makes of the README's example Deployment."""
+    """The pod template `inject` makes of the example Deployment (examples/django-deployment.yaml)."""
     out = subprocess.run(
         [BINARY, "inject", "-o", "json", "-f", os.path.join(ROOT, "examples", "django-deployment.yaml")],
         check=True,

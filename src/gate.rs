@@ -33,7 +33,7 @@ use crate::text;
 use crate::watched::{DeploymentKey, WatchedPod};
 
 /// Reconciles (so status patches) in flight at once: as many as a client with 8
-/// connections, for a predictable load on the API server (README, "Scale").
+/// connections, for a predictable load on the API server (the book's "Performance and scale").
 const RECONCILE_CONCURRENCY: u16 = 8;
 
 /// Longest Event note; the API server refuses notes over 1 KiB.

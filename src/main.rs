@@ -10,7 +10,7 @@ use django_migrate_webhook::cli::{
 use django_migrate_webhook::{certs, check, injected, policy, preview, process, status, telemetry};
 
 /// The webhook's answer is built from many small JSON values; mimalloc serves those
-/// allocations faster than glibc's malloc (see the README's "Performance"). It is built
+/// allocations faster than glibc's malloc (see the book's "Performance and scale"). It is built
 /// with `no_thp`: transparent huge pages would add ~8 MiB of RSS under load.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

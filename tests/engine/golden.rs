@@ -135,8 +135,7 @@ fn inject_preview_agrees_with_the_webhook() {
     assert!(compared >= 20, "only {compared} fixtures compared");
 }
 
-/// The injection adds a few KB that point at an image, not the program: on the README's
-/// example, at most [`FOOTPRINT_BUDGET`] bytes beyond one copy of the app container's
+/// The injection adds a few KB that point at an image, not the program: on the example, at most [`FOOTPRINT_BUDGET`] bytes beyond one copy of the app container's
 /// env, envFrom, volumeMounts, resources and securityContext.
 #[test]
 fn the_example_stays_within_the_footprint_budget() {
@@ -159,7 +158,7 @@ fn the_example_stays_within_the_footprint_budget() {
     );
 }
 
-/// The example in the README: `inject` output contains what the README promises, and
+/// The example Deployment: `inject` output contains what the book's introduction promises, and
 /// `inject` on its own output changes nothing.
 #[test]
 fn example_injects_and_reinjects_to_the_same_text() {
