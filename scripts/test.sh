@@ -53,12 +53,14 @@ fi
 
 # Kubernetes is the longest part of a first run (scripts/kube/build-current.sh, cached per
 # version): it builds in the background, at a lower priority, while the images are built
-# and the tiers that need no cluster run; the cluster tiers wait for it.
+# and the tiers that need no cluster run, followed by the Helm CLI the tutorial's commands
+# run (scripts/kube/build-helm.sh); the cluster tiers wait for both.
 read -r -a kube_versions <<<"${KUBE_VERSIONS:-$KUBE_VERSIONS_DEFAULT}"
 mkdir -p "$cache/logs"
 kube_log=$cache/logs/build-current.log
 say "building (or reusing) Kubernetes ${kube_versions[*]} in the background: $kube_log"
-setsid bash scripts/kube/build-current.sh "${kube_versions[@]}" >"$kube_log" 2>&1 </dev/null &
+setsid bash -c 'bash scripts/kube/build-current.sh "$@" && bash scripts/kube/build-helm.sh' \
+    build "${kube_versions[@]}" >"$kube_log" 2>&1 </dev/null &
 kube_pid=$!
 kube_t0=$(date +%s)
 
@@ -155,7 +157,7 @@ timed "waiting for Kubernetes ${kube_versions[*]} (started $(($(date +%s) - kube
     say "building Kubernetes failed: $kube_log"
     exit 1
 }
-grep -E 'done in|etcd v' "$kube_log" >&2 || true
+grep -E 'done in|etcd v|helm v' "$kube_log" >&2 || true
 
 # start_cluster VERSION: a fresh control plane of that version with a real node; its env
 # is sourced.
