@@ -48,6 +48,17 @@ pub enum Command {
     /// document as it was. Warnings go to stderr; a denial exits 1 with the message the
     /// webhook would return.
     Inject(InjectArgs),
+    /// Take the injection out of manifests: the inverse of `inject`.
+    ///
+    /// Reads YAML or JSON (several documents, `kind: List`, `kubectl get -o yaml` output)
+    /// and writes every apps/v1 Deployment that is opted in or carries the injection back
+    /// with its own pod template (the init containers, volume, readiness gate and label
+    /// the webhook or the admission policies added removed, the shapes of earlier releases
+    /// included), the controller's `django-migrate.io/contracted-releases` record removed,
+    /// and the label `django-migrate.io/inject` set to "false", so that a later install
+    /// does not inject it again unasked. Every other document is written back as it was
+    /// read. For GitOps users this is the change to commit before uninstalling.
+    Uninject(UninjectArgs),
     /// Write a development CA and serving certificate (ca.crt, tls.crt, tls.key).
     Certs(CertsArgs),
     /// Write the embedded migration program into DIR (what the injected
@@ -328,6 +339,21 @@ pub struct InjectArgs {
     pub contract_job: bool,
     #[command(flatten)]
     pub code_image: CodeImageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UninjectArgs {
+    /// Manifest file to read, or `-` for stdin.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        default_value = "-",
+        value_name = "FILE"
+    )]
+    pub file: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use django_migrate_webhook::cli::{
     CertsArgs, CheckArgs, CheckOutput, Cli, Command, InjectArgs, InstallCodeArgs, PolicyArgs,
-    ServeArgs, StatusArgs, StatusOutput,
+    ServeArgs, StatusArgs, StatusOutput, UninjectArgs,
 };
 use django_migrate_webhook::{certs, check, injected, policy, preview, process, status, telemetry};
 
@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Check(args) => return run_check(args),
         Command::Serve(args) => serve(*args),
         Command::Inject(args) => inject(args),
+        Command::Uninject(args) => uninject(&args),
         Command::Certs(args) => make_certs(&args),
         Command::InstallCode(args) => install_code(&args),
         Command::Policy(args) => print_policy(args),
@@ -78,15 +79,7 @@ fn print_policy(args: PolicyArgs) -> anyhow::Result<()> {
 }
 
 fn inject(args: InjectArgs) -> anyhow::Result<()> {
-    let input = if args.file == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("cannot read stdin")?;
-        s
-    } else {
-        std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file))?
-    };
+    let input = read_input(&args.file)?;
     let image = args.code_image.into();
     let result = if args.contract_job {
         preview::contract_jobs(&input, args.output, &image)?
@@ -96,6 +89,28 @@ fn inject(args: InjectArgs) -> anyhow::Result<()> {
     for w in &result.warnings {
         eprintln!("Warning: {w}");
     }
+    print!("{}", result.output);
+    Ok(())
+}
+
+fn read_input(file: &str) -> anyhow::Result<String> {
+    if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read stdin")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))
+    }
+}
+
+fn uninject(args: &UninjectArgs) -> anyhow::Result<()> {
+    let result = preview::uninject(&read_input(&args.file)?, args.output)?;
+    eprintln!(
+        "uninjected {} Deployment(s); the label django-migrate.io/inject is \"false\" on each",
+        result.mutated
+    );
     print!("{}", result.output);
     Ok(())
 }

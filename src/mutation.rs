@@ -256,6 +256,58 @@ fn opt_out(d: &Deployment, old: Option<&Deployment>) -> Mutation {
     Mutation { patch, warnings }
 }
 
+/// `uninject`: the patch that gives a Deployment back its own pod template (everything
+/// the webhook or the admission policies injected removed, the shapes of earlier releases
+/// included), drops the controller's record of contracted releases, and sets the opt-in
+/// label to `"false"`, so that a later install does not inject it again unasked. `None`
+/// when the Deployment carries nothing of ours and is not opted in.
+pub fn uninject(d: &Deployment) -> Option<json_patch::Patch> {
+    let before = Owned::of(d);
+    let mut after = Owned::of(d);
+    after.strip();
+    let view = |o: &Owned| {
+        (
+            o.init_containers.clone(),
+            o.readiness_gates.clone(),
+            o.volumes.clone(),
+            o.labels.clone(),
+        )
+    };
+    let carries = view(&before) != view(&after);
+    let labels = d.labels().cloned().unwrap_or_default();
+    let opted_in = d.is_opted_in();
+    let recorded = recorded(d).is_some();
+    if !carries && !opted_in && !recorded {
+        return None;
+    }
+    let mut patch = diff(before, after);
+    if opted_in || carries {
+        let mut set = labels.clone();
+        set.insert(settings::INJECT_LABEL.to_owned(), "false".to_owned());
+        let before = match d.labels() {
+            Some(_) => json!({"metadata": {"labels": labels}}),
+            None => json!({"metadata": {}}),
+        };
+        patch
+            .0
+            .extend(json_patch::diff(&before, &json!({"metadata": {"labels": set}})).0);
+    }
+    if recorded {
+        let annotations = d.annotations().cloned().unwrap_or_default();
+        let mut kept = annotations.clone();
+        kept.remove(CONTRACTED_RELEASES);
+        let after = if kept.is_empty() {
+            json!({"metadata": {}})
+        } else {
+            json!({"metadata": {"annotations": kept}})
+        };
+        patch
+            .0
+            .extend(json_patch::diff(&json!({"metadata": {"annotations": annotations}}), &after).0);
+    }
+    Some(patch)
+}
+
 /// The controller's record of releases older than an applied contract run.
 fn recorded(d: &Deployment) -> Option<&String> {
     d.annotations()?.get(CONTRACTED_RELEASES)

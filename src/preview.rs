@@ -84,6 +84,12 @@ pub fn inject(
         }
     }
 
+    preview.output = render(&docs, format)?;
+    Ok(preview)
+}
+
+/// The documents as text: unchanged YAML documents exactly as read.
+fn render(docs: &[Doc], format: OutputFormat) -> Result<String, PreviewError> {
     let mut out = String::new();
     match format {
         OutputFormat::Json => {
@@ -95,7 +101,7 @@ pub fn inject(
             }
         }
         OutputFormat::Yaml => {
-            for doc in &docs {
+            for doc in docs {
                 if let (Some(text), false) = (&doc.text, doc.changed) {
                     out.push_str(text);
                     if !text.is_empty() && !text.ends_with('\n') {
@@ -115,8 +121,7 @@ pub fn inject(
             }
         }
     }
-    preview.output = out;
-    Ok(preview)
+    Ok(out)
 }
 
 /// The documents of a YAML or JSON stream.
@@ -260,6 +265,79 @@ fn inject_one(
         doc,
         message: e.to_string(),
     })?;
+    preview.mutated += 1;
+    Ok(true)
+}
+
+/// `uninject`: every apps/v1 Deployment that is opted in or carries the injection, given
+/// back its own pod template with the opt-in label set to `"false"` (the change a GitOps
+/// user commits before uninstalling); every other document is written back as it was
+/// read. Manifests from Git and `kubectl get -o yaml` output both work.
+pub fn uninject(input: &str, format: OutputFormat) -> Result<Preview, PreviewError> {
+    let mut docs = parse(input)?;
+    let mut preview = Preview::default();
+    for (i, doc) in docs.iter_mut().enumerate() {
+        let n = i + 1;
+        if is_list(&doc.value) {
+            if let Some(Value::Array(items)) = doc.value.get_mut("items") {
+                for item in items {
+                    doc.changed |= uninject_one(n, item, &mut preview)?;
+                }
+            }
+        } else {
+            doc.changed = uninject_one(n, &mut doc.value, &mut preview)?;
+        }
+    }
+    preview.output = render(&docs, format)?;
+    Ok(preview)
+}
+
+fn uninject_one(
+    doc: usize,
+    value: &mut Value,
+    preview: &mut Preview,
+) -> Result<bool, PreviewError> {
+    let is_deployment = value.get("apiVersion").and_then(Value::as_str) == Some("apps/v1")
+        && value.get("kind").and_then(Value::as_str) == Some("Deployment");
+    if !is_deployment {
+        return Ok(false);
+    }
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map_or_else(|| "Deployment".to_owned(), |n| format!("Deployment {n}"));
+    let deployment: Deployment =
+        serde_path_to_error::deserialize(&*value).map_err(|e| PreviewError::Deployment {
+            doc,
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
+    let Some(patch) = mutation::uninject(&deployment) else {
+        return Ok(false);
+    };
+    json_patch::patch(value, &patch).map_err(|e| PreviewError::Patch {
+        doc,
+        message: e.to_string(),
+    })?;
+    // A template whose only label was the injection's had no labels (or metadata) of its
+    // own: leave none, rather than empty maps.
+    if let Some(template) = value
+        .pointer_mut("/spec/template")
+        .and_then(Value::as_object_mut)
+    {
+        let empty = |v: Option<&Value>| {
+            v.and_then(Value::as_object)
+                .is_some_and(serde_json::Map::is_empty)
+        };
+        if let Some(meta) = template.get_mut("metadata").and_then(Value::as_object_mut)
+            && empty(meta.get("labels"))
+        {
+            meta.remove("labels");
+        }
+        if empty(template.get("metadata")) {
+            template.remove("metadata");
+        }
+    }
     preview.mutated += 1;
     Ok(true)
 }

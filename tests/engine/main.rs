@@ -11,3 +11,4 @@ mod docs;
 mod fuzz_corpus;
 mod golden;
 mod properties;
+mod uninject;

@@ -263,3 +263,27 @@ fn real_world_yaml_round_trips_through_inject() {
         assert_eq!(second.output, first.output, "{}", path.display());
     }
 }
+
+#[test]
+fn real_world_deployments_uninject_to_their_own_template() {
+    // `uninject` of what `inject` made is the team's own Deployment again, with the opt-in
+    // label set to "false" (the change a GitOps user commits before uninstalling).
+    let mut checked = 0;
+    for entry in std::fs::read_dir(real_world_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let injected = preview::inject(&text, OutputFormat::Yaml, &Default::default()).unwrap();
+        let back = preview::uninject(&injected.output, OutputFormat::Json).unwrap();
+        assert_eq!(back.mutated, 1, "{name}");
+        let back: Value = serde_json::from_str(&back.output).unwrap();
+        let mut expected = load(&name);
+        expected["metadata"]["labels"][names::INJECT_LABEL] = "false".into();
+        assert_eq!(back, expected, "{name}");
+        checked += 1;
+    }
+    assert_eq!(checked, 9);
+}
