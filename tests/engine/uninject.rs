@@ -16,10 +16,9 @@ fn expected_back(original: &Value) -> Value {
     if let Some(labels) = v
         .pointer_mut("/metadata/labels")
         .and_then(Value::as_object_mut)
+        && labels.contains_key(INJECT_LABEL)
     {
-        if labels.contains_key(INJECT_LABEL) {
-            labels.insert(INJECT_LABEL.into(), "false".into());
-        }
+        labels.insert(INJECT_LABEL.into(), "false".into());
     }
     v
 }
