@@ -59,6 +59,15 @@ pub enum Command {
     /// does not inject it again unasked. Every other document is written back as it was
     /// read. For GitOps users this is the change to commit before uninstalling.
     Uninject(UninjectArgs),
+    /// Remove the injection from every Deployment of the cluster and wait until each has
+    /// rolled out: what the chart's pre-delete hook runs before `helm uninstall` removes
+    /// the controller, so that no pod is left waiting for a readiness gate nobody sets.
+    ///
+    /// Each Deployment that is opted in or carries the injection gets its own pod template
+    /// back (as `uninject` writes it, with the label `django-migrate.io/inject: "false"`).
+    /// Exits 1, naming them, when a Deployment cannot be updated or has not rolled out
+    /// within the timeout. Uses the in-cluster config or KUBECONFIG.
+    RemoveInjection(RemoveInjectionArgs),
     /// Write a development CA and serving certificate (ca.crt, tls.crt, tls.key).
     Certs(CertsArgs),
     /// Write the embedded migration program into DIR (what the injected
@@ -339,6 +348,13 @@ pub struct InjectArgs {
     pub contract_job: bool,
     #[command(flatten)]
     pub code_image: CodeImageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveInjectionArgs {
+    /// Seconds to wait for the Deployments to roll out without the injection.
+    #[arg(long, default_value = "600", value_parser = seconds(1, 86400), value_name = "SECONDS")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -20,6 +20,7 @@ pub mod pod_states;
 pub mod policy;
 pub mod preview;
 pub mod process;
+pub mod removal;
 pub mod server;
 pub mod settings;
 pub mod status;

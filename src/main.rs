@@ -5,9 +5,11 @@ use anyhow::Context;
 use clap::Parser;
 use django_migrate_webhook::cli::{
     CertsArgs, CheckArgs, CheckOutput, Cli, Command, InjectArgs, InstallCodeArgs, PolicyArgs,
-    ServeArgs, StatusArgs, StatusOutput, UninjectArgs,
+    RemoveInjectionArgs, ServeArgs, StatusArgs, StatusOutput, UninjectArgs,
 };
-use django_migrate_webhook::{certs, check, injected, policy, preview, process, status, telemetry};
+use django_migrate_webhook::{
+    certs, check, injected, policy, preview, process, removal, status, telemetry,
+};
 
 /// The webhook's answer is built from many small JSON values; mimalloc serves those
 /// allocations faster than glibc's malloc (see the book's "Performance and scale"). It is built
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Inject(args) => inject(args),
         Command::Uninject(args) => uninject(&args),
+        Command::RemoveInjection(args) => remove_injection(&args),
         Command::Certs(args) => make_certs(&args),
         Command::InstallCode(args) => install_code(&args),
         Command::Policy(args) => print_policy(args),
@@ -113,6 +116,20 @@ fn uninject(args: &UninjectArgs) -> anyhow::Result<()> {
     );
     print!("{}", result.output);
     Ok(())
+}
+
+fn remove_injection(args: &RemoveInjectionArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(async {
+            let client = kube::Client::try_default()
+                .await
+                .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
+            removal::remove_all(&client, args.timeout).await?;
+            Ok(())
+        })
 }
 
 fn make_certs(args: &CertsArgs) -> anyhow::Result<()> {

@@ -292,6 +292,12 @@ pub fn uninject(input: &str, format: OutputFormat) -> Result<Preview, PreviewErr
     Ok(preview)
 }
 
+/// One object, uninjected in place when it is an apps/v1 Deployment that is opted in or
+/// carries the injection (what the chart's uninstall hook applies to the cluster's).
+pub fn uninject_object(value: &mut Value) -> Result<bool, PreviewError> {
+    uninject_one(1, value, &mut Preview::default())
+}
+
 fn uninject_one(
     doc: usize,
     value: &mut Value,

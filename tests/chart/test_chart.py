@@ -51,8 +51,13 @@ def render(values=None):
     return docs
 
 
+def is_hook(doc):
+    return "helm.sh/hook" in (doc["metadata"].get("annotations") or {})
+
+
 def one(docs, kind):
-    found = [d for d in docs if d["kind"] == kind]
+    """The one object of `kind` the release installs (hooks are run around it, not installed)."""
+    found = [d for d in docs if d["kind"] == kind and not is_hook(d)]
     assert len(found) == 1, f"expected one {kind}, got {len(found)}"
     return found[0]
 
@@ -212,6 +217,30 @@ def test_rbac_grants_exactly_what_the_controller_needs():
         assert one(docs, kind)["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
 
 
+def test_the_uninstall_hook_removes_the_injection_with_its_own_narrow_grant():
+    docs = render()
+    hooks = [d for d in docs if is_hook(d)]
+    assert sorted(d["kind"] for d in hooks) == ["ClusterRole", "ClusterRoleBinding", "Job", "ServiceAccount"]
+    for d in hooks:
+        annotations = d["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "pre-delete", d
+        # Kept when it fails, for its logs; gone when it succeeds.
+        assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    weight = {d["kind"]: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for d in hooks}
+    assert weight["ServiceAccount"] < weight["ClusterRoleBinding"] < weight["Job"]
+    role = next(d for d in hooks if d["kind"] == "ClusterRole")
+    assert role["rules"] == [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "patch"]}]
+    job = next(d for d in hooks if d["kind"] == "Job")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["remove-injection", "--timeout=240"]
+    assert container["image"] == one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 300
+    assert not [d for d in render({"uninstall": {"removeInjection": False}}) if is_hook(d)]
+
+
 def test_healing_missed_injections_adds_the_flag_and_patch_on_deployments_only():
     docs = render({"controller": {"healMissedInjections": True, "contractJobs": False}})
     assert cluster_rules(docs)[("apps", "deployments")] == ["get", "list", "patch", "watch"]
@@ -332,7 +361,7 @@ def test_non_default_values_are_honoured():
     assert hook["namespaceSelector"]["matchLabels"] == {"team": "django"}
     monitor = one(docs, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
-    kinds = {d["kind"] for d in docs}
+    kinds = {d["kind"] for d in docs if not is_hook(d)}
     assert not kinds & {"PodDisruptionBudget", "ClusterRole", "Role"}
 
 
