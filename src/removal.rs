@@ -9,11 +9,14 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use thiserror::Error;
 
+use crate::injected;
+use crate::names::{CODE_VOLUME, INJECTED_LABEL, MIGRATED_CONDITION};
 use crate::preview;
 
 #[derive(Debug, Error)]
@@ -49,10 +52,21 @@ pub async fn remove_all(client: &Client, timeout: Duration) -> Result<(), Remova
         .list(&ListParams::default())
         .await
         .map_err(RemovalError::List)?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut targets = Vec::new();
     for d in list.items {
-        let mut value = serde_json::to_value(&d).unwrap_or(Value::Null);
-        if !preview::uninject_object(&mut value).unwrap_or(false) {
+        if !carries_injection(&d) {
+            continue;
+        }
+        // A namespace being deleted takes its Deployments with it, and admits no new pods.
+        let namespace = d.namespace().unwrap_or_default();
+        if let Ok(Some(ns)) = namespaces.get_opt(&namespace).await
+            && ns.status.and_then(|s| s.phase).as_deref() == Some("Terminating")
+        {
+            println!(
+                "{namespace}/{}: skipped, its namespace is being deleted",
+                d.name_any()
+            );
             continue;
         }
         let mut target = Target {
@@ -96,6 +110,31 @@ pub async fn remove_all(client: &Client, timeout: Duration) -> Result<(), Remova
     } else {
         Err(RemovalError::NotDone(left))
     }
+}
+
+/// Whether the pod template carries the injection: the label it adds, or a container or
+/// volume of ours (the shapes of earlier releases). An opted-in Deployment the webhook did
+/// not inject (its namespace not selected) is the team's as it is, and left alone.
+fn carries_injection(d: &Deployment) -> bool {
+    let Some(template) = d.spec.as_ref().map(|s| &s.template) else {
+        return false;
+    };
+    let labelled = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref())
+        .is_some_and(|l| l.contains_key(INJECTED_LABEL));
+    let spec = template.spec.as_ref();
+    let containers = spec
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|c| c.iter().any(|c| injected::is_reserved(&c.name)));
+    let volume = spec
+        .and_then(|s| s.volumes.as_ref())
+        .is_some_and(|v| v.iter().any(|v| v.name == CODE_VOLUME));
+    let gate = spec
+        .and_then(|s| s.readiness_gates.as_ref())
+        .is_some_and(|g| g.iter().any(|g| g.condition_type == MIGRATED_CONDITION));
+    labelled || containers || volume || gate
 }
 
 /// Writes the uninjected template of one Deployment, read afresh, with a test of its
