@@ -381,6 +381,8 @@ fn install_permissions(options: &PreOptions) -> Vec<Permission> {
             "clusterrolebindings",
             false,
         ),
+        // The uninstall hook (`uninstall.removeInjection`).
+        ("create", "batch", "jobs", true),
     ];
     match options.mode {
         InstallMode::Webhook => {
@@ -428,9 +430,10 @@ fn granted_permissions(options: &PreOptions) -> Vec<Permission> {
         ("create", "coordination.k8s.io", "leases", true),
         ("update", "coordination.k8s.io", "leases", true),
         ("patch", "coordination.k8s.io", "leases", true),
+        // The uninstall hook takes the injection out of every Deployment.
+        ("patch", "apps", "deployments", false),
     ];
     if options.contract_jobs {
-        p.push(("patch", "apps", "deployments", false));
         p.push(("list", "apps", "replicasets", false));
         for verb in ["create", "get", "list", "watch"] {
             p.push((verb, "batch", "jobs", false));
