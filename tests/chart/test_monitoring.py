@@ -78,13 +78,16 @@ def test_every_alert_fires_and_stays_silent_in_promtool_unit_tests(promtool, tmp
         "DjangoMigrateContractFailed",
         "DjangoMigrateContractPendingTooLong",
         "DjangoMigrateControllerNoLeader",
+        "DjangoMigratePodsGatedWithoutController",
     }
     assert set(alert_names(rule)) == expected
 
 
 def test_without_the_controller_there_is_no_leader_alert():
     docs = render({"controller": {"enabled": False}, "metrics": {"prometheusRule": {"enabled": True}}})
-    assert "DjangoMigrateControllerNoLeader" not in alert_names(one(docs, "PrometheusRule"))
+    names = alert_names(one(docs, "PrometheusRule"))
+    assert "DjangoMigrateControllerNoLeader" not in names
+    assert "DjangoMigratePodsGatedWithoutController" not in names
 
 
 def dashboard(values=None):
