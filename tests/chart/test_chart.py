@@ -217,6 +217,11 @@ def test_rbac_grants_exactly_what_the_controller_needs():
         assert one(docs, kind)["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
 
 
+def test_an_upgrade_never_leaves_zero_ready_replicas():
+    spec = one(render(), "Deployment")["spec"]
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+
+
 def test_the_uninstall_hook_removes_the_injection_with_its_own_narrow_grant():
     docs = render()
     hooks = [d for d in docs if is_hook(d)]
