@@ -1,0 +1,109 @@
+"""Both controller replicas gone in the middle of a rollout, on the real node: the new pods
+migrate and then wait on their gate while the old ones keep serving, and once the
+controller is back the rollout completes with every migration applied once."""
+
+import json
+import time
+import uuid
+
+import helm_python as helm
+from test_in_cluster import (
+    CHART,
+    VERSION,
+    WEBHOOK_IMAGE,
+    apps_namespace,
+    django_shop,
+    env,
+    get_json,
+    kubectl,
+    psql,
+    ready,
+    wait_until,
+)
+
+RELEASE = "outage"
+SELECTED = {"e2e.django-migrate.io/in-cluster": "true"}
+OUTAGE = 120  # seconds without a controller
+
+
+def shop_pods(namespace):
+    pods = get_json("pods", "-n", namespace, "-l", "app=shop")["items"]
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def gate(pod):
+    for c in pod.get("status", {}).get("conditions", []):
+        if c["type"] == "django-migrate.io/migrated":
+            return c["status"]
+    return None
+
+
+def step_exit(pod):
+    for s in pod.get("status", {}).get("initContainerStatuses", []):
+        if s["name"] == "django-migrate":
+            return (s.get("state", {}).get("terminated") or {}).get("exitCode")
+    return None
+
+
+def test_the_rollout_waits_for_the_controller_and_completes_when_it_is_back():
+    env("DJANGO_MIGRATE_TEST_POSTGRES_NODE_HOST")
+    namespace = f"dmw-outage-{uuid.uuid4().hex[:6]}"
+    fullname = f"{RELEASE}-django-migrate-webhook"
+    values = {
+        "image": {"repository": WEBHOOK_IMAGE, "tag": VERSION, "pullPolicy": "Never"},
+        "webhook": {"namespaceSelector": {"matchLabels": SELECTED}},
+        "uninstall": {"removeInjection": False},
+        "logFormat": "text",
+    }
+    config = helm.Config(namespace=namespace)
+    apps = database = None
+    try:
+        config.install(CHART, RELEASE, values, namespace=namespace, create_namespace=True, wait="watcher", timeout=180)
+        apps = apps_namespace("dmw-outage-apps")
+        database = "outage_" + apps.replace("-", "_")
+        psql("postgres", f"CREATE DATABASE {database}")
+        shop = django_shop(apps, database)
+        kubectl("apply", "-f", "-", stdin=json.dumps(shop))
+        rollout = kubectl("rollout", "status", "deployment/shop", "-n", apps, "--timeout=240s", check=False)
+        assert rollout.returncode == 0, rollout.stdout + rollout.stderr
+
+        # A new release with two new migrations, then no controller.
+        shop["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "TWO_STEP_APP", "value": "1"})
+        kubectl("apply", "-f", "-", stdin=json.dumps(shop))
+        kubectl("scale", "deployment", fullname, "-n", namespace, "--replicas=0")
+        wait_until("no controller pod", lambda: not get_json("pods", "-n", namespace)["items"], timeout=90)
+        down = time.monotonic()
+        served = []
+        while time.monotonic() - down < OUTAGE:
+            pods = shop_pods(apps)
+            served.append(sum(ready(p) for p in pods))
+            time.sleep(5)
+        pods = shop_pods(apps)
+        waiting = [p for p in pods if step_exit(p) == 0 and not ready(p)]
+        # The first new pod migrated and waits on its gate; the old release keeps serving.
+        assert waiting, [(p["metadata"]["name"], gate(p), step_exit(p)) for p in pods]
+        assert min(served) >= 3, f"Ready pods during the outage: {served}"
+        assert psql(database, "SELECT count(*) FROM django_migrations WHERE app = 'twostep'") == "2"
+
+        kubectl("scale", "deployment", fullname, "-n", namespace, "--replicas=2")
+        back = time.monotonic()
+        rollout = kubectl("rollout", "status", "deployment/shop", "-n", apps, "--timeout=240s", check=False)
+        assert rollout.returncode == 0, rollout.stdout + rollout.stderr
+        recovered = time.monotonic() - back
+        pods = shop_pods(apps)
+        assert len(pods) == 3 and all(ready(p) and gate(p) == "True" for p in pods)
+        assert psql(database, "SELECT count(*) FROM django_migrations WHERE app = 'twostep'") == "2"
+        print(
+            f"controller down {OUTAGE}s during a rollout: {len(waiting)} new pod(s) migrated and waited, "
+            f"at least {min(served)} Ready pods throughout; rollout complete {recovered:.1f}s after it was back"
+        )
+    finally:
+        try:
+            config.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=180)
+        except helm.HelmError as error:
+            print(f"uninstall: {error}")
+        for ns in (apps, namespace):
+            if ns:
+                kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        if database:
+            psql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
