@@ -339,3 +339,24 @@ fn normalize(path: &Path) -> String {
     }
     parts.join("/")
 }
+
+/// The README is the front door into the book: every relative link of it names a file.
+#[test]
+fn every_link_of_the_readme_names_a_file() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut links = 0;
+    for (i, _) in readme.match_indices("](") {
+        let target = &readme[i + 2..];
+        let target = &target[..target.find(')').unwrap()];
+        let file = target.split('#').next().unwrap();
+        if file.is_empty() || file.contains("://") {
+            continue;
+        }
+        links += 1;
+        assert!(
+            root().join(file).exists(),
+            "README.md links to {file}, which does not exist"
+        );
+    }
+    assert!(links >= 20, "only {links} links into the book");
+}
