@@ -665,13 +665,9 @@ pub async fn installed(client: &Client, options: &InstalledOptions) -> Result<Re
         ),
     );
     replicas(installation, &mut report);
-    if let Some(tag) = installation
-        .image()
-        .and_then(|i| i.rsplit_once(':'))
-        .map(|(_, t)| t)
-    {
+    if let Some(tag) = installation.image().and_then(image_tag) {
         let version = env!("CARGO_PKG_VERSION");
-        if tag != version && !tag.contains('@') {
+        if tag != version {
             report.warn(
                 INSTALL,
                 format!("the installed image is {tag}, this command is {version}"),
@@ -688,6 +684,16 @@ pub async fn installed(client: &Client, options: &InstalledOptions) -> Result<Re
     controller(client, installation, &mut report).await;
     dry_run(client, &options.probe_namespace, &mut report).await;
     Ok(report)
+}
+
+/// The tag of an image reference (`None` for a digest or no tag; a registry's port is not
+/// a tag).
+fn image_tag(image: &str) -> Option<&str> {
+    if image.contains('@') {
+        return None;
+    }
+    let (_, tag) = image.rsplit_once(':')?;
+    (!tag.contains('/')).then_some(tag)
 }
 
 fn replicas(installation: &Installation, report: &mut Report) {
@@ -1130,6 +1136,14 @@ mod tests {
         assert_eq!(parse_version("v1.34.1+k3s1"), Some((1, 34, 1)));
         assert_eq!(parse_version("2.1.5"), Some((2, 1, 5)));
         assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn only_a_tag_is_compared_with_the_version() {
+        assert_eq!(image_tag("registry.local:5000/dmw:0.1.0"), Some("0.1.0"));
+        assert_eq!(image_tag("registry.local:5000/dmw"), None);
+        assert_eq!(image_tag("dmw@sha256:0123abcd"), None);
+        assert_eq!(image_tag("dmw"), None);
     }
 
     #[test]
