@@ -330,17 +330,8 @@ fn default_identity() -> String {
 
 #[derive(Debug, Args)]
 pub struct InjectArgs {
-    /// Manifest file to read, or `-` for stdin.
-    #[arg(
-        short = 'f',
-        long = "filename",
-        default_value = "-",
-        value_name = "FILE"
-    )]
-    pub file: String,
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
-    pub output: OutputFormat,
+    #[command(flatten)]
+    pub manifests: ManifestArgs,
     /// Print, instead of the injected manifests, the contract Job of each opted-in
     /// Deployment: what the controller creates once its rollout is complete and no pod of
     /// the previous release is left (for review, or to apply it yourself).
@@ -359,6 +350,13 @@ pub struct RemoveInjectionArgs {
 
 #[derive(Debug, Args)]
 pub struct UninjectArgs {
+    #[command(flatten)]
+    pub manifests: ManifestArgs,
+}
+
+/// Where `inject` and `uninject` read manifests from, and how they write them.
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
     /// Manifest file to read, or `-` for stdin.
     #[arg(
         short = 'f',

@@ -82,12 +82,12 @@ fn print_policy(args: PolicyArgs) -> anyhow::Result<()> {
 }
 
 fn inject(args: InjectArgs) -> anyhow::Result<()> {
-    let input = read_input(&args.file)?;
+    let input = read_input(&args.manifests.file)?;
     let image = args.code_image.into();
     let result = if args.contract_job {
-        preview::contract_jobs(&input, args.output, &image)?
+        preview::contract_jobs(&input, args.manifests.output, &image)?
     } else {
-        preview::inject(&input, args.output, &image)?
+        preview::inject(&input, args.manifests.output, &image)?
     };
     for w in &result.warnings {
         eprintln!("Warning: {w}");
@@ -109,7 +109,7 @@ fn read_input(file: &str) -> anyhow::Result<String> {
 }
 
 fn uninject(args: &UninjectArgs) -> anyhow::Result<()> {
-    let result = preview::uninject(&read_input(&args.file)?, args.output)?;
+    let result = preview::uninject(&read_input(&args.manifests.file)?, args.manifests.output)?;
     eprintln!(
         "uninjected {} Deployment(s); the label django-migrate.io/inject is \"false\" on each",
         result.mutated
@@ -158,34 +158,40 @@ fn install_code(args: &InstallCodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `status`: 0 all good, 1 a Deployment not injected or a step failed, 3 the cluster could
-/// not be read.
-fn show_status(args: StatusArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// Runs `work` with a client of the user's kubeconfig (its current context, or `context`),
+/// like kubectl, on a runtime of its own.
+fn on_cluster<T>(
+    context: Option<String>,
+    work: impl AsyncFnOnce(kube::Client) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(3);
-        }
-    };
-    let scope = if args.all_namespaces {
-        status::Scope::AllNamespaces
-    } else {
-        status::Scope::Namespace(args.namespace)
-    };
-    let result = runtime.block_on(async {
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
         let options = kube::config::KubeConfigOptions {
-            context: args.context,
+            context,
             ..Default::default()
         };
         let config = kube::Config::from_kubeconfig(&options)
             .await
             .context("cannot read the kubeconfig")?;
-        let client = kube::Client::try_from(config).map_err(status::StatusError::Client)?;
-        Ok::<_, anyhow::Error>(status::collect(&client, &scope, args.deployment.as_deref()).await?)
+        let client = kube::Client::try_from(config)
+            .context("cannot build a Kubernetes client from the kubeconfig")?;
+        work(client).await
+    })
+}
+
+/// `status`: 0 all good, 1 a Deployment not injected or a step failed, 3 the cluster could
+/// not be read.
+fn show_status(args: StatusArgs) -> ExitCode {
+    let scope = if args.all_namespaces {
+        status::Scope::AllNamespaces
+    } else {
+        status::Scope::Namespace(args.namespace)
+    };
+    let result = on_cluster(args.context, async |client| {
+        Ok(status::collect(&client, &scope, args.deployment.as_deref()).await?)
     });
     let statuses = match result {
         Ok(s) => s,
@@ -217,25 +223,7 @@ fn show_status(args: StatusArgs) -> ExitCode {
 
 /// `check`: 0 every check passed, 1 a check failed, 3 the cluster could not be read.
 fn run_check(args: CheckArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(3);
-        }
-    };
-    let result = runtime.block_on(async {
-        let options = kube::config::KubeConfigOptions {
-            context: args.context,
-            ..Default::default()
-        };
-        let config = kube::Config::from_kubeconfig(&options)
-            .await
-            .context("cannot read the kubeconfig")?;
-        let client = kube::Client::try_from(config).context("cannot build a Kubernetes client")?;
+    let result = on_cluster(args.context, async |client| {
         let report = if args.pre {
             let options = check::PreOptions {
                 namespace: args
@@ -253,7 +241,7 @@ fn run_check(args: CheckArgs) -> ExitCode {
             };
             check::installed(&client, &options).await?
         };
-        Ok::<_, anyhow::Error>(report)
+        Ok(report)
     });
     let report = match result {
         Ok(r) => r,

@@ -256,6 +256,18 @@ fn opt_out(d: &Deployment, old: Option<&Deployment>) -> Mutation {
     Mutation { patch, warnings }
 }
 
+/// Whether the pod template carries anything the webhook or the policies inject (the
+/// shapes of earlier releases included): what an opt-out would remove.
+pub fn carries_injection(d: &Deployment) -> bool {
+    let mut stripped = Owned::of(d);
+    stripped.strip();
+    let owned = Owned::of(d);
+    owned.labels != stripped.labels
+        || owned.init_containers != stripped.init_containers
+        || owned.readiness_gates != stripped.readiness_gates
+        || owned.volumes != stripped.volumes
+}
+
 /// `uninject`: the patch that gives a Deployment back its own pod template (everything
 /// the webhook or the admission policies injected removed, the shapes of earlier releases
 /// included), drops the controller's record of contracted releases, and sets the opt-in
@@ -265,15 +277,7 @@ pub fn uninject(d: &Deployment) -> Option<json_patch::Patch> {
     let before = Owned::of(d);
     let mut after = Owned::of(d);
     after.strip();
-    let view = |o: &Owned| {
-        (
-            o.init_containers.clone(),
-            o.readiness_gates.clone(),
-            o.volumes.clone(),
-            o.labels.clone(),
-        )
-    };
-    let carries = view(&before) != view(&after);
+    let carries = carries_injection(d);
     let labels = d.labels().cloned().unwrap_or_default();
     let opted_in = d.is_opted_in();
     let recorded = recorded(d).is_some();

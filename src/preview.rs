@@ -71,18 +71,9 @@ pub fn inject(
 ) -> Result<Preview, PreviewError> {
     let mut docs = parse(input)?;
     let mut preview = Preview::default();
-    for (i, doc) in docs.iter_mut().enumerate() {
-        let n = i + 1;
-        if is_list(&doc.value) {
-            if let Some(Value::Array(items)) = doc.value.get_mut("items") {
-                for item in items {
-                    doc.changed |= inject_one(n, item, image, &mut preview)?;
-                }
-            }
-        } else {
-            doc.changed = inject_one(n, &mut doc.value, image, &mut preview)?;
-        }
-    }
+    change_each(&mut docs, |n, value| {
+        inject_one(n, value, image, &mut preview)
+    })?;
 
     preview.output = render(&docs, format)?;
     Ok(preview)
@@ -228,6 +219,51 @@ fn is_list(v: &Value) -> bool {
         && v.get("items").is_some_and(Value::is_array)
 }
 
+/// The object as an apps/v1 Deployment, with its name for messages; `None` for any other
+/// kind of object.
+fn read_deployment(
+    doc: usize,
+    value: &Value,
+) -> Result<Option<(String, Deployment)>, PreviewError> {
+    let is_deployment = value.get("apiVersion").and_then(Value::as_str) == Some("apps/v1")
+        && value.get("kind").and_then(Value::as_str) == Some("Deployment");
+    if !is_deployment {
+        return Ok(None);
+    }
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map_or_else(|| "Deployment".to_owned(), |n| format!("Deployment {n}"));
+    let deployment =
+        serde_path_to_error::deserialize(value).map_err(|e| PreviewError::Deployment {
+            doc,
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(Some((name, deployment)))
+}
+
+/// Runs `change` on every object of the documents (the items of a List too), and marks
+/// the documents it changed.
+fn change_each(
+    docs: &mut [Doc],
+    mut change: impl FnMut(usize, &mut Value) -> Result<bool, PreviewError>,
+) -> Result<(), PreviewError> {
+    for (i, doc) in docs.iter_mut().enumerate() {
+        let n = i + 1;
+        if is_list(&doc.value) {
+            if let Some(Value::Array(items)) = doc.value.get_mut("items") {
+                for item in items {
+                    doc.changed |= change(n, item)?;
+                }
+            }
+        } else {
+            doc.changed = change(n, &mut doc.value)?;
+        }
+    }
+    Ok(())
+}
+
 /// Mutates one object in place if it is an opted-in apps/v1 Deployment.
 fn inject_one(
     doc: usize,
@@ -235,21 +271,9 @@ fn inject_one(
     image: &CodeImage,
     preview: &mut Preview,
 ) -> Result<bool, PreviewError> {
-    let is_deployment = value.get("apiVersion").and_then(Value::as_str) == Some("apps/v1")
-        && value.get("kind").and_then(Value::as_str) == Some("Deployment");
-    if !is_deployment {
+    let Some((name, deployment)) = read_deployment(doc, value)? else {
         return Ok(false);
-    }
-    let name = value
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .map_or_else(|| "Deployment".to_owned(), |n| format!("Deployment {n}"));
-    let deployment: Deployment =
-        serde_path_to_error::deserialize(&*value).map_err(|e| PreviewError::Deployment {
-            doc,
-            name: name.clone(),
-            message: e.to_string(),
-        })?;
+    };
     let m = mutation::mutate(Operation::Create, &deployment, None, image).map_err(|denial| {
         PreviewError::Denied {
             doc,
@@ -276,18 +300,7 @@ fn inject_one(
 pub fn uninject(input: &str, format: OutputFormat) -> Result<Preview, PreviewError> {
     let mut docs = parse(input)?;
     let mut preview = Preview::default();
-    for (i, doc) in docs.iter_mut().enumerate() {
-        let n = i + 1;
-        if is_list(&doc.value) {
-            if let Some(Value::Array(items)) = doc.value.get_mut("items") {
-                for item in items {
-                    doc.changed |= uninject_one(n, item, &mut preview)?;
-                }
-            }
-        } else {
-            doc.changed = uninject_one(n, &mut doc.value, &mut preview)?;
-        }
-    }
+    change_each(&mut docs, |n, value| uninject_one(n, value, &mut preview))?;
     preview.output = render(&docs, format)?;
     Ok(preview)
 }
@@ -303,21 +316,9 @@ fn uninject_one(
     value: &mut Value,
     preview: &mut Preview,
 ) -> Result<bool, PreviewError> {
-    let is_deployment = value.get("apiVersion").and_then(Value::as_str) == Some("apps/v1")
-        && value.get("kind").and_then(Value::as_str) == Some("Deployment");
-    if !is_deployment {
+    let Some((_, deployment)) = read_deployment(doc, value)? else {
         return Ok(false);
-    }
-    let name = value
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .map_or_else(|| "Deployment".to_owned(), |n| format!("Deployment {n}"));
-    let deployment: Deployment =
-        serde_path_to_error::deserialize(&*value).map_err(|e| PreviewError::Deployment {
-            doc,
-            name: name.clone(),
-            message: e.to_string(),
-        })?;
+    };
     let Some(patch) = mutation::uninject(&deployment) else {
         return Ok(false);
     };

@@ -15,9 +15,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use thiserror::Error;
 
-use crate::injected;
-use crate::names::{CODE_VOLUME, INJECTED_LABEL, MIGRATED_CONDITION};
-use crate::preview;
+use crate::{mutation, preview};
 
 #[derive(Debug, Error)]
 pub enum RemovalError {
@@ -112,29 +110,13 @@ pub async fn remove_all(client: &Client, timeout: Duration) -> Result<(), Remova
     }
 }
 
-/// Whether the pod template carries the injection: the label it adds, or a container or
-/// volume of ours (the shapes of earlier releases). An opted-in Deployment the webhook did
+/// Whether the pod template carries the injection. An opted-in Deployment the webhook did
 /// not inject (its namespace not selected) is the team's as it is, and left alone.
 fn carries_injection(d: &Deployment) -> bool {
-    let Some(template) = d.spec.as_ref().map(|s| &s.template) else {
-        return false;
-    };
-    let labelled = template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.as_ref())
-        .is_some_and(|l| l.contains_key(INJECTED_LABEL));
-    let spec = template.spec.as_ref();
-    let containers = spec
-        .and_then(|s| s.init_containers.as_ref())
-        .is_some_and(|c| c.iter().any(|c| injected::is_reserved(&c.name)));
-    let volume = spec
-        .and_then(|s| s.volumes.as_ref())
-        .is_some_and(|v| v.iter().any(|v| v.name == CODE_VOLUME));
-    let gate = spec
-        .and_then(|s| s.readiness_gates.as_ref())
-        .is_some_and(|g| g.iter().any(|g| g.condition_type == MIGRATED_CONDITION));
-    labelled || containers || volume || gate
+    serde_json::to_value(d)
+        .ok()
+        .and_then(|v| serde_json::from_value::<crate::deployment::Deployment>(v).ok())
+        .is_some_and(|d| mutation::carries_injection(&d))
 }
 
 /// Writes the uninjected template of one Deployment, read afresh, with a test of its

@@ -26,8 +26,6 @@ use crate::summary::{Deferred, Summary};
 
 #[derive(Debug, Error)]
 pub enum StatusError {
-    #[error("cannot build a Kubernetes client from the kubeconfig")]
-    Client(#[source] kube::Error),
     #[error("cannot read {what}")]
     Read {
         what: String,

@@ -4,25 +4,9 @@ controller is back the rollout completes with every migration applied once."""
 
 import json
 import time
-import uuid
 
-import helm_python as helm
-from test_in_cluster import (
-    CHART,
-    VERSION,
-    WEBHOOK_IMAGE,
-    apps_namespace,
-    django_shop,
-    env,
-    get_json,
-    kubectl,
-    psql,
-    ready,
-    wait_until,
-)
+from test_in_cluster import django_shop, get_json, kubectl, own_release, psql, ready, rolled_out, wait_until
 
-RELEASE = "outage"
-SELECTED = {"e2e.django-migrate.io/in-cluster": "true"}
 OUTAGE = 120  # seconds without a controller
 
 
@@ -46,31 +30,16 @@ def step_exit(pod):
 
 
 def test_the_rollout_waits_for_the_controller_and_completes_when_it_is_back():
-    env("DJANGO_MIGRATE_TEST_POSTGRES_NODE_HOST")
-    namespace = f"dmw-outage-{uuid.uuid4().hex[:6]}"
-    fullname = f"{RELEASE}-django-migrate-webhook"
-    values = {
-        "image": {"repository": WEBHOOK_IMAGE, "tag": VERSION, "pullPolicy": "Never"},
-        "webhook": {"namespaceSelector": {"matchLabels": SELECTED}},
-        "uninstall": {"removeInjection": False},
-        "logFormat": "text",
-    }
-    config = helm.Config(namespace=namespace)
-    apps = database = None
-    try:
-        config.install(CHART, RELEASE, values, namespace=namespace, create_namespace=True, wait="watcher", timeout=180)
-        apps = apps_namespace("dmw-outage-apps")
-        database = "outage_" + apps.replace("-", "_")
-        psql("postgres", f"CREATE DATABASE {database}")
+    with own_release("outage", uninstall={"removeInjection": False}) as release:
+        apps, namespace, database = release.apps, release.namespace, release.database
         shop = django_shop(apps, database)
         kubectl("apply", "-f", "-", stdin=json.dumps(shop))
-        rollout = kubectl("rollout", "status", "deployment/shop", "-n", apps, "--timeout=240s", check=False)
-        assert rollout.returncode == 0, rollout.stdout + rollout.stderr
+        rolled_out(apps)
 
         # A new release with two new migrations, then no controller.
         shop["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "TWO_STEP_APP", "value": "1"})
         kubectl("apply", "-f", "-", stdin=json.dumps(shop))
-        kubectl("scale", "deployment", fullname, "-n", namespace, "--replicas=0")
+        kubectl("scale", "deployment", release.fullname, "-n", namespace, "--replicas=0")
         wait_until("no controller pod", lambda: not get_json("pods", "-n", namespace)["items"], timeout=90)
         down = time.monotonic()
         served = []
@@ -85,10 +54,9 @@ def test_the_rollout_waits_for_the_controller_and_completes_when_it_is_back():
         assert min(served) >= 3, f"Ready pods during the outage: {served}"
         assert psql(database, "SELECT count(*) FROM django_migrations WHERE app = 'twostep'") == "2"
 
-        kubectl("scale", "deployment", fullname, "-n", namespace, "--replicas=2")
+        kubectl("scale", "deployment", release.fullname, "-n", namespace, "--replicas=2")
         back = time.monotonic()
-        rollout = kubectl("rollout", "status", "deployment/shop", "-n", apps, "--timeout=240s", check=False)
-        assert rollout.returncode == 0, rollout.stdout + rollout.stderr
+        rolled_out(apps)
         recovered = time.monotonic() - back
         pods = shop_pods(apps)
         assert len(pods) == 3 and all(ready(p) and gate(p) == "True" for p in pods)
@@ -97,13 +65,3 @@ def test_the_rollout_waits_for_the_controller_and_completes_when_it_is_back():
             f"controller down {OUTAGE}s during a rollout: {len(waiting)} new pod(s) migrated and waited, "
             f"at least {min(served)} Ready pods throughout; rollout complete {recovered:.1f}s after it was back"
         )
-    finally:
-        try:
-            config.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=180)
-        except helm.HelmError as error:
-            print(f"uninstall: {error}")
-        for ns in (apps, namespace):
-            if ns:
-                kubectl("delete", "namespace", ns, "--wait=false", check=False)
-        if database:
-            psql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")

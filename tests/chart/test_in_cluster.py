@@ -6,6 +6,8 @@ applies survives the deletion of one webhook pod; the API server's own admission
 for the webhook are read and reported."""
 
 import concurrent.futures
+import contextlib
+import dataclasses
 import json
 import os
 import pathlib
@@ -192,6 +194,58 @@ def apps_namespace(prefix):
     kubectl("create", "namespace", name)
     kubectl("label", "namespace", name, *(f"{k}={v}" for k, v in SELECTED.items()))
     return name
+
+
+def rolled_out(namespace, name="shop"):
+    rollout = kubectl("rollout", "status", f"deployment/{name}", "-n", namespace, "--timeout=240s", check=False)
+    assert rollout.returncode == 0, rollout.stdout + rollout.stderr
+
+
+@dataclasses.dataclass
+class Release:
+    config: helm.Config
+    name: str
+    namespace: str
+    values: dict
+    apps: str
+    database: str
+
+    @property
+    def fullname(self):
+        return f"{self.name}-django-migrate-webhook"
+
+
+@contextlib.contextmanager
+def own_release(name, **values):
+    """The chart installed as release `name` in a namespace of its own (its webhook selecting
+    only this tier's labelled namespaces), an apps namespace and a PostgreSQL database for a
+    Django Deployment; all of them removed afterwards."""
+    env("DJANGO_MIGRATE_TEST_POSTGRES_NODE_HOST")
+    namespace = f"dmw-{name}-{uuid.uuid4().hex[:6]}"
+    values = {
+        "image": {"repository": WEBHOOK_IMAGE, "tag": VERSION, "pullPolicy": "Never"},
+        "webhook": {"namespaceSelector": {"matchLabels": SELECTED}},
+        "logFormat": "text",
+        **values,
+    }
+    config = helm.Config(namespace=namespace)
+    apps = database = None
+    try:
+        config.install(CHART, name, values, namespace=namespace, create_namespace=True, wait="watcher", timeout=180)
+        apps = apps_namespace(f"dmw-{name}-apps")
+        database = f"{name}_" + apps.replace("-", "_")
+        psql("postgres", f"CREATE DATABASE {database}")
+        yield Release(config, name, namespace, values, apps, database)
+    finally:
+        try:
+            config.uninstall(name, ignore_not_found=True, wait="watcher", timeout=300)
+        except helm.HelmError as error:
+            print(f"uninstall: {error}")
+        for ns in (apps, namespace):
+            if ns:
+                kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        if database:
+            psql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
 @pytest.fixture(scope="module")
