@@ -670,7 +670,9 @@ fn pod_line(p: &PodStatus) -> String {
             _ => {}
         }
     }
-    if p.phase != "applied"
+    // A success is described by its summary; without one (a step of an earlier version),
+    // by its own message.
+    if (p.phase != "applied" || p.summary.is_none())
         && let Some(m) = &p.message
     {
         let _ = write!(line, ": {m}");
@@ -712,5 +714,29 @@ mod tests {
             ..LabelSelector::default()
         };
         assert!(!selects(&only_b, &labels));
+    }
+
+    #[test]
+    fn a_success_without_a_summary_shows_the_step_s_own_message() {
+        let pod = |summary: Option<Summary>| PodStatus {
+            name: "shop-1".into(),
+            phase: "applied".into(),
+            reason: Reason::Migrated,
+            message: Some("migrate: applied 6 migrations in 2.1s".into()),
+            summary,
+        };
+        // A step of an earlier version: its termination message is plain text.
+        assert_eq!(
+            pod_line(&pod(None)),
+            "applied: migrate: applied 6 migrations in 2.1s"
+        );
+        let summary = Summary::parse(
+            r#"{"exit_code": 0, "phase": "done", "result": "nothing-pending", "message": "m"}"#,
+        );
+        assert!(summary.is_some());
+        assert_eq!(
+            pod_line(&pod(summary)),
+            "applied (nothing-pending) in 0.0s, lock wait 0.0s"
+        );
     }
 }
