@@ -23,7 +23,8 @@
 #      belongs to (retried with backoff while nothing of the migration was applied), end
 #      the lock's transaction. A heartbeat keeps the lock's connection alive under idle
 #      limits; a lost lock stops `migrate` before the next migration is applied or
-#      recorded;
+#      recorded; `migrate`'s own PostgreSQL session is kept from idling past the server's
+#      idle_session_timeout between the transactions of a non-atomic migration;
 #    - wait mode: wait until nothing is pending, never migrate;
 #    - contract mode (the contract run's Job, once no pod of the previous release is
 #      left): like migrate mode, and it applies the deferred migrations too.
@@ -2009,6 +2010,13 @@ def blocks_traffic(op, app_label, state, connection):
     def lock(mode, why, on=None):
         found.append((mode, on or table, why))
 
+    def copy(why):
+        # MariaDB 11.2 and later copy a table online (LOCK=NONE: reads and writes go on
+        # during the copy and are replayed at its end); only MySQL and older MariaDB block
+        # writes for as long as the copy takes.
+        if not (getattr(connection, "mysql_is_mariadb", False) and tuple(connection.mysql_version) >= (11, 2)):
+            lock(MYSQL_COPY, why)
+
     if isinstance(op, ops.AddIndex):
         if postgres and op.__class__.__name__ != "AddIndexConcurrently":
             lock(PG_SHARE, "builds index %s without CONCURRENTLY" % op.index.name)
@@ -2023,7 +2031,7 @@ def blocks_traffic(op, app_label, state, connection):
         from django.db.models import CheckConstraint
 
         if not postgres and isinstance(op.constraint, CheckConstraint):
-            lock(MYSQL_COPY, "adds check constraint %s, which copies the table" % op.constraint.name)
+            copy("adds check constraint %s, which copies the table" % op.constraint.name)
         if postgres and op.__class__.__name__ != "AddConstraintNotValid":
             from django.db.models import UniqueConstraint
 
@@ -2046,7 +2054,7 @@ def blocks_traffic(op, app_label, state, connection):
                 lock(PG_ACCESS_EXCLUSIVE, "adds the foreign key %s, validates it and builds its index" % op.name)
                 lock(PG_SHARE_ROW_EXCLUSIVE, "is referenced by the new foreign key %s" % op.name, target_table)
             else:
-                lock(MYSQL_COPY, "adds the foreign key %s, which copies the table" % op.name)
+                copy("adds the foreign key %s, which copies the table" % op.name)
         if postgres and not field.null and no_default(field) and not no_default_given(field):
             lock(PG_ACCESS_EXCLUSIVE, "checks every row of the new NOT NULL column %s with DEFAULT NULL" % op.name)
         elif postgres and (field.unique or field.db_index) and not field.is_relation:
@@ -2066,7 +2074,7 @@ def blocks_traffic(op, app_label, state, connection):
                     PG_ACCESS_EXCLUSIVE, "rewrites the table to change %s from %s to %s" % (op.name, old_type, new_type)
                 )
             else:
-                lock(MYSQL_COPY, "copies the table to change %s from %s to %s" % (op.name, old_type, new_type))
+                copy("copies the table to change %s from %s to %s" % (op.name, old_type, new_type))
         if postgres and old.null and not new.null:
             lock(PG_ACCESS_EXCLUSIVE, "checks every row for NULL to make %s non-nullable" % op.name)
         elif old.null and not new.null and new.has_default():
@@ -2080,7 +2088,7 @@ def blocks_traffic(op, app_label, state, connection):
             if postgres:
                 lock(PG_SHARE_ROW_EXCLUSIVE, "validates the foreign key %s on every row" % op.name)
             else:
-                lock(MYSQL_COPY, "adds the foreign key %s, which copies the table" % op.name)
+                copy("adds the foreign key %s, which copies the table" % op.name)
     return found
 
 
@@ -2486,6 +2494,90 @@ def pg_transaction_idle(raw):
     return raw.info.transaction_status == 0
 
 
+class IdleKeeper:
+    """Keeps `migrate`'s PostgreSQL session from sitting idle past the server's
+    `idle_session_timeout`. A migration that pauses between its own transactions (a
+    throttled, non-atomic backfill) leaves the session idle, and the server would close it
+    under the migration. While the connection is in autocommit between transactions, a
+    `SELECT 1` every third of the limit; nothing is set on the session, so a pooled server
+    connection goes back to the pool as it came. `migrate`'s statements, autocommit changes
+    and close hold `busy`, so the keeper's statement never runs inside or between them."""
+
+    def __init__(self, connection, report):
+        self.connection = connection
+        self.report = report
+        self.busy = threading.RLock()
+        self.stopped = threading.Event()
+
+    def limit_seconds(self):
+        """The session's idle limit in seconds (0: none, or a server before PostgreSQL 14)."""
+        with self.connection.cursor() as cursor:
+            cursor.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'idle_session_timeout'")
+            row = cursor.fetchone()
+        return row[0] / 1000.0 if row and row[0] else 0
+
+    @contextlib.contextmanager
+    def running(self):
+        try:
+            limit = self.limit_seconds()
+        except Exception as e:  # noqa: BLE001 - `migrate` meets the same error and reports it
+            self.report.log("cannot read idle_session_timeout: %s" % first_line(e))
+            limit = 0
+        if not limit:
+            yield
+            return
+        connection = self.connection
+
+        def holding(method):
+            @functools.wraps(method)
+            def wrapper(*args, **kwargs):
+                with self.busy:
+                    return method(*args, **kwargs)
+
+            return wrapper
+
+        def execute(run, sql, params, many, context):
+            with self.busy:
+                return run(sql, params, many, context)
+
+        connection._set_autocommit = holding(connection._set_autocommit)
+        connection._close = holding(connection._close)
+        thread = threading.Thread(target=self.keep, args=(max(limit / 3.0, 0.1),), name="django-migrate-idle")
+        thread.daemon = True
+        self.report.log(
+            "the server closes sessions idle for %gs: migrate's is kept busy between its transactions" % limit
+        )
+        try:
+            with connection.execute_wrapper(execute):
+                thread.start()
+                yield
+        finally:
+            self.stopped.set()
+            with self.busy:
+                del connection._set_autocommit
+                del connection._close
+            thread.join()
+
+    def keep(self, interval):
+        while not self.stopped.wait(interval):
+            if not self.busy.acquire(blocking=False):
+                continue  # a statement of `migrate` runs: the session is not idle
+            try:
+                raw = self.connection.connection
+                if raw is None or raw.closed or not raw.autocommit or not pg_transaction_idle(raw):
+                    continue
+                cursor = raw.cursor()
+                try:
+                    cursor.execute("SELECT 1")
+                    cursor.fetchall()
+                finally:
+                    cursor.close()
+            except Exception:  # noqa: BLE001 - a broken connection is `migrate`'s to report
+                pass
+            finally:
+                self.busy.release()
+
+
 TRANSACTION_CONTROL = ("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT")
 
 
@@ -2638,7 +2730,12 @@ def track_progress(connection, lock, report):
     migrate_command.emit_pre_migrate_signal = sending("pre_migrate", emit_pre)
     migrate_command.emit_post_migrate_signal = sending("post_migrate", emit_post)
     try:
-        with connection.execute_wrapper(execute):
+        with contextlib.ExitStack() as stack:
+            if connection.vendor == "postgresql":
+                # Outside the wrapper below, so that the keeper waits for a whole statement
+                # with the transaction the wrapper gives it.
+                stack.enter_context(IdleKeeper(connection, report).running())
+            stack.enter_context(connection.execute_wrapper(execute))
             yield progress
     finally:
         migrate_command.emit_pre_migrate_signal, migrate_command.emit_post_migrate_signal = emit_pre, emit_post

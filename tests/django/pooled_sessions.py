@@ -14,7 +14,7 @@ import sys
 
 import psycopg
 
-SETTINGS = ("lock_timeout", "idle_in_transaction_session_timeout", "statement_timeout")
+SETTINGS = ("lock_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout", "statement_timeout")
 
 
 def main(count):

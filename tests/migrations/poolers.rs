@@ -102,20 +102,28 @@ fn assert_pool_clean(s: &Server, port: u16, database: &str, defaults: &[(&str, &
 const PG_DEFAULTS: &[(&str, &str)] = &[
     ("lock_timeout", "0"),
     ("idle_in_transaction_session_timeout", "0"),
+    ("idle_session_timeout", "0"),
     ("statement_timeout", "0"),
 ];
 
 #[test]
 fn ten_pods_through_pgbouncer_in_transaction_and_session_mode() {
+    ten_pods_through_pgbouncer(&test_python());
+}
+
+#[test]
+fn ten_pods_through_pgbouncer_in_transaction_and_session_mode_django42() {
+    ten_pods_through_pgbouncer(&test_python_django42());
+}
+
+fn ten_pods_through_pgbouncer(python: &std::path::Path) {
     let s = server(Engine::Postgresql);
     for mode in [PoolMode::Transaction, PoolMode::Session] {
         let port = pgbouncer(mode);
         let route = format!("through PgBouncer ({mode:?} mode, pool of {})", pool_size());
-        for (python, django) in [(test_python(), "5.2"), (test_python_django42(), "4.2")] {
-            for behind in [false, true] {
-                let database = race_through(&s, port, &route, python.clone(), django, behind);
-                assert_pool_clean(&s, port, &database, PG_DEFAULTS);
-            }
+        for behind in [false, true] {
+            let database = race_through(&s, port, &route, python.to_owned(), behind);
+            assert_pool_clean(&s, port, &database, PG_DEFAULTS);
         }
     }
 }
@@ -124,12 +132,12 @@ fn ten_pods_through_pgbouncer_in_transaction_and_session_mode() {
 /// closed each time a transaction is opened: both are refused.
 #[test]
 fn statement_pooling_is_refused_with_exit_6_and_nothing_applied() {
-    for (python, driver) in [
-        (test_python(), "psycopg 3"),
-        (test_python_django42(), "psycopg2"),
-    ] {
-        statement_pooling_refused(python, driver);
-    }
+    statement_pooling_refused(test_python(), "psycopg 3");
+}
+
+#[test]
+fn statement_pooling_is_refused_with_exit_6_and_nothing_applied_psycopg2_django42() {
+    statement_pooling_refused(test_python_django42(), "psycopg2");
 }
 
 fn statement_pooling_refused(python: std::path::PathBuf, driver: &str) {
@@ -377,4 +385,63 @@ fn idle_limits_shorter_than_the_migration() {
     );
     let mariadb = server(Engine::Mysql);
     idle_limits(&mariadb, mariadb.port, "direct", &[("wait_timeout", "3")]);
+}
+
+/// A throttled backfill (non-atomic, a pause between batches, the connection idle between
+/// transactions) longer than the database's `idle_session_timeout`, directly and through
+/// PgBouncer in transaction and session mode, a second pod 2 s after the first: every batch
+/// written once, both pods exit 0, and no setting left on a pooled server session.
+#[test]
+fn a_pausing_non_atomic_migration_under_an_idle_session_limit() {
+    let _one = ONE_RACE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let s = server(Engine::Postgresql);
+    for (route, port) in [
+        ("direct".to_owned(), s.port),
+        (
+            "through PgBouncer (Transaction mode)".to_owned(),
+            pgbouncer(PoolMode::Transaction),
+        ),
+        (
+            "through PgBouncer (Session mode)".to_owned(),
+            pgbouncer(PoolMode::Session),
+        ),
+    ] {
+        let database = s.create_database("throttled");
+        s.sql(
+            "postgres",
+            &format!("ALTER DATABASE {database} SET idle_session_timeout = '2s'"),
+        );
+        let mut pods = s.pods(test_python(), &database, port, &s.password);
+        pods.env.push(("THROTTLED_APP".into(), "1".into()));
+        pods.env.push(("THROTTLE_PAUSE_SECONDS".into(), "5".into()));
+        let containers = pods.containers(&[], &[]);
+        let (first, second) = (
+            step_of(&pods, &containers, 0),
+            step_of(&pods, &containers, 1),
+        );
+        let started = Instant::now();
+        let migrating = first.start();
+        thread::sleep(Duration::from_secs(2));
+        let waiting = second.run(LIMIT);
+        let done = kubelet::wait(&first.name, migrating, LIMIT);
+        assert_eq!(done.code, 0, "{route}: first pod: {}", done.logs);
+        assert_eq!(waiting.code, 0, "{route}: second pod: {}", waiting.logs);
+        assert_eq!(
+            s.scalar(&database, "SELECT count(*) FROM throttled_batch"),
+            3,
+            "{route}: every batch written once"
+        );
+        s.assert_applied_once(&database, &route);
+        if port != s.port {
+            let mut defaults = PG_DEFAULTS.to_vec();
+            defaults.retain(|(n, _)| *n != "idle_session_timeout");
+            defaults.push(("idle_session_timeout", "2s"));
+            assert_pool_clean(&s, port, &database, &defaults);
+        }
+        eprintln!(
+            "{route}: a backfill pausing 5 s between batches under idle_session_timeout = 2s \
+             applied once, both pods exit 0 after {:.1?}",
+            started.elapsed()
+        );
+    }
 }

@@ -44,6 +44,9 @@ if os.environ.get("GADGETS_APP") == "1":
 if os.environ.get("HALFWAY_APP") == "1":
     # A migration that creates a table, then fails.
     INSTALLED_APPS.append("halfway")
+if os.environ.get("THROTTLED_APP") == "1":
+    # A non-atomic backfill that pauses between batches.
+    INSTALLED_APPS.append("throttled")
 if os.environ.get("CORPUS_CASE"):
     # One case of the classifier's corpus: a previous release and the migration it ships.
     INSTALLED_APPS.append("corpus")
