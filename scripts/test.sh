@@ -63,6 +63,12 @@ setsid bash -c 'bash scripts/kube/build-current.sh "$@" && bash scripts/kube/bui
     build "${kube_versions[@]}" >"$kube_log" 2>&1 </dev/null &
 kube_pid=$!
 kube_t0=$(date +%s)
+# The newer stacks' root filesystems (scripts/rootfs.sh: Debian 13 and unstable), also in
+# the background; the tiers that run in them wait for them.
+rootfs_log=$cache/logs/rootfs.log
+say "building (or reusing) the Debian 13 and unstable root filesystems in the background: $rootfs_log"
+setsid nice bash -c 'bash scripts/rootfs.sh trixie && bash scripts/rootfs.sh sid' >"$rootfs_log" 2>&1 </dev/null &
+rootfs_pid=$!
 
 databases=""
 cluster=""
@@ -80,17 +86,21 @@ stop_databases() {
     fi
 }
 # start_databases [EXTRA_LISTEN EXTRA_CIDR]: PostgreSQL, MariaDB and PgBouncer on loopback
-# (and on EXTRA_LISTEN, for the pods); their env is sourced.
+# (and on EXTRA_LISTEN, for the pods); their env is sourced. With DB_ROOTFS set, the
+# servers of that root filesystem (scripts/rootfs.sh), run in it.
 start_databases() {
     stop_databases
     databases=$(mktemp -d /tmp/django-migrate-databases.XXXXXX)
-    DB_EXTRA_LISTEN=${1:-} DB_EXTRA_CIDR=${2:-} bash scripts/databases.sh start "$databases"
+    local in_rootfs=()
+    if [ -n "${DB_ROOTFS:-}" ]; then in_rootfs=(scripts/in-rootfs.sh "$DB_ROOTFS"); fi
+    DB_EXTRA_LISTEN=${1:-} DB_EXTRA_CIDR=${2:-} "${in_rootfs[@]}" bash scripts/databases.sh start "$databases"
     # shellcheck disable=SC1091
     source "$databases/env"
 }
 cleanup() {
     local rc=$?
     if kill -0 "$kube_pid" 2>/dev/null; then kill -- -"$kube_pid" 2>/dev/null || true; fi
+    if kill -0 "$rootfs_pid" 2>/dev/null; then kill -- -"$rootfs_pid" 2>/dev/null || true; fi
     stop_cluster
     stop_databases
     report
@@ -144,9 +154,34 @@ timed "images: pause, busybox, django, the webhook's from the Dockerfile (builda
 
 # The tiers without a cluster: every default `cargo test` target but the cluster tier.
 start_databases
-timed "cargo test (tiers: unit, engine, server, migrations)" \
+timed "cargo test (tiers: unit, engine, server, migrations on Debian 12: Python 3.11, Django 5.2 and 4.2, PostgreSQL 15, MariaDB 10.11, PgBouncer 1.18)" \
     cargo test --locked --lib --bins --examples --test engine --test server --test migrations "$@"
 timed "cargo test (doc tests)" cargo test --locked --doc "$@"
+stop_databases
+# Today's stacks: the migrations tier on Debian 13 (Python 3.13, Django 6.1, PostgreSQL 17,
+# MariaDB 11.8, PgBouncer from Debian 13; its tests of Django 4.2 are the default leg's),
+# and a race on Debian unstable's Python 3.14 against that PostgreSQL. The test binaries
+# are this machine's, run inside each root filesystem (scripts/in-rootfs.sh as cargo's
+# runner).
+timed "waiting for the root filesystems (started $(($(date +%s) - kube_t0))s ago)" wait "$rootfs_pid" || {
+    tail -n 30 "$rootfs_log" >&2
+    say "building the root filesystems failed: $rootfs_log"
+    exit 1
+}
+rootfs_trixie=$(bash scripts/rootfs.sh trixie)
+rootfs_sid=$(bash scripts/rootfs.sh sid)
+# in_stack ROOTFS CMD...: CMD with cargo's test binaries and the tiers' Python in ROOTFS.
+in_stack() {
+    local root=$1
+    shift
+    DJANGO_MIGRATE_TEST_PYTHON=/opt/venv/bin/python \
+        CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/in-rootfs.sh $root" "$@"
+}
+DB_ROOTFS=$rootfs_trixie start_databases
+timed "cargo test (tier: migrations on Debian 13: Python 3.13, Django 6.1, PostgreSQL 17, MariaDB 11.8, PgBouncer 1.24)" \
+    in_stack "$rootfs_trixie" cargo test --locked --test migrations "$@" -- --skip django42
+timed "cargo test (a race on Debian unstable: Python 3.14, Django 6.1, against PostgreSQL 17)" \
+    in_stack "$rootfs_sid" cargo test --locked --test migrations "$@" -- --exact servers::ten_pods_postgresql
 stop_databases
 timed "cargo test --no-run (the cluster tiers' binaries)" \
     cargo test --locked --no-run --test cluster --test policy --test node
@@ -172,7 +207,7 @@ start_cluster() {
 
 timed "control plane and node v${kube_versions[0]}" start_cluster "${kube_versions[0]}"
 # The pods reach PostgreSQL on the node's own address, the CNI bridge's (10.244.0.1).
-start_databases 10.244.0.1 10.244.0.0/24
+DB_ROOTFS=$rootfs_trixie start_databases 10.244.0.1 10.244.0.0/24
 timed "cargo test (tier: cluster on Kubernetes v$KUBE_VERSION)" cargo test --locked --test cluster "$@"
 # Admission policies (policy mode) are served as v1 from Kubernetes 1.36: the newest only.
 timed "cargo test (tier: policy on Kubernetes v$KUBE_VERSION)" cargo test --locked --test policy "$@"

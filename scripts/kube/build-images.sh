@@ -4,8 +4,8 @@
 #
 #   localhost/e2e/pause:3.2        a static C pause (images/pause.c): containerd's sandbox image
 #   localhost/e2e/busybox:1.35     Debian's busybox-static with its applet links
-#   localhost/e2e/django:test      debootstrap'ed bookworm minbase + python3 + Django 5.2 and
-#                                  psycopg2 (pip) + the test project of tests/django
+#   localhost/e2e/django:test      debootstrap'ed trixie minbase + python3 (3.13) + Django 6.1 and
+#                                  psycopg 3 (pip) + the test project of tests/django
 #   localhost/e2e/django-migrate-webhook:VERSION
 #                                  the webhook image built from the project's Dockerfile by
 #                                  buildah, on local stand-ins for its base images (below),
@@ -219,15 +219,15 @@ for img in $IMAGES; do
   webhook)
     build_webhook_image;;
   django)
-    ROOTFS="$OUT/rootfs-django"
+    ROOTFS="$OUT/rootfs-django-trixie"
     if [[ ! -x "$ROOTFS/usr/bin/python3" ]]; then
       uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources)
       command -v debootstrap >/dev/null || apt-get -o DPkg::Lock::Timeout=600 install -y -qq debootstrap >/dev/null
-      log "debootstrap bookworm minbase + python3 into $ROOTFS"
+      log "debootstrap trixie minbase + python3 into $ROOTFS"
       rm -rf "$ROOTFS"
       t=$(date +%s)
       debootstrap --variant=minbase --include=python3,python3-pip,ca-certificates \
-        bookworm "$ROOTFS" "$uri" >"$OUT/debootstrap.log" 2>&1 || { tail -20 "$OUT/debootstrap.log"; exit 1; }
+        trixie "$ROOTFS" "$uri" >"$OUT/debootstrap.log" 2>&1 || { tail -20 "$OUT/debootstrap.log"; exit 1; }
       log "debootstrap took $(( $(date +%s) - t ))s"
     fi
     wanted=$(sha256sum "$ROOT/tests/requirements-image.txt" | cut -d' ' -f1)

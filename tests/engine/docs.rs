@@ -360,3 +360,150 @@ fn every_link_of_the_readme_names_a_file() {
     }
     assert!(links >= 20, "only {links} links into the book");
 }
+
+/// (part, version) pairs that `text` names: one of `parts` followed by versions, joined by
+/// "and" ("Django 5.2 and 4.2", "PostgreSQL 17").
+fn named_versions(text: &str, parts: &[&str]) -> BTreeSet<(String, String)> {
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || ",:()".contains(c))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut out = BTreeSet::new();
+    for (i, word) in words.iter().enumerate() {
+        if !parts.contains(word) {
+            continue;
+        }
+        for next in words[i + 1..].iter().filter(|w| **w != "and") {
+            if !next.starts_with(|c: char| c.is_ascii_digit())
+                || !next.chars().all(|c| c.is_ascii_digit() || c == '.')
+            {
+                break;
+            }
+            out.insert(((*word).to_owned(), (*next).to_owned()));
+        }
+    }
+    out
+}
+
+/// The compatibility page's "tested in CI" cell of the row for `part`, without what is in
+/// parentheses.
+fn tested_cell(page: &str, part: &str) -> String {
+    let row = page
+        .lines()
+        .find(|l| l.starts_with(&format!("| {part} |")))
+        .unwrap_or_else(|| panic!("compatibility.md has no row for {part}"));
+    let cell = row.split('|').nth(2).unwrap_or_default();
+    let mut plain = String::new();
+    let mut depth = 0;
+    for c in cell.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ if depth == 0 => plain.push(c),
+            _ => {}
+        }
+    }
+    plain
+}
+
+#[test]
+fn the_compatibility_page_says_tested_exactly_for_what_the_test_script_runs() {
+    const STACK: [&str; 5] = ["Python", "Django", "PostgreSQL", "MariaDB", "PgBouncer"];
+    const DRIVERS: [&str; 3] = ["psycopg", "psycopg2", "mysqlclient"];
+    let compatibility = page("reference/compatibility.md");
+    let script = std::fs::read_to_string(root().join("scripts/test.sh")).unwrap();
+    let stages: String = script
+        .lines()
+        .filter_map(|l| {
+            l.split_once("timed \"")
+                .map(|(_, rest)| rest.split('"').next().unwrap_or_default())
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let run = named_versions(&stages, &STACK);
+    let claimed: BTreeSet<_> = STACK
+        .iter()
+        .flat_map(|part| {
+            named_versions(
+                &format!("{part} {}", tested_cell(&compatibility, part)),
+                &[part],
+            )
+        })
+        .collect();
+    assert_eq!(
+        claimed, run,
+        "compatibility.md's tested column against scripts/test.sh's stages"
+    );
+    for part in STACK {
+        assert!(
+            run.iter().any(|(p, _)| p == part),
+            "no stage of scripts/test.sh names {part}"
+        );
+    }
+
+    // Django and the drivers the requirements files install.
+    let mut installed = BTreeSet::new();
+    for entry in std::fs::read_dir(root().join("tests")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.starts_with("requirements") && name.ends_with(".txt")) {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let Some((package, version)) = line.split_once("==") else {
+                continue;
+            };
+            let package = package
+                .split('[')
+                .next()
+                .unwrap()
+                .trim_end_matches("-binary")
+                .to_lowercase();
+            let version = version.trim_end_matches(".*").to_owned();
+            match package.as_str() {
+                "django" => installed.insert(("Django".to_owned(), version)),
+                p if DRIVERS.contains(&p) => installed.insert((p.to_owned(), version)),
+                _ => false,
+            };
+        }
+    }
+    let django: BTreeSet<_> = installed
+        .iter()
+        .filter(|(p, _)| p == "Django")
+        .cloned()
+        .collect();
+    let staged: BTreeSet<_> = run.iter().filter(|(p, _)| p == "Django").cloned().collect();
+    assert_eq!(
+        django, staged,
+        "Django in tests/requirements*.txt against scripts/test.sh's stages"
+    );
+    let drivers: BTreeSet<_> = installed
+        .into_iter()
+        .filter(|(p, _)| p != "Django")
+        .collect();
+    assert_eq!(
+        named_versions(&tested_cell(&compatibility, "drivers"), &DRIVERS),
+        drivers,
+        "compatibility.md's drivers against tests/requirements*.txt"
+    );
+
+    // Kubernetes: the versions scripts/test.sh runs by default.
+    let lib = std::fs::read_to_string(root().join("scripts/lib.sh")).unwrap();
+    let defaults: BTreeSet<String> = lib
+        .lines()
+        .find_map(|l| l.strip_prefix("KUBE_VERSIONS_DEFAULT="))
+        .unwrap()
+        .trim_matches('"')
+        .split_whitespace()
+        .map(|v| format!("v{v}"))
+        .collect();
+    let kubernetes: BTreeSet<String> = tested_cell(&compatibility, "Kubernetes")
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| w.starts_with('v') && w[1..].starts_with(|c: char| c.is_ascii_digit()))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        kubernetes, defaults,
+        "compatibility.md's Kubernetes against KUBE_VERSIONS_DEFAULT"
+    );
+}

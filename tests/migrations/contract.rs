@@ -265,8 +265,8 @@ fn defer_annotation_mariadb() {
 /// rest is applied, and release 1's `/ledger/` (which reads the column) keeps working.
 /// Then two contract runs start at once: exactly one drops the column, both exit 0, and
 /// release 1's code now fails while release 2's works.
-fn unsafe_defer_then_contract(engine: Engine, python: PathBuf, django: &str) {
-    let context = format!("{engine:?}, Django {django}");
+fn unsafe_defer_then_contract(engine: Engine, python: PathBuf) {
+    let context = format!("{engine:?}, Django {}", crate::django_version(&python));
     let s = server(engine);
     let (pods, database) = ledger_pods(&s, python, "", "defer");
     release_1_migrate(&pods, &["ledger"]);
@@ -368,22 +368,22 @@ fn unsafe_defer_then_contract(engine: Engine, python: PathBuf, django: &str) {
 
 #[test]
 fn unsafe_defer_then_contract_postgresql_django52() {
-    unsafe_defer_then_contract(Engine::Postgresql, test_python(), "5.2");
+    unsafe_defer_then_contract(Engine::Postgresql, test_python());
 }
 
 #[test]
 fn unsafe_defer_then_contract_mariadb_django52() {
-    unsafe_defer_then_contract(Engine::Mysql, test_python(), "5.2");
+    unsafe_defer_then_contract(Engine::Mysql, test_python());
 }
 
 #[test]
 fn unsafe_defer_then_contract_postgresql_django42() {
-    unsafe_defer_then_contract(Engine::Postgresql, test_python_django42(), "4.2");
+    unsafe_defer_then_contract(Engine::Postgresql, test_python_django42());
 }
 
 #[test]
 fn unsafe_defer_then_contract_mariadb_django42() {
-    unsafe_defer_then_contract(Engine::Mysql, test_python_django42(), "4.2");
+    unsafe_defer_then_contract(Engine::Mysql, test_python_django42());
 }
 
 /// A migration that is not deferred depends on one that is: exit 5, both named, nothing

@@ -50,12 +50,21 @@ pub fn python_from(var: &str, fallback: &str) -> PathBuf {
     python
 }
 
-/// Django 5.2 (the current LTS).
+/// The Python and Django the tier runs on (Django 5.2, the current LTS, unless set).
 pub fn test_python() -> PathBuf {
     python_from("DJANGO_MIGRATE_TEST_PYTHON", ".venv/bin/python")
 }
 
-/// Django 4.2 (the previous LTS).
+/// The version of Django that `python` imports, for messages.
+pub fn django_version(python: &Path) -> String {
+    let out = Command::new(python)
+        .args(["-c", "import django; print(django.get_version())"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Django 4.2 (the previous LTS); tests that need it have `django42` in their names.
 pub fn test_python_django42() -> PathBuf {
     python_from(
         "DJANGO_MIGRATE_TEST_PYTHON_DJANGO42",

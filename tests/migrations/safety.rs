@@ -226,7 +226,7 @@ fn a_half_applied_migration_is_never_retried_blindly() {
 }
 
 /// What a user checks of an unsafe release under `deny`, `allow-unsafe` and `warn`.
-fn unsafe_migrations(engine: Engine, python: PathBuf, django: &str) {
+fn unsafe_migrations(engine: Engine, python: PathBuf) {
     let s = server(engine);
     let extra: Pairs = &[("UNSAFE_APP", "1")];
     let deny: Pairs = &[("unsafe-migrations", "deny")];
@@ -243,7 +243,7 @@ fn unsafe_migrations(engine: Engine, python: PathBuf, django: &str) {
         let exit = step.run(LIMIT);
         (exit.code, pods.summary(None), exit.logs, database)
     };
-    let context = format!("{engine:?}, Django {django}");
+    let context = format!("{engine:?}, Django {}", crate::django_version(&python));
 
     // deny: held back with exit 5, named, nothing applied.
     let (code, summary, logs, database) = run(Some("0001"), deny);
@@ -330,20 +330,20 @@ fn unsafe_migrations(engine: Engine, python: PathBuf, django: &str) {
 
 #[test]
 fn unsafe_migrations_postgresql_django52() {
-    unsafe_migrations(Engine::Postgresql, test_python(), "5.2");
+    unsafe_migrations(Engine::Postgresql, test_python());
 }
 
 #[test]
 fn unsafe_migrations_mariadb_django52() {
-    unsafe_migrations(Engine::Mysql, test_python(), "5.2");
+    unsafe_migrations(Engine::Mysql, test_python());
 }
 
 #[test]
 fn unsafe_migrations_postgresql_django42() {
-    unsafe_migrations(Engine::Postgresql, test_python_django42(), "4.2");
+    unsafe_migrations(Engine::Postgresql, test_python_django42());
 }
 
 #[test]
 fn unsafe_migrations_mariadb_django42() {
-    unsafe_migrations(Engine::Mysql, test_python_django42(), "4.2");
+    unsafe_migrations(Engine::Mysql, test_python_django42());
 }
