@@ -17,6 +17,9 @@
 # DJANGO_MIGRATE_TEST_PGBOUNCER_POOL_SIZE (server connections per database: fewer than the
 # pods of a race), DJANGO_MIGRATE_TEST_DB_USER, DJANGO_MIGRATE_TEST_DB_PASSWORD and
 # DJANGO_MIGRATE_TEST_DB_DIR.
+#
+# With DB_ROOTFS=ROOTFS (scripts/rootfs.sh), the servers are that Debian release's, run in
+# it (scripts/in-rootfs.sh); later commands for the same DIR run there too.
 # Both servers accept that user with that password over TCP (and reject any other password); the user may create
 # databases.
 set -euo pipefail
@@ -193,6 +196,7 @@ start() {
     mkdir -p "$DIR"
     [ "$(id -u)" != 0 ] || chmod 755 "$DIR"
     : > "$DIR/env"
+    if [ -n "${DJANGO_MIGRATE_IN_ROOTFS:-}" ]; then echo "$DJANGO_MIGRATE_IN_ROOTFS" >"$DIR/rootfs"; fi
     {
         echo "export DJANGO_MIGRATE_TEST_DB_USER=$DB_USER"
         echo "export DJANGO_MIGRATE_TEST_DB_PASSWORD=$DB_PASSWORD"
@@ -245,6 +249,16 @@ stop_servers() {
 
 cmd=${1:-}
 DIR=${2:-}
+# Servers of another Debian release run in its root filesystem (scripts/rootfs.sh): with
+# DB_ROOTFS set, `start` runs there and records it in DIR/rootfs, and every later command
+# for DIR runs there too.
+if [ -z "${DJANGO_MIGRATE_IN_ROOTFS:-}" ]; then
+    rootfs=${DB_ROOTFS:-}
+    if [ "$cmd" != start ] && [ -n "$DIR" ] && [ -f "$DIR/rootfs" ]; then rootfs=$(cat "$DIR/rootfs"); fi
+    if [ -n "$rootfs" ] && [ "$cmd" != install ]; then
+        exec "$(dirname "$0")/in-rootfs.sh" "$rootfs" env DJANGO_MIGRATE_IN_ROOTFS="$rootfs" bash "$0" "$@"
+    fi
+fi
 case "$cmd" in
     install) install ;;
     start) start ;;

@@ -87,13 +87,11 @@ stop_databases() {
 }
 # start_databases [EXTRA_LISTEN EXTRA_CIDR]: PostgreSQL, MariaDB and PgBouncer on loopback
 # (and on EXTRA_LISTEN, for the pods); their env is sourced. With DB_ROOTFS set, the
-# servers of that root filesystem (scripts/rootfs.sh), run in it.
+# servers of that root filesystem (scripts/rootfs.sh), run in it (scripts/databases.sh).
 start_databases() {
     stop_databases
     databases=$(mktemp -d /tmp/django-migrate-databases.XXXXXX)
-    local in_rootfs=()
-    if [ -n "${DB_ROOTFS:-}" ]; then in_rootfs=(scripts/in-rootfs.sh "$DB_ROOTFS"); fi
-    DB_EXTRA_LISTEN=${1:-} DB_EXTRA_CIDR=${2:-} "${in_rootfs[@]}" bash scripts/databases.sh start "$databases"
+    DB_EXTRA_LISTEN=${1:-} DB_EXTRA_CIDR=${2:-} bash scripts/databases.sh start "$databases"
     # shellcheck disable=SC1091
     source "$databases/env"
 }
