@@ -36,8 +36,13 @@ def test_the_rollout_waits_for_the_controller_and_completes_when_it_is_back():
         kubectl("apply", "-f", "-", stdin=json.dumps(shop))
         rolled_out(apps)
 
-        # A new release with two new migrations, then no controller.
-        shop["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "TWO_STEP_APP", "value": "1"})
+        # A new release with new migrations (a throttled backfill among them, so that its
+        # first pod is still migrating when the controller is gone), then no controller.
+        shop["spec"]["template"]["spec"]["containers"][0]["env"] += [
+            {"name": "TWO_STEP_APP", "value": "1"},
+            {"name": "THROTTLED_APP", "value": "1"},
+            {"name": "THROTTLE_PAUSE_SECONDS", "value": "10"},
+        ]
         kubectl("apply", "-f", "-", stdin=json.dumps(shop))
         kubectl("scale", "deployment", release.fullname, "-n", namespace, "--replicas=0")
         wait_until("no controller pod", lambda: not get_json("pods", "-n", namespace)["items"], timeout=90)
@@ -52,7 +57,7 @@ def test_the_rollout_waits_for_the_controller_and_completes_when_it_is_back():
         # The first new pod migrated and waits on its gate; the old release keeps serving.
         assert waiting, [(p["metadata"]["name"], gate(p), step_exit(p)) for p in pods]
         assert min(served) >= 3, f"Ready pods during the outage: {served}"
-        assert psql(database, "SELECT count(*) FROM django_migrations WHERE app = 'twostep'") == "2"
+        assert psql(database, "SELECT count(*) FROM django_migrations WHERE app IN ('twostep', 'throttled')") == "4"
 
         kubectl("scale", "deployment", release.fullname, "-n", namespace, "--replicas=2")
         back = time.monotonic()
@@ -60,7 +65,8 @@ def test_the_rollout_waits_for_the_controller_and_completes_when_it_is_back():
         recovered = time.monotonic() - back
         pods = shop_pods(apps)
         assert len(pods) == 3 and all(ready(p) and gate(p) == "True" for p in pods)
-        assert psql(database, "SELECT count(*) FROM django_migrations WHERE app = 'twostep'") == "2"
+        assert psql(database, "SELECT count(*) FROM django_migrations WHERE app IN ('twostep', 'throttled')") == "4"
+        assert psql(database, "SELECT count(*) FROM throttled_batch") == "3"
         print(
             f"controller down {OUTAGE}s during a rollout: {len(waiting)} new pod(s) migrated and waited, "
             f"at least {min(served)} Ready pods throughout; rollout complete {recovered:.1f}s after it was back"
