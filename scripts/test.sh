@@ -8,8 +8,8 @@
 # priority, from the first second: meanwhile the prerequisites are installed, the images of
 # the node tier are built without a registry (scripts/kube/build-images.sh: pause, busybox,
 # the webhook from the Dockerfile with buildah, a Django test image) and the tiers that need
-# no cluster run (unit, engine, server, migrations). Then it starts a control plane with a
-# real node (kubelet, containerd and runc from Debian, a CNI bridge:
+# no cluster run (step, unit, engine, server, migrations). Then it starts a control plane
+# with a real node (kubelet, containerd and runc from Debian, a CNI bridge:
 # scripts/kube/start-node.sh) and the database servers (PostgreSQL also on the bridge's
 # address, for the pods), runs the cluster tiers (cluster, policy, chart, node) against the
 # newest Kubernetes, then the ones that differ by version (cluster, chart, node) against
@@ -142,7 +142,9 @@ export DJANGO_MIGRATE_TEST_PYTHON_DJANGO42="$PWD/.venv-django42/bin/python"
 timed "images: pause, busybox, django, the webhook's from the Dockerfile (buildah)" \
     env IMAGES="pause busybox webhook django" bash scripts/kube/build-images.sh
 
-# The tiers without a cluster: every default `cargo test` target but the cluster tier.
+# The tiers without a cluster: the step's unit tests (pytest, no database), then every
+# default `cargo test` target but the cluster tier.
+timed "pytest (tier: step)" .venv/bin/python -m pytest -q tests/step
 start_databases
 timed "cargo test (tiers: unit, engine, server, migrations)" \
     cargo test --locked --lib --bins --examples --test engine --test server --test migrations "$@"
