@@ -24,83 +24,36 @@ use crate::names::{
 };
 use crate::settings::{DEFAULT_LOCKING_MIN_ROWS, Mode, Settings};
 
+/// `(path, text)` of a file of the step, embedded from `step/<path>`.
+macro_rules! source {
+    ($path:literal) => {
+        ($path, include_str!(concat!("step/", $path)))
+    };
+}
+
 /// The migration program's sources, as embedded at build time: `(path in the artifact,
 /// text)`, every `.py` file under `src/injected/step` (a unit test checks), sorted by path.
 /// `__main__.py` starts it; the package `django_migrate_step` is the step.
 pub const SOURCES: &[(&str, &str)] = &[
-    ("__main__.py", include_str!("step/__main__.py")),
-    (
-        "django_migrate_step/__init__.py",
-        include_str!("step/django_migrate_step/__init__.py"),
-    ),
-    (
-        "django_migrate_step/classifier.py",
-        include_str!("step/django_migrate_step/classifier.py"),
-    ),
-    (
-        "django_migrate_step/columns.py",
-        include_str!("step/django_migrate_step/columns.py"),
-    ),
-    (
-        "django_migrate_step/config.py",
-        include_str!("step/django_migrate_step/config.py"),
-    ),
-    (
-        "django_migrate_step/contract.py",
-        include_str!("step/django_migrate_step/contract.py"),
-    ),
-    (
-        "django_migrate_step/database.py",
-        include_str!("step/django_migrate_step/database.py"),
-    ),
-    (
-        "django_migrate_step/fast_path.py",
-        include_str!("step/django_migrate_step/fast_path.py"),
-    ),
-    (
-        "django_migrate_step/fingerprint.py",
-        include_str!("step/django_migrate_step/fingerprint.py"),
-    ),
-    (
-        "django_migrate_step/lock.py",
-        include_str!("step/django_migrate_step/lock.py"),
-    ),
-    (
-        "django_migrate_step/migrate.py",
-        include_str!("step/django_migrate_step/migrate.py"),
-    ),
-    (
-        "django_migrate_step/progress.py",
-        include_str!("step/django_migrate_step/progress.py"),
-    ),
-    (
-        "django_migrate_step/record.py",
-        include_str!("step/django_migrate_step/record.py"),
-    ),
-    (
-        "django_migrate_step/release.py",
-        include_str!("step/django_migrate_step/release.py"),
-    ),
-    (
-        "django_migrate_step/runner.py",
-        include_str!("step/django_migrate_step/runner.py"),
-    ),
-    (
-        "django_migrate_step/settings_module.py",
-        include_str!("step/django_migrate_step/settings_module.py"),
-    ),
-    (
-        "django_migrate_step/summary.py",
-        include_str!("step/django_migrate_step/summary.py"),
-    ),
-    (
-        "django_migrate_step/waits.py",
-        include_str!("step/django_migrate_step/waits.py"),
-    ),
-    (
-        "django_migrate_step/watchdog.py",
-        include_str!("step/django_migrate_step/watchdog.py"),
-    ),
+    source!("__main__.py"),
+    source!("django_migrate_step/__init__.py"),
+    source!("django_migrate_step/classifier.py"),
+    source!("django_migrate_step/columns.py"),
+    source!("django_migrate_step/config.py"),
+    source!("django_migrate_step/contract.py"),
+    source!("django_migrate_step/database.py"),
+    source!("django_migrate_step/fast_path.py"),
+    source!("django_migrate_step/fingerprint.py"),
+    source!("django_migrate_step/lock.py"),
+    source!("django_migrate_step/migrate.py"),
+    source!("django_migrate_step/progress.py"),
+    source!("django_migrate_step/record.py"),
+    source!("django_migrate_step/release.py"),
+    source!("django_migrate_step/runner.py"),
+    source!("django_migrate_step/settings_module.py"),
+    source!("django_migrate_step/summary.py"),
+    source!("django_migrate_step/waits.py"),
+    source!("django_migrate_step/watchdog.py"),
 ];
 
 /// The artifact the Django step runs: a zip archive of [`SOURCES`] (`python3 step.pyz`
