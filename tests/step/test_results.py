@@ -2,10 +2,10 @@
 src/summary.rs) and the reference documents (docs/src/reference/exit-codes.md), and which
 code and result each way of ending gives."""
 
+import pathlib
 import re
 
 import pytest
-from conftest import ROOT
 from django.db import migrations, models
 from django_migrate_step import config, migrate, runner
 from django_migrate_step.lock import lock_unavailable
@@ -14,6 +14,7 @@ from django_migrate_step.progress import Progress
 from django_migrate_step.summary import Report, StepEnded, not_found
 from plans import check_constraint, plan
 
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXITS = {
     "EXIT_OK": 0,
     "EXIT_TIMEOUT": 1,
