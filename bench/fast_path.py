@@ -5,7 +5,8 @@
 For each project, four contenders, each run N times, interleaved (fast, miss, full,
 check, fast, miss, ...) so that load on the machine affects all of them alike:
 
-- fast: src/injected/django_migrate.py as the pod runs it, its fast path on (the default).
+- fast: the step as the pod runs it (the archive `install-code` writes, from this
+  checkout's binary, built if needed), its fast path on (the default).
   Its summary (the termination log) must say result nothing-pending and fast_path.taken
   true: the step records what the fast path needs after a successful full run, so one
   untimed run of each contender comes first; a fast run that did not take the fast path
@@ -50,7 +51,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEP = os.path.join(ROOT, "src", "injected", "django_migrate.py")
 DATABASES_SH = os.path.join(ROOT, "scripts", "databases.sh")
 TEST_PROJECT = os.path.join(ROOT, "tests", "django")
 WAGTAIL_REQUIREMENTS = ["wagtail==8.0.1", "psycopg[binary]==3.3.9"]
@@ -255,6 +255,12 @@ def forget_record(project):
     run([project["python"], "-c", code] + server, what="deleting the step's record")
 
 
+def install_step(workdir):
+    """The step as the pod gets it: `install-code` of this checkout's binary writes its
+    archive into workdir/code (as into the pod's emptyDir)."""
+    run(["cargo", "run", "--quiet", "--", "install-code", os.path.join(workdir, "code")], cwd=ROOT, what="install-code")
+
+
 def run_contender(project, contender, workdir, warm_up=False):
     """One run: wall seconds. Raises BenchError when it did not end as it must (a warm-up
     run of the step need not take the fast path: it may be the one that records it)."""
@@ -263,7 +269,7 @@ def run_contender(project, contender, workdir, warm_up=False):
     if contender == "check":
         argv = [python, "manage.py", "migrate", "--check"]
     else:
-        argv = [python, STEP]
+        argv = [python, os.path.join(workdir, "code", "step.pyz")]
         env["DJANGO_MIGRATE_TERMINATION_LOG"] = log
         env["DJANGO_MIGRATE_MANAGE_COMMAND"] = "%s manage.py" % python
         # Every run is a pod of one release (its pod-template-hash, as the webhook passes it).
@@ -386,6 +392,7 @@ def main():
     workdir = tempfile.mkdtemp(prefix="bench-fast-path-")
     servers = None
     try:
+        install_step(workdir)
         server, servers = database_server()
         results = []
         for name in projects:

@@ -8,7 +8,7 @@
 #           venv /opt/venv with tests/requirements-trixie.txt (Django 6.1, psycopg 3,
 #           mysqlclient built against Debian 13's libmariadb)
 #   sid     Debian unstable: Python 3.14 and the PostgreSQL client, and a venv /opt/venv
-#           with tests/requirements-sid.txt (Django 6.1, psycopg 3)
+#           with tests/requirements-sid.txt (Django 6.1, psycopg 3, mysqlclient)
 #
 # Packages come from the Debian mirror this machine's apt uses; no service is started
 # (policy-rc.d), and PostgreSQL creates no cluster of its own.
@@ -24,7 +24,7 @@ case "$release" in
         packages=(python3 python3-venv python3-dev gcc pkg-config libmariadb-dev
                   postgresql-17 postgresql-client-17 mariadb-server mariadb-client pgbouncer);;
     sid)
-        packages=(python3 python3-venv postgresql-client);;
+        packages=(python3 python3-venv python3-dev gcc pkg-config libmariadb-dev postgresql-client);;
     *) die "unknown release $release (allowed: trixie, sid)";;
 esac
 requirements=$ROOT/tests/requirements-$release.txt

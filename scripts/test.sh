@@ -8,8 +8,8 @@
 # priority, from the first second: meanwhile the prerequisites are installed, the images of
 # the node tier are built without a registry (scripts/kube/build-images.sh: pause, busybox,
 # the webhook from the Dockerfile with buildah, a Django test image) and the tiers that need
-# no cluster run (unit, engine, server, migrations). Then it starts a control plane with a
-# real node (kubelet, containerd and runc from Debian, a CNI bridge:
+# no cluster run (step, unit, engine, server, migrations). Then it starts a control plane
+# with a real node (kubelet, containerd and runc from Debian, a CNI bridge:
 # scripts/kube/start-node.sh) and the database servers (PostgreSQL also on the bridge's
 # address, for the pods), runs the cluster tiers (cluster, policy, chart, node) against the
 # newest Kubernetes, then the ones that differ by version (cluster, chart, node) against
@@ -150,7 +150,9 @@ export DJANGO_MIGRATE_TEST_PYTHON_DJANGO42="$PWD/.venv-django42/bin/python"
 timed "images: pause, busybox, django, the webhook's from the Dockerfile (buildah)" \
     env IMAGES="pause busybox webhook django" bash scripts/kube/build-images.sh
 
-# The tiers without a cluster: every default `cargo test` target but the cluster tier.
+# The tiers without a cluster: the step's unit tests (pytest, no database), then every
+# default `cargo test` target but the cluster tier.
+timed "pytest (tier: step on Python 3.11, Django 5.2)" .venv/bin/python -m pytest -q tests/step
 start_databases
 timed "cargo test (tiers: unit, engine, server, migrations on Debian 12: Python 3.11, Django 5.2 and 4.2, PostgreSQL 15, MariaDB 10.11, PgBouncer 1.18)" \
     cargo test --locked --lib --bins --examples --test engine --test server --test migrations "$@"
@@ -175,6 +177,10 @@ in_stack() {
     DJANGO_MIGRATE_TEST_PYTHON=/opt/venv/bin/python \
         CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/in-rootfs.sh $root" "$@"
 }
+timed "pytest (tier: step on Debian 13: Python 3.13, Django 6.1)" \
+    scripts/in-rootfs.sh "$rootfs_trixie" /opt/venv/bin/python -m pytest -q -p no:cacheprovider tests/step
+timed "pytest (tier: step on Debian unstable: Python 3.14, Django 6.1)" \
+    scripts/in-rootfs.sh "$rootfs_sid" /opt/venv/bin/python -m pytest -q -p no:cacheprovider tests/step
 DB_ROOTFS=$rootfs_trixie start_databases
 timed "cargo test (tier: migrations on Debian 13: Python 3.13, Django 6.1, PostgreSQL 17, MariaDB 11.8, PgBouncer 1.24)" \
     in_stack "$rootfs_trixie" cargo test --locked --test migrations "$@" -- --skip django42

@@ -220,7 +220,7 @@ impl From<CodeImageArgs> for CodeImage {
 
 #[derive(Debug, Args)]
 pub struct InstallCodeArgs {
-    /// Directory to write django_migrate.py into (the shared emptyDir).
+    /// Directory to write the step (step.pyz) into (the shared emptyDir).
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
 }

@@ -153,7 +153,7 @@ fn install_code(args: &InstallCodeArgs) -> anyhow::Result<()> {
         "django-migrate-webhook {}: wrote {} ({} bytes)",
         env!("CARGO_PKG_VERSION"),
         path.display(),
-        injected::PROGRAM.len()
+        injected::artifact().len()
     );
     Ok(())
 }

@@ -3,9 +3,9 @@
 //! condition's reasons are the enum `step::Reason`, the summary's phases and results the
 //! enums of `summary`).
 //!
-//! The engine, the controller, the CLI and the tests use these; `django_migrate.py` reads
-//! the env names and writes the log prefix and exit codes below (a unit test checks that the
-//! two sides agree).
+//! The engine, the controller, the CLI and the tests use these; the step
+//! (`src/injected/step`) reads the env names and writes the log prefix and exit codes below
+//! (a unit test checks that the two sides agree).
 
 /// Prefix of every label and annotation the webhook reads or writes.
 pub const PREFIX: &str = "django-migrate.io/";
@@ -136,8 +136,8 @@ pub const RESERVED_CONTAINERS: [&str; 4] = [
 pub const CODE_VOLUME: &str = "django-migrate-code";
 /// Where [`CODE_VOLUME`] is mounted in both init containers.
 pub const CODE_MOUNT_PATH: &str = "/django-migrate";
-/// File name of the program inside [`CODE_MOUNT_PATH`].
-pub const PROGRAM_FILE: &str = "django_migrate.py";
+/// File name of the program inside [`CODE_MOUNT_PATH`]: a zip archive Python runs.
+pub const PROGRAM_FILE: &str = "step.pyz";
 
 /// Path the kubelet reads the termination message from.
 pub const TERMINATION_LOG: &str = "/dev/termination-log";

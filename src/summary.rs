@@ -1,6 +1,7 @@
-//! The Django step's machine-readable summary: one JSON object that
-//! `django_migrate.py` writes to the termination log (at most 4 KiB), which the kubelet
-//! puts into the pod's init container status, and which the controller and `status` read.
+//! The Django step's machine-readable summary: one JSON object that the step (the
+//! `summary` module of `src/injected/step`) writes to the termination log (at most 4 KiB),
+//! which the kubelet puts into the pod's init container status, and which the controller
+//! and `status` read.
 //!
 //! When the summary must shrink, the program cuts prose first, then lists, never the
 //! counts: a step that applied 185 migrations says so even if it names only a few.

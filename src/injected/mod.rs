@@ -1,15 +1,18 @@
 //! The init containers the webhook injects, and the program the Django step runs.
 //!
-//! The program is not carried in the pod spec. A small init container of the webhook's
-//! own image copies it (`install-code`) into an `emptyDir`; the Django step then runs it
-//! with the app container's own image, env, envFrom, mounts, workingDir, securityContext
-//! and resources, so it reaches the database exactly as the app does. Neither needs a
-//! shell.
+//! The program is not carried in the pod spec. It is a Python package (`step/`), embedded
+//! at build time file by file ([`SOURCES`]) and written as one zip archive that Python runs
+//! ([`artifact`]). A small init container of the webhook's own image writes it
+//! (`install-code`) into an `emptyDir`; the Django step then runs it with the app
+//! container's own image, env, envFrom, mounts, workingDir, securityContext and resources,
+//! so it reaches the database exactly as the app does. Neither needs a shell.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
+
+mod zipapp;
 
 use crate::deployment::JsonMap;
 use crate::names::{
@@ -21,8 +24,47 @@ use crate::names::{
 };
 use crate::settings::{DEFAULT_LOCKING_MIN_ROWS, Mode, Settings};
 
-/// The migration program, as embedded at build time.
-pub const PROGRAM: &str = include_str!("django_migrate.py");
+/// `(path, text)` of a file of the step, embedded from `step/<path>`.
+macro_rules! source {
+    ($path:literal) => {
+        ($path, include_str!(concat!("step/", $path)))
+    };
+}
+
+/// The migration program's sources, as embedded at build time: `(path in the artifact,
+/// text)`, every `.py` file under `src/injected/step` (a unit test checks), sorted by path.
+/// `__main__.py` starts it; the package `django_migrate_step` is the step.
+pub const SOURCES: &[(&str, &str)] = &[
+    source!("__main__.py"),
+    source!("django_migrate_step/__init__.py"),
+    source!("django_migrate_step/classifier.py"),
+    source!("django_migrate_step/columns.py"),
+    source!("django_migrate_step/config.py"),
+    source!("django_migrate_step/contract.py"),
+    source!("django_migrate_step/database.py"),
+    source!("django_migrate_step/fast_path.py"),
+    source!("django_migrate_step/fingerprint.py"),
+    source!("django_migrate_step/lock.py"),
+    source!("django_migrate_step/migrate.py"),
+    source!("django_migrate_step/progress.py"),
+    source!("django_migrate_step/record.py"),
+    source!("django_migrate_step/release.py"),
+    source!("django_migrate_step/runner.py"),
+    source!("django_migrate_step/settings_module.py"),
+    source!("django_migrate_step/summary.py"),
+    source!("django_migrate_step/waits.py"),
+    source!("django_migrate_step/watchdog.py"),
+];
+
+/// The artifact the Django step runs: a zip archive of [`SOURCES`] (`python3 step.pyz`
+/// runs its `__main__.py`), the same bytes for the same sources.
+pub fn artifact() -> Vec<u8> {
+    let entries: Vec<(&str, &[u8])> = SOURCES
+        .iter()
+        .map(|(path, text)| (*path, text.as_bytes()))
+        .collect();
+    zipapp::stored(&entries)
+}
 
 /// Path of the binary in the webhook's image (see the Dockerfile).
 pub const BINARY_IN_IMAGE: &str = "/usr/local/bin/django-migrate-webhook";
@@ -119,7 +161,7 @@ pub fn code_container(image: &CodeImage, pod_security: Option<&JsonMap>) -> Valu
 }
 
 /// The Django step: the app container's image and settings, plus the code volume, running
-/// `<python> /django-migrate/django_migrate.py`.
+/// `<python> /django-migrate/step.pyz`.
 pub fn step_container(app: &JsonMap, s: &Settings) -> Value {
     let mut c = JsonMap::new();
     c.insert("name".into(), step_name(s.mode).into());
@@ -208,10 +250,10 @@ pub fn release_env() -> Value {
     })
 }
 
-/// Writes [`PROGRAM`] into `dir` (created if missing) as `django_migrate.py`, readable by
-/// any user: the Django step may run as another UID than this copy (OpenShift's random
-/// UIDs, the app's `runAsUser`). Written to a temporary name first, then renamed, so a
-/// reader never sees half a file.
+/// Writes the [`artifact`] into `dir` (created if missing) as `step.pyz`, readable by any
+/// user: the Django step may run as another UID than this copy (OpenShift's random UIDs,
+/// the app's `runAsUser`). Written to a temporary name first, then renamed, so a reader
+/// never sees half a file.
 pub fn install(dir: &Path) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
@@ -224,7 +266,7 @@ pub fn install(dir: &Path) -> std::io::Result<PathBuf> {
         .truncate(true)
         .mode(0o644)
         .open(&partial)?;
-    file.write_all(PROGRAM.as_bytes())?;
+    file.write_all(&artifact())?;
     file.sync_all()?;
     // The umask may have narrowed the mode given to open.
     file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
@@ -259,7 +301,7 @@ mod tests {
         assert!(step.get("livenessProbe").is_none());
         assert_eq!(
             step["command"],
-            json!(["python3", "/django-migrate/django_migrate.py"])
+            json!(["python3", "/django-migrate/step.pyz"])
         );
         let env = step["env"].as_array().unwrap();
         assert_eq!(env[0]["name"], "A");
@@ -314,17 +356,25 @@ mod tests {
         assert_eq!(c["securityContext"]["runAsUser"], IMAGE_USER);
     }
 
+    /// The paths of the sources that contain `needle`.
+    fn sources_with(needle: &str) -> Vec<&'static str> {
+        SOURCES
+            .iter()
+            .filter(|(_, text)| text.contains(needle))
+            .map(|(path, _)| *path)
+            .collect()
+    }
+
     /// One vocabulary: the program reads every env var the engine sets, and writes the
-    /// log prefix and exit codes of `names` and the phases and results of `summary`.
+    /// log prefix and exit codes of `names` and the phases and results of `summary`, each
+    /// defined once in the package's sources.
     #[test]
     fn the_program_uses_the_names_the_engine_sets() {
         use crate::names::{LOG_PREFIX, exit};
         use crate::summary::{Phase, StepResult};
         for name in STEP_ENV {
-            assert!(
-                PROGRAM.contains(&format!("os.environ.get(\"{name}\"")),
-                "{name}"
-            );
+            let read = format!("os.environ.get(\"{name}\"");
+            assert_eq!(sources_with(&read).len(), 1, "{name}");
         }
         for (constant, code) in [
             ("EXIT_OK", exit::OK),
@@ -335,27 +385,73 @@ mod tests {
             ("EXIT_UNSAFE", exit::UNSAFE),
             ("EXIT_LOCK", exit::LOCK),
         ] {
-            assert!(
-                PROGRAM.contains(&format!("\n{constant} = {code}\n")),
-                "{constant}"
-            );
+            let line = format!("\n{constant} = {code}\n");
+            assert_eq!(sources_with(&line).len(), 1, "{constant}");
         }
         for p in Phase::ALL {
             let line = format!("\nPHASE_{} = \"{p}\"\n", p.as_str().to_uppercase());
-            assert!(PROGRAM.contains(&line), "{line}");
+            assert_eq!(sources_with(&line).len(), 1, "{line}");
         }
         for r in StepResult::ALL {
             let line = format!(
                 "\nRESULT_{} = \"{r}\"\n",
                 r.as_str().to_uppercase().replace('-', "_")
             );
-            assert!(PROGRAM.contains(&line), "{line}");
+            assert_eq!(sources_with(&line).len(), 1, "{line}");
         }
         // And writes no result the controller does not know.
-        let written = PROGRAM.matches("\nRESULT_").count();
+        let written: usize = SOURCES
+            .iter()
+            .map(|(_, text)| text.matches("\nRESULT_").count())
+            .sum();
         assert_eq!(written, StepResult::ALL.len());
-        assert!(PROGRAM.contains(&format!("\nLOG_PREFIX = \"{LOG_PREFIX}\"\n")));
-        assert!(PROGRAM.contains(&format!("\"{TERMINATION_LOG}\"")));
+        let prefix = format!("\nLOG_PREFIX = \"{LOG_PREFIX}\"\n");
+        assert_eq!(sources_with(&prefix).len(), 1);
+        assert!(!sources_with(&format!("\"{TERMINATION_LOG}\"")).is_empty());
+    }
+
+    /// Every Python file of the step's directory is embedded, and nothing else: a module
+    /// left out would fail the step's imports in the pod.
+    #[test]
+    fn the_sources_are_every_python_file_of_the_step() {
+        fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    if path.file_name().is_some_and(|n| n != "__pycache__") {
+                        walk(&path, root, out);
+                    }
+                } else if path.extension().is_some_and(|e| e == "py") {
+                    let relative = path.strip_prefix(root).unwrap();
+                    out.push(relative.to_string_lossy().into_owned());
+                }
+            }
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/injected/step");
+        let mut files = Vec::new();
+        walk(&root, &root, &mut files);
+        files.sort();
+        let embedded: Vec<&str> = SOURCES.iter().map(|(path, _)| *path).collect();
+        assert_eq!(embedded, files);
+        for (path, text) in SOURCES {
+            let on_disk = std::fs::read_to_string(root.join(path)).unwrap();
+            assert_eq!(*text, on_disk, "{path}");
+        }
+        assert!(embedded.contains(&"__main__.py"));
+    }
+
+    /// The artifact is the same bytes whenever it is made, and holds each source.
+    #[test]
+    fn the_artifact_holds_every_source_and_is_reproducible() {
+        let zip = artifact();
+        assert_eq!(zip, artifact());
+        for (path, text) in SOURCES {
+            let header = [path.as_bytes(), text.as_bytes()].concat();
+            assert!(
+                zip.windows(header.len()).any(|w| w == header),
+                "{path} is not stored as it is"
+            );
+        }
     }
 
     #[test]
@@ -363,11 +459,14 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile_dir();
         let path = install(&dir.join("code")).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), PROGRAM);
+        assert_eq!(path.file_name().unwrap(), PROGRAM_FILE);
+        assert_eq!(std::fs::read(&path).unwrap(), artifact());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644);
-        // Twice is fine (a restarted init container).
+        // Twice is fine (a restarted init container), and leaves no partial file.
         install(&dir.join("code")).unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.join("code")).unwrap().collect();
+        assert_eq!(left.len(), 1);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -572,7 +572,7 @@ async fn serve_exits_non_zero_when_the_controller_stops_on_its_own() {
     );
 }
 
-/// The step's JSON summary, as `django_migrate.py` writes it.
+/// The step's JSON summary, as the step writes it.
 fn summary(exit_code: i32, phase: &str, result: &str, message: &str, applied: &[&str]) -> String {
     json!({"mode": "migrate", "phase": phase, "result": result, "exit_code": exit_code,
            "message": message, "applied": applied,

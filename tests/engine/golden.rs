@@ -169,7 +169,7 @@ fn example_injects_and_reinjects_to_the_same_text() {
     for needle in [
         "name: django-migrate-code",
         "name: django-migrate",
-        "/django-migrate/django_migrate.py",
+        "/django-migrate/step.pyz",
         "conditionType: django-migrate.io/migrated",
     ] {
         assert!(first.output.contains(needle), "missing {needle}");

@@ -106,13 +106,20 @@ fn the_code_copy_writes_the_embedded_program_readable_by_anyone() {
     let pod = pods.pod(&containers, 7);
     let exit = pod[0].run(LIMIT);
     assert_eq!(exit.code, 0, "{}", exit.logs);
-    let file = pods.dir.path().join("pod-7-code/django_migrate.py");
+    let file = pods
+        .dir
+        .path()
+        .join("pod-7-code")
+        .join(django_migrate_webhook::names::PROGRAM_FILE);
     assert_eq!(
-        std::fs::read_to_string(&file).unwrap(),
-        django_migrate_webhook::injected::PROGRAM
+        std::fs::read(&file).unwrap(),
+        django_migrate_webhook::injected::artifact()
     );
     let mode = std::fs::metadata(&file).unwrap().permissions().mode();
     assert_eq!(mode & 0o444, 0o444, "mode {mode:o}");
+    // A zip archive whose every entry Python's own reader checks (names, sizes, CRCs).
+    let tested = pods.python(&["-m", "zipfile", "-t", &file.to_string_lossy()], &[]);
+    assert!(tested.contains("Done testing"), "{tested}");
 }
 
 #[test]
