@@ -255,7 +255,8 @@ DIR=${2:-}
 if [ -z "${DJANGO_MIGRATE_IN_ROOTFS:-}" ]; then
     rootfs=${DB_ROOTFS:-}
     if [ "$cmd" != start ] && [ -n "$DIR" ] && [ -f "$DIR/rootfs" ]; then rootfs=$(cat "$DIR/rootfs"); fi
-    if [ -n "$rootfs" ] && [ "$cmd" != install ]; then
+    # Inside that root filesystem already (a test run in it), its path does not exist.
+    if [ -n "$rootfs" ] && [ -d "$rootfs" ] && [ "$cmd" != install ]; then
         exec "$(dirname "$0")/in-rootfs.sh" "$rootfs" env DJANGO_MIGRATE_IN_ROOTFS="$rootfs" bash "$0" "$@"
     fi
 fi
