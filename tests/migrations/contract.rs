@@ -367,12 +367,12 @@ fn unsafe_defer_then_contract(engine: Engine, python: PathBuf) {
 }
 
 #[test]
-fn unsafe_defer_then_contract_postgresql_django52() {
+fn unsafe_defer_then_contract_postgresql() {
     unsafe_defer_then_contract(Engine::Postgresql, test_python());
 }
 
 #[test]
-fn unsafe_defer_then_contract_mariadb_django52() {
+fn unsafe_defer_then_contract_mariadb() {
     unsafe_defer_then_contract(Engine::Mysql, test_python());
 }
 

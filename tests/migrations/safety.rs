@@ -329,12 +329,12 @@ fn unsafe_migrations(engine: Engine, python: PathBuf) {
 }
 
 #[test]
-fn unsafe_migrations_postgresql_django52() {
+fn unsafe_migrations_postgresql() {
     unsafe_migrations(Engine::Postgresql, test_python());
 }
 
 #[test]
-fn unsafe_migrations_mariadb_django52() {
+fn unsafe_migrations_mariadb() {
     unsafe_migrations(Engine::Mysql, test_python());
 }
 

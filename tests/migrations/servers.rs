@@ -333,14 +333,14 @@ fn the_checks_catch_naive_concurrent_migrate() {
 }
 
 #[test]
-fn ten_pods_postgresql_django52() {
+fn ten_pods_postgresql() {
     let s = server(Engine::Postgresql);
     race(&s, test_python(), false);
     race(&s, test_python(), true);
 }
 
 #[test]
-fn ten_pods_mariadb_django52() {
+fn ten_pods_mariadb() {
     let s = server(Engine::Mysql);
     race(&s, test_python(), false);
     race(&s, test_python(), true);
