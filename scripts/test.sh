@@ -184,8 +184,16 @@ timed "pytest (tier: step on Debian unstable: Python 3.14, Django 6.1)" \
 DB_ROOTFS=$rootfs_trixie start_databases
 timed "cargo test (tier: migrations on Debian 13: Python 3.13, Django 6.1, PostgreSQL 17, MariaDB 11.8, PgBouncer 1.24)" \
     in_stack "$rootfs_trixie" cargo test --locked --test migrations "$@" -- --skip django42
+# exactly_one CMD...: CMD, a `cargo test` filtered to one test, ran that test and it passed.
+exactly_one() {
+    local out rc=0
+    out=$("$@" 2>&1) || rc=$?
+    printf '%s\n' "$out" >&2
+    [ "$rc" = 0 ] || return "$rc"
+    grep -q '^test result: ok\. 1 passed' <<<"$out" || { say "the filter matched no test"; return 1; }
+}
 timed "cargo test (a race on Debian unstable: Python 3.14, Django 6.1, against PostgreSQL 17)" \
-    in_stack "$rootfs_sid" cargo test --locked --test migrations "$@" -- --exact servers::ten_pods_postgresql
+    exactly_one in_stack "$rootfs_sid" cargo test --locked --test migrations "$@" -- --exact servers::ten_pods_postgresql
 stop_databases
 timed "cargo test --no-run (the cluster tiers' binaries)" \
     cargo test --locked --no-run --test cluster --test policy --test node
