@@ -219,6 +219,18 @@ fn slow_pods(s: &Server, database: &str, port: u16, seconds: &str) -> Pods {
     pods
 }
 
+/// The Django steps of two pods, the second started 2 s after the first (which is then
+/// migrating): how each ended, the first's first.
+fn two_pods_two_seconds_apart(pods: &Pods) -> (kubelet::Exit, kubelet::Exit) {
+    let containers = pods.containers(&[], &[]);
+    let (first, second) = (step_of(pods, &containers, 0), step_of(pods, &containers, 1));
+    let migrating = first.start();
+    thread::sleep(Duration::from_secs(2));
+    let waiting = second.run(LIMIT);
+    let done = kubelet::wait(&first.name, migrating, LIMIT);
+    (done, waiting)
+}
+
 /// The copy container of pod `i` has run; its Django step, ready to start.
 fn step_of(pods: &Pods, containers: &[Container], i: usize) -> Container {
     let pod = pods.pod(containers, i);
@@ -337,16 +349,8 @@ fn idle_limits(s: &Server, port: u16, route: &str, settings: &[(&str, &str)]) {
             pods.env.push(("DB_INIT_COMMAND".into(), init));
         }
     }
-    let containers = pods.containers(&[], &[]);
-    let (first, second) = (
-        step_of(&pods, &containers, 0),
-        step_of(&pods, &containers, 1),
-    );
     let started = Instant::now();
-    let migrating = first.start();
-    thread::sleep(Duration::from_secs(2));
-    let waiting = second.run(LIMIT);
-    let done = kubelet::wait(&first.name, migrating, LIMIT);
+    let (done, waiting) = two_pods_two_seconds_apart(&pods);
     let context = format!("{:?} {route} with {settings:?}", s.engine);
     assert_eq!(done.code, 0, "{context}: first pod: {}", done.logs);
     assert_eq!(waiting.code, 0, "{context}: second pod: {}", waiting.logs);
@@ -414,16 +418,8 @@ fn a_pausing_non_atomic_migration_under_an_idle_session_limit() {
         let mut pods = s.pods(test_python(), &database, port, &s.password);
         pods.env.push(("THROTTLED_APP".into(), "1".into()));
         pods.env.push(("THROTTLE_PAUSE_SECONDS".into(), "5".into()));
-        let containers = pods.containers(&[], &[]);
-        let (first, second) = (
-            step_of(&pods, &containers, 0),
-            step_of(&pods, &containers, 1),
-        );
         let started = Instant::now();
-        let migrating = first.start();
-        thread::sleep(Duration::from_secs(2));
-        let waiting = second.run(LIMIT);
-        let done = kubelet::wait(&first.name, migrating, LIMIT);
+        let (done, waiting) = two_pods_two_seconds_apart(&pods);
         assert_eq!(done.code, 0, "{route}: first pod: {}", done.logs);
         assert_eq!(waiting.code, 0, "{route}: second pod: {}", waiting.logs);
         assert_eq!(
