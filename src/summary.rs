@@ -91,6 +91,8 @@ string_enum! {
         /// A migration failed after some of its statements ran and stayed (a backend
         /// without transactional DDL, or a non-atomic migration).
         HalfApplied = "half-applied",
+        /// Plan mode: the plan was made, and the rollout would pass.
+        Planned = "planned",
     }
 }
 

@@ -46,6 +46,8 @@ pub const SOURCES: &[(&str, &str)] = &[
     source!("django_migrate_step/fingerprint.py"),
     source!("django_migrate_step/lock.py"),
     source!("django_migrate_step/migrate.py"),
+    source!("django_migrate_step/plan.py"),
+    source!("django_migrate_step/plan_report.py"),
     source!("django_migrate_step/progress.py"),
     source!("django_migrate_step/record.py"),
     source!("django_migrate_step/release.py"),

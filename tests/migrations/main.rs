@@ -11,6 +11,7 @@ mod classifier;
 mod contract;
 mod fast_path;
 mod kubelet;
+mod plan;
 mod poolers;
 mod post_migrate;
 mod safety;

@@ -47,6 +47,10 @@ if os.environ.get("HALFWAY_APP") == "1":
 if os.environ.get("THROTTLED_APP") == "1":
     # A non-atomic backfill that pauses between batches.
     INSTALLED_APPS.append("throttled")
+if os.environ.get("SHIPPING_APP") == "1":
+    # A big table one release behind: an index build, a data migration, a column made
+    # non-nullable and one dropped (the plan's tests fill it with 200,000 rows).
+    INSTALLED_APPS.append("shipping")
 if os.environ.get("CORPUS_CASE"):
     # One case of the classifier's corpus: a previous release and the migration it ships.
     INSTALLED_APPS.append("corpus")

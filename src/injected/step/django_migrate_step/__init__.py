@@ -28,7 +28,10 @@ Django start per pod:
      idle_session_timeout between the transactions of a non-atomic migration;
    - wait mode: wait until nothing is pending, never migrate;
    - contract mode (the contract run's Job, once no pod of the previous release is
-     left): like migrate mode, and it applies the deferred migrations too.
+     left): like migrate mode, and it applies the deferred migrations too;
+   - plan mode (the plan Job, before a rollout): reports what migrate mode would do with
+     the pending plan, reading in one read-only transaction; writes nothing, takes no
+     lock, waits for no pod (exit 5 when the rollout would be held back or blocked).
 
 Expand and contract: in migrate and wait mode a pending migration is deferred when it
 is marked django-safemigrate's `Safe.after_deploy()`, named in DJANGO_MIGRATE_DEFER, or
@@ -59,7 +62,8 @@ The modules, by what they own:
 - columns, classifier: the classifier (breaking and locking operations, type rules);
 - contract: expand and contract (deferred migrations);
 - progress, migrate: `migrate` followed statement by statement, and the steps that run
-  it; release: the release's pre_migrate/post_migrate run and its record.
+  it; release: the release's pre_migrate/post_migrate run and its record;
+- plan, plan_report: plan mode, its report and the report as a table.
 
 The package's name is its own so that it never shadows a module of the app, whose Django
 process runs the inner phase.

@@ -4,6 +4,8 @@ kinds: `breaking` (the previous release's code fails against the migrated databa
 existing table, sized from the database's statistics); and which findings `deny` holds
 back. docs/src/reference/classifier.md lists its rules."""
 
+import contextlib
+
 from .columns import (
     db_table,
     field_type,
@@ -303,9 +305,13 @@ def blocks_traffic(op, app_label, state, connection):
 
 def table_size(connection, table, report):
     """(rows, bytes) of `table` from the database's statistics (never by counting); None
-    for what the statistics do not know."""
+    for what the statistics do not know. Inside a transaction (the plan's) a failed read
+    is rolled back to a savepoint, so the transaction goes on."""
+    from django.db import transaction
+
+    guard = transaction.atomic(using=connection.alias) if connection.in_atomic_block else contextlib.nullcontext()
     try:
-        with connection.cursor() as cursor:
+        with guard, connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 # The larger of the live rows the statistics system counts (reset to 0 by
                 # pg_stat_reset, a crash or a failover) and the last ANALYZE's estimate.

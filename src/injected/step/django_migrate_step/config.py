@@ -10,6 +10,8 @@ import time
 MODE_MIGRATE = "migrate"
 MODE_WAIT = "wait"
 MODE_CONTRACT = "contract"
+# What the plan Job runs: the pending plan reported, read-only (see `plan`).
+MODE_PLAN = "plan"
 MODE = os.environ.get("DJANGO_MIGRATE_MODE", MODE_MIGRATE)
 ALIAS = os.environ.get("DJANGO_MIGRATE_DATABASE", "default")
 MANAGE_COMMAND = os.environ.get("DJANGO_MIGRATE_MANAGE_COMMAND", "python3 manage.py").split()
@@ -97,6 +99,8 @@ RESULT_LOCK_LOST = "lock-lost"
 RESULT_DEFERRED_BLOCKED = "deferred-blocked"
 RESULT_POST_MIGRATE_FAILED = "post-migrate-failed"
 RESULT_HALF_APPLIED = "half-applied"
+# Plan mode: the plan was made and the rollout would pass.
+RESULT_PLANNED = "planned"
 
 # Every log line starts with it; the controller reads the phase of the last one.
 LOG_PREFIX = "django-migrate"

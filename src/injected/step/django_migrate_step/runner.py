@@ -21,6 +21,7 @@ from .config import (
     MODE,
     MODE_CONTRACT,
     MODE_MIGRATE,
+    MODE_PLAN,
     MODE_WAIT,
     PHASE_DONE,
     POST_MIGRATE,
@@ -40,6 +41,7 @@ from .database import pending_now, wait_for_connection, with_connect_timeout
 from .fast_path import FAST_PATH_DOUBT_ENV, FAST_PATH_RECORD_ENV, try_fast_path
 from .fingerprint import database_identity
 from .migrate import step_migrate, step_post_migrate
+from .plan import step_plan
 from .record import record_for_fast_path
 from .release import post_migrate_due
 from .summary import Report, StepEnded, elapsed, end, first_line, not_found
@@ -144,8 +146,8 @@ def run_inner(report):
             "database alias %r is not in settings.DATABASES (have: %s)"
             % (ALIAS, ", ".join(connections.settings) or "none")
         ) from e
-    if MODE not in (MODE_MIGRATE, MODE_WAIT, MODE_CONTRACT):
-        raise not_found("unknown DJANGO_MIGRATE_MODE %r: allowed migrate, wait or contract" % MODE)
+    if MODE not in (MODE_MIGRATE, MODE_WAIT, MODE_CONTRACT, MODE_PLAN):
+        raise not_found("unknown DJANGO_MIGRATE_MODE %r: allowed migrate, wait, contract or plan" % MODE)
     if POST_MIGRATE not in ("true", "false"):
         raise not_found("unknown DJANGO_MIGRATE_POST_MIGRATE %r: allowed true or false" % POST_MIGRATE)
     if UNSAFE_MIGRATIONS not in ("warn", "deny", "defer"):
@@ -166,6 +168,9 @@ def run_mode(connections, connection, report):
     watchdog = Watchdog(report)
     with_connect_timeout(connection)
     wait_for_connection(connection, report, watchdog)
+    if MODE == MODE_PLAN:
+        # Reads in a read-only transaction of its own; waits for no lock and no pod.
+        return step_plan(connection, report)
     report.pending = pending_now(connection, report)
     if report.pending and MODE != MODE_CONTRACT:
         find_deferred(connection, report)

@@ -92,6 +92,8 @@ class Report:
         self.deferred = []
         # Whether the fast path was taken, and why (not), and whether a record was written.
         self.fast_path = None
+        # Plan mode: the rollout's verdict and the plan's counts (see `plan`).
+        self.plan = None
         # Held by the first thread that ends the process (the main one or the watchdog).
         self.ending = threading.Lock()
 
@@ -150,6 +152,8 @@ class Report:
             "fast_path": self.fast_path,
             "post_migrate": self.post_migrate,
         }
+        if self.plan is not None:
+            data["plan"] = self.plan
 
         def oversized():
             return len(json.dumps(data, separators=(",", ":")).encode()) > MAX_SUMMARY_BYTES
