@@ -6,6 +6,8 @@
 #   localhost/e2e/busybox:1.35     Debian's busybox-static with its applet links
 #   localhost/e2e/django:test      debootstrap'ed trixie minbase + python3 (3.13) + Django 6.1 and
 #                                  psycopg 3 (pip) + the test project of tests/django
+#   localhost/e2e/django:ledger-1, :ledger-2
+#                                  the same, with the ledger app's release 1 or 2 in the image's env
 #   localhost/e2e/django-migrate-webhook:VERSION
 #                                  the webhook image built from the project's Dockerfile by
 #                                  buildah, on local stand-ins for its base images (below),
@@ -26,28 +28,38 @@ IMAGES="${IMAGES:-pause busybox}"
 ROOT=$(cd "$HERE/../.." && pwd)
 mkdir -p "$OUT"
 
-# pack_image ROOTFS REF OUT_TAR CMD_JSON [WORKDIR] [ENV_JSON] [USER] [ENTRYPOINT_JSON]
-# Writes a single-layer docker-archive (manifest.json + config + layer.tar).
+# pack_image ROOTFS REF OUT_TAR CMD_JSON [WORKDIR] [ENV_JSON] [USER] [ENTRYPOINT_JSON] [VARIANTS]
+# Writes a single-layer docker-archive (manifest.json + config + layer.tar). VARIANTS, one
+# "REF ENV_JSON" per line, are more images of the same layer that differ in their env only
+# (releases of one app, for the tests), in the same archive.
 pack_image() {
   local rootfs=$1 ref=$2 out=$3 cmd=$4 workdir=${5:-/}
   local env=${6:-'["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]'} user=${7:-}
-  local entrypoint=${8:-null}
+  local entrypoint=${8:-null} variants=${9:-}
   local tmp; tmp=$(mktemp -d)
   tar --numeric-owner --xattrs --sort=name -C "$rootfs" -cf "$tmp/layer.tar" .
   local diff; diff=$(sha256sum "$tmp/layer.tar" | cut -d' ' -f1)
-  cat >"$tmp/config.json" <<EOF
-{"architecture":"amd64","os":"linux","created":"$(date -u +%Y-%m-%dT%H:%M:%SZ)",
- "config":{"Env":$env,"Entrypoint":$entrypoint,"Cmd":$cmd,"WorkingDir":"$workdir","User":"$user"},
+  local created; created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  local manifests="" one_ref one_env cfg files=()
+  while read -r one_ref one_env; do
+    [[ -n "$one_ref" ]] || continue
+    cat >"$tmp/config.json" <<EOF
+{"architecture":"amd64","os":"linux","created":"$created",
+ "config":{"Env":$one_env,"Entrypoint":$entrypoint,"Cmd":$cmd,"WorkingDir":"$workdir","User":"$user"},
  "rootfs":{"type":"layers","diff_ids":["sha256:$diff"]},
  "history":[{"created_by":"e2e-node build-images.sh"}]}
 EOF
-  local cfg; cfg=$(sha256sum "$tmp/config.json" | cut -d' ' -f1)
-  mv "$tmp/config.json" "$tmp/$cfg.json"
-  printf '[{"Config":"%s.json","RepoTags":["%s"],"Layers":["layer.tar"]}]\n' "$cfg" "$ref" >"$tmp/manifest.json"
-  tar -C "$tmp" -cf "$out.tmp" manifest.json "$cfg.json" layer.tar
+    cfg=$(sha256sum "$tmp/config.json" | cut -d' ' -f1)
+    mv "$tmp/config.json" "$tmp/$cfg.json"
+    files+=("$cfg.json")
+    manifests+="${manifests:+,}$(printf '{"Config":"%s.json","RepoTags":["%s"],"Layers":["layer.tar"]}' "$cfg" "$one_ref")"
+  done <<<"$ref $env
+$variants"
+  echo "[$manifests]" >"$tmp/manifest.json"
+  tar -C "$tmp" -cf "$out.tmp" manifest.json "${files[@]}" layer.tar
   mv "$out.tmp" "$out"
   rm -rf "$tmp"
-  log "packed $ref -> $out ($(du -h "$out" | cut -f1))"
+  log "packed $ref${variants:+ and its variants} -> $out ($(du -h "$out" | cut -f1))"
 }
 
 # The webhook image, built from the project's Dockerfile by buildah (Debian's, daemonless,
@@ -246,8 +258,12 @@ for img in $IMAGES; do
     rm -rf "$ROOTFS/app" && mkdir -p "$ROOTFS/app"
     cp -r "$ROOT/tests/django/." "$ROOTFS/app/"
     find "$ROOTFS/app" -name __pycache__ -prune -exec rm -rf {} +
+    # Two releases of the ledger app as images of their own (for `plan --image`): the
+    # release is in the image, not in the pod spec.
+    base='"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","PYTHONUNBUFFERED=1","DJANGO_SETTINGS_MODULE=testsite.settings"'
     pack_image "$ROOTFS" localhost/e2e/django:test "$OUT/django.tar" '["python3","manage.py","runserver","--noreload","0.0.0.0:8000"]' /app \
-      '["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","PYTHONUNBUFFERED=1","DJANGO_SETTINGS_MODULE=testsite.settings"]';;
+      "[$base]" "" null "localhost/e2e/django:ledger-1 [$base,\"LEDGER_APP=1\",\"LEDGER_RELEASE=1\"]
+localhost/e2e/django:ledger-2 [$base,\"LEDGER_APP=1\",\"LEDGER_RELEASE=2\"]";;
   *) echo "unknown image $img" >&2; exit 1;;
   esac
 done
