@@ -73,19 +73,14 @@ def table(plan):
             )
         )
     out.append("\n" + columns(rows))
-    lines = [
-        "  %s %s\n    %s%s: %s\n"
-        % (
-            m["migration"],
-            o["operation"],
-            f["kind"],
-            " (held back)" if f["held_back"] else " (allowed)" if f["allowed"] else "",
-            f["why"],
-        )
-        for m in plan["migrations"]
-        for o in m["operations"]
-        for f in o["findings"]
-    ]
+    lines = []
+    for m in plan["migrations"]:
+        for o in m["operations"]:
+            if o["findings"]:
+                lines.append("  %s %s\n" % (m["migration"], o["operation"]))
+            for f in o["findings"]:
+                said = " (held back)" if f["held_back"] else " (allowed)" if f["allowed"] else ""
+                lines.append("    %s%s: %s\n" % (f["kind"], said, f["why"]))
     if lines:
         out.append("\nFINDINGS\n" + "".join(lines))
     data = [
