@@ -11,6 +11,7 @@
 mod support;
 
 mod contract;
+mod plan;
 
 use std::process::Command;
 use std::time::Duration;
