@@ -26,7 +26,7 @@ const PENDING: [&str; 4] = [
 
 /// Pods of the shipping release on a new database at the previous release (every app
 /// migrated, shipping at 0001) with `ROWS` shipments, half of them without a note.
-fn one_release_behind(s: &Server, label: &str) -> (Pods, String) {
+pub(crate) fn one_release_behind(s: &Server, label: &str) -> (Pods, String) {
     let database = s.create_database(label);
     let mut pods = s.pods(test_python(), &database, s.port, &s.password);
     pods.env.push(("SHIPPING_APP".into(), "1".into()));
@@ -151,7 +151,7 @@ fn lock_holders(s: &Server, database: &str) -> i64 {
 }
 
 /// The step of these pods with `annotations`, in plan mode (as the plan Job runs it).
-fn plan_step(pods: &Pods, annotations: Pairs) -> Container {
+pub(crate) fn plan_step(pods: &Pods, annotations: Pairs) -> Container {
     let mut step = pods.containers(&[], annotations)[1].clone();
     step.env.insert(
         django_migrate_webhook::names::ENV_MODE.into(),
@@ -161,7 +161,7 @@ fn plan_step(pods: &Pods, annotations: Pairs) -> Container {
 }
 
 /// The report the step printed: its one JSON line on stdout.
-fn report(logs: &str) -> Value {
+pub(crate) fn report(logs: &str) -> Value {
     let line = logs
         .lines()
         .rfind(|l| l.starts_with("{\"django_migrate_plan\":"))

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::kubelet::{self, Container};
 use crate::servers::{Engine, ONE_RACE_AT_A_TIME, Server, race_through, run_pod, server};
-use crate::{Pods, test_python, test_python_django42};
+use crate::{Pairs, Pods, test_python, test_python_django42};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
@@ -105,6 +105,35 @@ const PG_DEFAULTS: &[(&str, &str)] = &[
     ("idle_session_timeout", "0"),
     ("statement_timeout", "0"),
 ];
+
+/// Plan mode through PgBouncer in transaction mode: the same report as direct, and its
+/// lock timeout (SET LOCAL, in its read-only transaction) ends with it: no session of the
+/// pool keeps it, none holds a lock.
+#[test]
+fn plan_through_pgbouncer_in_transaction_mode() {
+    let s = server(Engine::Postgresql);
+    let (direct, database) = crate::plan::one_release_behind(&s, "planpool");
+    let port = pgbouncer(PoolMode::Transaction);
+    let mut pooled = s.pods(test_python(), &database, port, &s.password);
+    pooled.env.push(("SHIPPING_APP".into(), "1".into()));
+    let deny: Pairs = &[("unsafe-migrations", "deny")];
+    let through = crate::plan::plan_step(&pooled, deny).run(LIMIT);
+    assert_eq!(through.code, 5, "{}", through.logs);
+    let straight = crate::plan::plan_step(&direct, deny).run(LIMIT);
+    assert_eq!(straight.code, 5, "{}", straight.logs);
+    let (mut a, mut b) = (
+        crate::plan::report(&through.logs),
+        crate::plan::report(&straight.logs),
+    );
+    assert_eq!(
+        a["migrations"], b["migrations"],
+        "through the pooler and direct"
+    );
+    a["database"]["version"] = Value::Null;
+    b["database"]["version"] = Value::Null;
+    assert_eq!(a["verdict"], b["verdict"]);
+    assert_pool_clean(&s, port, &database, PG_DEFAULTS);
+}
 
 #[test]
 fn ten_pods_through_pgbouncer_in_transaction_and_session_mode() {
