@@ -121,7 +121,7 @@ fn plan_through_pgbouncer_in_transaction_mode() {
     assert_eq!(through.code, 5, "{}", through.logs);
     let straight = crate::plan::plan_step(&direct, deny).run(LIMIT);
     assert_eq!(straight.code, 5, "{}", straight.logs);
-    let (mut a, mut b) = (
+    let (a, b) = (
         crate::plan::report(&through.logs),
         crate::plan::report(&straight.logs),
     );
@@ -129,8 +129,6 @@ fn plan_through_pgbouncer_in_transaction_mode() {
         a["migrations"], b["migrations"],
         "through the pooler and direct"
     );
-    a["database"]["version"] = Value::Null;
-    b["database"]["version"] = Value::Null;
     assert_eq!(a["verdict"], b["verdict"]);
     assert_pool_clean(&s, port, &database, PG_DEFAULTS);
 }
