@@ -226,7 +226,7 @@ fn plan_changes_nothing(engine: Engine) {
     for f in &locking {
         let rows = f["rows"].as_i64().unwrap_or(0);
         assert!(
-            rows >= ROWS * 8 / 10 && rows <= ROWS * 12 / 10,
+            (ROWS * 8 / 10..=ROWS * 12 / 10).contains(&rows),
             "{engine:?}: estimated rows {rows} of {ROWS}: {f}"
         );
         assert!(f["bytes"].as_i64().unwrap_or(0) > 4 << 20, "{f}");
