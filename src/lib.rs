@@ -25,6 +25,7 @@ pub mod server;
 pub mod settings;
 pub mod status;
 pub mod step;
+pub mod step_job;
 pub mod summary;
 pub mod telemetry;
 pub mod text;
