@@ -16,6 +16,7 @@ pub mod leader;
 pub mod missed;
 pub mod mutation;
 pub mod names;
+pub mod plan;
 pub mod plan_job;
 pub mod pod_states;
 pub mod policy;
