@@ -337,6 +337,13 @@ pub struct InjectArgs {
     /// the previous release is left (for review, or to apply it yourself).
     #[arg(long)]
     pub contract_job: bool,
+    /// Print, instead of the injected manifests, the plan Job of each opted-in
+    /// Deployment: its step in read-only `plan` mode, once (what `plan` runs).
+    #[arg(long, conflicts_with = "contract_job")]
+    pub plan_job: bool,
+    /// With --plan-job: the image of the release to plan (default: the Deployment's own).
+    #[arg(long, value_name = "IMAGE", requires = "plan_job")]
+    pub image: Option<String>,
     #[command(flatten)]
     pub code_image: CodeImageArgs,
 }

@@ -7,6 +7,7 @@ use django_migrate_webhook::cli::{
     CertsArgs, CheckArgs, CheckOutput, Cli, Command, InjectArgs, InstallCodeArgs, PolicyArgs,
     RemoveInjectionArgs, ServeArgs, StatusArgs, StatusOutput, UninjectArgs,
 };
+use django_migrate_webhook::plan_job::PlanJobOptions;
 use django_migrate_webhook::{
     certs, check, injected, policy, preview, process, removal, status, telemetry,
 };
@@ -86,6 +87,12 @@ fn inject(args: InjectArgs) -> anyhow::Result<()> {
     let image = args.code_image.into();
     let result = if args.contract_job {
         preview::contract_jobs(&input, args.manifests.output, &image)?
+    } else if args.plan_job {
+        let options = PlanJobOptions {
+            image: args.image.as_deref(),
+            ..PlanJobOptions::default()
+        };
+        preview::plan_jobs(&input, args.manifests.output, &image, &options)?
     } else {
         preview::inject(&input, args.manifests.output, &image)?
     };
