@@ -18,6 +18,7 @@ pub mod mutation;
 pub mod names;
 pub mod plan;
 pub mod plan_job;
+pub mod plan_run;
 pub mod pod_states;
 pub mod policy;
 pub mod preview;

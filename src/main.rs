@@ -4,10 +4,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use django_migrate_webhook::cli::{
-    CertsArgs, CheckArgs, CheckOutput, Cli, Command, InjectArgs, InstallCodeArgs, PolicyArgs,
-    RemoveInjectionArgs, ServeArgs, StatusArgs, StatusOutput, UninjectArgs,
+    CertsArgs, CheckArgs, CheckOutput, Cli, Command, InjectArgs, InstallCodeArgs, PlanArgs,
+    PlanOutput, PolicyArgs, RemoveInjectionArgs, ServeArgs, StatusArgs, StatusOutput, UninjectArgs,
 };
+use django_migrate_webhook::plan::Outcome;
 use django_migrate_webhook::plan_job::PlanJobOptions;
+use django_migrate_webhook::plan_run::{self, Made};
 use django_migrate_webhook::{
     certs, check, injected, policy, preview, process, removal, status, telemetry,
 };
@@ -19,8 +21,9 @@ use django_migrate_webhook::{
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(&e));
     let result = match cli.command {
+        Command::Plan(args) => return run_plan(args),
         Command::Status(args) => return show_status(args),
         Command::Check(args) => return run_check(args),
         Command::Serve(args) => serve(*args),
@@ -38,6 +41,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints a usage error and exits as clap does, except for `plan`, whose 2 means "held
+/// back": its usage errors exit 1, so that a pipeline never takes a typo for a verdict.
+fn usage_error(e: &clap::Error) -> ! {
+    if e.use_stderr() && std::env::args_os().nth(1).is_some_and(|a| a == "plan") {
+        let _ = e.print();
+        std::process::exit(i32::from(Outcome::NotMade.code()));
+    }
+    e.exit()
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -272,4 +285,74 @@ fn run_check(args: CheckArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `plan`: 0 the rollout would pass, 2 it would be held back or blocked, 1 the plan could
+/// not be made, 3 the cluster could not be read or the Job not created or read.
+fn run_plan(args: PlanArgs) -> ExitCode {
+    let exit = |o: Outcome| ExitCode::from(o.code());
+    let manifest = match args.manifest.as_deref().map(read_input).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return exit(Outcome::NotMade);
+        }
+    };
+    let release = match (&args.image, &args.manifest) {
+        (Some(image), _) => format!(", image {image}"),
+        (None, Some(file)) => format!(", as in {file}"),
+        (None, None) => String::new(),
+    };
+    let name = args.deployment.clone();
+    let options = plan_run::PlanOptions {
+        deployment: args.deployment,
+        namespace: args.namespace,
+        image: args.image,
+        manifest,
+        code_image: args.code_image.into(),
+        timeout: args.timeout,
+        keep: args.keep,
+    };
+    let result = on_cluster(args.context, async |client| {
+        Ok(plan_run::run(&client, &options, &mut |note| eprintln!("{note}")).await)
+    });
+    let planned = match result {
+        Ok(Ok(planned)) => planned,
+        Ok(Err(e)) => {
+            let outcome = e.outcome();
+            eprintln!("error: {:#}", anyhow::Error::from(e));
+            return exit(outcome);
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return exit(Outcome::Cluster);
+        }
+    };
+    let outcome = planned.made.outcome();
+    match &planned.made {
+        Made::Report { report, line, .. } => {
+            let about = format!("deployment {}/{name}{release}", planned.namespace);
+            let text = match args.output {
+                PlanOutput::Table => Ok(report.table(&about)),
+                PlanOutput::Markdown => Ok(report.markdown(&about)),
+                PlanOutput::Json => django_migrate_webhook::plan::pretty_json(line),
+            };
+            match text {
+                Ok(text) => print!("{text}"),
+                Err(e) => {
+                    eprintln!("error: the step's report: {e}");
+                    return exit(Outcome::NotMade);
+                }
+            }
+        }
+        Made::Summary { summary, why } if outcome == Outcome::NotMade => eprintln!(
+            "error: the plan could not be made: {} (result {}; {why})",
+            summary.message, summary.result
+        ),
+        Made::Summary { summary, why } => eprintln!(
+            "{}: {} (no full report: {why})",
+            summary.result, summary.message
+        ),
+    }
+    exit(outcome)
 }

@@ -252,6 +252,41 @@ fn carries_injection(object: &Value) -> bool {
         .is_some_and(|l| l.contains_key(INJECTED_LABEL))
 }
 
+/// The apps/v1 Deployment named `name` in a YAML or JSON stream (the items of a List too),
+/// in `namespace` or naming none.
+pub fn find_deployment(
+    input: &str,
+    name: &str,
+    namespace: &str,
+) -> Result<Option<Value>, PreviewError> {
+    let found = parse(input)?
+        .into_iter()
+        .flat_map(|doc| {
+            if is_list(&doc.value) {
+                doc.value["items"].as_array().cloned().unwrap_or_default()
+            } else {
+                vec![doc.value]
+            }
+        })
+        .find(|v| {
+            let text = |pointer: &str| v.pointer(pointer).and_then(Value::as_str);
+            text("/apiVersion") == Some("apps/v1")
+                && text("/kind") == Some("Deployment")
+                && text("/metadata/name") == Some(name)
+                && text("/metadata/namespace").is_none_or(|ns| ns == namespace)
+        });
+    Ok(found)
+}
+
+/// Injects one object in place, as the webhook would when it is created: one stored
+/// while the webhook was unreachable, or one of an earlier release's injection, brought up
+/// to date. Returns the webhook's warnings.
+pub fn inject_object(value: &mut Value, image: &CodeImage) -> Result<Vec<String>, PreviewError> {
+    let mut preview = Preview::default();
+    inject_one(1, value, image, &mut preview)?;
+    Ok(preview.warnings)
+}
+
 fn is_list(v: &Value) -> bool {
     v.get("kind")
         .and_then(Value::as_str)
@@ -521,6 +556,16 @@ metadata: {name: shop}
         let plain = "apiVersion: v1\nkind: Service\nmetadata: {name: shop}\n";
         let e = plan_jobs(plain, OutputFormat::Yaml, &CodeImage::default(), &options).unwrap_err();
         assert!(matches!(e, PreviewError::NoPlanJob), "{e}");
+    }
+
+    #[test]
+    fn a_deployment_is_found_by_name_in_its_namespace() {
+        let input = "apiVersion: v1\nkind: Service\nmetadata: {name: shop}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: shop, namespace: staging}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: shop}\nspec: {replicas: 2}\n";
+        let found = find_deployment(input, "shop", "prod").unwrap().unwrap();
+        assert_eq!(found["spec"]["replicas"], 2);
+        let staging = find_deployment(input, "shop", "staging").unwrap().unwrap();
+        assert_eq!(staging["metadata"]["namespace"], "staging");
+        assert_eq!(find_deployment(input, "web", "prod").unwrap(), None);
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! The plan's command line without a cluster: `inject --plan-job` prints the plan Job.
+//! The plan's command line without a cluster: `inject --plan-job` prints the Job that
+//! `plan` runs, and `plan` refuses what names no Deployment with exit 1 (its 2 means
+//! "held back").
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -92,4 +94,20 @@ fn inject_takes_one_kind_of_job_and_an_image_only_for_a_plan() {
     let none = run(&["inject", "--plan-job"], service);
     assert_eq!(none.status.code(), Some(1));
     assert!(stderr(&none).contains("no plan Job"), "{}", stderr(&none));
+}
+
+#[test]
+fn plan_refuses_what_is_not_a_deployment_with_exit_1() {
+    let out = run(&["plan", "statefulset/shop"], "");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("give NAME or deployment/NAME"),
+        "{}",
+        stderr(&out)
+    );
+    let both = run(&["plan", "shop", "--image", "shop:3", "-f", "-"], "");
+    assert_eq!(both.status.code(), Some(1), "{}", stderr(&both));
+    // Help is not an error.
+    let help = run(&["plan", "--help"], "");
+    assert_eq!(help.status.code(), Some(0));
 }
