@@ -88,6 +88,24 @@ pub enum Command {
     /// bindings. Apply them instead of the webhook configuration (the chart's
     /// `mode: policy` does), and keep the controller running.
     Policy(PolicyArgs),
+    /// Show, before a rollout, what a Deployment's pending migrations would do to its
+    /// database.
+    ///
+    /// Each migration in plan order, what its operations would do (the locks they take
+    /// and the tables' estimated sizes, what breaks the release still serving, the data
+    /// migrations to review by hand) and what the Deployment's settings would make of it
+    /// (apply, hold back, defer, block). Runs the injected step in read-only `plan` mode as a one-off Job built from the
+    /// Deployment's pod template (as `inject --plan-job` prints it), with your
+    /// kubeconfig's credentials, which must allow in the namespace: get deployments;
+    /// create, get and delete jobs; list and get pods; get pods/log. The Job is deleted
+    /// afterwards (on Ctrl-C and SIGTERM too) unless --keep is given. A Deployment stored
+    /// without the injection is injected here first, as the webhook would.
+    ///
+    /// Exit codes: 0 the rollout would pass (verdict `pass` or `nothing-pending`), 5 it
+    /// would be held back or blocked (the step's own code), 1 the plan could not be made
+    /// (the step failed or timed out, the pod could not run), 2 bad arguments, 3 the
+    /// cluster could not be read or the Job could not be created or read.
+    Plan(PlanArgs),
     /// Check a cluster before installing (`--pre`) or an installation after it.
     ///
     /// With `--pre`: the API server's version, the admission APIs (and whether policy
@@ -144,6 +162,48 @@ pub enum CheckOutput {
     Table,
     /// `{"lines": [{"section", "outcome", "message", "hint"}]}`.
     Json,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The Deployment: NAME or deployment/NAME.
+    #[arg(value_name = "DEPLOYMENT", value_parser = crate::plan_run::parse_target)]
+    pub deployment: String,
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Plan the release of this image: the step runs it instead of the Deployment's own.
+    #[arg(long, value_name = "IMAGE", conflicts_with = "manifest")]
+    pub image: Option<String>,
+    /// Plan the Deployment of this name in a manifest file (YAML or JSON, `-` for stdin),
+    /// e.g. the next release's, instead of the stored one.
+    #[arg(short = 'f', long = "filename", value_name = "MANIFEST")]
+    pub manifest: Option<String>,
+    /// The kubeconfig context to use (default: the current one).
+    #[arg(long, value_name = "CONTEXT")]
+    pub context: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub output: PlanOutput,
+    /// Seconds the plan may take, image pulls included. The Job's activeDeadlineSeconds is
+    /// 30 more: it stops by itself if this command is gone.
+    #[arg(long, default_value = "600", value_parser = seconds(1, 86400), value_name = "SECONDS")]
+    pub timeout: Duration,
+    /// Keep the Job and its pod for inspection.
+    #[arg(long)]
+    pub keep: bool,
+    #[command(flatten)]
+    pub code_image: CodeImageArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanOutput {
+    /// The verdict, a row per migration, then each finding in full.
+    Table,
+    /// The step's report (`{"django_migrate_plan": 1, ...}`), indented.
+    Json,
+    /// For a pull-request comment: a heading with the verdict, a table, the findings.
+    Markdown,
 }
 
 #[derive(Debug, Args)]
@@ -337,6 +397,13 @@ pub struct InjectArgs {
     /// the previous release is left (for review, or to apply it yourself).
     #[arg(long)]
     pub contract_job: bool,
+    /// Print, instead of the injected manifests, the plan Job of each opted-in
+    /// Deployment: its step in read-only `plan` mode, once (what `plan` runs).
+    #[arg(long, conflicts_with = "contract_job")]
+    pub plan_job: bool,
+    /// With --plan-job: the image of the release to plan (default: the Deployment's own).
+    #[arg(long, value_name = "IMAGE", requires = "plan_job")]
+    pub image: Option<String>,
     #[command(flatten)]
     pub code_image: CodeImageArgs,
 }

@@ -1,26 +1,19 @@
 //! The contract run's Job: the injected Django step in `contract` mode, built from an
-//! injected Deployment's pod template.
+//! injected Deployment's pod template (the pod `step_job` describes).
 //!
 //! The controller creates it once the rollout is complete and no pod of an older release
 //! is left; `inject --contract-job` prints the same object for review or for GitOps users
-//! who apply it themselves. Its pod is the Deployment's pod without the app: the same
-//! service account, pull secrets, volumes, scheduling and pod annotations (an agent
-//! injector that brings the database credentials reads those), the user's own init
-//! containers (a native sidecar the database is reached through runs beside the step),
-//! the code copy, and the step as the only container. It carries none of the template's
-//! labels, so no Service selects it and no ReplicaSet adopts it.
+//! who apply it themselves.
 
 use serde_json::{Value, json};
 use thiserror::Error;
 
 use crate::deployment::JsonMap;
 use crate::names::{
-    CODE_CONTAINER, CONTRACT_FOR_LABEL, CONTRACT_RELEASE_ANNOTATION, CONTROLLER_NAME, ENV_MODE,
-    INJECTED_LABEL, MIGRATE_CONTAINER, WAIT_CONTAINER, exit,
+    CONTRACT_FOR_LABEL, CONTRACT_RELEASE_ANNOTATION, CONTROLLER_NAME, ENV_MODE, MIGRATE_CONTAINER,
+    exit,
 };
-
-/// Longest Job name: the Job controller puts it into a label of its pods.
-const MAX_NAME: usize = 63;
+use crate::step_job::{self, InjectedStep, NoStep};
 
 /// Retries of the Job's pod after a failure that is not the step's own verdict (a node
 /// lost, the database not reachable in time).
@@ -37,6 +30,15 @@ pub enum NoContractJob {
     WaitMode,
     #[error("it has no name")]
     NoName,
+}
+
+impl From<NoStep> for NoContractJob {
+    fn from(e: NoStep) -> NoContractJob {
+        match e {
+            NoStep::NotInjected => NoContractJob::NotInjected,
+            NoStep::NoName => NoContractJob::NoName,
+        }
+    }
 }
 
 /// A stable short hash of what makes a release for the migrations: the step's image, env
@@ -59,81 +61,22 @@ pub fn release_hash(step: &JsonMap) -> String {
 
 /// `<deployment>-contract-<hash>`, the Deployment's name cut so that it fits.
 pub fn job_name(deployment: &str, hash: &str) -> String {
-    let suffix = format!("-contract-{hash}");
-    // Deployment names are DNS subdomains: ASCII, so any byte is a boundary.
-    let keep = deployment.len().min(MAX_NAME - suffix.len());
-    let name = deployment[..keep].trim_end_matches(['-', '.']);
-    format!("{name}{suffix}")
+    step_job::job_name(deployment, "contract", hash)
 }
 
 /// The contract Job for an injected Deployment (apps/v1, as JSON). `owner` is the
 /// Deployment's UID when known; the controller sets it, a preview cannot.
 pub fn contract_job(deployment: &Value, owner: Option<&str>) -> Result<Value, NoContractJob> {
-    let name = deployment
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .ok_or(NoContractJob::NoName)?;
-    let template = deployment
-        .pointer("/spec/template")
-        .ok_or(NoContractJob::NotInjected)?;
-    let injected = template
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .is_some_and(|l| l.contains_key(INJECTED_LABEL));
-    let init: Vec<JsonMap> = template
-        .pointer("/spec/initContainers")
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|c| c.as_object().cloned())
-                .collect()
-        })
-        .unwrap_or_default();
-    let named = |c: &JsonMap, n: &str| c.get("name").and_then(Value::as_str) == Some(n);
-    let Some(step) = init.iter().find(|c| named(c, MIGRATE_CONTAINER)) else {
-        if injected && init.iter().any(|c| named(c, WAIT_CONTAINER)) {
-            return Err(NoContractJob::WaitMode);
-        }
-        return Err(NoContractJob::NotInjected);
-    };
-    // An earlier release's injection (no code copy) gets a Job once it is applied again.
-    if !injected || !init.iter().any(|c| named(c, CODE_CONTAINER)) {
-        return Err(NoContractJob::NotInjected);
+    let found = InjectedStep::of(deployment)?;
+    if found.waits() {
+        return Err(NoContractJob::WaitMode);
     }
-    let hash = release_hash(step);
+    let name = found.deployment;
+    let hash = release_hash(&found.step);
+    let mut step = found.step.clone();
+    step_job::set_env(&mut step, ENV_MODE, "contract");
+    let template = found.pod_template(step, &json!({CONTRACT_FOR_LABEL: name}));
 
-    let mut step = step.clone();
-    if let Some(Value::Array(env)) = step.get_mut("env") {
-        for e in env.iter_mut() {
-            if e.get("name").and_then(Value::as_str) == Some(ENV_MODE) {
-                e["value"] = json!("contract");
-            }
-        }
-    }
-    // The user's init containers (native sidecars too) and the code copy, then the step.
-    let init: Vec<Value> = init
-        .into_iter()
-        .filter(|c| !named(c, MIGRATE_CONTAINER) && !named(c, WAIT_CONTAINER))
-        .map(Value::Object)
-        .collect();
-
-    let mut spec = template
-        .get("spec")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    for field in ["readinessGates", "hostname", "subdomain"] {
-        spec.remove(field);
-    }
-    spec.insert("initContainers".into(), Value::Array(init));
-    spec.insert("containers".into(), json!([Value::Object(step)]));
-    spec.insert("restartPolicy".into(), json!("Never"));
-
-    let mut pod_metadata = json!({"labels": {CONTRACT_FOR_LABEL: name}});
-    if let Some(a) = template.pointer("/metadata/annotations") {
-        pod_metadata["annotations"] = a.clone();
-    }
     let mut metadata = json!({
         "name": job_name(name, &hash),
         "labels": {
@@ -142,7 +85,7 @@ pub fn contract_job(deployment: &Value, owner: Option<&str>) -> Result<Value, No
         },
         "annotations": {CONTRACT_RELEASE_ANNOTATION: hash},
     });
-    if let Some(ns) = deployment.pointer("/metadata/namespace") {
+    if let Some(ns) = found.namespace {
         metadata["namespace"] = ns.clone();
     }
     if let Some(uid) = owner {
@@ -172,7 +115,7 @@ pub fn contract_job(deployment: &Value, owner: Option<&str>) -> Result<Value, No
                 }},
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]},
-            "template": {"metadata": pod_metadata, "spec": Value::Object(spec)},
+            "template": template,
         },
     }))
 }
@@ -183,6 +126,7 @@ mod tests {
     use crate::deployment::Deployment;
     use crate::injected::CodeImage;
     use crate::mutation::{Operation, mutate};
+    use crate::names::CODE_CONTAINER;
 
     fn injected(annotations: &Value) -> Value {
         let mut d = json!({
@@ -342,14 +286,5 @@ mod tests {
 
         d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("shop:3");
         assert!(!warned(&d), "a new release");
-    }
-
-    #[test]
-    fn long_names_are_cut_to_a_valid_job_name() {
-        let long = "a".repeat(70);
-        let name = job_name(&long, "0123456789");
-        assert_eq!(name.len(), 63);
-        assert!(name.ends_with("-contract-0123456789"));
-        assert_eq!(job_name("x-", "ab"), "x-contract-ab");
     }
 }

@@ -4,9 +4,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use django_migrate_webhook::cli::{
-    CertsArgs, CheckArgs, CheckOutput, Cli, Command, InjectArgs, InstallCodeArgs, PolicyArgs,
-    RemoveInjectionArgs, ServeArgs, StatusArgs, StatusOutput, UninjectArgs,
+    CertsArgs, CheckArgs, CheckOutput, Cli, Command, InjectArgs, InstallCodeArgs, PlanArgs,
+    PlanOutput, PolicyArgs, RemoveInjectionArgs, ServeArgs, StatusArgs, StatusOutput, UninjectArgs,
 };
+use django_migrate_webhook::plan::Outcome;
+use django_migrate_webhook::plan_job::PlanJobOptions;
+use django_migrate_webhook::plan_run::{self, Made};
 use django_migrate_webhook::{
     certs, check, injected, policy, preview, process, removal, status, telemetry,
 };
@@ -20,6 +23,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Plan(args) => return run_plan(args),
         Command::Status(args) => return show_status(args),
         Command::Check(args) => return run_check(args),
         Command::Serve(args) => serve(*args),
@@ -86,6 +90,12 @@ fn inject(args: InjectArgs) -> anyhow::Result<()> {
     let image = args.code_image.into();
     let result = if args.contract_job {
         preview::contract_jobs(&input, args.manifests.output, &image)?
+    } else if args.plan_job {
+        let options = PlanJobOptions {
+            image: args.image.as_deref(),
+            ..PlanJobOptions::default()
+        };
+        preview::plan_jobs(&input, args.manifests.output, &image, &options)?
     } else {
         preview::inject(&input, args.manifests.output, &image)?
     };
@@ -265,4 +275,74 @@ fn run_check(args: CheckArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `plan`: 0 the rollout would pass, 5 it would be held back or blocked, 1 the plan could
+/// not be made, 3 the cluster could not be read or the Job not created or read.
+fn run_plan(args: PlanArgs) -> ExitCode {
+    let exit = |o: Outcome| ExitCode::from(o.code());
+    let manifest = match args.manifest.as_deref().map(read_input).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return exit(Outcome::NotMade);
+        }
+    };
+    let release = match (&args.image, &args.manifest) {
+        (Some(image), _) => format!(", image {image}"),
+        (None, Some(file)) => format!(", as in {file}"),
+        (None, None) => String::new(),
+    };
+    let name = args.deployment.clone();
+    let options = plan_run::PlanOptions {
+        deployment: args.deployment,
+        namespace: args.namespace,
+        image: args.image,
+        manifest,
+        code_image: args.code_image.into(),
+        timeout: args.timeout,
+        keep: args.keep,
+    };
+    let result = on_cluster(args.context, async |client| {
+        Ok(plan_run::run(&client, &options, &mut |note| eprintln!("{note}")).await)
+    });
+    let planned = match result {
+        Ok(Ok(planned)) => planned,
+        Ok(Err(e)) => {
+            let outcome = e.outcome();
+            eprintln!("error: {:#}", anyhow::Error::from(e));
+            return exit(outcome);
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return exit(Outcome::Cluster);
+        }
+    };
+    let outcome = planned.made.outcome();
+    match &planned.made {
+        Made::Report { report, line, .. } => {
+            let about = format!("deployment {}/{name}{release}", planned.namespace);
+            let text = match args.output {
+                PlanOutput::Table => Ok(report.table(&about)),
+                PlanOutput::Markdown => Ok(report.markdown(&about)),
+                PlanOutput::Json => django_migrate_webhook::plan::pretty_json(line),
+            };
+            match text {
+                Ok(text) => print!("{text}"),
+                Err(e) => {
+                    eprintln!("error: the step's report: {e}");
+                    return exit(Outcome::NotMade);
+                }
+            }
+        }
+        Made::Summary { summary, why } if outcome == Outcome::NotMade => eprintln!(
+            "error: the plan could not be made: {} (result {}; {why})",
+            summary.message, summary.result
+        ),
+        Made::Summary { summary, why } => eprintln!(
+            "{}: {} (no full report: {why})",
+            summary.result, summary.message
+        ),
+    }
+    exit(outcome)
 }

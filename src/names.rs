@@ -21,6 +21,8 @@ pub const INJECTED_LABEL: &str = "django-migrate.io/injected";
 pub const POLICY_LABEL: &str = "django-migrate.io/policy";
 /// On a contract Job and its pod: the Deployment it contracts.
 pub const CONTRACT_FOR_LABEL: &str = "django-migrate.io/contract-for";
+/// On a plan Job and its pod (`plan`, `inject --plan-job`): the Deployment it plans for.
+pub const PLAN_FOR_LABEL: &str = "django-migrate.io/plan-for";
 /// On a contract Job: the hash of the pod template it was built from.
 pub const CONTRACT_RELEASE_ANNOTATION: &str = "django-migrate.io/contract-release";
 
@@ -144,7 +146,7 @@ pub const TERMINATION_LOG: &str = "/dev/termination-log";
 
 // ---------------------------------------------------------------- env of the Django step
 
-/// `migrate`, `wait`, or `contract` (the contract run's Job).
+/// `migrate`, `wait`, `contract` (the contract run's Job) or `plan` (a plan's Job).
 pub const ENV_MODE: &str = "DJANGO_MIGRATE_MODE";
 /// Django database alias.
 pub const ENV_DATABASE: &str = "DJANGO_MIGRATE_DATABASE";

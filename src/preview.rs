@@ -11,6 +11,7 @@ use crate::deployment::Deployment;
 use crate::injected::CodeImage;
 use crate::mutation::{self, Denial, Operation};
 use crate::names::INJECTED_LABEL;
+use crate::plan_job::{self, PlanJobOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -45,6 +46,8 @@ pub enum PreviewError {
     Output(String),
     #[error("no contract Job: no opted-in Deployment in the input has a step that migrates")]
     NoContractJob,
+    #[error("no plan Job: no apps/v1 Deployment in the input is opted in")]
+    NoPlanJob,
 }
 
 /// The preview's result: the text to print and the warnings the webhook would return.
@@ -158,6 +161,51 @@ pub fn contract_jobs(
     format: OutputFormat,
     image: &CodeImage,
 ) -> Result<Preview, PreviewError> {
+    jobs(
+        input,
+        format,
+        image,
+        PreviewError::NoContractJob,
+        |d, preview| match contract_job::contract_job(d, None) {
+            Ok(job) => Some(job),
+            Err(NoContractJob::WaitMode) => {
+                let name = d.pointer("/metadata/name").and_then(Value::as_str);
+                preview.warnings.push(format!(
+                    "Deployment {}: {}",
+                    name.unwrap_or("?"),
+                    NoContractJob::WaitMode
+                ));
+                None
+            }
+            Err(NoContractJob::NotInjected | NoContractJob::NoName) => None,
+        },
+    )
+}
+
+/// `inject --plan-job`: the plan Job of each opted-in Deployment, as `plan` creates it
+/// (named after the release it plans rather than uniquely). A Deployment that carries the
+/// injection already is used as it is.
+pub fn plan_jobs(
+    input: &str,
+    format: OutputFormat,
+    image: &CodeImage,
+    options: &PlanJobOptions,
+) -> Result<Preview, PreviewError> {
+    jobs(input, format, image, PreviewError::NoPlanJob, |d, _| {
+        plan_job::plan_job(d, options).ok()
+    })
+}
+
+/// The Jobs `job_of` builds from the Deployments of the input, each injected first unless
+/// it carries the injection already (read from the cluster, with the code image its
+/// webhook chose); `none` when it builds none.
+fn jobs(
+    input: &str,
+    format: OutputFormat,
+    image: &CodeImage,
+    none: PreviewError,
+    mut job_of: impl FnMut(&Value, &mut Preview) -> Option<Value>,
+) -> Result<Preview, PreviewError> {
     let mut preview = Preview::default();
     let mut jobs = Vec::new();
     for (i, doc) in parse(input)?.into_iter().enumerate() {
@@ -167,34 +215,17 @@ pub fn contract_jobs(
             vec![doc.value]
         };
         for mut item in items {
-            // A Deployment read from the cluster is injected already, with the code image
-            // its webhook chose: used as it is, it gives the controller's Job.
-            let injected = item
-                .pointer("/spec/template/metadata/labels")
-                .and_then(Value::as_object)
-                .is_some_and(|l| l.contains_key(INJECTED_LABEL));
-            if !injected {
+            if !carries_injection(&item) {
                 inject_one(i + 1, &mut item, image, &mut preview)?;
             }
             if item.get("kind").and_then(Value::as_str) != Some("Deployment") {
                 continue;
             }
-            match contract_job::contract_job(&item, None) {
-                Ok(job) => jobs.push(job),
-                Err(NoContractJob::WaitMode) => {
-                    let name = item.pointer("/metadata/name").and_then(Value::as_str);
-                    preview.warnings.push(format!(
-                        "Deployment {}: {}",
-                        name.unwrap_or("?"),
-                        NoContractJob::WaitMode
-                    ));
-                }
-                Err(NoContractJob::NotInjected | NoContractJob::NoName) => {}
-            }
+            jobs.extend(job_of(&item, &mut preview));
         }
     }
     if jobs.is_empty() {
-        return Err(PreviewError::NoContractJob);
+        return Err(none);
     }
     let mut out = String::new();
     for (i, job) in jobs.iter().enumerate() {
@@ -210,6 +241,50 @@ pub fn contract_jobs(
     preview.mutated = jobs.len();
     preview.output = out;
     Ok(preview)
+}
+
+/// The pod template carries the injection's label (the object was read from the cluster,
+/// or injected before).
+fn carries_injection(object: &Value) -> bool {
+    object
+        .pointer("/spec/template/metadata/labels")
+        .and_then(Value::as_object)
+        .is_some_and(|l| l.contains_key(INJECTED_LABEL))
+}
+
+/// The apps/v1 Deployment named `name` in a YAML or JSON stream (the items of a List too),
+/// in `namespace` or naming none.
+pub fn find_deployment(
+    input: &str,
+    name: &str,
+    namespace: &str,
+) -> Result<Option<Value>, PreviewError> {
+    let found = parse(input)?
+        .into_iter()
+        .flat_map(|doc| {
+            if is_list(&doc.value) {
+                doc.value["items"].as_array().cloned().unwrap_or_default()
+            } else {
+                vec![doc.value]
+            }
+        })
+        .find(|v| {
+            let text = |pointer: &str| v.pointer(pointer).and_then(Value::as_str);
+            text("/apiVersion") == Some("apps/v1")
+                && text("/kind") == Some("Deployment")
+                && text("/metadata/name") == Some(name)
+                && text("/metadata/namespace").is_none_or(|ns| ns == namespace)
+        });
+    Ok(found)
+}
+
+/// Injects one object in place, as the webhook would when it is created: one stored
+/// while the webhook was unreachable, or one of an earlier release's injection, brought up
+/// to date. Returns the webhook's warnings.
+pub fn inject_object(value: &mut Value, image: &CodeImage) -> Result<Vec<String>, PreviewError> {
+    let mut preview = Preview::default();
+    inject_one(1, value, image, &mut preview)?;
+    Ok(preview.warnings)
 }
 
 fn is_list(v: &Value) -> bool {
@@ -434,6 +509,63 @@ metadata: {name: shop}
         let plain = "apiVersion: v1\nkind: Service\nmetadata: {name: shop}\n";
         let e = contract_jobs(plain, OutputFormat::Yaml, &CodeImage::default()).unwrap_err();
         assert!(matches!(e, PreviewError::NoContractJob), "{e}");
+    }
+
+    #[test]
+    fn the_plan_job_of_each_opted_in_deployment() {
+        let input = r#"{"apiVersion": "v1", "kind": "List", "items": [
+  {"apiVersion": "apps/v1", "kind": "Deployment",
+   "metadata": {"name": "shop", "labels": {"django-migrate.io/inject": "true"}},
+   "spec": {"selector": {"matchLabels": {"app": "shop"}},
+            "template": {"metadata": {"labels": {"app": "shop"}},
+                         "spec": {"containers": [{"name": "web", "image": "shop:2"}]}}}},
+  {"apiVersion": "apps/v1", "kind": "Deployment",
+   "metadata": {"name": "worker", "labels": {"django-migrate.io/inject": "true"},
+                "annotations": {"django-migrate.io/mode": "wait"}},
+   "spec": {"selector": {"matchLabels": {"app": "worker"}},
+            "template": {"metadata": {"labels": {"app": "worker"}},
+                         "spec": {"containers": [{"name": "w", "image": "shop:2"}]}}}},
+  {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "other"},
+   "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "x", "image": "x"}]}}}}
+]}"#;
+        let options = PlanJobOptions {
+            image: Some("shop:3"),
+            ..PlanJobOptions::default()
+        };
+        let p = plan_jobs(input, OutputFormat::Yaml, &CodeImage::default(), &options).unwrap();
+        assert_eq!(p.mutated, 2);
+        let jobs: Vec<Value> = p
+            .output
+            .split("---\n")
+            .map(|t| serde_yaml_ng::from_str(t).unwrap())
+            .collect();
+        assert_eq!(jobs.len(), 2);
+        for job in &jobs {
+            assert_eq!(job["kind"], "Job");
+            assert_eq!(
+                job["spec"]["template"]["spec"]["containers"][0]["image"],
+                "shop:3"
+            );
+        }
+        assert!(
+            jobs[1]["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("worker-plan-")
+        );
+        let plain = "apiVersion: v1\nkind: Service\nmetadata: {name: shop}\n";
+        let e = plan_jobs(plain, OutputFormat::Yaml, &CodeImage::default(), &options).unwrap_err();
+        assert!(matches!(e, PreviewError::NoPlanJob), "{e}");
+    }
+
+    #[test]
+    fn a_deployment_is_found_by_name_in_its_namespace() {
+        let input = "apiVersion: v1\nkind: Service\nmetadata: {name: shop}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: shop, namespace: staging}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: shop}\nspec: {replicas: 2}\n";
+        let found = find_deployment(input, "shop", "prod").unwrap().unwrap();
+        assert_eq!(found["spec"]["replicas"], 2);
+        let staging = find_deployment(input, "shop", "staging").unwrap().unwrap();
+        assert_eq!(staging["metadata"]["namespace"], "staging");
+        assert_eq!(find_deployment(input, "web", "prod").unwrap(), None);
     }
 
     #[test]

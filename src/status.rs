@@ -538,7 +538,7 @@ pub fn table(statuses: &[DeploymentStatus]) -> String {
     if statuses.is_empty() {
         return "no Deployment labelled django-migrate.io/inject=true here\n".to_owned();
     }
-    let mut rows = vec![[
+    let mut rows = vec![vec![
         "NAMESPACE".to_owned(),
         "DEPLOYMENT".to_owned(),
         "INJECTED".to_owned(),
@@ -562,7 +562,7 @@ pub fn table(statuses: &[DeploymentStatus]) -> String {
         } else {
             format!("{}/{} available", s.rollout.available, s.rollout.replicas)
         };
-        rows.push([
+        rows.push(vec![
             s.namespace.clone(),
             s.name.clone(),
             if s.injected { "yes" } else { "no" }.to_owned(),
@@ -574,17 +574,9 @@ pub fn table(statuses: &[DeploymentStatus]) -> String {
             rollout,
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
     let mut out = String::new();
-    for (i, row) in rows.iter().enumerate() {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    for (i, line) in crate::text::columns(&rows).iter().enumerate() {
+        let _ = writeln!(out, "{line}");
         let Some(s) = i.checked_sub(1).map(|i| &statuses[i]) else {
             continue;
         };

@@ -110,7 +110,7 @@ impl Phase {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
 pub struct Summary {
-    /// `migrate`, `wait`, or `contract` (the contract run's Job).
+    /// `migrate`, `wait`, `contract` (the contract run's Job) or `plan`.
     pub mode: String,
     /// The phase it ended in.
     pub phase: Phase,
@@ -142,6 +142,9 @@ pub struct Summary {
     /// Whether this pod gave its release the `pre_migrate`/`post_migrate` run; absent when
     /// the step did not get that far, or on the fast path (the release had it).
     pub post_migrate: Option<PostMigrate>,
+    /// Plan mode's verdict and counts; the full report is a line of the step's log
+    /// (`plan::Report`). Absent in every other mode.
+    pub plan: Option<crate::plan::Outline>,
 }
 
 /// The release's `pre_migrate`/`post_migrate` run, which `migrate` gives every release once.

@@ -10,5 +10,6 @@ mod support;
 mod docs;
 mod fuzz_corpus;
 mod golden;
+mod plan;
 mod properties;
 mod uninject;

@@ -1,0 +1,166 @@
+//! What the step's one-off Jobs share (the contract run's, `contract_job`, and a plan's,
+//! `plan_job`): a pod built from an injected Deployment's pod template without the app.
+//!
+//! Its pod keeps the same service account, pull secrets, volumes, scheduling and pod
+//! annotations (an agent injector that brings the database credentials reads those), the
+//! user's own init containers (a native sidecar the database is reached through runs
+//! beside the step), the code copy, and has the step as the only container. It carries
+//! none of the template's labels, so no Service selects it and no ReplicaSet adopts it.
+
+use serde_json::{Value, json};
+use thiserror::Error;
+
+use crate::deployment::JsonMap;
+use crate::names::{CODE_CONTAINER, INJECTED_LABEL, MIGRATE_CONTAINER, WAIT_CONTAINER};
+
+/// Longest Job name: the Job controller puts it into a label of its pods.
+const MAX_NAME: usize = 63;
+
+/// Why a Deployment gives no step to run in a Job.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum NoStep {
+    #[error("it carries no injected migration step (not opted in, or stored without the webhook)")]
+    NotInjected,
+    #[error("it has no name")]
+    NoName,
+}
+
+/// An injected Deployment's step, and what its Job keeps of the pod template.
+#[derive(Debug)]
+pub struct InjectedStep<'a> {
+    /// The Deployment's name.
+    pub deployment: &'a str,
+    /// The Deployment's namespace, when the object names one (a manifest may not).
+    pub namespace: Option<&'a Value>,
+    /// The step as injected, in `migrate` or `wait` mode.
+    pub step: JsonMap,
+    template: &'a Value,
+    /// The user's init containers (native sidecars too) and the code copy, in order.
+    init: Vec<Value>,
+}
+
+impl InjectedStep<'_> {
+    /// The step of an injected Deployment (apps/v1, as JSON), in either mode. An earlier
+    /// release's injection (no code copy) has none until it is applied again.
+    pub fn of(deployment: &Value) -> Result<InjectedStep<'_>, NoStep> {
+        let name = deployment
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .ok_or(NoStep::NoName)?;
+        let template = deployment
+            .pointer("/spec/template")
+            .ok_or(NoStep::NotInjected)?;
+        let injected = template
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .is_some_and(|l| l.contains_key(INJECTED_LABEL));
+        let containers = template
+            .pointer("/spec/initContainers")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let named = |c: &Value, n: &str| c.get("name").and_then(Value::as_str) == Some(n);
+        let is_step = |c: &Value| named(c, MIGRATE_CONTAINER) || named(c, WAIT_CONTAINER);
+        let step = containers
+            .iter()
+            .find(|c| is_step(c))
+            .and_then(Value::as_object)
+            .filter(|_| injected && containers.iter().any(|c| named(c, CODE_CONTAINER)))
+            .ok_or(NoStep::NotInjected)?;
+        Ok(InjectedStep {
+            deployment: name,
+            namespace: deployment.pointer("/metadata/namespace"),
+            step: step.clone(),
+            template,
+            init: containers.iter().filter(|c| !is_step(c)).cloned().collect(),
+        })
+    }
+
+    /// True when the step only waits for other pods' migrations
+    /// (`django-migrate.io/mode: wait`).
+    pub fn waits(&self) -> bool {
+        self.step.get("name").and_then(Value::as_str) == Some(WAIT_CONTAINER)
+    }
+
+    /// The pod template of a Job that runs `step` (this step, changed by the caller) as its
+    /// only container, once, with `labels` only.
+    pub fn pod_template(&self, step: JsonMap, labels: &Value) -> Value {
+        let mut spec = self
+            .template
+            .get("spec")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        for field in ["readinessGates", "hostname", "subdomain"] {
+            spec.remove(field);
+        }
+        spec.insert("initContainers".into(), Value::Array(self.init.clone()));
+        spec.insert("containers".into(), json!([Value::Object(step)]));
+        spec.insert("restartPolicy".into(), json!("Never"));
+
+        let mut metadata = json!({"labels": labels});
+        if let Some(a) = self.template.pointer("/metadata/annotations") {
+            metadata["annotations"] = a.clone();
+        }
+        json!({"metadata": metadata, "spec": Value::Object(spec)})
+    }
+}
+
+/// Sets the env var `name` of `container` to `value`, in place when it is there.
+pub fn set_env(container: &mut JsonMap, name: &str, value: &str) {
+    let env = container
+        .entry("env")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !env.is_array() {
+        *env = Value::Array(Vec::new());
+    }
+    let Some(env) = env.as_array_mut() else {
+        return;
+    };
+    match env
+        .iter_mut()
+        .find(|e| e.get("name").and_then(Value::as_str) == Some(name))
+    {
+        Some(e) => *e = json!({"name": name, "value": value}),
+        None => env.push(json!({"name": name, "value": value})),
+    }
+}
+
+/// `<deployment>-<kind>-<suffix>`, the Deployment's name cut so that it fits.
+pub fn job_name(deployment: &str, kind: &str, suffix: &str) -> String {
+    let suffix = format!("-{kind}-{suffix}");
+    // Deployment names are DNS subdomains: ASCII, so any byte is a boundary.
+    let keep = deployment.len().min(MAX_NAME.saturating_sub(suffix.len()));
+    let name = deployment[..keep].trim_end_matches(['-', '.']);
+    format!("{name}{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_is_replaced_in_place_or_added() {
+        let mut c = JsonMap::new();
+        set_env(&mut c, "A", "1");
+        c["env"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}));
+        set_env(&mut c, "A", "2");
+        set_env(&mut c, "B", "3");
+        assert_eq!(
+            c["env"],
+            json!([{"name": "A", "value": "2"}, {"name": "B", "value": "3"}])
+        );
+    }
+
+    #[test]
+    fn long_names_are_cut_to_a_valid_job_name() {
+        let long = "a".repeat(70);
+        let name = job_name(&long, "plan", "0123abcd");
+        assert_eq!(name.len(), 63);
+        assert!(name.ends_with("-plan-0123abcd"));
+        assert_eq!(job_name("x-", "plan", "ab"), "x-plan-ab");
+    }
+}
