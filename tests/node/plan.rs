@@ -80,6 +80,7 @@ async fn plan_reports_the_next_release_and_gates_on_a_breaking_migration() {
         "json",
     ]);
     assert_eq!(code, 5, "held back: {stdout}\n{stderr}");
+    let stdout_json = stdout.clone();
     let report: Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("-o json is not JSON ({e}): {stdout}\n{stderr}"));
     assert_eq!(report["verdict"], "held-back", "{report}");
@@ -105,6 +106,23 @@ async fn plan_reports_the_next_release_and_gates_on_a_breaking_migration() {
         table.contains(DROP) && table.contains("hold-back") && table.contains("breaking"),
         "{table}"
     );
+
+    // As a pull-request comment.
+    let (code, markdown, stderr, _) = plan(&[
+        "deployment/ledger",
+        "-n",
+        &ns.name,
+        "--image",
+        RELEASE_2,
+        "-o",
+        "markdown",
+    ]);
+    assert_eq!(code, 5, "{markdown}\n{stderr}");
+    assert!(
+        markdown.contains(&format!("| `{DROP}`")) || markdown.contains(&format!("| {DROP}")),
+        "{markdown}"
+    );
+    eprintln!("{table}\n{markdown}\n{stdout_json}");
 
     // The running release's own image: nothing pending, the rollout would pass.
     let (code, stdout, stderr, _) = plan(&["deployment/ledger", "-n", &ns.name, "-o", "json"]);
