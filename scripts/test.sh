@@ -5,10 +5,11 @@
 # tests/requirements-django42.txt), and Kubernetes control planes built from the
 # k8s.io/kubernetes Go modules with the machine's Go (scripts/kube/build-current.sh, cached
 # under ~/.cache/django-migrate-webhook). Kubernetes builds in the background, at a lower
-# priority, from the first second: meanwhile the prerequisites are installed, the images of
-# the node tier are built without a registry (scripts/kube/build-images.sh: pause, busybox,
-# the webhook from the Dockerfile with buildah, a Django test image) and the tiers that need
-# no cluster run (step, unit, engine, server, migrations). Then it starts a control plane
+# priority, from the first second: meanwhile the prerequisites are installed, then the images
+# of the node tier are built without a registry, also in the background
+# (scripts/kube/build-images.sh: pause, busybox, the webhook from the Dockerfile with
+# buildah, a Django test image), and the tiers that need no cluster run (step, unit, engine,
+# server, migrations). Then it starts a control plane
 # with a real node (kubelet, containerd and runc from Debian, a CNI bridge:
 # scripts/kube/start-node.sh) and the database servers (PostgreSQL also on the bridge's
 # address, for the pods), runs the cluster tiers (cluster, policy, chart, node) against the
@@ -72,6 +73,7 @@ rootfs_pid=$!
 
 databases=""
 cluster=""
+images_pid=""
 stop_cluster() {
     if [ -n "$cluster" ]; then
         bash scripts/kube/stop-node.sh "$cluster" >/dev/null 2>&1 || true
@@ -99,6 +101,7 @@ cleanup() {
     local rc=$?
     if kill -0 "$kube_pid" 2>/dev/null; then kill -- -"$kube_pid" 2>/dev/null || true; fi
     if kill -0 "$rootfs_pid" 2>/dev/null; then kill -- -"$rootfs_pid" 2>/dev/null || true; fi
+    if [ -n "$images_pid" ] && kill -0 "$images_pid" 2>/dev/null; then kill -- -"$images_pid" 2>/dev/null || true; fi
     stop_cluster
     stop_databases
     report
@@ -147,8 +150,15 @@ timed "prerequisites: Debian packages, databases, Python venvs" prerequisites
 export DJANGO_MIGRATE_TEST_PYTHON="$PWD/.venv/bin/python"
 export DJANGO_MIGRATE_TEST_PYTHON_DJANGO42="$PWD/.venv-django42/bin/python"
 
-timed "images: pause, busybox, django, the webhook's from the Dockerfile (buildah)" \
-    env IMAGES="pause busybox webhook django" bash scripts/kube/build-images.sh
+# The node tier's images (scripts/kube/build-images.sh: the webhook's compiles the project
+# in buildah, minutes on a first run) build in the background too, at a lower priority,
+# beside the tiers that need no cluster; the cluster tiers wait for them.
+images_log=$cache/logs/build-images.log
+say "building (or reusing) the node tier's images in the background: $images_log"
+setsid nice env IMAGES="pause busybox webhook django" bash scripts/kube/build-images.sh \
+    >"$images_log" 2>&1 </dev/null &
+images_pid=$!
+images_t0=$(date +%s)
 
 # The tiers without a cluster: the step's unit tests (pytest, no database), then every
 # default `cargo test` target but the cluster tier.
@@ -205,6 +215,12 @@ timed "waiting for Kubernetes ${kube_versions[*]} (started $(($(date +%s) - kube
     exit 1
 }
 grep -E 'done in|etcd v|helm v' "$kube_log" >&2 || true
+timed "waiting for the images: pause, busybox, django, the webhook's from the Dockerfile (started $(($(date +%s) - images_t0))s ago)" \
+    wait "$images_pid" || {
+    tail -n 30 "$images_log" >&2
+    say "building the images failed: $images_log"
+    exit 1
+}
 
 # start_cluster VERSION: a fresh control plane of that version with a real node; its env
 # is sourced.
