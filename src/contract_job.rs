@@ -127,31 +127,7 @@ mod tests {
     use crate::injected::CodeImage;
     use crate::mutation::{Operation, mutate};
     use crate::names::CODE_CONTAINER;
-
-    fn injected(annotations: &Value) -> Value {
-        let mut d = json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "shop", "namespace": "prod",
-                         "labels": {"django-migrate.io/inject": "true"},
-                         "annotations": annotations},
-            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "shop"}},
-              "template": {
-                "metadata": {"labels": {"app": "shop"}, "annotations": {"vault.hashicorp.com/agent-inject": "true"}},
-                "spec": {
-                  "serviceAccountName": "shop",
-                  "imagePullSecrets": [{"name": "registry"}],
-                  "nodeSelector": {"pool": "apps"},
-                  "initContainers": [{"name": "proxy", "image": "proxy:1", "restartPolicy": "Always"}],
-                  "containers": [{"name": "web", "image": "shop:2",
-                                  "env": [{"name": "DB", "value": "x"}],
-                                  "ports": [{"containerPort": 8000}]}],
-                  "volumes": [{"name": "certs", "secret": {"secretName": "db-certs"}}]}}}
-        });
-        let parsed: Deployment = serde_json::from_value(d.clone()).unwrap();
-        let m = mutate(Operation::Create, &parsed, None, &CodeImage::default()).unwrap();
-        json_patch::patch(&mut d, &m.patch).unwrap();
-        d
-    }
+    use crate::step_job::fixture::injected;
 
     #[test]
     fn the_job_runs_the_step_in_contract_mode_with_the_pods_settings() {

@@ -164,3 +164,40 @@ mod tests {
         assert_eq!(job_name("x-", "plan", "ab"), "x-plan-ab");
     }
 }
+
+/// An injected Deployment of the one-off Jobs' tests: a native sidecar, pull secrets,
+/// scheduling, a volume, a host name and a pod annotation an agent injector reads.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use serde_json::{Value, json};
+
+    use crate::deployment::Deployment;
+    use crate::injected::CodeImage;
+    use crate::mutation::{Operation, mutate};
+
+    pub(crate) fn injected(annotations: &Value) -> Value {
+        let mut d = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "shop", "namespace": "prod",
+                         "labels": {"django-migrate.io/inject": "true"},
+                         "annotations": annotations},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "shop"}},
+              "template": {
+                "metadata": {"labels": {"app": "shop"}, "annotations": {"vault.hashicorp.com/agent-inject": "true"}},
+                "spec": {
+                  "serviceAccountName": "shop",
+                  "imagePullSecrets": [{"name": "registry"}],
+                  "nodeSelector": {"pool": "apps"},
+                  "hostname": "shop",
+                  "initContainers": [{"name": "proxy", "image": "proxy:1", "restartPolicy": "Always"}],
+                  "containers": [{"name": "web", "image": "shop:2",
+                                  "env": [{"name": "DB", "value": "x"}],
+                                  "ports": [{"containerPort": 8000}]}],
+                  "volumes": [{"name": "certs", "secret": {"secretName": "db-certs"}}]}}}
+        });
+        let parsed: Deployment = serde_json::from_value(d.clone()).unwrap();
+        let m = mutate(Operation::Create, &parsed, None, &CodeImage::default()).unwrap();
+        json_patch::patch(&mut d, &m.patch).unwrap();
+        d
+    }
+}
