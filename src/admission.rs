@@ -11,9 +11,9 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::deployment::Deployment;
 use crate::injected::CodeImage;
 use crate::mutation::{self, Denial, Operation};
+use crate::workload::{Kind, Workload};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
@@ -187,42 +187,44 @@ pub fn review(body: &[u8], image: &CodeImage) -> Reply {
             );
         }
     };
-    let is_deployment = request
+    let kind = request
         .kind
         .as_ref()
-        .is_some_and(|k| k.group == "apps" && k.version == "v1" && k.kind == "Deployment");
+        .and_then(|k| Kind::from_gvk(&k.group, &k.version, &k.kind));
     let op = match request.operation.as_deref() {
         Some("CREATE") => Some(Operation::Create),
         Some("UPDATE") => Some(Operation::Update),
         _ => None,
     };
-    let (Some(op), true) = (op, is_deployment) else {
+    let (Some(op), Some(kind)) = (op, kind) else {
         return allowed(uid, Outcome::Skipped, None, &[]);
     };
     let Some(object) = request.object else {
         return invalid(400, "AdmissionReview request.object is missing".into());
     };
-    let new: Deployment = match serde_json::from_str(object.get()) {
-        Ok(d) => d,
+    let new = match Workload::parse(kind, object.get()) {
+        Ok(w) => w,
         Err(e) => {
             return invalid(
                 400,
                 format!(
-                    "request.object is not a valid apps/v1 Deployment: {}",
-                    with_path::<Deployment>(object.get().as_bytes(), &e)
+                    "request.object is not a valid {} {kind}: {}",
+                    kind.api_version(),
+                    with_path::<Workload>(object.get().as_bytes(), &e)
                 ),
             );
         }
     };
-    let old: Option<Deployment> = match request.old_object {
-        Some(raw) if op == Operation::Update => match serde_json::from_str(raw.get()) {
-            Ok(d) => Some(d),
+    let old = match request.old_object {
+        Some(raw) if op == Operation::Update => match Workload::parse(kind, raw.get()) {
+            Ok(w) => Some(w),
             Err(e) => {
                 return invalid(
                     400,
                     format!(
-                        "request.oldObject is not a valid apps/v1 Deployment: {}",
-                        with_path::<Deployment>(raw.get().as_bytes(), &e)
+                        "request.oldObject is not a valid {} {kind}: {}",
+                        kind.api_version(),
+                        with_path::<Workload>(raw.get().as_bytes(), &e)
                     ),
                 );
             }

@@ -8,12 +8,12 @@
 use serde_json::{Value, json};
 use thiserror::Error;
 
-use crate::deployment::JsonMap;
 use crate::names::{
     CONTRACT_FOR_LABEL, CONTRACT_RELEASE_ANNOTATION, CONTROLLER_NAME, ENV_MODE, MIGRATE_CONTAINER,
     exit,
 };
 use crate::step_job::{self, InjectedStep, NoStep};
+use crate::workload::JsonMap;
 
 /// Retries of the Job's pod after a failure that is not the step's own verdict (a node
 /// lost, the database not reachable in time).
@@ -123,11 +123,11 @@ pub fn contract_job(deployment: &Value, owner: Option<&str>) -> Result<Value, No
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deployment::Deployment;
     use crate::injected::CodeImage;
     use crate::mutation::{Operation, mutate};
     use crate::names::CODE_CONTAINER;
     use crate::step_job::fixture::injected;
+    use crate::workload::Workload;
 
     #[test]
     fn the_job_runs_the_step_in_contract_mode_with_the_pods_settings() {
@@ -224,7 +224,7 @@ mod tests {
             crate::names::CONTRACTED_RELEASES: format!("0000000000,{}", release_hash(&old_step))
         });
         let warned = |d: &Value| {
-            let parsed: Deployment = serde_json::from_value(d.clone()).unwrap();
+            let parsed: Workload = serde_json::from_value(d.clone()).unwrap();
             mutate(Operation::Update, &parsed, None, &CodeImage::default())
                 .unwrap()
                 .warnings
@@ -235,13 +235,13 @@ mod tests {
 
         // `kubectl rollout undo` replaces the annotations: the stored object's record
         // counts, and the patch keeps it.
-        let stored: Deployment = serde_json::from_value(d.clone()).unwrap();
+        let stored: Workload = serde_json::from_value(d.clone()).unwrap();
         let mut undone = old.clone();
         undone["metadata"]
             .as_object_mut()
             .unwrap()
             .remove("annotations");
-        let parsed: Deployment = serde_json::from_value(undone.clone()).unwrap();
+        let parsed: Workload = serde_json::from_value(undone.clone()).unwrap();
         let m = mutate(
             Operation::Update,
             &parsed,

@@ -1,5 +1,5 @@
 //! django-migrate-webhook: a Kubernetes mutating admission webhook that injects a safe
-//! Django migration step and a readiness gate into opted-in Deployments.
+//! Django migration step and a readiness gate into opted-in Deployments and the other workloads Django teams ship.
 
 pub mod admission;
 pub mod certs;
@@ -8,7 +8,6 @@ pub mod cli;
 pub mod contract;
 pub mod contract_job;
 pub mod controller;
-pub mod deployment;
 pub mod gate;
 pub mod injected;
 pub mod kube_client;
@@ -34,3 +33,4 @@ pub mod telemetry;
 pub mod text;
 pub mod tls;
 pub mod watched;
+pub mod workload;

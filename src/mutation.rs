@@ -1,5 +1,5 @@
-//! The mutation engine: a pure function from a Deployment (and the old one on UPDATE) to
-//! a JSON Patch and warning lines, or a denial.
+//! The mutation engine: a pure function from a workload (and the old one on UPDATE) to a
+//! JSON Patch and warning lines, or a denial.
 //!
 //! The engine rebuilds only the parts of the pod template it owns (init containers,
 //! readiness gates, template labels) as a small document, before and after, and diffs
@@ -9,12 +9,12 @@
 use serde_json::{Value, json};
 use thiserror::Error;
 
-use crate::deployment::{Deployment, JsonMap, container_name};
 use crate::injected::{self, CodeImage};
 use crate::names::{
     CODE_CONTAINER, CODE_VOLUME, CONTRACTED_RELEASES, INJECTED_LABEL, MIGRATED_CONDITION,
 };
 use crate::settings::{self, InvalidAnnotation, Settings};
+use crate::workload::{JsonMap, Kind, Workload, container_name};
 
 /// Pod-template annotation kubectl uses to pick a pod's main container.
 pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
@@ -44,7 +44,7 @@ impl Mutation {
     }
 }
 
-/// Why an opted-in Deployment cannot be injected; the message is shown by kubectl.
+/// Why an opted-in workload cannot be injected; the message is shown by kubectl.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum Denial {
     /// The annotation's own error is the whole message (not a cause behind it).
@@ -72,12 +72,15 @@ impl From<InvalidAnnotation> for Denial {
 /// image, which the code-copy container runs.
 pub fn mutate(
     op: Operation,
-    new: &Deployment,
-    old: Option<&Deployment>,
+    new: &Workload,
+    old: Option<&Workload>,
     image: &CodeImage,
 ) -> Result<Mutation, Denial> {
+    if let Some(m) = left_alone(op, new, old) {
+        return Ok(m);
+    }
     if !new.is_opted_in() {
-        let was_injected = old.is_some_and(Deployment::is_opted_in)
+        let was_injected = old.is_some_and(Workload::is_opted_in)
             || new
                 .template_labels()
                 .is_some_and(|l| l.contains_key(INJECTED_LABEL));
@@ -108,6 +111,74 @@ pub fn mutate(
     Ok(m)
 }
 
+/// Workloads whose pod template the engine never changes, whatever their labels: a Job
+/// made by a CronJob (its template is the CronJob's, injected with the CronJob's
+/// settings), a Job's update (its pod template is immutable), a Rollout that takes its
+/// pod template from another object.
+fn left_alone(op: Operation, new: &Workload, old: Option<&Workload>) -> Option<Mutation> {
+    let warn = |w: String| {
+        Some(Mutation {
+            patch: json_patch::Patch(Vec::new()),
+            warnings: vec![w],
+        })
+    };
+    if new.kind == Kind::Job {
+        if new.controller().is_some_and(|(kind, _)| kind == "CronJob") {
+            return Some(Mutation::default());
+        }
+        if op == Operation::Update {
+            let opted_out = !new.is_opted_in() && old.is_some_and(Workload::is_opted_in);
+            if opted_out && carries_injection(new) {
+                return warn(job_keeps_injection(new.kind));
+            }
+            return Some(Mutation::default());
+        }
+    }
+    if new.kind == Kind::Rollout && new.template().is_none() {
+        return match new.workload_ref() {
+            Some((kind, name)) if new.is_opted_in() => warn(workload_ref_warning(kind, name)),
+            _ => Some(Mutation::default()),
+        };
+    }
+    None
+}
+
+/// The warning for a Job whose opt-in label was removed.
+pub fn job_keeps_injection(kind: Kind) -> String {
+    format!(
+        "django-migrate: a {kind}'s pod template cannot change: the injection stays until the {kind} is deleted"
+    )
+}
+
+/// The warning for an opted-in Rollout with a `workloadRef`.
+pub fn workload_ref_warning(kind: &str, name: &str) -> String {
+    let mut w = format!(
+        "django-migrate: this Rollout takes its pod template from {kind} {name:?} (workloadRef): not injected"
+    );
+    crate::text::cut(&mut w, MAX_WARNING_LEN);
+    w
+}
+
+/// The summary line of a workload without a readiness gate.
+pub fn no_gate_warning(kind: Kind) -> String {
+    if kind.runs_to_completion() {
+        format!("django-migrate: no readiness gate (a {kind}'s pods serve no traffic)")
+    } else {
+        format!(
+            "django-migrate: no readiness gate ({}: \"false\")",
+            settings::READINESS_GATE_ANNOTATION
+        )
+    }
+}
+
+/// The warning for a Job or CronJob that defers migrations: only a Deployment,
+/// StatefulSet or Rollout has a contract phase.
+pub fn no_contract_warning(kind: Kind) -> String {
+    format!(
+        "django-migrate: a {kind} has no contract phase: deferred migrations are left to a Deployment's contract run"
+    )
+}
+
 /// A warning when the template is a release from before an applied contract run (the
 /// controller records those releases on the Deployment): it may read what was dropped.
 fn rollback_warning(releases: &str, step: &Value) -> Option<String> {
@@ -122,6 +193,7 @@ fn rollback_warning(releases: &str, step: &Value) -> Option<String> {
 
 /// The owned parts of a pod template, as they will be diffed.
 struct Owned {
+    kind: Kind,
     has_metadata: bool,
     labels: Option<JsonMap>,
     has_spec: bool,
@@ -131,12 +203,13 @@ struct Owned {
 }
 
 impl Owned {
-    fn of(d: &Deployment) -> Owned {
+    fn of(d: &Workload) -> Owned {
         let template = d.template();
         let meta = template.and_then(|t| t.metadata.as_ref());
         let spec = template.and_then(|t| t.spec.as_ref());
         let to_values = |v: &Vec<JsonMap>| v.iter().cloned().map(Value::Object).collect();
         Owned {
+            kind: d.kind,
             has_metadata: meta.is_some(),
             labels: meta.and_then(|m| m.labels.as_ref()).map(|l| {
                 l.iter()
@@ -150,7 +223,8 @@ impl Owned {
         }
     }
 
-    /// `{"spec":{"template":{...}}}` with only the keys that exist.
+    /// `{"spec":{"template":{...}}}` (a CronJob's under `jobTemplate`) with only the keys
+    /// that exist.
     fn into_document(self) -> Value {
         let mut template = JsonMap::new();
         if self.has_metadata || self.labels.is_some() {
@@ -177,12 +251,14 @@ impl Owned {
             }
             template.insert("spec".into(), Value::Object(spec));
         }
-        // Built by hand: `json!` would serialise `template` into a copy.
-        let mut spec = JsonMap::new();
-        spec.insert("template".into(), Value::Object(template));
-        let mut root = JsonMap::new();
-        root.insert("spec".into(), Value::Object(spec));
-        Value::Object(root)
+        // Built by hand, inside out: `json!` would serialise `template` into a copy.
+        let mut doc = Value::Object(template);
+        for key in self.kind.template_path().iter().rev() {
+            let mut parent = JsonMap::new();
+            parent.insert((*key).into(), doc);
+            doc = Value::Object(parent);
+        }
+        doc
     }
 
     /// Removes everything the webhook injects.
@@ -224,7 +300,7 @@ fn diff(before: Owned, after: Owned) -> json_patch::Patch {
 /// The injection as the stored object `old` carries it, against `d`'s after the change:
 /// whether it differs (the webhook and the admission policies report the same changes,
 /// and a policy sees only the stored object and the result).
-fn injection_changed(old: &Deployment, after: &Owned) -> bool {
+fn injection_changed(old: &Workload, after: &Owned) -> bool {
     let view = |o: &Owned| {
         let list = |l: &Option<Vec<Value>>| l.clone().unwrap_or_default();
         (
@@ -239,7 +315,7 @@ fn injection_changed(old: &Deployment, after: &Owned) -> bool {
     view(&Owned::of(old)) != view(after)
 }
 
-fn opt_out(d: &Deployment, old: Option<&Deployment>) -> Mutation {
+fn opt_out(d: &Workload, old: Option<&Workload>) -> Mutation {
     let before = Owned::of(d);
     let mut after = Owned::of(d);
     after.strip();
@@ -258,7 +334,7 @@ fn opt_out(d: &Deployment, old: Option<&Deployment>) -> Mutation {
 
 /// Whether the pod template carries anything the webhook or the policies inject (the
 /// shapes of earlier releases included): what an opt-out would remove.
-pub fn carries_injection(d: &Deployment) -> bool {
+pub fn carries_injection(d: &Workload) -> bool {
     let mut stripped = Owned::of(d);
     stripped.strip();
     let owned = Owned::of(d);
@@ -268,12 +344,12 @@ pub fn carries_injection(d: &Deployment) -> bool {
         || owned.volumes != stripped.volumes
 }
 
-/// `uninject`: the patch that gives a Deployment back its own pod template (everything
+/// `uninject`: the patch that gives a workload back its own pod template (everything
 /// the webhook or the admission policies injected removed, the shapes of earlier releases
 /// included), drops the controller's record of contracted releases, and sets the opt-in
 /// label to `"false"`, so that a later install does not inject it again unasked. `None`
 /// when the Deployment carries nothing of ours and is not opted in.
-pub fn uninject(d: &Deployment) -> Option<json_patch::Patch> {
+pub fn uninject(d: &Workload) -> Option<json_patch::Patch> {
     let before = Owned::of(d);
     let mut after = Owned::of(d);
     after.strip();
@@ -313,19 +389,19 @@ pub fn uninject(d: &Deployment) -> Option<json_patch::Patch> {
 }
 
 /// The controller's record of releases older than an applied contract run.
-fn recorded(d: &Deployment) -> Option<&String> {
+fn recorded(d: &Workload) -> Option<&String> {
     d.annotations()?.get(CONTRACTED_RELEASES)
 }
 
 /// `old`: the stored object on UPDATE. `contracted`: the controller's record of releases
 /// older than an applied contract run.
 fn inject(
-    d: &Deployment,
-    old: Option<&Deployment>,
+    d: &Workload,
+    old: Option<&Workload>,
     contracted: Option<&String>,
     image: &CodeImage,
 ) -> Result<Mutation, Denial> {
-    let settings = Settings::from_annotations(d.annotations())?;
+    let settings = Settings::for_kind(d.kind, d.annotations())?;
     let containers = d
         .pod_spec()
         .and_then(|s| s.containers.as_deref())
@@ -349,9 +425,15 @@ fn inject(
     if let Some(w) = sqlite_warning(d, app) {
         warnings.push(w);
     }
+    if d.kind.runs_to_completion()
+        && (!settings.defer.is_empty()
+            || settings.unsafe_migrations == settings::UnsafeMigrations::Defer)
+    {
+        warnings.push(no_contract_warning(d.kind));
+    }
 
     let pod_security = d.pod_spec().and_then(|s| s.security_context.as_ref());
-    let step = injected::step_container(app, &settings);
+    let step = injected::step_container(app, &settings, d.kind);
     if let Some(w) = contracted.and_then(|releases| rollback_warning(releases, &step)) {
         warnings.push(w);
     }
@@ -399,10 +481,7 @@ fn inject(
                     "django-migrate: readiness gate {MIGRATED_CONDITION}: a pod is Ready once its migration step succeeded"
                 )
             } else {
-                format!(
-                    "django-migrate: no readiness gate ({}: \"false\")",
-                    settings::READINESS_GATE_ANNOTATION
-                )
+                no_gate_warning(d.kind)
             },
         ];
         warnings.splice(0..0, summary);
@@ -414,7 +493,7 @@ fn inject(
 }
 
 fn choose_app_container<'a>(
-    d: &Deployment,
+    d: &Workload,
     containers: &'a [JsonMap],
     settings: &Settings,
     warnings: &mut Vec<String>,
@@ -482,7 +561,7 @@ fn existing_migrate_warning(c: &Value) -> Option<String> {
 }
 
 /// SQLite has no server, so there is no cross-pod lock and each pod has its own file.
-fn sqlite_warning(d: &Deployment, app: &JsonMap) -> Option<String> {
+fn sqlite_warning(d: &Workload, app: &JsonMap) -> Option<String> {
     let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     if replicas <= 1 {
         return None;

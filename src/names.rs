@@ -177,8 +177,8 @@ pub const ENV_POST_MIGRATE: &str = "DJANGO_MIGRATE_POST_MIGRATE";
 pub const ENV_SETTINGS_MODULE: &str = "DJANGO_MIGRATE_SETTINGS_MODULE";
 /// The release a pod belongs to, from the downward API: [`RELEASE_FIELD`].
 pub const ENV_RELEASE: &str = "DJANGO_MIGRATE_RELEASE";
-/// The pod's label that names its release: the Deployment controller gives every pod of
-/// one pod template the same value.
+/// A Deployment's pod's label that names its release: the Deployment controller gives
+/// every pod of one pod template the same value (other kinds: `Kind::release_label`).
 pub const RELEASE_FIELD: &str = "metadata.labels['pod-template-hash']";
 /// Env vars set by the webhook on the Django step; same-named vars of the app are dropped.
 pub const STEP_ENV: [&str; 15] = [

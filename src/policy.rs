@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use crate::injected::{self, CodeImage};
-use crate::mutation::{DEFAULT_CONTAINER_ANNOTATION, MAX_WARNING_LEN};
+use crate::mutation::{self, DEFAULT_CONTAINER_ANNOTATION, MAX_WARNING_LEN};
 use crate::names::{
     CODE_CONTAINER, CODE_MOUNT_PATH, CODE_VOLUME, CONTRACTED_RELEASES, ENV_ALLOW_UNSAFE,
     ENV_DATABASE, ENV_DEFER, ENV_FAST_PATH, ENV_HOLD_BACK, ENV_LOCK_TIMEOUT, ENV_LOCKING_MIN_ROWS,
@@ -33,6 +33,7 @@ use crate::settings::{
     PYTHON, READINESS_GATE_ANNOTATION, SETTINGS_MODULE, Settings, UNSAFE_MIGRATIONS,
     USE_IMAGE_ENTRYPOINT, WAIT_TIMEOUT,
 };
+use crate::workload::Kind;
 
 /// The API version of the policies: GA from Kubernetes 1.36.
 pub const API_VERSION: &str = "admissionregistration.k8s.io/v1";
@@ -96,17 +97,30 @@ pub fn policies(o: &PolicyOptions) -> Vec<Value> {
     objects(o).into_iter().step_by(2).collect()
 }
 
+/// Every kind the webhook injects, one rule per API group. A rule for Rollouts is
+/// harmless where Argo Rollouts is not installed: nothing matches it.
 fn match_constraints() -> Value {
-    json!({
-        "matchPolicy": "Equivalent",
-        "resourceRules": [{
-            "apiGroups": ["apps"],
-            "apiVersions": ["v1"],
-            "operations": ["CREATE", "UPDATE"],
-            "resources": ["deployments"],
-            "scope": "Namespaced",
-        }],
-    })
+    let mut rules: Vec<Value> = Vec::new();
+    for kind in Kind::ALL {
+        let same_group = rules
+            .iter_mut()
+            .find(|r| r["apiGroups"][0] == kind.group() && r["apiVersions"][0] == kind.version());
+        match same_group {
+            Some(rule) => {
+                if let Some(resources) = rule["resources"].as_array_mut() {
+                    resources.push(kind.plural().into());
+                }
+            }
+            None => rules.push(json!({
+                "apiGroups": [kind.group()],
+                "apiVersions": [kind.version()],
+                "operations": ["CREATE", "UPDATE"],
+                "resources": [kind.plural()],
+                "scope": "Namespaced",
+            })),
+        }
+    }
+    json!({"matchPolicy": "Equivalent", "resourceRules": rules})
 }
 
 fn mutating_policy(o: &PolicyOptions) -> Value {
@@ -258,7 +272,19 @@ fn cut(expr: &str, max: usize) -> String {
 }
 
 const INIT: &str = "Object.spec.template.spec.initContainers";
-const TEMPLATE_SPEC: &str = "/spec/template/spec";
+
+/// The pod template of `o` (`object` or `oldObject`), or an empty map: a CronJob's is
+/// under `jobTemplate`, and a Rollout with a `workloadRef` has none.
+fn template_of(o: &str) -> String {
+    format!(
+        "{o} == null ? {{}} : variables.kind == 'CronJob' ? (has({o}.spec.jobTemplate) && has({o}.spec.jobTemplate.spec) && has({o}.spec.jobTemplate.spec.template) ? {o}.spec.jobTemplate.spec.template : {{}}) : has({o}.spec.template) ? {o}.spec.template : {{}}"
+    )
+}
+
+/// The pod spec of template expression `t`, or an empty map.
+fn pod_of(t: &str) -> String {
+    format!("has({t}.spec) ? {t}.spec : {{}}")
+}
 
 /// Whether `v` is a valid value of annotation `k`, as `Settings::from_annotations` decides.
 fn valid(k: &str, v: &str) -> String {
@@ -375,7 +401,29 @@ fn settings_variables() -> Vec<(&'static str, String)> {
         quoted(&value(&lit(CONTAINER))),
         quoted("(has(c.name) ? c.name : '')"),
     );
+    let job_like: Vec<&str> = Kind::ALL
+        .into_iter()
+        .filter(|k| k.runs_to_completion())
+        .map(Kind::as_str)
+        .collect();
     vec![
+        ("kind", "request.kind.kind".to_owned()),
+        ("jobLike", format!("variables.kind in {}", lits(&job_like))),
+        ("template", template_of("object")),
+        (
+            "tpath",
+            format!(
+                "variables.kind == 'CronJob' ? {} : {}",
+                lit(Kind::CronJob.template_pointer()),
+                lit(Kind::Deployment.template_pointer())
+            ),
+        ),
+        // What the webhook leaves alone (`mutation::left_alone`): a Job made by a
+        // CronJob, a Job's update, a Rollout without a pod template of its own.
+        (
+            "skip",
+            "(variables.kind == 'Job' && (request.operation == 'UPDATE' || (has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(o, has(o.kind) && o.kind == 'CronJob' && has(o.controller) && o.controller)))) || (variables.kind == 'Rollout' && !has(object.spec.template))".to_owned(),
+        ),
         (
             "labels",
             "has(object.metadata.labels) ? object.metadata.labels : {}".to_owned(),
@@ -393,7 +441,7 @@ fn settings_variables() -> Vec<(&'static str, String)> {
         ),
         (
             "containers",
-            "has(object.spec.template.spec.containers) && object.spec.template.spec.containers != null ? object.spec.template.spec.containers : []".to_owned(),
+            "has(variables.template.spec) && has(variables.template.spec.containers) && variables.template.spec.containers != null ? variables.template.spec.containers : []".to_owned(),
         ),
         (
             "badKeys",
@@ -422,16 +470,15 @@ fn template_variables() -> Vec<(&'static str, String)> {
     vec![
         (
             "tann",
-            "has(object.spec.template.metadata) && has(object.spec.template.metadata.annotations) ? object.spec.template.metadata.annotations : {}".to_owned(),
+            "has(variables.template.metadata) && has(variables.template.metadata.annotations) ? variables.template.metadata.annotations : {}".to_owned(),
         ),
         (
             "tlabels",
-            "has(object.spec.template.metadata) && has(object.spec.template.metadata.labels) ? object.spec.template.metadata.labels : {}".to_owned(),
+            "has(variables.template.metadata) && has(variables.template.metadata.labels) ? variables.template.metadata.labels : {}".to_owned(),
         ),
-        (
-            "pod",
-            "object.spec.template.spec".to_owned(),
-        ),
+        ("pod", pod_of("variables.template")),
+        ("oldTemplate", template_of("oldObject")),
+        ("oldPod", pod_of("variables.oldTemplate")),
         (
             "userInit",
             format!(
@@ -471,7 +518,14 @@ fn template_variables() -> Vec<(&'static str, String)> {
         ),
         (
             "mode",
-            setting(MODE, &lit(Settings::default().mode.as_str())),
+            setting(
+                MODE,
+                &format!(
+                    "(variables.jobLike ? {} : {})",
+                    lit(Settings::defaults_for(Kind::Job).mode.as_str()),
+                    lit(Settings::default().mode.as_str())
+                ),
+            ),
         ),
         (
             "stepName",
@@ -484,7 +538,7 @@ fn template_variables() -> Vec<(&'static str, String)> {
         (
             "gate",
             format!(
-                "!({0} in {a}) || {a}[{0}] == 'true'",
+                "!variables.jobLike && (!({0} in {a}) || {a}[{0}] == 'true')",
                 lit(READINESS_GATE_ANNOTATION)
             ),
         ),
@@ -549,7 +603,14 @@ fn containers(image: &CodeImage) -> (String, String) {
             ENV_SETTINGS_MODULE,
             &format!("variables.ann[{}]", lit(SETTINGS_MODULE))
         ),
-        release = cel(&format!("{INIT}.env"), &injected::release_env()),
+        release = cel(
+            &format!("{INIT}.env"),
+            &injected::release_env(Kind::Deployment)
+        )
+        .replace(
+            &lit(&release_field(Kind::Deployment)),
+            "variables.releaseField"
+        ),
         default_hold_back = lit(&default_hold_back.join(",")),
         hold_env = env(ENV_HOLD_BACK, "variables.holdBack"),
         rows = lit(LOCKING_MIN_ROWS),
@@ -584,7 +645,7 @@ fn containers(image: &CodeImage) -> (String, String) {
         ),
         log = lit(TERMINATION_LOG),
     );
-    let root: crate::deployment::JsonMap =
+    let root: crate::workload::JsonMap =
         serde_json::from_value(json!({"runAsUser": 0})).unwrap_or_default();
     let code = format!(
         "has(variables.pod.securityContext) && has(variables.pod.securityContext.runAsUser) && variables.pod.securityContext.runAsUser == 0 ? {} : {}",
@@ -593,6 +654,14 @@ fn containers(image: &CodeImage) -> (String, String) {
     );
     let step = step.replace("variables.stepEnv", &format!("({step_env})"));
     (code, step)
+}
+
+/// The downward API field of a step's release in a pod of `kind`.
+fn release_field(kind: Kind) -> String {
+    injected::release_env(kind)["valueFrom"]["fieldRef"]["fieldPath"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The settings the injected step reads.
@@ -605,7 +674,18 @@ fn injection_variables() -> Vec<(&'static str, String)> {
         lit(HOLD_BACK),
         lits(&default_hold_back)
     );
+    let mut release = lit(&release_field(Kind::Deployment));
+    for kind in Kind::ALL.into_iter().rev() {
+        if release_field(kind) != release_field(Kind::Deployment) {
+            release = format!(
+                "variables.kind == {} ? {} : {release}",
+                lit(kind.as_str()),
+                lit(&release_field(kind))
+            );
+        }
+    }
     vec![
+        ("releaseField", release),
         ("python", setting(PYTHON, &lit(&d.python))),
         ("managePy", setting(MANAGE_PY, &lit(&d.manage_py))),
         (
@@ -631,22 +711,20 @@ fn injection_variables() -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The JSON Patch: the injection for an opted-in Deployment with valid settings, the
-/// removal for one that opted out, nothing otherwise.
+/// The JSON Patch: the injection for an opted-in workload with valid settings, the
+/// removal for one that opted out, nothing otherwise (nor for what the webhook leaves
+/// alone). Paths are under the kind's pod template, `variables.tpath`.
 fn patch_expression(image: &CodeImage) -> String {
     let (code, step) = containers(image);
-    let add = |path: &str, value: &str| {
-        format!(
-            "JSONPatch{{op: 'add', path: {}, value: {value}}}",
-            lit(path)
-        )
-    };
-    let remove = |path: &str| format!("JSONPatch{{op: 'remove', path: {}}}", lit(path));
-    let init = format!("{TEMPLATE_SPEC}/initContainers");
-    let gates = format!("{TEMPLATE_SPEC}/readinessGates");
-    let volumes = format!("{TEMPLATE_SPEC}/volumes");
-    let labels = "/spec/template/metadata/labels";
-    let injected_label = format!("{labels}/{}", pointer(INJECTED_LABEL));
+    let path = |suffix: &str| format!("variables.tpath + {}", lit(suffix));
+    let add =
+        |path: &str, value: &str| format!("JSONPatch{{op: 'add', path: {path}, value: {value}}}");
+    let remove = |path: &str| format!("JSONPatch{{op: 'remove', path: {path}}}");
+    let init = path("/spec/initContainers");
+    let gates = path("/spec/readinessGates");
+    let volumes = path("/spec/volumes");
+    let labels = path("/metadata/labels");
+    let injected_label = path(&format!("/metadata/labels/{}", pointer(INJECTED_LABEL)));
     let volume = cel(
         "Object.spec.template.spec.volumes",
         &injected::code_volume(),
@@ -670,18 +748,25 @@ fn patch_expression(image: &CodeImage) -> String {
         add(&gates, &format!("variables.userGates + [{gate}]")),
         keep(&gates, "variables.userGates", "readinessGates"),
     ];
-    let label = [
+    let injected = format!("{{{}: 'true'}}", lit(INJECTED_LABEL));
+    // A CronJob's pod template may have no metadata at all.
+    let label = format!(
+        "has(variables.template.metadata) ? (has(variables.template.metadata.labels) ? [{}] : [{}]) : [{}]",
         add(&injected_label, "'true'"),
-        add(labels, &format!("{{{}: 'true'}}", lit(INJECTED_LABEL))),
-    ];
+        add(&labels, &injected),
+        add(&path("/metadata"), &format!("{{'labels': {injected}}}")),
+    );
     // `kubectl rollout undo` replaces the annotations: keep the controller's record.
     let kept = [
         add(
-            &format!("/metadata/annotations/{}", pointer(CONTRACTED_RELEASES)),
+            &lit(&format!(
+                "/metadata/annotations/{}",
+                pointer(CONTRACTED_RELEASES)
+            )),
             &format!("oldObject.metadata.annotations[{record}]"),
         ),
         add(
-            "/metadata/annotations",
+            &lit("/metadata/annotations"),
             &format!("{{{record}: oldObject.metadata.annotations[{record}]}}"),
         ),
     ];
@@ -690,8 +775,8 @@ fn patch_expression(image: &CodeImage) -> String {
         kept[0], kept[1]
     );
     let inject = format!(
-        "[{}, {}] + (variables.gate ? [{}] : {}) + (has(object.spec.template.metadata.labels) ? [{}] : [{}]) + ({restore})",
-        lists[0], lists[1], lists[2], lists[3], label[0], label[1]
+        "[{}, {}] + (variables.gate ? [{}] : {}) + ({label}) + ({restore})",
+        lists[0], lists[1], lists[2], lists[3]
     );
     let strip = format!(
         "{} + {} + {} + ({} in variables.tlabels ? [{}] : [])",
@@ -702,7 +787,7 @@ fn patch_expression(image: &CodeImage) -> String {
         remove(&injected_label),
     );
     format!(
-        "!variables.optedIn ? (variables.wasInjected ? {strip} : []) : variables.denial != '' ? [] : {inject}"
+        "variables.skip ? [] : !variables.optedIn ? (variables.wasInjected ? {strip} : []) : variables.denial != '' ? [] : {inject}"
     )
 }
 
@@ -710,7 +795,7 @@ fn patch_expression(image: &CodeImage) -> String {
 
 fn settings_validations() -> Vec<Value> {
     vec![json!({
-        "expression": "!variables.optedIn || variables.denial == ''",
+        "expression": "!variables.optedIn || variables.skip || variables.denial == ''",
         "messageExpression": "variables.denial",
         "reason": "Invalid",
     })]
@@ -727,18 +812,18 @@ fn warn(when: &str, message: &str) -> Value {
 }
 
 fn warning_validations() -> Vec<Value> {
-    let ok = "variables.optedIn && variables.denial == ''";
+    let ok = "!variables.skip && variables.optedIn && variables.denial == ''";
     let differs = |field: &str| {
         format!(
-            "(has(object.spec.template.spec.{field}) ? object.spec.template.spec.{field} : []) != (has(oldObject.spec.template.spec.{field}) ? oldObject.spec.template.spec.{field} : [])"
+            "(has(variables.pod.{field}) ? variables.pod.{field} : []) != (has(variables.oldPod.{field}) ? variables.oldPod.{field} : [])"
         )
     };
     let old_reserved = format!(
-        "has(oldObject.spec.template.spec.initContainers) && oldObject.spec.template.spec.initContainers.exists(c, has(c.name) && c.name in {})",
+        "has(variables.oldPod.initContainers) && variables.oldPod.initContainers.exists(c, has(c.name) && c.name in {})",
         lits(&RESERVED_CONTAINERS)
     );
     let changed = format!(
-        "(oldObject == null || {} || {} || {} || ({i} in variables.tlabels) != (has(oldObject.spec.template.metadata.labels) && {i} in oldObject.spec.template.metadata.labels))",
+        "(oldObject == null || {} || {} || {} || ({i} in variables.tlabels) != (has(variables.oldTemplate.metadata) && has(variables.oldTemplate.metadata.labels) && {i} in variables.oldTemplate.metadata.labels))",
         differs("initContainers"),
         differs("readinessGates"),
         differs("volumes"),
@@ -760,9 +845,7 @@ fn warning_validations() -> Vec<Value> {
                 lit(&format!(
                     "django-migrate: readiness gate {MIGRATED_CONDITION}: a pod is Ready once its migration step succeeded"
                 )),
-                &lit(&format!(
-                    "django-migrate: no readiness gate ({READINESS_GATE_ANNOTATION}: \"false\")"
-                ))
+                per_kind(&Kind::ALL, mutation::no_gate_warning),
             ),
         ),
     ];
@@ -797,7 +880,26 @@ fn warning_validations() -> Vec<Value> {
     v
 }
 
-/// Warnings about the app's own init containers, SQLite, and an opt-out.
+/// `f(kind)` for the request's kind (one of `kinds`; the last one otherwise), as CEL.
+fn per_kind(kinds: &[Kind], f: impl Fn(Kind) -> String) -> String {
+    let Some((last, rest)) = kinds.split_last() else {
+        return "''".to_owned();
+    };
+    let mut out = String::from("(");
+    for kind in rest {
+        let _ = write!(
+            out,
+            "variables.kind == {} ? {} : ",
+            lit(kind.as_str()),
+            lit(&f(*kind))
+        );
+    }
+    let _ = write!(out, "{})", lit(&f(*last)));
+    out
+}
+
+/// Warnings about the app's own init containers, SQLite, deferring without a contract
+/// phase, an opt-out, and what the webhook leaves alone.
 fn problem_validations(ok: &str) -> Vec<Value> {
     let mut v = Vec::new();
     // An init container of the app's own that runs migrate: one warning each.
@@ -820,11 +922,38 @@ fn problem_validations(ok: &str) -> Vec<Value> {
         ),
         "'django-migrate: DATABASE_URL is SQLite with ' + string(object.spec.replicas) + ' replicas: no shared database, no cross-pod lock'",
     ));
+    let job_like: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|k| k.runs_to_completion())
+        .collect();
     v.push(warn(
         &format!(
-            "!variables.optedIn && variables.wasInjected && {old_has} && !{new_has}",
-            old_has = injected_parts("oldObject"),
-            new_has = injected_parts("object"),
+            "{ok} && variables.jobLike && ({} in variables.ann || ({u} in variables.ann && variables.ann[{u}] == 'defer'))",
+            lit(DEFER),
+            u = lit(UNSAFE_MIGRATIONS),
+        ),
+        &per_kind(&job_like, mutation::no_contract_warning),
+    ));
+    v.push(warn(
+        &format!(
+            "variables.kind == 'Job' && variables.skip && request.operation == 'UPDATE' && !(has(object.metadata.ownerReferences) && object.metadata.ownerReferences.exists(o, has(o.kind) && o.kind == 'CronJob' && has(o.controller) && o.controller)) && !variables.optedIn && has(oldObject.metadata.labels) && {l} in oldObject.metadata.labels && oldObject.metadata.labels[{l}] == 'true' && {}",
+            injected_parts("variables.template"),
+            l = lit(INJECT_LABEL),
+        ),
+        &lit(&mutation::job_keeps_injection(Kind::Job)),
+    ));
+    v.push(warn(
+        "variables.kind == 'Rollout' && variables.skip && variables.optedIn && has(object.spec.workloadRef)",
+        &format!(
+            "'django-migrate: this Rollout takes its pod template from ' + (has(object.spec.workloadRef.kind) ? object.spec.workloadRef.kind : 'Deployment') + ' ' + {} + ' (workloadRef): not injected'",
+            quoted("(has(object.spec.workloadRef.name) ? object.spec.workloadRef.name : '')")
+        ),
+    ));
+    v.push(warn(
+        &format!(
+            "!variables.skip && !variables.optedIn && variables.wasInjected && {old_has} && !{new_has}",
+            old_has = injected_parts("variables.oldTemplate"),
+            new_has = injected_parts("variables.template"),
         ),
         &lit(&format!(
             "django-migrate: label {INJECT_LABEL} removed: removed the injected init containers, volume and readiness gate"
@@ -837,10 +966,10 @@ fn problem_validations(ok: &str) -> Vec<Value> {
 /// checks all of them; a validation gives one warning).
 pub const MIGRATE_INIT_WARNINGS: usize = 8;
 
-/// Whether object `o` carries any part of the injection.
-fn injected_parts(o: &str) -> String {
+/// Whether pod template `t` carries any part of the injection.
+fn injected_parts(t: &str) -> String {
     format!(
-        "((has({o}.spec.template.spec.initContainers) && {o}.spec.template.spec.initContainers.exists(c, has(c.name) && c.name in {reserved})) || (has({o}.spec.template.spec.readinessGates) && {o}.spec.template.spec.readinessGates.exists(g, has(g.conditionType) && g.conditionType == {gate})) || (has({o}.spec.template.spec.volumes) && {o}.spec.template.spec.volumes.exists(v, has(v.name) && v.name == {volume})) || (has({o}.spec.template.metadata.labels) && {label} in {o}.spec.template.metadata.labels))",
+        "((has({t}.spec) && has({t}.spec.initContainers) && {t}.spec.initContainers.exists(c, has(c.name) && c.name in {reserved})) || (has({t}.spec) && has({t}.spec.readinessGates) && {t}.spec.readinessGates.exists(g, has(g.conditionType) && g.conditionType == {gate})) || (has({t}.spec) && has({t}.spec.volumes) && {t}.spec.volumes.exists(v, has(v.name) && v.name == {volume})) || (has({t}.metadata) && has({t}.metadata.labels) && {label} in {t}.metadata.labels))",
         reserved = lits(&RESERVED_CONTAINERS),
         gate = lit(MIGRATED_CONDITION),
         volume = lit(CODE_VOLUME),

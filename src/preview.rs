@@ -1,5 +1,5 @@
 //! `inject`: the offline preview. Reads YAML or JSON documents, runs every opted-in
-//! apps/v1 Deployment through the same engine and JSON Patch as the webhook, and writes
+//! workload (Deployment, StatefulSet, Job, CronJob, Argo Rollout) through the same engine and JSON Patch as the webhook, and writes
 //! every document back. Documents that do not change are written exactly as they were
 //! read (comments included) when the output is YAML.
 
@@ -7,11 +7,11 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::contract_job::{self, NoContractJob};
-use crate::deployment::Deployment;
 use crate::injected::CodeImage;
 use crate::mutation::{self, Denial, Operation};
 use crate::names::INJECTED_LABEL;
 use crate::plan_job::{self, PlanJobOptions};
+use crate::workload::{Kind, Workload};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -28,10 +28,12 @@ pub enum PreviewError {
     },
     #[error("input is not valid JSON: {0}")]
     Json(serde_json::Error),
-    #[error("document {doc} ({name}): not a valid apps/v1 Deployment: {message}")]
-    Deployment {
+    #[error("document {doc} ({name}): not a valid {api_version} {kind}: {message}")]
+    Workload {
         doc: usize,
         name: String,
+        api_version: String,
+        kind: Kind,
         message: String,
     },
     #[error("document {doc} ({name}): {denial}")]
@@ -294,28 +296,28 @@ fn is_list(v: &Value) -> bool {
         && v.get("items").is_some_and(Value::is_array)
 }
 
-/// The object as an apps/v1 Deployment, with its name for messages; `None` for any other
-/// kind of object.
-fn read_deployment(
-    doc: usize,
-    value: &Value,
-) -> Result<Option<(String, Deployment)>, PreviewError> {
-    let is_deployment = value.get("apiVersion").and_then(Value::as_str) == Some("apps/v1")
-        && value.get("kind").and_then(Value::as_str) == Some("Deployment");
-    if !is_deployment {
+/// The object as a workload of one of the kinds the webhook injects, with its name for
+/// messages; `None` for any other kind of object.
+fn read_workload(doc: usize, value: &Value) -> Result<Option<(String, Workload)>, PreviewError> {
+    let text = |key: &str| value.get(key).and_then(Value::as_str).unwrap_or_default();
+    let (group, version) = text("apiVersion").split_once('/').unwrap_or(("", ""));
+    let Some(kind) = Kind::from_gvk(group, version, text("kind")) else {
         return Ok(None);
-    }
+    };
     let name = value
         .pointer("/metadata/name")
         .and_then(Value::as_str)
-        .map_or_else(|| "Deployment".to_owned(), |n| format!("Deployment {n}"));
-    let deployment =
-        serde_path_to_error::deserialize(value).map_err(|e| PreviewError::Deployment {
+        .map_or_else(|| kind.to_string(), |n| format!("{kind} {n}"));
+    let mut workload: Workload =
+        serde_path_to_error::deserialize(value).map_err(|e| PreviewError::Workload {
             doc,
             name: name.clone(),
+            api_version: kind.api_version(),
+            kind,
             message: e.to_string(),
         })?;
-    Ok(Some((name, deployment)))
+    workload.kind = kind;
+    Ok(Some((name, workload)))
 }
 
 /// Runs `change` on every object of the documents (the items of a List too), and marks
@@ -346,7 +348,7 @@ fn inject_one(
     image: &CodeImage,
     preview: &mut Preview,
 ) -> Result<bool, PreviewError> {
-    let Some((name, deployment)) = read_deployment(doc, value)? else {
+    let Some((name, deployment)) = read_workload(doc, value)? else {
         return Ok(false);
     };
     let m = mutation::mutate(Operation::Create, &deployment, None, image).map_err(|denial| {
@@ -391,10 +393,10 @@ fn uninject_one(
     value: &mut Value,
     preview: &mut Preview,
 ) -> Result<bool, PreviewError> {
-    let Some((_, deployment)) = read_deployment(doc, value)? else {
+    let Some((_, workload)) = read_workload(doc, value)? else {
         return Ok(false);
     };
-    let Some(patch) = mutation::uninject(&deployment) else {
+    let Some(patch) = mutation::uninject(&workload) else {
         return Ok(false);
     };
     json_patch::patch(value, &patch).map_err(|e| PreviewError::Patch {
@@ -404,7 +406,7 @@ fn uninject_one(
     // A template whose only label was the injection's had no labels (or metadata) of its
     // own: leave none, rather than empty maps.
     if let Some(template) = value
-        .pointer_mut("/spec/template")
+        .pointer_mut(workload.kind.template_pointer())
         .and_then(Value::as_object_mut)
     {
         let empty = |v: Option<&Value>| {

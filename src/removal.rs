@@ -115,7 +115,7 @@ pub async fn remove_all(client: &Client, timeout: Duration) -> Result<(), Remova
 fn carries_injection(d: &Deployment) -> bool {
     serde_json::to_value(d)
         .ok()
-        .and_then(|v| serde_json::from_value::<crate::deployment::Deployment>(v).ok())
+        .and_then(|v| serde_json::from_value::<crate::workload::Workload>(v).ok())
         .is_some_and(|d| mutation::carries_injection(&d))
 }
 

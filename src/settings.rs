@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
+use crate::workload::Kind;
+
 pub use crate::names::{
     ALLOW_UNSAFE, CONTAINER, CONTRACT_DELAY, CONTRACTED_RELEASES, DATABASE, DEFER, FAST_PATH,
     HOLD_BACK, INJECT_LABEL, KNOWN_ANNOTATIONS, LOCK_TIMEOUT, LOCKING_MIN_ROWS, MANAGE_COMMAND,
@@ -345,7 +347,36 @@ impl Settings {
     pub fn from_annotations(
         annotations: Option<&BTreeMap<String, String>>,
     ) -> Result<Settings, InvalidAnnotation> {
+        Settings::parse(Settings::default(), annotations)
+    }
+
+    /// The settings of a workload of `kind`: a Job's or CronJob's pods wait for their
+    /// release's migrations unless told to migrate, and never get a readiness gate
+    /// (nothing routes traffic to them).
+    pub fn for_kind(
+        kind: Kind,
+        annotations: Option<&BTreeMap<String, String>>,
+    ) -> Result<Settings, InvalidAnnotation> {
+        let mut s = Settings::parse(Settings::defaults_for(kind), annotations)?;
+        if kind.runs_to_completion() {
+            s.readiness_gate = false;
+        }
+        Ok(s)
+    }
+
+    /// The defaults of a workload of `kind`.
+    pub fn defaults_for(kind: Kind) -> Settings {
         let mut s = Settings::default();
+        if kind.runs_to_completion() {
+            s.mode = Mode::Wait;
+        }
+        s
+    }
+
+    fn parse(
+        mut s: Settings,
+        annotations: Option<&BTreeMap<String, String>>,
+    ) -> Result<Settings, InvalidAnnotation> {
         let Some(annotations) = annotations else {
             return Ok(s);
         };

@@ -10,8 +10,8 @@
 use serde_json::{Value, json};
 use thiserror::Error;
 
-use crate::deployment::JsonMap;
 use crate::names::{CODE_CONTAINER, INJECTED_LABEL, MIGRATE_CONTAINER, WAIT_CONTAINER};
+use crate::workload::JsonMap;
 
 /// Longest Job name: the Job controller puts it into a label of its pods.
 const MAX_NAME: usize = 63;
@@ -171,9 +171,9 @@ mod tests {
 pub(crate) mod fixture {
     use serde_json::{Value, json};
 
-    use crate::deployment::Deployment;
     use crate::injected::CodeImage;
     use crate::mutation::{Operation, mutate};
+    use crate::workload::Workload;
 
     pub(crate) fn injected(annotations: &Value) -> Value {
         let mut d = json!({
@@ -195,7 +195,7 @@ pub(crate) mod fixture {
                                   "ports": [{"containerPort": 8000}]}],
                   "volumes": [{"name": "certs", "secret": {"secretName": "db-certs"}}]}}}
         });
-        let parsed: Deployment = serde_json::from_value(d.clone()).unwrap();
+        let parsed: Workload = serde_json::from_value(d.clone()).unwrap();
         let m = mutate(Operation::Create, &parsed, None, &CodeImage::default()).unwrap();
         json_patch::patch(&mut d, &m.patch).unwrap();
         d

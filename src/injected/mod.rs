@@ -14,15 +14,15 @@ use serde_json::{Value, json};
 
 mod zipapp;
 
-use crate::deployment::JsonMap;
 use crate::names::{
     CODE_CONTAINER, CODE_MOUNT_PATH, CODE_VOLUME, ENV_ALLOW_UNSAFE, ENV_DATABASE, ENV_DEFER,
     ENV_FAST_PATH, ENV_HOLD_BACK, ENV_LOCK_TIMEOUT, ENV_LOCKING_MIN_ROWS, ENV_MANAGE_COMMAND,
     ENV_MIGRATE_TIMEOUT, ENV_MODE, ENV_POST_MIGRATE, ENV_RELEASE, ENV_SETTINGS_MODULE,
     ENV_UNSAFE_MIGRATIONS, ENV_WAIT_TIMEOUT, LEGACY_ENV, MIGRATE_CONTAINER, PROGRAM_FILE,
-    RELEASE_FIELD, RESERVED_CONTAINERS, STEP_ENV, TERMINATION_LOG, WAIT_CONTAINER,
+    RESERVED_CONTAINERS, STEP_ENV, TERMINATION_LOG, WAIT_CONTAINER,
 };
 use crate::settings::{DEFAULT_LOCKING_MIN_ROWS, Mode, Settings};
+use crate::workload::{JsonMap, Kind};
 
 /// `(path, text)` of a file of the step, embedded from `step/<path>`.
 macro_rules! source {
@@ -163,8 +163,9 @@ pub fn code_container(image: &CodeImage, pod_security: Option<&JsonMap>) -> Valu
 }
 
 /// The Django step: the app container's image and settings, plus the code volume, running
-/// `<python> /django-migrate/step.pyz`.
-pub fn step_container(app: &JsonMap, s: &Settings) -> Value {
+/// `<python> /django-migrate/step.pyz`; its release is the label in which `kind`'s
+/// controller names a pod's template.
+pub fn step_container(app: &JsonMap, s: &Settings, kind: Kind) -> Value {
     let mut c = JsonMap::new();
     c.insert("name".into(), step_name(s.mode).into());
     for field in COPIED_FIELDS {
@@ -225,7 +226,7 @@ pub fn step_container(app: &JsonMap, s: &Settings) -> Value {
     if s.locking_min_rows != DEFAULT_LOCKING_MIN_ROWS {
         set(ENV_LOCKING_MIN_ROWS, s.locking_min_rows.to_string());
     }
-    env.push(release_env());
+    env.push(release_env(kind));
     c.insert("env".into(), Value::Array(env));
 
     let mut mounts = match app.get("volumeMounts") {
@@ -245,10 +246,11 @@ pub fn step_container(app: &JsonMap, s: &Settings) -> Value {
 
 /// The step's release, from the downward API (`apiVersion` as the API server defaults it,
 /// so that the stored template is what the webhook wrote).
-pub fn release_env() -> Value {
+pub fn release_env(kind: Kind) -> Value {
+    let field = format!("metadata.labels['{}']", kind.release_label());
     json!({
         "name": ENV_RELEASE,
-        "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": RELEASE_FIELD}},
+        "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": field}},
     })
 }
 
@@ -280,6 +282,7 @@ pub fn install(dir: &Path) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::RELEASE_FIELD;
 
     fn app() -> JsonMap {
         serde_json::from_value(json!({
@@ -295,7 +298,7 @@ mod tests {
 
     #[test]
     fn the_step_copies_app_fields_and_mounts_the_code() {
-        let step = step_container(&app(), &Settings::default());
+        let step = step_container(&app(), &Settings::default(), Kind::Deployment);
         assert_eq!(step["name"], MIGRATE_CONTAINER);
         assert_eq!(step["image"], "app:1");
         assert_eq!(step["workingDir"], "/app");
@@ -337,13 +340,13 @@ mod tests {
     /// (an upgrade starts no rollout).
     #[test]
     fn the_fast_path_env_is_set_only_when_it_is_off() {
-        let on = step_container(&app(), &Settings::default());
+        let on = step_container(&app(), &Settings::default(), Kind::Deployment);
         assert!(!on.to_string().contains(ENV_FAST_PATH));
         let off = Settings {
             fast_path: false,
             ..Settings::default()
         };
-        let step = step_container(&app(), &off);
+        let step = step_container(&app(), &off, Kind::Deployment);
         let env = step["env"].as_array().unwrap();
         assert!(env.contains(&json!({"name": ENV_FAST_PATH, "value": "false"})));
     }

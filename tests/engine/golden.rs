@@ -41,7 +41,7 @@ fn run(path: &Path) -> Value {
     let mut out = json!({ "httpStatus": status });
     if let Some(patch) = &patch {
         let mutated = apply(&request["object"], patch);
-        assert_valid_deployment(&mutated);
+        assert_valid_workload(&mutated);
         assert_eq!(
             without_owned(&mutated),
             without_owned(&request["object"]),

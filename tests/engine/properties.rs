@@ -1,8 +1,8 @@
 //! Property tests over generated Deployments: the rules of DESIGN.md's "Rules the
 //! mutation must keep" hold for any shape of Deployment, not only the fixtures.
 
-use django_migrate_webhook::deployment::Deployment;
 use django_migrate_webhook::mutation::{Operation, mutate};
+use django_migrate_webhook::workload::Workload;
 use django_migrate_webhook::{injected, names};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -159,7 +159,7 @@ fn deployment() -> impl Strategy<Value = Value> {
 }
 
 fn run(op: Operation, new: &Value, old: Option<&Value>) -> (Value, json_patch::Patch) {
-    let parse = |v: &Value| serde_json::from_value::<Deployment>(v.clone()).unwrap();
+    let parse = |v: &Value| serde_json::from_value::<Workload>(v.clone()).unwrap();
     let old_parsed = old.map(parse);
     let m = mutate(op, &parse(new), old_parsed.as_ref(), &Default::default())
         .expect("valid settings are not denied");
@@ -209,7 +209,7 @@ proptest! {
             prop_assert!(patch.0.is_empty(), "not opted in but patched: {:?}", patch);
             return Ok(());
         }
-        assert_valid_deployment(&out);
+        assert_valid_workload(&out);
         // Nothing outside the injected fields changes.
         prop_assert_eq!(without_owned(&out), without_owned(&input));
         // Our containers come last, copied from the app container.
@@ -255,7 +255,7 @@ proptest! {
         prop_assert!(injected_containers(&stripped).is_empty());
         prop_assert_eq!(without_owned(&stripped), without_owned(&removed));
         prop_assert!(stripped.pointer("/spec/template/metadata/labels/django-migrate.io~1injected").is_none());
-        assert_valid_deployment(&stripped);
+        assert_valid_workload(&stripped);
     }
 }
 

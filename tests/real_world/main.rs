@@ -55,7 +55,7 @@ fn containers<'a>(d: &'a Value, key: &str) -> Vec<&'a Value> {
 /// nothing else touched.
 fn check(name: &str, original: &Value, app: &str) -> (Value, Vec<String>) {
     let (mutated, warnings) = admit(original);
-    assert_valid_deployment(&mutated);
+    assert_valid_workload(&mutated);
     assert_eq!(
         without_owned(&mutated),
         without_owned(original),

@@ -49,11 +49,22 @@ pub fn without_code(mut v: Value) -> Value {
     v
 }
 
-/// Asserts that the object reads as a Kubernetes apps/v1 Deployment.
-pub fn assert_valid_deployment(object: &Value) {
-    if let Err(e) = serde_json::from_value::<k8s_openapi::api::apps::v1::Deployment>(object.clone())
-    {
-        panic!("not a valid apps/v1 Deployment: {e}\n{object:#}");
+/// Panics unless `object` parses as its kind's API type (a Rollout, which has none here:
+/// its pod template as a PodTemplateSpec).
+pub fn assert_valid_workload(object: &Value) {
+    use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
+    fn check<T: serde::de::DeserializeOwned>(v: &Value) -> Result<(), serde_json::Error> {
+        serde_json::from_value::<T>(v.clone()).map(drop)
+    }
+    let result = match object["kind"].as_str().unwrap_or("Deployment") {
+        "StatefulSet" => check::<apps::StatefulSet>(object),
+        "Job" => check::<batch::Job>(object),
+        "CronJob" => check::<batch::CronJob>(object),
+        "Rollout" => check::<core::PodTemplateSpec>(&object["spec"]["template"]),
+        _ => check::<apps::Deployment>(object),
+    };
+    if let Err(e) = result {
+        panic!("not a valid {}: {e}\n{object:#}", object["kind"]);
     }
 }
 

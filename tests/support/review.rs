@@ -1,25 +1,44 @@
 //! AdmissionReview requests built and answered through the same function the server uses,
-//! patches decoded from the wire, and the one definition of the parts of a Deployment the
+//! patches decoded from the wire, and the one definition of the parts of a workload the
 //! webhook owns. Shared with the fuzz crate, so it needs only what that crate has.
 
 use base64::Engine as _;
 use django_migrate_webhook::{admission, names};
 use serde_json::{Value, json};
 
-/// An AdmissionReview request for a Deployment.
+/// An AdmissionReview request for a workload: its kind from the object's `apiVersion` and
+/// `kind` (a Deployment when they are missing).
 pub fn review(operation: &str, object: &Value, old: Option<&Value>) -> Value {
+    let (group, version, kind) = gvk(object);
     json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
         "request": {
             "uid": "b1f0c1d2-0000-4000-8000-000000000001",
-            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
-            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "kind": {"group": group, "version": version, "kind": kind},
+            "resource": {"group": group, "version": version, "resource": format!("{}s", kind.to_lowercase())},
             "operation": operation,
             "object": object,
             "oldObject": old,
         }
     })
+}
+
+/// `(group, version, kind)` of an object; a Deployment's when it does not say.
+pub fn gvk(object: &Value) -> (String, String, String) {
+    let api_version = object["apiVersion"].as_str().unwrap_or("apps/v1");
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let kind = object["kind"].as_str().unwrap_or("Deployment");
+    (group.to_owned(), version.to_owned(), kind.to_owned())
+}
+
+/// The JSON Pointer of an object's pod template (a CronJob's is under `jobTemplate`).
+pub fn template_pointer(object: &Value) -> &'static str {
+    if object["kind"] == "CronJob" {
+        "/spec/jobTemplate/spec/template"
+    } else {
+        "/spec/template"
+    }
 }
 
 /// Decodes `response.patch` (a base64 string on the wire) into JSON Patch operations.
@@ -45,7 +64,7 @@ pub fn respond(review: &Value) -> (u16, Value) {
 /// The response of a review that must be answered 200, after checking it is well formed.
 pub fn answer(review: &Value) -> Value {
     let (status, body) = respond(review);
-    assert_eq!(status, 200, "a valid Deployment gets a 200: {body}");
+    assert_eq!(status, 200, "a valid workload gets a 200: {body}");
     assert_eq!(body["kind"], "AdmissionReview", "{body}");
     body["response"].clone()
 }
@@ -81,8 +100,9 @@ pub fn warnings(response: &Value) -> Vec<String> {
 /// The object with everything the webhook owns removed, for "nothing else changed".
 pub fn without_owned(object: &Value) -> Value {
     let mut v = object.clone();
+    let template = template_pointer(object);
     if let Some(meta) = v
-        .pointer_mut("/spec/template/metadata")
+        .pointer_mut(&format!("{template}/metadata"))
         .and_then(Value::as_object_mut)
     {
         if let Some(labels) = meta.get_mut("labels").and_then(Value::as_object_mut) {
@@ -92,14 +112,14 @@ pub fn without_owned(object: &Value) -> Value {
             }
         }
         if meta.is_empty() {
-            v["spec"]["template"]
-                .as_object_mut()
+            v.pointer_mut(template)
+                .and_then(Value::as_object_mut)
                 .unwrap()
                 .remove("metadata");
         }
     }
     if let Some(spec) = v
-        .pointer_mut("/spec/template/spec")
+        .pointer_mut(&format!("{template}/spec"))
         .and_then(Value::as_object_mut)
     {
         for (key, field, values) in [

@@ -149,7 +149,7 @@ def fast_path_check():
     """Returns what a step that found nothing pending says, or raises a Doubt."""
     if post_migrate_wanted() and not RELEASE:
         raise Doubt(
-            "no release (the pod has no pod-template-hash label): post_migrate runs on every start", lasting=True
+            "no release (the pod has no label naming its pod template): post_migrate runs on every start", lasting=True
         )
     settings = plan_settings()
     db = settings.DATABASES.get(ALIAS)

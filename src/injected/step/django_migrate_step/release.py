@@ -4,11 +4,13 @@
 and apps keep their rows up to date from them (permissions and content types, Nautobot's
 Jobs, a default site). The step gives every release that run once, under the migration
 lock (Django's create_permissions is not safe to run twice at once). A release is the
-pod template a pod was made from: the pod's pod-template-hash label, which the webhook
-passes to the step through the downward API (DJANGO_MIGRATE_RELEASE). A new image, new
-settings or a `rollout restart` make a new release; more pods and restarts of the same
-one do not. Which releases had their run is recorded in RELEASE_TABLE, which the fast
-path reads; a pod without the label (not made by a Deployment) runs it on every start."""
+pod template a pod was made from: the label in which the pod's controller names it
+(pod-template-hash for a Deployment, controller-revision-hash for a StatefulSet,
+rollouts-pod-template-hash for an Argo Rollout, the Job's UID for a Job's pods), which
+the webhook passes to the step through the downward API (DJANGO_MIGRATE_RELEASE). A new
+image, new settings or a `rollout restart` make a new release; more pods and restarts of
+the same one do not. Which releases had their run is recorded in RELEASE_TABLE, which the
+fast path reads; a pod without the label runs it on every start."""
 
 import hashlib
 import time
