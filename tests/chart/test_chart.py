@@ -261,6 +261,37 @@ def test_contract_jobs_off_drops_the_flag_and_every_grant_on_jobs():
     assert "--contract-jobs" not in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
+def workload_rules(rollouts):
+    def rule(group, version, resources):
+        return {
+            "apiGroups": [group],
+            "apiVersions": [version],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": resources,
+            "scope": "Namespaced",
+        }
+
+    rules = [rule("apps", "v1", ["deployments", "statefulsets"]), rule("batch", "v1", ["jobs", "cronjobs"])]
+    return rules + [rule("argoproj.io", "v1alpha1", ["rollouts"])] if rollouts else rules
+
+
+@pytest.mark.parametrize("setting, rollouts", [(True, True), (False, False), ("auto", False)])
+def test_the_webhook_covers_every_workload_and_rollouts_when_told(setting, rollouts):
+    docs = render({**values_for("secret"), "injection": {"argoRollouts": setting}})
+    (hook,) = one(docs, "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["rules"] == workload_rules(rollouts)
+    if rollouts:
+        # The same resources as the admission policies of policy mode.
+        policy = json.loads(subprocess.run([str(BIN), "policy", "-o", "json"], check=True, capture_output=True).stdout)
+        assert hook["rules"] == policy["items"][0]["spec"]["matchConstraints"]["resourceRules"]
+
+
+def test_a_bad_argo_rollouts_value_is_refused_with_what_is_allowed():
+    with pytest.raises(helm.HelmError) as error:
+        render({**values_for("generate"), "injection": {"argoRollouts": "yes"}})
+    assert "argoRollouts" in str(error.value), error.value
+
+
 @pytest.mark.parametrize("mode", list(TLS_MODES))
 def test_webhook_configuration_follows_the_design(mode):
     docs = render(values_for(mode))
@@ -271,15 +302,8 @@ def test_webhook_configuration_follows_the_design(mode):
     assert hook["sideEffects"] == "None"
     assert hook["admissionReviewVersions"] == ["v1"]
     assert hook["matchPolicy"] == "Equivalent"
-    assert hook["rules"] == [
-        {
-            "apiGroups": ["apps"],
-            "apiVersions": ["v1"],
-            "operations": ["CREATE", "UPDATE"],
-            "resources": ["deployments"],
-            "scope": "Namespaced",
-        }
-    ]
+    # Rendered without a cluster, `argoRollouts: auto` sees no Rollout CRD.
+    assert hook["rules"] == workload_rules(rollouts=False)
     assert hook["objectSelector"] == {"matchLabels": {"django-migrate.io/inject": "true"}}
     (expr,) = hook["namespaceSelector"]["matchExpressions"]
     assert expr["key"] == "kubernetes.io/metadata.name" and expr["operator"] == "NotIn"

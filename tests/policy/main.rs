@@ -10,13 +10,15 @@
 mod support;
 
 use django_migrate_webhook::names;
+use django_migrate_webhook::workload::Kind;
 use serde_json::Value;
+use support::kube::install_rollout_crd;
 use support::parity::Parity;
 use support::*;
 
-/// The Deployments of `tests/fixtures/admission`: the object of every CREATE or UPDATE
+/// The workloads of `tests/fixtures/admission`: the object of every CREATE or UPDATE
 /// request, and the stored object of every UPDATE.
-fn fixture_deployments() -> Vec<(String, Value)> {
+fn fixture_workloads() -> Vec<(String, Value)> {
     let dir = repo().join("tests/fixtures/admission");
     let mut paths: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -28,9 +30,13 @@ fn fixture_deployments() -> Vec<(String, Value)> {
     for path in paths {
         let review = read_json(&path);
         let request = &review["request"];
-        let is_deployment =
-            request["kind"]["group"] == "apps" && request["kind"]["kind"] == "Deployment";
-        if !is_deployment || !matches!(request["operation"].as_str(), Some("CREATE" | "UPDATE")) {
+        let is_workload = Kind::from_gvk(
+            request["kind"]["group"].as_str().unwrap_or_default(),
+            request["kind"]["version"].as_str().unwrap_or_default(),
+            request["kind"]["kind"].as_str().unwrap_or_default(),
+        )
+        .is_some();
+        if !is_workload || !matches!(request["operation"].as_str(), Some("CREATE" | "UPDATE")) {
             continue;
         }
         let case = path
@@ -41,7 +47,7 @@ fn fixture_deployments() -> Vec<(String, Value)> {
             .to_owned();
         for (key, suffix) in [("object", ""), ("oldObject", "-old")] {
             let mut d = request[key].clone();
-            if d.is_object() && d["apiVersion"] == "apps/v1" {
+            if d.is_object() && d["apiVersion"].is_string() {
                 replace_strings(&mut d, CODE_PLACEHOLDER, LEGACY_CODE);
                 declare_mounted_volumes(&mut d);
                 out.push((format!("{case}{suffix}"), d));
@@ -53,7 +59,9 @@ fn fixture_deployments() -> Vec<(String, Value)> {
 
 /// Some fixtures mount volumes they do not declare; an API server wants them declared.
 fn declare_mounted_volumes(d: &mut Value) {
-    let spec = &mut d["spec"]["template"]["spec"];
+    let Some(spec) = d.pointer_mut(&format!("{}/spec", template_pointer(d))) else {
+        return;
+    };
     let mut mounted: Vec<String> = Vec::new();
     for key in ["containers", "initContainers"] {
         for c in spec[key].as_array().into_iter().flatten() {
@@ -86,16 +94,23 @@ fn declare_mounted_volumes(d: &mut Value) {
 
 #[tokio::test]
 async fn every_fixture_is_stored_warned_and_denied_alike_through_the_webhook_and_the_policy() {
+    install_rollout_crd();
     let parity = Parity::start("parity").await;
-    let cases = fixture_deployments();
-    assert!(cases.len() >= 40, "{} fixture Deployments", cases.len());
+    let cases = fixture_workloads();
+    assert!(cases.len() >= 40, "{} fixture workloads", cases.len());
+    for kind in Kind::ALL {
+        assert!(
+            cases.iter().any(|(_, d)| d["kind"] == kind.as_str()),
+            "no fixture of kind {kind}"
+        );
+    }
     let mut steps = 0;
     for (case, d) in &cases {
         steps += parity.check(case, d);
     }
     let differences = parity.differences.borrow();
     eprintln!(
-        "parity: {} Deployments, {steps} steps; {} differ, all refused by the API server's own validation:",
+        "parity: {} workloads, {steps} steps; {} differ, all refused by the API server's own validation:",
         cases.len(),
         differences.len()
     );

@@ -117,6 +117,7 @@ pub fn register(ns: &Namespace, webhook: &Serve, failure_policy: &str) {
     let values = serde_json::json!({
         "fullnameOverride": format!("django-migrate-{}", ns.name),
         "tls": {"mode": "secret", "secret": {"name": "unused", "caBundle": webhook.ca_bundle}},
+        "injection": {"argoRollouts": true},
         "webhook": {
             "url": format!("https://127.0.0.1:{}/mutate", webhook.port),
             "failurePolicy": failure_policy,
@@ -152,6 +153,50 @@ pub fn register(ns: &Namespace, webhook: &Serve, failure_policy: &str) {
         "{manifest}"
     );
     apply(&manifest, &[]);
+}
+
+/// Installs Argo Rollouts' Rollout CRD (from its Go module, cached by
+/// `scripts/kube/build-argo-rollouts.sh`) and waits until it is served. Idempotent.
+pub fn install_rollout_crd() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/kube/build-argo-rollouts.sh"
+    );
+    let out = Command::new("bash")
+        .args([script, "crds"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} crds failed (it fetches github.com/argoproj/argo-rollouts through the Go module proxy): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let crd = format!("{dir}/crds/rollout-crd.yaml");
+    let out = kubectl(&["apply", "--server-side", "-f", &crd], None);
+    assert!(out.status.success(), "cannot apply {crd}: {}", text(&out).1);
+    // The first wait right after the create can miss the status; the second does not.
+    for attempt in 0..5 {
+        let out = kubectl(
+            &[
+                "wait",
+                "--for",
+                "condition=established",
+                "--timeout=60s",
+                "crd/rollouts.argoproj.io",
+            ],
+            None,
+        );
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            attempt < 4,
+            "the Rollout CRD is not established: {}",
+            text(&out).1
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// Waits until the configuration is in effect: a server-side dry run of a labelled

@@ -1,13 +1,15 @@
-//! Parity of the two modes: the same Deployment applied through the webhook in one
-//! namespace and through the admission policies of `policy` mode in another, then
-//! compared as a user would see it: what the API server stored, the warnings kubectl
-//! printed, and the denial.
+//! Parity of the two modes: the same workload (Deployment, StatefulSet, Job, CronJob,
+//! Argo Rollout) applied through the webhook in one namespace and through the admission
+//! policies of `policy` mode in another, then compared as a user would see it: what the
+//! API server stored, the warnings kubectl printed, and the denial.
 
 use std::time::Duration;
 
+use django_migrate_webhook::names;
 use serde_json::{Value, json};
 
 use super::kube::{Namespace, apply, deployment, init_names, kubectl, register, text};
+use super::review::template_pointer;
 use super::serve::{Serve, eventually};
 
 /// The binary's `policy` output, bound to one namespace.
@@ -136,7 +138,7 @@ impl Parity {
         }
     }
 
-    /// Applies `manifest` (a Deployment, any namespace) in both namespaces, then a
+    /// Applies `manifest` (a workload, any namespace) in both namespaces, then a
     /// metadata-only update, an image update and an opt-out, and asserts that each step
     /// looks the same through both. Returns how many steps were compared.
     pub fn check(&self, case: &str, manifest: &Value) -> usize {
@@ -146,20 +148,62 @@ impl Parity {
         let created = self.compare(case, "create", &d);
         steps += 1;
         let opted_in = d["metadata"]["labels"]["django-migrate.io/inject"] == "true";
-        if created.error.is_some() || !opted_in {
+        let has_template = d.pointer(template_pointer(&d)).is_some();
+        if created.error.is_some() || !opted_in || !has_template {
             return steps;
         }
         let template = created.stored.as_ref().unwrap()["template"].clone();
+        let pointer = template_pointer(&d);
+        let carried = d
+            .pointer(&format!("{pointer}/spec/initContainers"))
+            .and_then(Value::as_array)
+            .is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["name"]
+                        .as_str()
+                        .is_some_and(|n| names::RESERVED_CONTAINERS.contains(&n))
+                })
+            });
+        if d["kind"] == "Job" && carried {
+            // A manifest that carries an injection of its own: `kubectl apply` would set the
+            // Job's (immutable) template back to it, which the API server refuses.
+            return steps;
+        }
 
         d["metadata"]["annotations"]["parity.example/touched"] = json!("yes");
         let touched = self.compare(case, "metadata-only update", &d);
+        let Some(stored) = touched.stored.as_ref() else {
+            panic!("{case}: a metadata-only update was refused: {touched:?}");
+        };
         assert_eq!(
-            touched.stored.as_ref().unwrap()["template"],
-            template,
+            stored["template"], template,
             "{case}: a metadata-only update changed the pod template"
         );
-        for c in d["spec"]["template"]["spec"]["containers"]
-            .as_array_mut()
+        if d["kind"] == "Job" {
+            if d["metadata"]["ownerReferences"].is_array() {
+                return steps + 1; // left alone: its template is its CronJob's
+            }
+            // A Job's pod template cannot change: its opt-out keeps the injection.
+            d["metadata"]["labels"]
+                .as_object_mut()
+                .unwrap()
+                .remove("django-migrate.io/inject");
+            let out = self.compare(case, "opt-out", &d);
+            assert_eq!(
+                out.stored.as_ref().unwrap()["template"],
+                template,
+                "{case}: a Job's opt-out leaves its template"
+            );
+            assert!(
+                out.warnings.iter().any(|w| w.contains("cannot change")),
+                "{case}: {:?}",
+                out.warnings
+            );
+            return steps + 2;
+        }
+        for c in d
+            .pointer_mut(&format!("{pointer}/spec/containers"))
+            .and_then(Value::as_array_mut)
             .unwrap()
         {
             c["image"] = json!("registry.invalid/parity/next:2");
@@ -227,14 +271,15 @@ impl Parity {
     }
 }
 
-/// Names the case, makes it a Deployment the API server accepts, and keeps its pods off
-/// any real node: this tier has no kubelet.
+/// Names the case, makes it a workload the API server accepts, and keeps its pods off any
+/// real node: this tier has no kubelet.
 fn prepare(d: &mut Value, case: &str) {
     let name: String = case
         .to_lowercase()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
+    let kind = d["kind"].as_str().unwrap_or("Deployment").to_owned();
     let meta = d["metadata"].as_object_mut().unwrap();
     for key in [
         "uid",
@@ -253,6 +298,20 @@ fn prepare(d: &mut Value, case: &str) {
     if let Some(o) = d.as_object_mut() {
         o.remove("status");
     }
+    let pointer = template_pointer(d);
+    let Some(template) = d.pointer_mut(pointer) else {
+        return; // a Rollout with a workloadRef
+    };
+    if kind_runs_to_completion(&kind) {
+        // The Job controller's labels name the Job's UID: the API server sets them (and
+        // the selector) on create; a fixture's would select nothing.
+        if let Some(labels) = template["metadata"]["labels"].as_object_mut() {
+            labels.retain(|k, _| !JOB_LABELS.contains(&k.as_str()));
+        }
+        template["spec"]["restartPolicy"] = json!("Never");
+        template["spec"]["nodeSelector"] = json!({"e2e.invalid/no-such-node": "true"});
+        return;
+    }
     // A fixture made for the engine alone may lack what the API server requires.
     if d["spec"]["selector"].is_null() {
         d["spec"]["selector"] =
@@ -267,9 +326,22 @@ fn prepare(d: &mut Value, case: &str) {
     }
 }
 
+/// The labels the Job controller gives a Job's pod template and selector.
+const JOB_LABELS: [&str; 4] = [
+    "batch.kubernetes.io/controller-uid",
+    "batch.kubernetes.io/job-name",
+    "controller-uid",
+    "job-name",
+];
+
+fn kind_runs_to_completion(kind: &str) -> bool {
+    kind == "Job" || kind == "CronJob"
+}
+
 fn see(ns: &str, d: &Value) -> Seen {
     let mut d = d.clone();
     d["metadata"]["namespace"] = json!(ns);
+    own_by_cronjob(ns, &mut d);
     let out = kubectl(&["apply", "-f", "-"], Some(&d.to_string()));
     let (_, stderr) = text(&out);
     let mut warnings = Vec::new();
@@ -294,9 +366,26 @@ fn see(ns: &str, d: &Value) -> Seen {
         };
     }
     let name = d["metadata"]["name"].as_str().unwrap();
-    let get = kubectl(&["get", "deployment", name, "-n", ns, "-o", "json"], None);
+    let kind = d["kind"].as_str().unwrap_or("Deployment");
+    let resource = match d["apiVersion"].as_str() {
+        Some(v) if v.contains('/') => {
+            format!("{}.{}", kind.to_lowercase(), v.split('/').next().unwrap())
+        }
+        _ => kind.to_lowercase(),
+    };
+    let get = kubectl(&["get", &resource, name, "-n", ns, "-o", "json"], None);
     assert!(get.status.success(), "{}", text(&get).1);
     let stored: Value = serde_json::from_slice(&get.stdout).unwrap();
+    let mut template = stored
+        .pointer(template_pointer(&stored))
+        .cloned()
+        .unwrap_or(Value::Null);
+    if let Some(labels) = template
+        .pointer_mut("/metadata/labels")
+        .and_then(Value::as_object_mut)
+    {
+        labels.retain(|k, _| !JOB_LABELS.contains(&k.as_str()));
+    }
     let mut annotations = stored["metadata"]["annotations"].clone();
     if let Some(a) = annotations.as_object_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
@@ -308,9 +397,33 @@ fn see(ns: &str, d: &Value) -> Seen {
         stored: Some(json!({
             "labels": stored["metadata"]["labels"],
             "annotations": annotations,
-            "template": stored["spec"]["template"],
+            "template": template,
         })),
     }
+}
+
+/// A Job owned by a CronJob gets a real (suspended, unlabelled) owner in `ns`: the garbage
+/// collector deletes a Job whose owner does not exist.
+fn own_by_cronjob(ns: &str, d: &mut Value) {
+    let Some(owner) = d["metadata"]["ownerReferences"]
+        .as_array_mut()
+        .and_then(|o| o.iter_mut().find(|o| o["kind"] == "CronJob"))
+    else {
+        return;
+    };
+    let cronjob = json!({
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": owner["name"], "namespace": ns},
+        "spec": {"schedule": "0 0 1 1 *", "suspend": true, "jobTemplate": {"spec": {"template": {
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "x", "image": "registry.invalid/x:1"}]}}}}},
+    });
+    let out = kubectl(
+        &["apply", "-o", "json", "-f", "-"],
+        Some(&cronjob.to_string()),
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    owner["uid"] = created["metadata"]["uid"].clone();
 }
 
 /// A policy's warning without the API server's "Validation failed for

@@ -57,3 +57,37 @@ app.kubernetes.io/component: webhook
 {{- $ns := .Release.Namespace -}}
 {{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) | toJson }}
 {{- end }}
+
+{{/*
+"true" when opted-in Argo Rollouts are injected (injection.argoRollouts, `auto`: when the
+cluster serves the Rollout CRD), else empty.
+*/}}
+{{- define "django-migrate-webhook.argoRollouts" -}}
+{{- $v := .Values.injection.argoRollouts -}}
+{{- if or (eq (toString $v) "true") (and (eq (toString $v) "auto") (.Capabilities.APIVersions.Has "argoproj.io/v1alpha1/Rollout")) -}}
+true
+{{- end -}}
+{{- end }}
+
+{{/*
+The workloads the injection applies to, as admission rules: the webhook configuration's.
+*/}}
+{{- define "django-migrate-webhook.rules" -}}
+- apiGroups: ["apps"]
+  apiVersions: ["v1"]
+  operations: ["CREATE", "UPDATE"]
+  resources: ["deployments", "statefulsets"]
+  scope: Namespaced
+- apiGroups: ["batch"]
+  apiVersions: ["v1"]
+  operations: ["CREATE", "UPDATE"]
+  resources: ["jobs", "cronjobs"]
+  scope: Namespaced
+{{- if include "django-migrate-webhook.argoRollouts" . }}
+- apiGroups: ["argoproj.io"]
+  apiVersions: ["v1alpha1"]
+  operations: ["CREATE", "UPDATE"]
+  resources: ["rollouts"]
+  scope: Namespaced
+{{- end }}
+{{- end }}
