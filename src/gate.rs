@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -30,7 +29,8 @@ use crate::pod_states::{self, PodMetrics, PodStates};
 use crate::step::{Reason, StepState, StepStats};
 use crate::telemetry::Chain;
 use crate::text;
-use crate::watched::{DeploymentKey, WatchedPod};
+use crate::watched::{WatchedPod, WorkloadKey};
+use crate::workload::Kind;
 
 /// Reconciles (so status patches) in flight at once: as many as a client with 8
 /// connections, for a predictable load on the API server (the book's "Performance and scale").
@@ -49,12 +49,12 @@ pub struct PatchError {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
-    namespace: String,
-    deployment: String,
+    #[prometheus(flatten)]
+    workload: WorkloadKey,
     reason: &'static str,
 }
 
-type HistogramFamily = Family<DeploymentKey, Histogram, fn() -> Histogram>;
+type HistogramFamily = Family<WorkloadKey, Histogram, fn() -> Histogram>;
 
 /// Seconds a Django step takes, or waits for the lock: from a check that finds nothing
 /// to do to the default migrate timeout.
@@ -79,11 +79,11 @@ pub struct GateMetrics {
     patch_errors: Counter,
     step_duration: HistogramFamily,
     lock_wait: HistogramFamily,
-    applied: Family<DeploymentKey, Counter>,
-    retries: Family<DeploymentKey, Counter>,
+    applied: Family<WorkloadKey, Counter>,
+    retries: Family<WorkloadKey, Counter>,
     failures: Family<FailureLabels, Counter>,
-    held_back: Family<DeploymentKey, Counter>,
-    fast_path: Family<DeploymentKey, Counter>,
+    held_back: Family<WorkloadKey, Counter>,
+    fast_path: Family<WorkloadKey, Counter>,
     pods: PodMetrics,
 }
 
@@ -154,7 +154,7 @@ impl GateMetrics {
         }
     }
 
-    fn step_ended(&self, deployment: &DeploymentKey, stats: &StepStats) {
+    fn step_ended(&self, deployment: &WorkloadKey, stats: &StepStats) {
         self.step_duration
             .get_or_create(deployment)
             .observe(stats.seconds_total);
@@ -175,17 +175,16 @@ impl GateMetrics {
     /// One series of each labelled family, for tests that list what is exported.
     #[cfg(test)]
     pub(crate) fn touch(&self) {
-        let d = DeploymentKey::default();
+        let d = WorkloadKey::default();
         self.step_ended(&d, &StepStats::default());
         self.step_failed(&d, Reason::Failed);
         self.pods.touch();
     }
 
-    fn step_failed(&self, deployment: &DeploymentKey, reason: Reason) {
+    fn step_failed(&self, deployment: &WorkloadKey, reason: Reason) {
         self.failures
             .get_or_create(&FailureLabels {
-                namespace: deployment.namespace.clone(),
-                deployment: deployment.deployment.clone(),
+                workload: deployment.clone(),
                 reason: reason.as_str(),
             })
             .inc();
@@ -244,8 +243,11 @@ pub async fn run(ctx: Context) {
 }
 
 async fn reconcile(pod: Arc<WatchedPod>, ctx: Arc<Context>) -> Result<Action, PatchError> {
-    if !pod.spec.gated {
-        // The `readiness-gate: "false"` escape hatch: nothing waits on a condition.
+    let deployment = pod.workload();
+    if !pod.spec.gated && !deployment.kind.runs_to_completion() {
+        // The `readiness-gate: "false"` escape hatch: nothing waits on a condition. A
+        // Job's pods have no gate either, but get the condition: it is what `status`
+        // reads, and what counts each step's end once across leader changes.
         return Ok(Action::await_change());
     }
     let state = StepState::of(&pod.status.init_container_statuses);
@@ -254,7 +256,6 @@ async fn reconcile(pod: Arc<WatchedPod>, ctx: Arc<Context>) -> Result<Action, Pa
         reason: state.reason(),
         message: state.message(),
     };
-    let deployment = pod.deployment();
     ctx.states
         .set(pod_states::key(&pod), deployment.clone(), desired.reason);
     let current = pod.status.gate.as_ref();
@@ -331,11 +332,12 @@ async fn reconcile(pod: Arc<WatchedPod>, ctx: Arc<Context>) -> Result<Action, Pa
     Ok(Action::await_change())
 }
 
-/// An Event on the pod and one naming the pod on its Deployment.
+/// An Event on the pod and one naming the pod on its workload (a CronJob's pod: on its
+/// Job).
 async fn publish_events(
     ctx: &Context,
     pod: &WatchedPod,
-    deployment: &DeploymentKey,
+    workload: &WorkloadKey,
     type_: EventType,
     reason: &str,
     message: &str,
@@ -350,39 +352,59 @@ async fn publish_events(
     if let Err(e) = ctx.recorder.publish(&event, &pod.object_ref(&())).await {
         tracing::warn!(error = %Chain(&e), "cannot publish an event on the pod");
     }
-    let Some(reference) = deployment_reference(ctx, deployment).await else {
+    let Some(reference) = workload_reference(ctx, pod, workload).await else {
         return;
     };
-    let on_deployment = Event {
+    let on_workload = Event {
         note: Some(text::cut_to(
             &format!("pod {}: {message}", pod.name_any()),
             MAX_NOTE_BYTES,
         )),
         ..event
     };
-    if let Err(e) = ctx.recorder.publish(&on_deployment, &reference).await {
-        tracing::warn!(error = %Chain(&e), "cannot publish an event on the Deployment");
+    if let Err(e) = ctx.recorder.publish(&on_workload, &reference).await {
+        tracing::warn!(error = %Chain(&e), "cannot publish an event on the pod's workload");
     }
 }
 
-/// A reference to the Deployment (with its UID, which `kubectl describe` matches Events
-/// by), read once per Event.
-async fn deployment_reference(ctx: &Context, key: &DeploymentKey) -> Option<ObjectReference> {
-    if key.deployment.is_empty() {
+/// A reference to the pod's workload, with its UID (which `kubectl describe` matches
+/// Events by): a StatefulSet or Job is the pod's own owner; a Deployment or Rollout is
+/// read once per Event (the pod's owner is its ReplicaSet).
+async fn workload_reference(
+    ctx: &Context,
+    pod: &WatchedPod,
+    key: &WorkloadKey,
+) -> Option<ObjectReference> {
+    if key.name.is_empty() {
         return None;
     }
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    match api.get_metadata(&key.deployment).await {
-        Ok(d) => Some(ObjectReference {
-            api_version: Some("apps/v1".into()),
-            kind: Some("Deployment".into()),
-            name: Some(key.deployment.clone()),
-            namespace: Some(key.namespace.clone()),
-            uid: d.metadata.uid,
-            ..ObjectReference::default()
-        }),
+    let reference = |kind: Kind, name: &str, uid: Option<String>| ObjectReference {
+        api_version: Some(kind.api_version()),
+        kind: Some(kind.as_str().into()),
+        name: Some(name.to_owned()),
+        namespace: Some(key.namespace.clone()),
+        uid,
+        ..ObjectReference::default()
+    };
+    if matches!(key.kind, Kind::StatefulSet | Kind::Job | Kind::CronJob) {
+        let owner = pod.owner_references().first()?;
+        let kind = if key.kind == Kind::StatefulSet {
+            Kind::StatefulSet
+        } else {
+            Kind::Job
+        };
+        return Some(reference(kind, &owner.name, Some(owner.uid.clone())));
+    }
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(key.kind.group(), key.kind.version(), key.kind.as_str()),
+        key.kind.plural(),
+    );
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &key.namespace, &resource);
+    match api.get_metadata(&key.name).await {
+        Ok(d) => Some(reference(key.kind, &key.name, d.metadata.uid)),
         Err(e) => {
-            tracing::debug!(error = %Chain(&e), deployment = %format!("{}/{}", key.namespace, key.deployment), "cannot read the Deployment of a pod");
+            tracing::debug!(error = %Chain(&e), workload = %format!("{} {}/{}", key.kind, key.namespace, key.name), "cannot read the workload of a pod");
             None
         }
     }

@@ -11,7 +11,8 @@ use thiserror::Error;
 
 use crate::injected::{self, CodeImage};
 use crate::names::{
-    CODE_CONTAINER, CODE_VOLUME, CONTRACTED_RELEASES, INJECTED_LABEL, MIGRATED_CONDITION,
+    CODE_CONTAINER, CODE_VOLUME, CONTRACTED_RELEASES, CRONJOB_LABEL, INJECTED_LABEL,
+    MIGRATED_CONDITION,
 };
 use crate::settings::{self, InvalidAnnotation, Settings};
 use crate::workload::{JsonMap, Kind, Workload, container_name};
@@ -265,6 +266,7 @@ impl Owned {
     fn strip(&mut self) {
         if let Some(labels) = &mut self.labels {
             labels.remove(INJECTED_LABEL);
+            labels.remove(CRONJOB_LABEL);
         }
         if let Some(c) = &mut self.init_containers {
             c.retain(|c| !value_name(c).is_some_and(injected::is_reserved));
@@ -451,10 +453,11 @@ fn inject(
             .get_or_insert_with(Vec::new)
             .push(json!({ "conditionType": MIGRATED_CONDITION }));
     }
-    after
-        .labels
-        .get_or_insert_with(JsonMap::new)
-        .insert(INJECTED_LABEL.into(), "true".into());
+    let labels = after.labels.get_or_insert_with(JsonMap::new);
+    labels.insert(INJECTED_LABEL.into(), "true".into());
+    if d.kind == Kind::CronJob {
+        labels.insert(CRONJOB_LABEL.into(), d.name().into());
+    }
 
     // "updated" when the stored object was injected: what a user applied before, not
     // what the request happens to carry (admission policies see only the stored object).

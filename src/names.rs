@@ -177,6 +177,9 @@ pub const ENV_POST_MIGRATE: &str = "DJANGO_MIGRATE_POST_MIGRATE";
 pub const ENV_SETTINGS_MODULE: &str = "DJANGO_MIGRATE_SETTINGS_MODULE";
 /// The release a pod belongs to, from the downward API: [`RELEASE_FIELD`].
 pub const ENV_RELEASE: &str = "DJANGO_MIGRATE_RELEASE";
+/// A CronJob's pod template label naming the CronJob, so that its Jobs' pods name it
+/// (for the controller's metrics) without a read of their Job.
+pub const CRONJOB_LABEL: &str = "django-migrate.io/cronjob";
 /// A Deployment's pod's label that names its release: the Deployment controller gives
 /// every pod of one pod template the same value (other kinds: `Kind::release_label`).
 pub const RELEASE_FIELD: &str = "metadata.labels['pod-template-hash']";

@@ -13,12 +13,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::step::Reason;
-use crate::watched::{DeploymentKey, WatchedPod};
+use crate::watched::{WatchedPod, WorkloadKey};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PodLabels {
-    namespace: String,
-    deployment: String,
+    #[prometheus(flatten)]
+    workload: WorkloadKey,
     reason: &'static str,
 }
 
@@ -51,8 +51,7 @@ impl PodMetrics {
     fn set(&self, state: &State, n: i64) {
         self.pods
             .get_or_create(&PodLabels {
-                namespace: state.0.namespace.clone(),
-                deployment: state.0.deployment.clone(),
+                workload: (*state.0).clone(),
                 reason: state.1.as_str(),
             })
             .set(n);
@@ -82,7 +81,7 @@ impl Drop for PodStates {
     }
 }
 
-type State = (Arc<DeploymentKey>, Reason);
+type State = (Arc<WorkloadKey>, Reason);
 
 #[derive(Default)]
 struct Inner {
@@ -91,7 +90,7 @@ struct Inner {
     /// Pods seen since a re-list started; the others were deleted meanwhile.
     relisted: Option<HashSet<String>>,
     /// One shared copy of the labels per Deployment, not one per pod.
-    deployments: HashMap<DeploymentKey, Arc<DeploymentKey>>,
+    deployments: HashMap<WorkloadKey, Arc<WorkloadKey>>,
     /// Pods whose reason is [`Reason::Migrated`], so that the gated count is O(1) per
     /// change.
     migrated: i64,
@@ -114,7 +113,7 @@ impl PodStates {
     }
 
     /// Records the reason the reconciler computed for a pod of `deployment`.
-    pub fn set(&self, key: String, deployment: DeploymentKey, reason: Reason) {
+    pub fn set(&self, key: String, deployment: WorkloadKey, reason: Reason) {
         let mut inner = self.lock();
         if inner
             .by_pod
@@ -229,9 +228,10 @@ mod tests {
         let mut registry = crate::telemetry::registry();
         let metrics = PodMetrics::register(registry.sub_registry_with_prefix("controller"));
         let states = PodStates::new(metrics);
-        let shop = || DeploymentKey {
+        let shop = || WorkloadKey {
             namespace: "n".into(),
-            deployment: "shop".into(),
+            name: "shop".into(),
+            ..WorkloadKey::default()
         };
         states.set("n/a".into(), shop(), Reason::Running);
         states.set("n/b".into(), shop(), Reason::Running);
@@ -241,6 +241,16 @@ mod tests {
         let migrated =
             r#"django_migrate_controller_pods{namespace="n",deployment="shop",reason="Migrated"}"#;
         assert_eq!(exported(&registry, migrated), format!("{migrated} 1"));
+        // Another kind of workload says its kind; a Deployment's series keep their names.
+        let web = WorkloadKey {
+            namespace: "n".into(),
+            name: "web".into(),
+            kind: crate::workload::Kind::StatefulSet,
+        };
+        states.set("n/web-0".into(), web, Reason::Migrated);
+        let stateful = r#"django_migrate_controller_pods{namespace="n",deployment="web",kind="StatefulSet",reason="Migrated"}"#;
+        assert_eq!(exported(&registry, stateful), format!("{stateful} 1"));
+        states.observe(&watcher::Event::Delete(pod("web-0")));
         states.observe(&watcher::Event::Delete(pod("b")));
         assert_eq!(exported(&registry, gated), format!("{gated}0"));
         // A re-list that no longer has `a`: it was deleted while the watch was down.

@@ -19,12 +19,12 @@ use serde_json::{Value, json};
 use crate::injected::{self, CodeImage};
 use crate::mutation::{self, DEFAULT_CONTAINER_ANNOTATION, MAX_WARNING_LEN};
 use crate::names::{
-    CODE_CONTAINER, CODE_MOUNT_PATH, CODE_VOLUME, CONTRACTED_RELEASES, ENV_ALLOW_UNSAFE,
-    ENV_DATABASE, ENV_DEFER, ENV_FAST_PATH, ENV_HOLD_BACK, ENV_LOCK_TIMEOUT, ENV_LOCKING_MIN_ROWS,
-    ENV_MANAGE_COMMAND, ENV_MIGRATE_TIMEOUT, ENV_MODE, ENV_POST_MIGRATE, ENV_SETTINGS_MODULE,
-    ENV_UNSAFE_MIGRATIONS, ENV_WAIT_TIMEOUT, INJECTED_LABEL, LEGACY_ENV, MIGRATE_CONTAINER,
-    MIGRATED_CONDITION, POLICY_LABEL, PROGRAM_FILE, RESERVED_CONTAINERS, STEP_ENV, TERMINATION_LOG,
-    WAIT_CONTAINER,
+    CODE_CONTAINER, CODE_MOUNT_PATH, CODE_VOLUME, CONTRACTED_RELEASES, CRONJOB_LABEL,
+    ENV_ALLOW_UNSAFE, ENV_DATABASE, ENV_DEFER, ENV_FAST_PATH, ENV_HOLD_BACK, ENV_LOCK_TIMEOUT,
+    ENV_LOCKING_MIN_ROWS, ENV_MANAGE_COMMAND, ENV_MIGRATE_TIMEOUT, ENV_MODE, ENV_POST_MIGRATE,
+    ENV_SETTINGS_MODULE, ENV_UNSAFE_MIGRATIONS, ENV_WAIT_TIMEOUT, INJECTED_LABEL, LEGACY_ENV,
+    MIGRATE_CONTAINER, MIGRATED_CONDITION, POLICY_LABEL, PROGRAM_FILE, RESERVED_CONTAINERS,
+    STEP_ENV, TERMINATION_LOG, WAIT_CONTAINER,
 };
 use crate::settings::{
     self, ALLOW_UNSAFE, CONTAINER, CONTRACT_DELAY, DATABASE, DEFER, FAST_PATH, HOLD_BACK,
@@ -748,11 +748,19 @@ fn patch_expression(image: &CodeImage) -> String {
         add(&gates, &format!("variables.userGates + [{gate}]")),
         keep(&gates, "variables.userGates", "readinessGates"),
     ];
-    let injected = format!("{{{}: 'true'}}", lit(INJECTED_LABEL));
+    // A CronJob's template also names the CronJob, for its Jobs' pods.
+    let name = "(has(object.metadata.name) ? object.metadata.name : '')";
+    let cronjob_label = path(&format!("/metadata/labels/{}", pointer(CRONJOB_LABEL)));
+    let injected = format!(
+        "(variables.kind == 'CronJob' ? {{{i}: 'true', {c}: {name}}} : {{{i}: 'true'}})",
+        i = lit(INJECTED_LABEL),
+        c = lit(CRONJOB_LABEL),
+    );
     // A CronJob's pod template may have no metadata at all.
     let label = format!(
-        "has(variables.template.metadata) ? (has(variables.template.metadata.labels) ? [{}] : [{}]) : [{}]",
+        "has(variables.template.metadata) ? (has(variables.template.metadata.labels) ? [{}] + (variables.kind == 'CronJob' ? [{}] : []) : [{}]) : [{}]",
         add(&injected_label, "'true'"),
+        add(&cronjob_label, name),
         add(&labels, &injected),
         add(&path("/metadata"), &format!("{{'labels': {injected}}}")),
     );
@@ -779,12 +787,14 @@ fn patch_expression(image: &CodeImage) -> String {
         lists[0], lists[1], lists[2], lists[3]
     );
     let strip = format!(
-        "{} + {} + {} + ({} in variables.tlabels ? [{}] : [])",
+        "{} + {} + {} + ({} in variables.tlabels ? [{}] : []) + ({} in variables.tlabels ? [{}] : [])",
         keep(&init, "variables.userInit", "initContainers"),
         keep(&gates, "variables.userGates", "readinessGates"),
         keep(&volumes, "variables.userVolumes", "volumes"),
         lit(INJECTED_LABEL),
         remove(&injected_label),
+        lit(CRONJOB_LABEL),
+        remove(&cronjob_label),
     );
     format!(
         "variables.skip ? [] : !variables.optedIn ? (variables.wasInjected ? {strip} : []) : variables.denial != '' ? [] : {inject}"

@@ -9,11 +9,12 @@
 use k8s_openapi::api::core::v1::{ContainerState, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::ResourceExt;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use serde::{Deserialize, Deserializer};
 
-use crate::names::MIGRATED_CONDITION;
+use crate::names::{CRONJOB_LABEL, MIGRATED_CONDITION};
 use crate::step::StepStatus;
+use crate::workload::Kind;
 
 /// A pod as the controller sees it.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -55,7 +56,11 @@ struct Identity {
     resource_version: Option<String>,
     creation_timestamp: Option<Time>,
     owner_references: Option<Vec<OwnerReference>>,
+    labels: Option<std::collections::BTreeMap<String, String>>,
 }
+
+/// The pod labels that name its workload: Argo's, and the CronJob's.
+const WORKLOAD_LABELS: [&str; 2] = [Kind::Rollout.release_label(), CRONJOB_LABEL];
 
 fn identity_only<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
     let mut i = Identity::deserialize(d)?;
@@ -70,6 +75,14 @@ fn identity_only<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error
         resource_version: i.resource_version,
         creation_timestamp: i.creation_timestamp,
         owner_references: i.owner_references,
+        labels: i
+            .labels
+            .map(|l| {
+                l.into_iter()
+                    .filter(|(k, _)| WORKLOAD_LABELS.contains(&k.as_str()))
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            })
+            .filter(|l| !l.is_empty()),
         ..ObjectMeta::default()
     })
 }
@@ -145,13 +158,27 @@ pub(crate) use lean_resource;
 
 lean_resource!(WatchedPod, "Pod", "", "v1", "pods");
 
-/// The Deployment a pod belongs to: the labels of the controller's metrics, bounded by
-/// the number of opted-in Deployments, and where its Events go.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DeploymentKey {
+/// The workload a pod belongs to: the labels of the controller's metrics, bounded by the
+/// number of opted-in workloads, and where its Events go.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct WorkloadKey {
     pub namespace: String,
-    /// Empty for a pod no Deployment owns.
-    pub deployment: String,
+    /// Empty for a pod no workload owns.
+    pub name: String,
+    pub kind: Kind,
+}
+
+/// `namespace` and `deployment` (the workload's name, whatever its kind: the series of
+/// Deployments keep their names), and `kind` for every other kind.
+impl EncodeLabelSet for WorkloadKey {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("namespace", self.namespace.as_str()).encode(encoder.encode_label())?;
+        ("deployment", self.name.as_str()).encode(encoder.encode_label())?;
+        if self.kind != Kind::Deployment {
+            ("kind", self.kind.as_str()).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
 }
 
 impl WatchedPod {
@@ -163,21 +190,36 @@ impl WatchedPod {
             .find(|s| s.name == name)
     }
 
-    /// The pod's Deployment: its controlling ReplicaSet's name without the pod-template
-    /// hash (the last `-` segment, which never contains a `-`), as the Deployment
-    /// controller names them.
-    pub fn deployment(&self) -> DeploymentKey {
-        let replica_set = self
-            .owner_references()
-            .iter()
-            .find(|o| o.kind == "ReplicaSet")
-            .map(|o| o.name.as_str());
-        DeploymentKey {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.metadata.labels.as_ref()?.get(key).map(String::as_str)
+    }
+
+    /// The pod's workload, from its controlling owner: a ReplicaSet's name without the
+    /// pod-template hash (the last `-` segment, which never contains a `-`) names its
+    /// Deployment, or its Rollout when the pod has Argo's label; a StatefulSet's pod names
+    /// it; a Job's pod names its CronJob when the CronJob's template says so, else the Job.
+    pub fn workload(&self) -> WorkloadKey {
+        let owner = self.owner_references().first();
+        let (kind, name) = match owner.map(|o| (o.kind.as_str(), o.name.as_str())) {
+            Some(("ReplicaSet", rs)) => (
+                if self.label(Kind::Rollout.release_label()).is_some() {
+                    Kind::Rollout
+                } else {
+                    Kind::Deployment
+                },
+                rs.rsplit_once('-').map_or(rs, |(d, _)| d),
+            ),
+            Some(("StatefulSet", name)) => (Kind::StatefulSet, name),
+            Some(("Job", job)) => match self.label(CRONJOB_LABEL) {
+                Some(cronjob) => (Kind::CronJob, cronjob),
+                None => (Kind::Job, job),
+            },
+            _ => (Kind::Deployment, ""),
+        };
+        WorkloadKey {
             namespace: self.namespace().unwrap_or_default(),
-            deployment: replica_set
-                .map(|rs| rs.rsplit_once('-').map_or(rs, |(d, _)| d))
-                .unwrap_or_default()
-                .to_owned(),
+            name: name.to_owned(),
+            kind,
         }
     }
 }
@@ -187,6 +229,44 @@ mod tests {
     use super::*;
     use crate::names::MIGRATE_CONTAINER;
     use serde_json::json;
+
+    #[test]
+    fn a_pod_names_its_workload_from_its_owner_and_labels() {
+        let of = |owner: &str, name: &str, labels: serde_json::Value| {
+            let pod: WatchedPod = serde_json::from_value(json!({"metadata": {
+                "name": "p", "namespace": "n", "labels": labels,
+                "ownerReferences": [{"apiVersion": "v1", "kind": owner, "name": name,
+                                     "uid": "u", "controller": true}]}}))
+            .unwrap();
+            let key = pod.workload();
+            (key.kind, key.name)
+        };
+        let none = json!({});
+        assert_eq!(
+            of("ReplicaSet", "shop-7d4b9c", none.clone()),
+            (Kind::Deployment, "shop".into())
+        );
+        assert_eq!(
+            of(
+                "ReplicaSet",
+                "shop-6988c4f9dd",
+                json!({"rollouts-pod-template-hash": "6988c4f9dd"})
+            ),
+            (Kind::Rollout, "shop".into())
+        );
+        assert_eq!(
+            of("StatefulSet", "db-web", none.clone()),
+            (Kind::StatefulSet, "db-web".into())
+        );
+        assert_eq!(
+            of("Job", "import-2024", none),
+            (Kind::Job, "import-2024".into())
+        );
+        assert_eq!(
+            of("Job", "nightly-29436480", json!({CRONJOB_LABEL: "nightly"})),
+            (Kind::CronJob, "nightly".into())
+        );
+    }
 
     #[test]
     fn keeps_only_what_the_controller_reads() {
@@ -224,7 +304,8 @@ mod tests {
             (last.code, last.phase, last.message.as_deref()),
             (1, Some(crate::summary::Phase::Lock), Some("gave up"))
         );
-        assert_eq!(pod.deployment().deployment, "shop");
+        assert_eq!(pod.workload().name, "shop");
+        assert_eq!(pod.workload().kind, Kind::Deployment);
         assert_eq!(pod.metadata.resource_version.as_deref(), Some("7"));
         assert_eq!(pod.metadata.owner_references.as_ref().unwrap().len(), 1);
         assert!(pod.metadata.labels.is_none() && pod.metadata.annotations.is_none());

@@ -114,7 +114,7 @@ impl Kind {
 
     /// The pod label in which the workload's controller names a pod's pod template: the
     /// step's release. A Job's pods share one template, named by the Job's UID.
-    pub fn release_label(self) -> &'static str {
+    pub const fn release_label(self) -> &'static str {
         match self {
             Kind::Deployment => "pod-template-hash",
             Kind::StatefulSet => "controller-revision-hash",

@@ -438,6 +438,12 @@ def test_the_api_server_accepts_every_rendered_object(mode):
     server_side_dry_run(docs, NAMESPACE)
 
 
+def serves_rollouts():
+    """Whether the API server serves Argo Rollouts' Rollout, as Helm's capabilities read it."""
+    found = kubectl("get", "--raw", "/apis/argoproj.io/v1alpha1")
+    return found.returncode == 0 and '"rollouts"' in found.stdout
+
+
 VERBS = ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
 
 
@@ -459,6 +465,8 @@ def assert_service_account_can_do_exactly_what_the_controller_needs(namespace, h
         ("mutatingwebhookconfigurations.admissionregistration.k8s.io", None): set(),
         ("jobs.batch", None): {"create", "get", "list", "watch"} if contract_jobs else set(),
         ("cronjobs.batch", None): set(),
+        # `injection.argoRollouts: auto` follows the cluster (the policy tier installs the CRD).
+        ("rollouts.argoproj.io", None): {"get"} if serves_rollouts() else set(),
     }
     wrong = []
     for (resource, ns), verbs in needed.items():

@@ -107,6 +107,7 @@ pub fn without_owned(object: &Value) -> Value {
     {
         if let Some(labels) = meta.get_mut("labels").and_then(Value::as_object_mut) {
             labels.remove(names::INJECTED_LABEL);
+            labels.remove(names::CRONJOB_LABEL);
             if labels.is_empty() {
                 meta.remove("labels");
             }
