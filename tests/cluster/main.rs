@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 use support::kube::*;
 use support::serve::*;
 
+mod workloads;
+
 const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
