@@ -351,6 +351,11 @@ pub struct ServeArgs {
     /// `get`, `list` and `watch` on Jobs; without it the controller only reports them.
     #[arg(long, requires = "controller")]
     pub contract_jobs: bool,
+    /// Argo Rollouts is installed: run the contract phase of opted-in Rollouts once they
+    /// are fully promoted, and name them in their pods' Events. Needs `get`, `list` and
+    /// `watch` on rollouts.argoproj.io (`patch` with --contract-jobs).
+    #[arg(long, requires = "controller")]
+    pub argo_rollouts: bool,
     #[command(flatten)]
     pub code_image: CodeImageArgs,
 }
@@ -366,6 +371,7 @@ impl From<ServeArgs> for ServeOptions {
             },
             heal_missed_injections: args.heal_missed_injections,
             contract_jobs: args.contract_jobs,
+            argo_rollouts: args.argo_rollouts,
         });
         ServeOptions {
             webhook: !args.no_webhook,

@@ -1,8 +1,9 @@
 //! The contract run: deferred migrations applied once no pod of the previous release is
 //! left.
 //!
-//! The leader watches opted-in Deployments. When one's rollout is complete, every pod it
-//! selects (terminating ones included) comes from one pod template, the steps of those
+//! The leader watches opted-in Deployments, StatefulSets and Argo Rollouts. When one's
+//! update is complete (a Rollout: fully promoted), every pod it selects (terminating ones
+//! included) comes from one pod template, the steps of those
 //! pods left migrations for the contract run (their summaries' `deferred`), and the
 //! longest `delay` (django-safemigrate's, or `django-migrate.io/contract-delay`) has passed
 //! since the rollout completed, it creates one Job ([`contract_job`]) named after the pod
@@ -16,11 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::Selector;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -31,6 +33,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use serde_json::Value;
 use thiserror::Error;
 
 use crate::contract_job::{self, NoContractJob};
@@ -42,6 +45,8 @@ use crate::settings::Settings;
 use crate::summary::Summary;
 use crate::telemetry::Chain;
 use crate::text;
+use crate::watched::WorkloadKey;
+use crate::workload::Kind;
 
 /// How often a Deployment whose older pods are still terminating is looked at again (their
 /// going away changes nothing the watch sees).
@@ -50,12 +55,9 @@ const OLD_PODS_RECHECK: Duration = Duration::from_secs(5);
 /// Longest Event note; the API server refuses notes over 1 KiB.
 const MAX_NOTE_BYTES: usize = 1000;
 
-/// The pod label the ReplicaSet controller sets: one value per pod template.
-const POD_TEMPLATE_HASH: &str = "pod-template-hash";
-
 #[derive(Debug, Error)]
 pub enum ContractError {
-    #[error("cannot list the pods of Deployment {0}")]
+    #[error("cannot list the pods of {0}")]
     ListPods(String, #[source] kube::Error),
     #[error("cannot read the contract Job {0}")]
     ReadJob(String, #[source] kube::Error),
@@ -65,16 +67,12 @@ pub enum ContractError {
     Serialize(String, #[source] serde_json::Error),
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DeploymentLabels {
-    namespace: String,
-    deployment: String,
-}
+type DeploymentLabels = WorkloadKey;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunLabels {
-    namespace: String,
-    deployment: String,
+    #[prometheus(flatten)]
+    workload: WorkloadKey,
     result: &'static str,
 }
 
@@ -110,15 +108,11 @@ impl ContractMetrics {
 
     #[cfg(test)]
     pub(crate) fn touch(&self) {
-        let labels = DeploymentLabels {
-            namespace: String::new(),
-            deployment: String::new(),
-        };
+        let labels = DeploymentLabels::default();
         let _ = self.pending_since.get_or_create(&labels);
         let _ = self.failed.get_or_create(&labels);
         let _ = self.runs.get_or_create(&RunLabels {
-            namespace: String::new(),
-            deployment: String::new(),
+            workload: labels,
             result: "applied",
         });
     }
@@ -184,38 +178,102 @@ impl Context {
     }
 }
 
-/// Where the Deployment's rollout stands.
+/// Where the workload's update stands.
 #[derive(Debug, PartialEq)]
 enum Rollout {
     InProgress,
-    /// Complete; when the Deployment controller said so, if it did.
+    /// Complete; when its controller said so, if it did.
     Complete(Option<Timestamp>),
 }
 
-fn rollout(d: &Deployment) -> Rollout {
-    let (Some(spec), Some(status)) = (d.spec.as_ref(), d.status.as_ref()) else {
-        return Rollout::InProgress;
+fn int(v: &Value, pointer: &str) -> i64 {
+    v.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn text_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+    v.pointer(pointer).and_then(Value::as_str)
+}
+
+/// When the condition of `type_` (with `reason`, if given) last changed to True.
+fn condition_time(v: &Value, type_: &str, reason: Option<&str>) -> Option<Timestamp> {
+    let conditions = v.pointer("/status/conditions")?.as_array()?;
+    let c = conditions.iter().find(|c| {
+        c["type"] == type_ && c["status"] == "True" && reason.is_none_or(|r| c["reason"] == r)
+    })?;
+    let time = text_at(c, "/lastUpdateTime").or_else(|| text_at(c, "/lastTransitionTime"))?;
+    time.parse().ok()
+}
+
+/// Whether the update of a workload of `kind` (as JSON) is complete: every replica of
+/// the new template, and none of an older one, serving. A StatefulSet in a partitioned or
+/// `OnDelete` update, and a Rollout paused, in its canary steps or not yet promoted
+/// (blue-green), are in progress.
+fn rollout(kind: Kind, d: &Value) -> Rollout {
+    let want = d
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let generation = int(d, "/metadata/generation");
+    let complete = match kind {
+        Kind::Deployment => {
+            int(d, "/status/observedGeneration") >= generation
+                && int(d, "/status/updatedReplicas") == want
+                && int(d, "/status/replicas") == want
+                && int(d, "/status/availableReplicas") == want
+        }
+        Kind::StatefulSet => {
+            let current = text_at(d, "/status/currentRevision");
+            int(d, "/status/observedGeneration") >= generation
+                && current.is_some()
+                && current == text_at(d, "/status/updateRevision")
+                && int(d, "/status/updatedReplicas") == want
+                && int(d, "/status/replicas") == want
+                && int(d, "/status/readyReplicas") == want
+        }
+        Kind::Rollout => {
+            // Argo writes its observed generation as a string.
+            let observed = text_at(d, "/status/observedGeneration")
+                .and_then(|g| g.parse::<i64>().ok())
+                .unwrap_or(0);
+            let current = text_at(d, "/status/currentPodHash");
+            let blue_green = d.pointer("/spec/strategy/blueGreen").is_some();
+            observed >= generation
+                && d.pointer("/spec/paused") != Some(&Value::Bool(true))
+                && current.is_some()
+                && current == text_at(d, "/status/stableRS")
+                && (!blue_green || current == text_at(d, "/status/blueGreen/activeSelector"))
+                && int(d, "/status/updatedReplicas") == want
+                && int(d, "/status/replicas") == want
+                && int(d, "/status/availableReplicas") == want
+        }
+        Kind::Job | Kind::CronJob => false,
     };
-    let want = spec.replicas.unwrap_or(1);
-    let observed = status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
-    let settled = status.updated_replicas.unwrap_or(0) == want
-        && status.replicas.unwrap_or(0) == want
-        && status.available_replicas.unwrap_or(0) == want;
-    if !observed || !settled || want == 0 {
+    if !complete || want == 0 {
         return Rollout::InProgress;
     }
-    let since = status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("NewReplicaSetAvailable"))
-        .and_then(|c| {
-            c.last_update_time
+    Rollout::Complete(match kind {
+        Kind::Deployment => condition_time(d, "Progressing", Some("NewReplicaSetAvailable")),
+        Kind::Rollout => condition_time(d, "Completed", None),
+        _ => None,
+    })
+}
+
+/// When the newest of the pods turned Ready: when an update without a condition of its
+/// own (a StatefulSet's) completed.
+fn newest_ready(pods: &[Pod]) -> Option<Timestamp> {
+    pods.iter()
+        .filter_map(|p| {
+            p.status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "Ready" && c.status == "True")?
+                .last_transition_time
                 .as_ref()
-                .or(c.last_transition_time.as_ref())
+                .map(|t| t.0)
         })
-        .map(|t| t.0);
-    Rollout::Complete(since)
+        .max()
 }
 
 /// What the current pods' steps left for the contract run.
@@ -260,10 +318,11 @@ pub(crate) fn deferred(pods: &[Pod]) -> Deferred {
     out
 }
 
-/// Pod-template hashes of the pods, terminating ones included.
-fn templates(pods: &[Pod]) -> BTreeSet<&str> {
+/// The pods' templates (by the label their controller names it in, `release_label`),
+/// terminating pods included.
+fn templates<'a>(pods: &'a [Pod], release_label: &str) -> BTreeSet<&'a str> {
     pods.iter()
-        .filter_map(|p| p.labels().get(POD_TEMPLATE_HASH).map(String::as_str))
+        .filter_map(|p| p.labels().get(release_label).map(String::as_str))
         .collect()
 }
 
@@ -340,7 +399,17 @@ async fn job_summary(ctx: &Context, namespace: &str, job: &str) -> Option<String
         .map(|s| s.message)
 }
 
-async fn publish(ctx: &Context, d: &Deployment, type_: EventType, reason: &str, note: String) {
+/// An opted-in workload as the reconciler works on it.
+struct Target {
+    kind: Kind,
+    name: String,
+    /// Its object, as JSON.
+    object: Value,
+    /// Where its Events go.
+    reference: ObjectReference,
+}
+
+async fn publish(ctx: &Context, d: &Target, type_: EventType, reason: &str, note: String) {
     let event = Event {
         type_,
         reason: reason.into(),
@@ -348,24 +417,47 @@ async fn publish(ctx: &Context, d: &Deployment, type_: EventType, reason: &str, 
         action: "Contract".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &d.object_ref(&())).await {
-        tracing::warn!(error = %Chain(&e), "cannot publish an event on the Deployment");
+    if let Err(e) = ctx.recorder.publish(&event, &d.reference).await {
+        tracing::warn!(error = %Chain(&e), "cannot publish an event on the {}", d.kind);
     }
 }
 
-async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, ContractError> {
+/// The contract phase of one kind of workload: what its controller reconciles with.
+struct Watched {
+    ctx: Arc<Context>,
+    kind: Kind,
+    resource: ApiResource,
+}
+
+async fn reconcile(d: Arc<DynamicObject>, w: Arc<Watched>) -> Result<Action, ContractError> {
+    let ctx = w.ctx.as_ref();
+    let kind = w.kind;
     let namespace = d.namespace().unwrap_or_default();
     let name = d.name_any();
-    let key = format!("{namespace}/{name}");
+    let key = format!("{kind} {namespace}/{name}");
     let labels = DeploymentLabels {
         namespace: namespace.clone(),
-        deployment: name.clone(),
+        name: name.clone(),
+        kind,
     };
-    let object =
+    let mut object =
         serde_json::to_value(d.as_ref()).map_err(|e| ContractError::Serialize(key.clone(), e))?;
-    let job = match contract_job::contract_job(&object, d.metadata.uid.as_deref()) {
+    object["apiVersion"] = kind.api_version().into();
+    object["kind"] = kind.as_str().into();
+    let target = Target {
+        kind,
+        name: name.clone(),
+        reference: d.object_ref(&w.resource),
+        object,
+    };
+    let job = match contract_job::contract_job(&target.object, d.metadata.uid.as_deref()) {
         Ok(job) => job,
-        Err(NoContractJob::NotInjected | NoContractJob::WaitMode | NoContractJob::NoName) => {
+        Err(
+            NoContractJob::NotInjected
+            | NoContractJob::WaitMode
+            | NoContractJob::NoName
+            | NoContractJob::NoContractPhase(_),
+        ) => {
             ctx.forget(&key);
             ctx.metrics.pending_since.remove(&labels);
             return Ok(Action::await_change());
@@ -376,18 +468,19 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Cont
         .unwrap_or_default()
         .to_owned();
 
-    let Rollout::Complete(completed) = rollout(&d) else {
-        // A rollout in progress: what waits is decided again by the new release's steps.
+    let Rollout::Complete(completed) = rollout(kind, &target.object) else {
+        // An update in progress: what waits is decided again by the new release's steps.
         return Ok(Action::await_change());
     };
-    let Some(selector) = d
-        .spec
-        .as_ref()
-        .and_then(|s| Selector::try_from(s.selector.clone()).ok())
+    let Some(selector) = target
+        .object
+        .pointer("/spec/selector")
+        .and_then(|s| serde_json::from_value::<LabelSelector>(s.clone()).ok())
+        .and_then(|s| Selector::try_from(s).ok())
     else {
         return Ok(Action::await_change());
     };
-    // Every pod the Deployment selects, terminating ones and ones from before the injection
+    // Every pod the workload selects, terminating ones and ones from before the injection
     // included: each is a release still serving.
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let pods = pods
@@ -406,19 +499,23 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Cont
         Err(e) => return Err(ContractError::ReadJob(job_name.clone(), e)),
     };
     if let Some(existing) = existing {
-        return Ok(report_job(&ctx, &d, &key, &labels, &existing, &job_name, &deferred).await);
+        return Ok(report_job(
+            ctx, &w, &target, &key, &labels, &existing, &job_name, &deferred,
+        )
+        .await);
     }
     if deferred.count == 0 {
         ctx.forget(&key);
         ctx.metrics.pending_since.remove(&labels);
         return Ok(Action::await_change());
     }
-    if templates(&pods).len() > 1 {
-        tracing::debug!(deployment = %key, "pods of an older release are still terminating");
+    if templates(&pods, kind.release_label()).len() > 1 {
+        tracing::debug!(workload = %key, "pods of an older release are still terminating");
         return Ok(Action::requeue(OLD_PODS_RECHECK));
     }
+    let completed = completed.or_else(|| newest_ready(&pods));
 
-    let settings = Settings::from_annotations(d.metadata.annotations.as_ref()).unwrap_or_default();
+    let settings = Settings::for_kind(kind, d.metadata.annotations.as_ref()).unwrap_or_default();
     // A summary is the pod's word: a delay beyond a year (or below zero) is bounded.
     let delay = deferred
         .delay
@@ -439,7 +536,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Cont
         job_name,
         delay,
     };
-    start(&ctx, &d, &jobs, pending, due, job).await
+    start(ctx, &target, &jobs, pending, due, job).await
 }
 
 /// Deferred migrations that wait for a contract run that has not started.
@@ -455,7 +552,7 @@ struct Pending {
 /// Starts the contract run once it is due (or says that Jobs are off); else waits.
 async fn start(
     ctx: &Context,
-    d: &Deployment,
+    d: &Target,
     jobs: &Api<Job>,
     p: Pending,
     due: Option<Timestamp>,
@@ -506,14 +603,15 @@ async fn start(
                 job: job_name.clone(),
             },
         ) {
-            tracing::warn!(deployment = %key, job = %job_name, "deferred migrations are due and contract Jobs are off");
+            tracing::warn!(workload = %key, job = %job_name, "deferred migrations are due and contract Jobs are off");
             publish(
                 ctx,
                 d,
                 EventType::Warning,
                 event::CONTRACT_PENDING,
                 format!(
-                    "{what}; no pod of the previous release is left, but contract Jobs are off (controller.contractJobs): apply `django-migrate-webhook inject --contract-job` of this Deployment, or turn them on"
+                    "{what}; no pod of the previous release is left, but contract Jobs are off (controller.contractJobs): apply `django-migrate-webhook inject --contract-job` of this {}, or turn them on",
+                    d.kind
                 ),
             )
             .await;
@@ -532,7 +630,7 @@ async fn start(
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => return Err(ContractError::CreateJob(job_name, e)),
     }
-    tracing::info!(deployment = %key, job = %job_name, "created the contract Job");
+    tracing::info!(workload = %key, job = %job_name, "created the contract Job");
     if ctx.enter(
         &key,
         Stage::Running {
@@ -552,9 +650,14 @@ async fn start(
 }
 
 /// Reports a contract Job that exists: Events and metrics when it ends.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the reconciler's state, passed down once"
+)]
 async fn report_job(
     ctx: &Context,
-    d: &Deployment,
+    w: &Watched,
+    d: &Target,
     key: &str,
     labels: &DeploymentLabels,
     job: &Job,
@@ -586,14 +689,13 @@ async fn report_job(
                 ctx.metrics
                     .runs
                     .get_or_create(&RunLabels {
-                        namespace: labels.namespace.clone(),
-                        deployment: labels.deployment.clone(),
+                        workload: labels.clone(),
                         result: "applied",
                     })
                     .inc();
-                tracing::info!(deployment = %key, job = %job_name, "the contract Job applied the deferred migrations");
-                if let Err(e) = record_older_releases(ctx, d, job).await {
-                    tracing::warn!(deployment = %key, error = %Chain(&e), "cannot record the releases older than the contract run");
+                tracing::info!(workload = %key, job = %job_name, "the contract Job applied the deferred migrations");
+                if let Err(e) = record_older_releases(ctx, w, d, job).await {
+                    tracing::warn!(workload = %key, error = %Chain(&e), "cannot record the releases older than the contract run");
                 }
                 publish(
                     ctx,
@@ -617,12 +719,11 @@ async fn report_job(
                 ctx.metrics
                     .runs
                     .get_or_create(&RunLabels {
-                        namespace: labels.namespace.clone(),
-                        deployment: labels.deployment.clone(),
+                        workload: labels.clone(),
                         result: "failed",
                     })
                     .inc();
-                tracing::warn!(deployment = %key, job = %job_name, why = %why, "the contract Job failed");
+                tracing::warn!(workload = %key, job = %job_name, why = %why, "the contract Job failed");
                 publish(
                     ctx,
                     d,
@@ -640,44 +741,66 @@ async fn report_job(
     Action::await_change()
 }
 
-/// Records on the Deployment the releases of its older ReplicaSets (what `kubectl rollout
-/// undo` goes back to), so that admission warns about a rollback to one of them.
+/// Records on the workload the releases of its older pod templates (what `kubectl rollout
+/// undo` goes back to: a Deployment's or Rollout's ReplicaSets, a StatefulSet's
+/// ControllerRevisions), so that admission warns about a rollback to one of them.
 async fn record_older_releases(
     ctx: &Context,
-    d: &Deployment,
+    w: &Watched,
+    d: &Target,
     job: &Job,
 ) -> Result<(), kube::Error> {
-    let namespace = d.namespace().unwrap_or_default();
+    let namespace = d.reference.namespace.clone().unwrap_or_default();
     let contracted = job
         .annotations()
         .get(CONTRACT_RELEASE_ANNOTATION)
         .cloned()
         .unwrap_or_default();
-    let uid = d.metadata.uid.clone().unwrap_or_default();
-    let replica_sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let uid = d.reference.uid.clone().unwrap_or_default();
     let mut releases: BTreeSet<String> = d
-        .annotations()
-        .get(CONTRACTED_RELEASES)
+        .object
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(CONTRACTED_RELEASES))
+        .and_then(Value::as_str)
         .into_iter()
         .flat_map(|r| r.split(','))
         .map(|r| r.trim().to_owned())
         .filter(|r| !r.is_empty())
         .collect();
     let known = releases.len();
-    for rs in replica_sets.list(&ListParams::default()).await?.items {
-        if !rs.owner_references().iter().any(|o| o.uid == uid) {
-            continue;
+    let owned = |refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]| {
+        refs.iter().any(|o| o.uid == uid)
+    };
+    let mut templates: Vec<Value> = Vec::new();
+    if d.kind == Kind::StatefulSet {
+        let revisions: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &namespace);
+        for r in revisions.list(&ListParams::default()).await?.items {
+            if owned(r.owner_references()) {
+                templates.extend(
+                    r.data
+                        .and_then(|data| data.0.pointer("/spec/template").cloned()),
+                );
+            }
         }
-        let step = rs
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.as_ref())
-            .and_then(|t| t.spec.as_ref())
-            .and_then(|s| s.init_containers.as_ref())
-            .and_then(|c| c.iter().find(|c| c.name == MIGRATE_CONTAINER))
-            .and_then(|c| serde_json::to_value(c).ok());
-        if let Some(serde_json::Value::Object(step)) = step {
-            let hash = contract_job::release_hash(&step);
+    } else {
+        let replica_sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &namespace);
+        for rs in replica_sets.list(&ListParams::default()).await?.items {
+            if owned(rs.owner_references()) {
+                templates.extend(
+                    rs.spec
+                        .and_then(|s| s.template)
+                        .and_then(|t| serde_json::to_value(t).ok()),
+                );
+            }
+        }
+    }
+    for template in templates {
+        let step = template
+            .pointer("/spec/initContainers")
+            .and_then(Value::as_array)
+            .and_then(|c| c.iter().find(|c| c["name"] == MIGRATE_CONTAINER));
+        if let Some(Value::Object(step)) = step {
+            let hash = contract_job::release_hash(step);
             if hash != contracted {
                 releases.insert(hash);
             }
@@ -687,36 +810,45 @@ async fn record_older_releases(
         return Ok(());
     }
     let value = releases.into_iter().collect::<Vec<_>>().join(",");
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &namespace, &w.resource);
     let params = PatchParams {
         field_manager: Some(CONTROLLER_NAME.into()),
         ..PatchParams::default()
     };
     let patch = serde_json::json!({"metadata": {"annotations": {CONTRACTED_RELEASES: value}}});
-    api.patch(&d.name_any(), &params, &Patch::Merge(patch))
-        .await?;
+    api.patch(&d.name, &params, &Patch::Merge(patch)).await?;
     Ok(())
 }
 
-fn error_policy(_d: Arc<Deployment>, error: &ContractError, _ctx: Arc<Context>) -> Action {
+fn error_policy(_d: Arc<DynamicObject>, error: &ContractError, _w: Arc<Watched>) -> Action {
     tracing::warn!(error = %Chain(error), "contract check failed; retrying in 10s");
     Action::requeue(Duration::from_secs(10))
 }
 
-/// Watches opted-in Deployments (and, with Jobs on, their contract Jobs); runs until
-/// dropped (when the leader steps down).
-pub async fn run(ctx: Context) {
-    let deployments: Api<Deployment> = Api::all(ctx.client.clone());
-    let config = watcher::Config::default().labels(&format!("{INJECT_LABEL}=true"));
-    let mut controller = Controller::new(deployments, config);
-    if ctx.create_jobs {
-        let jobs: Api<Job> = Api::all(ctx.client.clone());
-        controller = controller.owns(jobs, watcher::Config::default().labels(CONTRACT_FOR_LABEL));
-    }
-    controller
-        .run(reconcile, error_policy, Arc::new(ctx))
-        .for_each(|_| futures_util::future::ready(()))
-        .await;
+/// Watches opted-in workloads of each of `kinds` (and, with Jobs on, their contract
+/// Jobs); runs until dropped (when the leader steps down).
+pub async fn run(ctx: Context, kinds: Vec<Kind>) {
+    let ctx = Arc::new(ctx);
+    let controllers = kinds.into_iter().map(|kind| {
+        let resource = kind.api_resource();
+        let objects: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &resource);
+        let config = watcher::Config::default().labels(&format!("{INJECT_LABEL}=true"));
+        let mut controller = Controller::new_with(objects, config, resource.clone());
+        if ctx.create_jobs {
+            let jobs: Api<Job> = Api::all(ctx.client.clone());
+            controller =
+                controller.owns(jobs, watcher::Config::default().labels(CONTRACT_FOR_LABEL));
+        }
+        let watched = Arc::new(Watched {
+            ctx: ctx.clone(),
+            kind,
+            resource,
+        });
+        controller
+            .run(reconcile, error_policy, watched)
+            .for_each(|_| futures_util::future::ready(()))
+    });
+    futures_util::future::join_all(controllers).await;
 }
 
 #[cfg(test)]
@@ -724,15 +856,16 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn deployment(status: &serde_json::Value) -> Deployment {
-        serde_json::from_value(json!({
+    fn deployment(status: &serde_json::Value) -> Value {
+        json!({
             "metadata": {"name": "shop", "namespace": "n", "generation": 3},
             "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "shop"}},
                      "template": {"spec": {"containers": []}}},
             "status": status,
-        }))
-        .unwrap()
+        })
     }
+
+    const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 
     #[test]
     fn a_rollout_is_complete_when_every_replica_is_new_and_available() {
@@ -741,7 +874,7 @@ mod tests {
             "reason": "NewReplicaSetAvailable", "lastUpdateTime": "2026-12-02T10:00:00Z",
             "lastTransitionTime": "2026-12-01T10:00:00Z"}]});
         assert_eq!(
-            rollout(&deployment(&complete)),
+            rollout(Kind::Deployment, &deployment(&complete)),
             Rollout::Complete(Some("2026-12-02T10:00:00Z".parse().unwrap()))
         );
         for (field, value) in [
@@ -753,7 +886,7 @@ mod tests {
             let mut status = complete.clone();
             status[field] = json!(value);
             assert_eq!(
-                rollout(&deployment(&status)),
+                rollout(Kind::Deployment, &deployment(&status)),
                 Rollout::InProgress,
                 "{field}"
             );
@@ -784,7 +917,82 @@ mod tests {
         assert_eq!(d.names, BTreeSet::from(["shop.0002_drop".to_owned()]));
         assert!((d.delay - 300.0).abs() < f64::EPSILON);
         assert_eq!(names(&d), "shop.0002_drop");
-        assert_eq!(templates(&pods).len(), 1);
-        assert_eq!(templates(&[pod("a", None), pod("b", None)]).len(), 2);
+        assert_eq!(templates(&pods, POD_TEMPLATE_HASH).len(), 1);
+        assert_eq!(
+            templates(&[pod("a", None), pod("b", None)], POD_TEMPLATE_HASH).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_statefulset_is_complete_when_every_replica_runs_the_update_revision() {
+        let complete = json!({
+            "metadata": {"generation": 4},
+            "spec": {"replicas": 3},
+            "status": {"observedGeneration": 4, "replicas": 3, "updatedReplicas": 3,
+                       "readyReplicas": 3, "currentRevision": "web-7c9", "updateRevision": "web-7c9"},
+        });
+        assert_eq!(
+            rollout(Kind::StatefulSet, &complete),
+            Rollout::Complete(None)
+        );
+        // A partitioned or OnDelete update: some pods still run the current revision.
+        for (pointer, value) in [
+            ("/status/updateRevision", json!("web-5d1")),
+            ("/status/updatedReplicas", json!(2)),
+            ("/status/readyReplicas", json!(2)),
+            ("/status/observedGeneration", json!(3)),
+            ("/spec/replicas", json!(0)),
+        ] {
+            let mut s = complete.clone();
+            *s.pointer_mut(pointer).unwrap() = value;
+            assert_eq!(
+                rollout(Kind::StatefulSet, &s),
+                Rollout::InProgress,
+                "{pointer}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rollout_is_complete_once_fully_promoted() {
+        let promoted = json!({
+            "metadata": {"generation": 3},
+            "spec": {"replicas": 2, "strategy": {"canary": {"steps": [{"setWeight": 50}]}}},
+            "status": {"observedGeneration": "3", "currentPodHash": "5c9f8bf4f",
+                       "stableRS": "5c9f8bf4f", "replicas": 2, "updatedReplicas": 2,
+                       "availableReplicas": 2, "phase": "Healthy",
+                       "conditions": [{"type": "Completed", "status": "True",
+                                       "lastTransitionTime": "2026-12-06T10:00:00Z"}]},
+        });
+        assert_eq!(
+            rollout(Kind::Rollout, &promoted),
+            Rollout::Complete(Some("2026-12-06T10:00:00Z".parse().unwrap()))
+        );
+        // In its canary steps, paused, or not yet observed.
+        for (pointer, value) in [
+            ("/status/stableRS", json!("6988c4f9dd")),
+            ("/status/observedGeneration", json!("2")),
+            ("/status/updatedReplicas", json!(1)),
+            ("/status/replicas", json!(3)),
+        ] {
+            let mut r = promoted.clone();
+            *r.pointer_mut(pointer).unwrap() = value;
+            assert_eq!(rollout(Kind::Rollout, &r), Rollout::InProgress, "{pointer}");
+        }
+        let mut paused = promoted.clone();
+        paused["spec"]["paused"] = json!(true);
+        assert_eq!(rollout(Kind::Rollout, &paused), Rollout::InProgress);
+        // Blue-green: complete once the active Service selects the new pods.
+        let mut blue_green = promoted.clone();
+        blue_green["spec"]["strategy"] = json!({"blueGreen": {"activeService": "web"}});
+        blue_green["status"]["blueGreen"] = json!({"activeSelector": "6988c4f9dd",
+                                                   "previewSelector": "5c9f8bf4f"});
+        assert_eq!(rollout(Kind::Rollout, &blue_green), Rollout::InProgress);
+        blue_green["status"]["blueGreen"]["activeSelector"] = json!("5c9f8bf4f");
+        assert!(matches!(
+            rollout(Kind::Rollout, &blue_green),
+            Rollout::Complete(_)
+        ));
     }
 }

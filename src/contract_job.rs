@@ -13,7 +13,7 @@ use crate::names::{
     exit,
 };
 use crate::step_job::{self, InjectedStep, NoStep};
-use crate::workload::JsonMap;
+use crate::workload::{JsonMap, Kind};
 
 /// Retries of the Job's pod after a failure that is not the step's own verdict (a node
 /// lost, the database not reachable in time).
@@ -30,6 +30,8 @@ pub enum NoContractJob {
     WaitMode,
     #[error("it has no name")]
     NoName,
+    #[error("a {0} has no contract phase: its deferred migrations wait for a Deployment's")]
+    NoContractPhase(Kind),
 }
 
 impl From<NoStep> for NoContractJob {
@@ -59,14 +61,27 @@ pub fn release_hash(step: &JsonMap) -> String {
     format!("{:010x}", hash & 0xff_ffff_ffff)
 }
 
-/// `<deployment>-contract-<hash>`, the Deployment's name cut so that it fits.
-pub fn job_name(deployment: &str, hash: &str) -> String {
-    step_job::job_name(deployment, "contract", hash)
+/// `<deployment>-contract-<hash>`, the Deployment's name cut so that it fits; another
+/// kind's says its kind (`<name>-statefulset-contract-<hash>`), so that a Deployment and a
+/// StatefulSet of one name never share a Job.
+pub fn job_name(kind: Kind, name: &str, hash: &str) -> String {
+    match kind {
+        Kind::Deployment => step_job::job_name(name, "contract", hash),
+        _ => step_job::job_name(
+            name,
+            &format!("{}-contract", kind.as_str().to_lowercase()),
+            hash,
+        ),
+    }
 }
 
-/// The contract Job for an injected Deployment (apps/v1, as JSON). `owner` is the
-/// Deployment's UID when known; the controller sets it, a preview cannot.
+/// The contract Job for an injected Deployment, StatefulSet or Rollout (as JSON). `owner`
+/// is the workload's UID when known; the controller sets it, a preview cannot.
 pub fn contract_job(deployment: &Value, owner: Option<&str>) -> Result<Value, NoContractJob> {
+    let kind = Kind::of_object(deployment);
+    if kind.runs_to_completion() {
+        return Err(NoContractJob::NoContractPhase(kind));
+    }
     let found = InjectedStep::of(deployment)?;
     if found.waits() {
         return Err(NoContractJob::WaitMode);
@@ -78,7 +93,7 @@ pub fn contract_job(deployment: &Value, owner: Option<&str>) -> Result<Value, No
     let template = found.pod_template(step, &json!({CONTRACT_FOR_LABEL: name}));
 
     let mut metadata = json!({
-        "name": job_name(name, &hash),
+        "name": job_name(kind, name, &hash),
         "labels": {
             CONTRACT_FOR_LABEL: name,
             "app.kubernetes.io/managed-by": CONTROLLER_NAME,
@@ -90,8 +105,8 @@ pub fn contract_job(deployment: &Value, owner: Option<&str>) -> Result<Value, No
     }
     if let Some(uid) = owner {
         metadata["ownerReferences"] = json!([{
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
+            "apiVersion": kind.api_version(),
+            "kind": kind.as_str(),
             "name": name,
             "uid": uid,
             "controller": true,

@@ -15,6 +15,7 @@ use crate::gate::{self, GateMetrics};
 use crate::leader::{self, LeaderMetrics, LeaseError, LeaseOptions};
 use crate::missed::{self, MissedMetrics};
 use crate::names::CONTROLLER_NAME;
+use crate::workload::Kind;
 
 /// How the controller runs.
 #[derive(Clone, Debug)]
@@ -25,6 +26,19 @@ pub struct ControllerOptions {
     pub heal_missed_injections: bool,
     /// Create contract Jobs; else only report deferred migrations that are due.
     pub contract_jobs: bool,
+    /// Watch Argo Rollouts too (the cluster serves their CRD).
+    pub argo_rollouts: bool,
+}
+
+impl ControllerOptions {
+    /// The kinds whose updates have a contract phase, as far as the cluster serves them.
+    pub fn contract_kinds(&self) -> Vec<Kind> {
+        let mut kinds = vec![Kind::Deployment, Kind::StatefulSet];
+        if self.argo_rollouts {
+            kinds.push(Kind::Rollout);
+        }
+        kinds
+    }
 }
 
 /// The metrics of the controller's parts, kept across leadership terms.
@@ -80,12 +94,15 @@ pub async fn run(
             metrics.missed.clone(),
             options.heal_missed_injections,
         ));
-        let contracts = contract::run(contract::Context::new(
-            client.clone(),
-            recorder,
-            metrics.contract.clone(),
-            options.contract_jobs,
-        ));
+        let contracts = contract::run(
+            contract::Context::new(
+                client.clone(),
+                recorder,
+                metrics.contract.clone(),
+                options.contract_jobs,
+            ),
+            options.contract_kinds(),
+        );
         async {
             tokio::join!(pods, deployments, contracts);
         }

@@ -46,7 +46,9 @@ pub enum PreviewError {
     Patch { doc: usize, message: String },
     #[error("cannot write the output: {0}")]
     Output(String),
-    #[error("no contract Job: no opted-in Deployment in the input has a step that migrates")]
+    #[error(
+        "no contract Job: no opted-in Deployment, StatefulSet or Rollout in the input has a step that migrates"
+    )]
     NoContractJob,
     #[error("no plan Job: no apps/v1 Deployment in the input is opted in")]
     NoPlanJob,
@@ -167,15 +169,16 @@ pub fn contract_jobs(
         input,
         format,
         image,
+        &[Kind::Deployment, Kind::StatefulSet, Kind::Rollout],
         PreviewError::NoContractJob,
         |d, preview| match contract_job::contract_job(d, None) {
             Ok(job) => Some(job),
-            Err(NoContractJob::WaitMode) => {
+            Err(e @ (NoContractJob::WaitMode | NoContractJob::NoContractPhase(_))) => {
                 let name = d.pointer("/metadata/name").and_then(Value::as_str);
                 preview.warnings.push(format!(
-                    "Deployment {}: {}",
+                    "{} {}: {e}",
+                    Kind::of_object(d),
                     name.unwrap_or("?"),
-                    NoContractJob::WaitMode
                 ));
                 None
             }
@@ -193,9 +196,14 @@ pub fn plan_jobs(
     image: &CodeImage,
     options: &PlanJobOptions,
 ) -> Result<Preview, PreviewError> {
-    jobs(input, format, image, PreviewError::NoPlanJob, |d, _| {
-        plan_job::plan_job(d, options).ok()
-    })
+    jobs(
+        input,
+        format,
+        image,
+        &[Kind::Deployment],
+        PreviewError::NoPlanJob,
+        |d, _| plan_job::plan_job(d, options).ok(),
+    )
 }
 
 /// The Jobs `job_of` builds from the Deployments of the input, each injected first unless
@@ -205,6 +213,7 @@ fn jobs(
     input: &str,
     format: OutputFormat,
     image: &CodeImage,
+    kinds: &[Kind],
     none: PreviewError,
     mut job_of: impl FnMut(&Value, &mut Preview) -> Option<Value>,
 ) -> Result<Preview, PreviewError> {
@@ -220,7 +229,8 @@ fn jobs(
             if !carries_injection(&item) {
                 inject_one(i + 1, &mut item, image, &mut preview)?;
             }
-            if item.get("kind").and_then(Value::as_str) != Some("Deployment") {
+            let kind = item.get("kind").and_then(Value::as_str);
+            if !kinds.iter().any(|k| Some(k.as_str()) == kind) {
                 continue;
             }
             jobs.extend(job_of(&item, &mut preview));

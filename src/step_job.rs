@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 use crate::names::{CODE_CONTAINER, INJECTED_LABEL, MIGRATE_CONTAINER, WAIT_CONTAINER};
-use crate::workload::JsonMap;
+use crate::workload::{JsonMap, Kind};
 
 /// Longest Job name: the Job controller puts it into a label of its pods.
 const MAX_NAME: usize = 63;
@@ -40,7 +40,7 @@ pub struct InjectedStep<'a> {
 }
 
 impl InjectedStep<'_> {
-    /// The step of an injected Deployment (apps/v1, as JSON), in either mode. An earlier
+    /// The step of an injected workload (as JSON), in either mode. An earlier
     /// release's injection (no code copy) has none until it is applied again.
     pub fn of(deployment: &Value) -> Result<InjectedStep<'_>, NoStep> {
         let name = deployment
@@ -48,7 +48,7 @@ impl InjectedStep<'_> {
             .and_then(Value::as_str)
             .ok_or(NoStep::NoName)?;
         let template = deployment
-            .pointer("/spec/template")
+            .pointer(Kind::of_object(deployment).template_pointer())
             .ok_or(NoStep::NotInjected)?;
         let injected = template
             .pointer("/metadata/labels")

@@ -49,6 +49,22 @@ impl Kind {
             .find(|k| k.group() == group && k.version() == version && k.as_str() == kind)
     }
 
+    /// The kind of a manifest or stored object, from its `apiVersion` and `kind`; a
+    /// Deployment when they name none of these kinds (an object read as a Deployment).
+    pub fn of_object(object: &Value) -> Kind {
+        let text = |key: &str| object.get(key).and_then(Value::as_str).unwrap_or_default();
+        let (group, version) = text("apiVersion").split_once('/').unwrap_or_default();
+        Kind::from_gvk(group, version, text("kind")).unwrap_or_default()
+    }
+
+    /// The API resource, for dynamic clients of the kind (Argo's has no typed one).
+    pub fn api_resource(self) -> kube::api::ApiResource {
+        kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk(self.group(), self.version(), self.as_str()),
+            self.plural(),
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Deployment => "Deployment",

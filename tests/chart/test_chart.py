@@ -199,7 +199,9 @@ def test_rbac_grants_exactly_what_the_controller_needs():
         ("", "pods"): ["get", "list", "watch"],
         ("", "pods/status"): ["patch"],
         ("apps", "deployments"): ["get", "list", "patch", "watch"],
+        ("apps", "statefulsets"): ["get", "list", "patch", "watch"],
         ("apps", "replicasets"): ["list"],
+        ("apps", "controllerrevisions"): ["list"],
         ("batch", "jobs"): ["create", "get", "list", "watch"],
         ("", "events"): ["create", "patch"],
         ("events.k8s.io", "events"): ["create", "patch"],
@@ -207,6 +209,11 @@ def test_rbac_grants_exactly_what_the_controller_needs():
     args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--heal-missed-injections" not in args
     assert "--contract-jobs" in args
+    assert "--argo-rollouts" not in args
+    # Told that Argo Rollouts is installed: Rollouts are watched and, for the record, patched.
+    told = render({"injection": {"argoRollouts": True}})
+    assert cluster_rules(told)[("argoproj.io", "rollouts")] == ["get", "list", "patch", "watch"]
+    assert "--argo-rollouts" in one(told, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     role = one(docs, "Role")
     assert role["metadata"]["namespace"] == NAMESPACE
     assert role["rules"] == [
@@ -257,7 +264,9 @@ def test_contract_jobs_off_drops_the_flag_and_every_grant_on_jobs():
     rules = cluster_rules(docs)
     assert ("batch", "jobs") not in rules
     assert ("apps", "replicasets") not in rules
+    assert ("apps", "controllerrevisions") not in rules
     assert rules[("apps", "deployments")] == ["get", "list", "watch"]
+    assert rules[("apps", "statefulsets")] == ["get", "list", "watch"]
     assert "--contract-jobs" not in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
@@ -455,6 +464,8 @@ def assert_service_account_can_do_exactly_what_the_controller_needs(namespace, h
         ("pods", None): {"get", "list", "watch"},
         ("pods --subresource=status", None): {"patch"},
         ("replicasets.apps", None): {"list"} if contract_jobs else set(),
+        ("controllerrevisions.apps", None): {"list"} if contract_jobs else set(),
+        ("statefulsets.apps", None): {"get", "list", "watch"} | ({"patch"} if contract_jobs else set()),
         ("events", None): {"create", "patch"},
         ("events.events.k8s.io", None): {"create", "patch"},
         ("leases.coordination.k8s.io", namespace): {"get", "create", "update", "patch"},
@@ -466,7 +477,9 @@ def assert_service_account_can_do_exactly_what_the_controller_needs(namespace, h
         ("jobs.batch", None): {"create", "get", "list", "watch"} if contract_jobs else set(),
         ("cronjobs.batch", None): set(),
         # `injection.argoRollouts: auto` follows the cluster (the policy tier installs the CRD).
-        ("rollouts.argoproj.io", None): {"get"} if serves_rollouts() else set(),
+        ("rollouts.argoproj.io", None): (
+            ({"get", "list", "watch"} | ({"patch"} if contract_jobs else set())) if serves_rollouts() else set()
+        ),
     }
     wrong = []
     for (resource, ns), verbs in needed.items():
