@@ -31,6 +31,14 @@ pub struct ControllerOptions {
 }
 
 impl ControllerOptions {
+    /// The kinds the webhook injects, as far as the cluster serves them.
+    pub fn injected_kinds(&self) -> Vec<Kind> {
+        Kind::ALL
+            .into_iter()
+            .filter(|k| *k != Kind::Rollout || self.argo_rollouts)
+            .collect()
+    }
+
     /// The kinds whose updates have a contract phase, as far as the cluster serves them.
     pub fn contract_kinds(&self) -> Vec<Kind> {
         let mut kinds = vec![Kind::Deployment, Kind::StatefulSet];
@@ -88,12 +96,15 @@ pub async fn run(
             recorder.clone(),
             metrics.gate.clone(),
         ));
-        let deployments = missed::run(missed::Context::new(
-            client.clone(),
-            recorder.clone(),
-            metrics.missed.clone(),
-            options.heal_missed_injections,
-        ));
+        let deployments = missed::run(
+            missed::Context::new(
+                client.clone(),
+                recorder.clone(),
+                metrics.missed.clone(),
+                options.heal_missed_injections,
+            ),
+            options.injected_kinds(),
+        );
         let contracts = contract::run(
             contract::Context::new(
                 client.clone(),

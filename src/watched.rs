@@ -154,8 +154,6 @@ macro_rules! lean_resource {
     };
 }
 
-pub(crate) use lean_resource;
-
 lean_resource!(WatchedPod, "Pod", "", "v1", "pods");
 
 /// The workload a pod belongs to: the labels of the controller's metrics, bounded by the

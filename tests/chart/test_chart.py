@@ -203,6 +203,7 @@ def test_rbac_grants_exactly_what_the_controller_needs():
         ("apps", "replicasets"): ["list"],
         ("apps", "controllerrevisions"): ["list"],
         ("batch", "jobs"): ["create", "get", "list", "watch"],
+        ("batch", "cronjobs"): ["list", "watch"],
         ("", "events"): ["create", "patch"],
         ("events.k8s.io", "events"): ["create", "patch"],
     }
@@ -255,14 +256,18 @@ def test_the_uninstall_hook_removes_the_injection_with_its_own_narrow_grant():
 
 def test_healing_missed_injections_adds_the_flag_and_patch_on_deployments_only():
     docs = render({"controller": {"healMissedInjections": True, "contractJobs": False}})
-    assert cluster_rules(docs)[("apps", "deployments")] == ["get", "list", "patch", "watch"]
+    rules = cluster_rules(docs)
+    assert rules[("apps", "deployments")] == ["get", "list", "patch", "watch"]
+    assert rules[("apps", "statefulsets")] == ["get", "list", "patch", "watch"]
+    assert rules[("batch", "cronjobs")] == ["list", "patch", "watch"]
+    assert rules[("batch", "jobs")] == ["list", "watch"]
     assert "--heal-missed-injections" in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
-def test_contract_jobs_off_drops_the_flag_and_every_grant_on_jobs():
+def test_contract_jobs_off_drops_the_flag_and_every_grant_to_run_jobs():
     docs = render({"controller": {"contractJobs": False}})
     rules = cluster_rules(docs)
-    assert ("batch", "jobs") not in rules
+    assert rules[("batch", "jobs")] == ["list", "watch"]
     assert ("apps", "replicasets") not in rules
     assert ("apps", "controllerrevisions") not in rules
     assert rules[("apps", "deployments")] == ["get", "list", "watch"]
@@ -465,7 +470,7 @@ def assert_service_account_can_do_exactly_what_the_controller_needs(namespace, h
         ("pods --subresource=status", None): {"patch"},
         ("replicasets.apps", None): {"list"} if contract_jobs else set(),
         ("controllerrevisions.apps", None): {"list"} if contract_jobs else set(),
-        ("statefulsets.apps", None): {"get", "list", "watch"} | ({"patch"} if contract_jobs else set()),
+        ("statefulsets.apps", None): {"get", "list", "watch"} | ({"patch"} if heal or contract_jobs else set()),
         ("events", None): {"create", "patch"},
         ("events.events.k8s.io", None): {"create", "patch"},
         ("leases.coordination.k8s.io", namespace): {"get", "create", "update", "patch"},
@@ -474,11 +479,11 @@ def assert_service_account_can_do_exactly_what_the_controller_needs(namespace, h
         ("configmaps", None): set(),
         ("deployments.apps", None): {"get", "list", "watch"} | ({"patch"} if heal or contract_jobs else set()),
         ("mutatingwebhookconfigurations.admissionregistration.k8s.io", None): set(),
-        ("jobs.batch", None): {"create", "get", "list", "watch"} if contract_jobs else set(),
-        ("cronjobs.batch", None): set(),
+        ("jobs.batch", None): {"list", "watch"} | ({"create", "get"} if contract_jobs else set()),
+        ("cronjobs.batch", None): {"list", "watch"} | ({"patch"} if heal else set()),
         # `injection.argoRollouts: auto` follows the cluster (the policy tier installs the CRD).
         ("rollouts.argoproj.io", None): (
-            ({"get", "list", "watch"} | ({"patch"} if contract_jobs else set())) if serves_rollouts() else set()
+            ({"get", "list", "watch"} | ({"patch"} if heal or contract_jobs else set())) if serves_rollouts() else set()
         ),
     }
     wrong = []

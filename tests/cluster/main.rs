@@ -334,6 +334,12 @@ async fn a_missed_injection_is_reported_and_healed_when_enabled() {
     down.kill();
     apply(&deployment(&ns.name, "web", "shop:1", true, &[]), &[]);
     assert!(init_names(&get_deployment(&client, &ns.name, "web").await).is_empty());
+    // The other kinds: a Job cannot change, so it is only ever reported.
+    let n = ns.name.as_str();
+    for kind in ["StatefulSet", "CronJob", "Job"] {
+        let name = kind.to_lowercase();
+        workloads::apply_json(&workloads::workload(kind, n, &name, "shop:1", true));
+    }
 
     let gauge = format!(
         r#"django_migrate_deployments_not_injected{{namespace="{}"}}"#,
@@ -357,7 +363,16 @@ async fn a_missed_injection_is_reported_and_healed_when_enabled() {
         events.contains("controller.healMissedInjections"),
         "{events}"
     );
-    let metrics = reporting.metrics();
+    let metrics = eventually("every kind counted", Duration::from_secs(30), || async {
+        let m = reporting.metrics();
+        let counted = |kind: &str| {
+            m.contains(&format!(
+                r#"django_migrate_deployments_not_injected{{namespace="{n}",kind="{kind}"}} 1"#
+            ))
+        };
+        (counted("StatefulSet") && counted("CronJob") && counted("Job")).then_some(m)
+    })
+    .await;
     assert!(metrics.contains(&format!("{gauge} 1")), "{metrics}");
     assert!(
         reporting
@@ -384,6 +399,42 @@ async fn a_missed_injection_is_reported_and_healed_when_enabled() {
         init_names(&healed),
         ["django-migrate-code", "django-migrate"]
     );
+    for kind in ["StatefulSet", "CronJob"] {
+        let name = kind.to_lowercase();
+        eventually(
+            &format!("the {kind} sent through the webhook again"),
+            Duration::from_secs(60),
+            || async {
+                let t = workloads::template(kind, &workloads::get(kind, n, &name));
+                (!workloads::init_of(&t).is_empty()).then_some(())
+            },
+        )
+        .await;
+    }
+    let note = eventually("the Job's Event", Duration::from_secs(30), || async {
+        let out = kubectl(
+            &[
+                "get",
+                "events",
+                "-n",
+                n,
+                "--field-selector",
+                "involvedObject.kind=Job,involvedObject.name=job,reason=MigrationStepNotInjected",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ],
+            None,
+        );
+        let notes = text(&out).0;
+        notes
+            .contains("delete it and create it again")
+            .then_some(notes)
+    })
+    .await;
+    assert!(!note.is_empty());
+    // Reported, never patched.
+    let job = workloads::template("Job", &workloads::get("Job", n, "job"));
+    assert!(workloads::init_of(&job).is_empty(), "{job}");
     eventually("the gauge back to 0", Duration::from_secs(30), || async {
         healing
             .metrics()

@@ -5,7 +5,7 @@
 use super::*;
 
 /// A workload of `kind` around one Django container; `extra` is merged into its spec.
-fn workload(kind: &str, ns: &str, name: &str, image: &str, labelled: bool) -> Value {
+pub(super) fn workload(kind: &str, ns: &str, name: &str, image: &str, labelled: bool) -> Value {
     let mut labels = json!({"app": name});
     if labelled {
         labels["django-migrate.io/inject"] = json!("true");
@@ -57,11 +57,11 @@ fn pointer(kind: &str) -> &'static str {
 }
 
 /// `kubectl apply` of a JSON manifest; the warnings kubectl printed.
-fn apply_json(manifest: &Value) -> String {
+pub(super) fn apply_json(manifest: &Value) -> String {
     apply(&manifest.to_string(), &[]).1
 }
 
-fn get(kind: &str, ns: &str, name: &str) -> Value {
+pub(super) fn get(kind: &str, ns: &str, name: &str) -> Value {
     let resource = match kind {
         "Rollout" => "rollouts.argoproj.io".to_owned(),
         _ => kind.to_lowercase(),
@@ -71,11 +71,11 @@ fn get(kind: &str, ns: &str, name: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn template(kind: &str, stored: &Value) -> Value {
+pub(super) fn template(kind: &str, stored: &Value) -> Value {
     stored.pointer(pointer(kind)).cloned().unwrap()
 }
 
-fn init_of(template: &Value) -> Vec<String> {
+pub(super) fn init_of(template: &Value) -> Vec<String> {
     template["spec"]["initContainers"]
         .as_array()
         .into_iter()
