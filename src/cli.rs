@@ -233,9 +233,11 @@ pub struct PolicyArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// One Deployment (default: every opted-in Deployment in the namespace).
-    #[arg(value_name = "DEPLOYMENT")]
-    pub deployment: Option<String>,
+    /// One workload: `NAME` (a Deployment's) or `KIND/NAME`, as kubectl writes it
+    /// (`statefulset/web`, `cronjob/nightly`, `rollout/web`); default: every opted-in
+    /// workload in the namespace.
+    #[arg(value_name = "WORKLOAD", value_parser = crate::workload::Kind::parse_target)]
+    pub deployment: Option<(crate::workload::Kind, String)>,
     /// Namespace (default: the kubeconfig context's).
     #[arg(short = 'n', long, value_name = "NAMESPACE")]
     pub namespace: Option<String>,

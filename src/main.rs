@@ -201,7 +201,7 @@ fn show_status(args: StatusArgs) -> ExitCode {
         status::Scope::Namespace(args.namespace)
     };
     let result = on_cluster(args.context, async |client| {
-        Ok(status::collect(&client, &scope, args.deployment.as_deref()).await?)
+        Ok(status::collect(&client, &scope, args.deployment.as_ref()).await?)
     });
     let statuses = match result {
         Ok(s) => s,

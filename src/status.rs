@@ -1,18 +1,20 @@
 //! `status`: what a platform team asks every week, answered from the cluster with the
-//! user's kubeconfig. For each opted-in Deployment: injected or not (and the likely reason
-//! when not), its settings, the migration step of each pod of its current ReplicaSet (from
-//! the pod's init container statuses and the step's summary), and whether the rollout
-//! waits on the gate.
+//! user's kubeconfig. For each opted-in workload (Deployment, StatefulSet, Job, CronJob,
+//! Argo Rollout): injected or not (and the likely reason when not), its settings, the
+//! migration step of each pod of its current release (from the pod's init container
+//! statuses and the step's summary), and whether the rollout waits on the gate.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, ListParams, LogParams};
+use kube::api::{Api, DynamicObject, ListParams, LogParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
+use serde_json::Value;
 use thiserror::Error;
 
 use crate::names::{
@@ -23,6 +25,7 @@ use crate::settings::Settings;
 use crate::step::{Reason, StepState, StepStatus};
 use crate::summary::Phase;
 use crate::summary::{Deferred, Summary};
+use crate::workload::Kind;
 
 #[derive(Debug, Error)]
 pub enum StatusError {
@@ -32,8 +35,12 @@ pub enum StatusError {
         #[source]
         source: kube::Error,
     },
-    #[error("deployment {namespace}/{name} not found")]
-    NotFound { namespace: String, name: String },
+    #[error("{kind} {namespace}/{name} not found")]
+    NotFound {
+        kind: Kind,
+        namespace: String,
+        name: String,
+    },
 }
 
 /// Where to look.
@@ -44,9 +51,10 @@ pub enum Scope {
     AllNamespaces,
 }
 
-/// One opted-in Deployment.
+/// One opted-in workload.
 #[derive(Clone, Debug, Serialize)]
 pub struct DeploymentStatus {
+    pub kind: Kind,
     pub namespace: String,
     pub name: String,
     /// The pod template carries the migration step.
@@ -57,7 +65,7 @@ pub struct DeploymentStatus {
     /// Its `django-migrate.io/` annotations.
     pub settings: BTreeMap<String, String>,
     pub rollout: Rollout,
-    /// The pods of the current ReplicaSet.
+    /// The pods of the current release (a CronJob's: of its newest Job).
     pub pods: Vec<PodStatus>,
     /// Migrations the pods' steps left for the contract run, and its Job.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -92,12 +100,14 @@ pub struct ContractJobStatus {
     pub summary: Option<Summary>,
 }
 
+/// A Job's or CronJob's: `replicas` its completions, `available` the pods that succeeded.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Rollout {
-    pub replicas: i32,
-    pub updated: i32,
-    pub available: i32,
-    /// Pods of the current ReplicaSet whose gate is not True: the rollout waits on them.
+    pub replicas: i64,
+    pub updated: i64,
+    pub available: i64,
+    /// Pods of the current release whose migrated condition is not True: a rollout
+    /// waits on them (a Job's pod, on its step).
     pub waiting_on_gate: usize,
 }
 
@@ -133,11 +143,13 @@ impl DeploymentStatus {
     }
 }
 
-/// Reads the status of the opted-in Deployments in `scope`, or of `name` only.
+/// Reads the status of the opted-in workloads in `scope`, or of `target` only. A kind
+/// the cluster does not serve (Argo Rollouts not installed), or the user may not list,
+/// is left out of a listing.
 pub async fn collect(
     client: &Client,
     scope: &Scope,
-    name: Option<&str>,
+    target: Option<&(Kind, String)>,
 ) -> Result<Vec<DeploymentStatus>, StatusError> {
     let read = |what: String| move |source| StatusError::Read { what, source };
     let namespace = match scope {
@@ -147,61 +159,105 @@ pub async fn collect(
         ),
         Scope::AllNamespaces => None,
     };
-    let deployments: Api<Deployment> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let mut found: Vec<Deployment> = match name {
-        Some(name) => {
-            let ns = namespace.clone().unwrap_or_default();
-            match deployments
-                .get_opt(name)
-                .await
-                .map_err(read(format!("deployment {ns}/{name}")))?
-            {
-                Some(d) => vec![d],
-                None => {
-                    return Err(StatusError::NotFound {
-                        namespace: ns,
-                        name: name.to_owned(),
-                    });
-                }
-            }
+    let api = |kind: Kind| -> Api<DynamicObject> {
+        let resource = kind.api_resource();
+        match &namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
         }
-        // Opted in on the Deployment or, by mistake, only on the pod template: filtered
-        // here, since a label selector sees only the Deployment's own labels.
-        None => deployments
-            .list(&ListParams::default())
-            .await
-            .map_err(read("deployments".into()))?
-            .items
-            .into_iter()
-            .filter(|d| opted_in(d) || label_only_on_template(d))
-            .collect(),
     };
-    found.sort_by_key(|d| (d.namespace(), d.name_any()));
+    let mut found: Vec<(Kind, Value)> = Vec::new();
+    if let Some((kind, name)) = target {
+        let ns = namespace.clone().unwrap_or_default();
+        let object = api(*kind)
+            .get_opt(name)
+            .await
+            .map_err(read(format!("{} {ns}/{name}", kind.plural())))?;
+        let Some(object) = object else {
+            return Err(StatusError::NotFound {
+                kind: *kind,
+                namespace: ns,
+                name: name.clone(),
+            });
+        };
+        found.push((*kind, as_json(*kind, &object)));
+    } else {
+        for kind in Kind::ALL {
+            let list = match api(kind).list(&ListParams::default()).await {
+                Ok(list) => list.items,
+                // Not served (no CRD), or not this user's to list: not a failure of a
+                // listing, unless it is the Deployments'.
+                Err(kube::Error::Api(e))
+                    if kind != Kind::Deployment && matches!(e.code, 403 | 404) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(read(kind.plural().into())(e)),
+            };
+            // Opted in on the workload or, by mistake, only on the pod template: filtered
+            // here, since a label selector sees only the workload's own labels.
+            found.extend(
+                list.iter()
+                    .map(|o| (kind, as_json(kind, o)))
+                    .filter(|(kind, v)| opted_in(v) || label_only_on_template(*kind, v)),
+            );
+        }
+    }
+    found.sort_by(|(a, x), (b, y)| {
+        let key = |k: &Kind, v: &Value| {
+            (
+                text(v, "/metadata/namespace").to_owned(),
+                *k,
+                text(v, "/metadata/name").to_owned(),
+            )
+        };
+        key(a, x).cmp(&key(b, y))
+    });
     let hooks = webhook_selectors(client).await;
     let mut out = Vec::with_capacity(found.len());
-    for d in &found {
-        out.push(deployment_status(client, d, hooks.as_deref()).await?);
+    for (kind, d) in &found {
+        out.push(deployment_status(client, *kind, d, hooks.as_deref()).await?);
     }
     Ok(out)
 }
 
-fn label_true(labels: Option<&BTreeMap<String, String>>, key: &str) -> bool {
-    labels.and_then(|l| l.get(key)).is_some_and(|v| v == "true")
+/// The object as JSON, its `apiVersion` and `kind` set.
+fn as_json(kind: Kind, object: &DynamicObject) -> Value {
+    let mut v = serde_json::to_value(object).unwrap_or_default();
+    v["apiVersion"] = kind.api_version().into();
+    v["kind"] = kind.as_str().into();
+    v
 }
 
-fn opted_in(d: &Deployment) -> bool {
-    label_true(d.metadata.labels.as_ref(), INJECT_LABEL)
+fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
-fn template_labels(d: &Deployment) -> Option<&BTreeMap<String, String>> {
-    d.spec.as_ref()?.template.metadata.as_ref()?.labels.as_ref()
+fn int(v: &Value, pointer: &str) -> i64 {
+    v.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
 }
 
-fn label_only_on_template(d: &Deployment) -> bool {
-    !opted_in(d) && label_true(template_labels(d), INJECT_LABEL)
+fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
+    v.and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
+fn label_true(labels: &BTreeMap<String, String>, key: &str) -> bool {
+    labels.get(key).is_some_and(|v| v == "true")
+}
+
+fn opted_in(d: &Value) -> bool {
+    label_true(&string_map(d.pointer("/metadata/labels")), INJECT_LABEL)
+}
+
+fn template_labels(kind: Kind, d: &Value) -> BTreeMap<String, String> {
+    string_map(d.pointer(&format!("{}/metadata/labels", kind.template_pointer())))
+}
+
+fn label_only_on_template(kind: Kind, d: &Value) -> bool {
+    !opted_in(d) && label_true(&template_labels(kind, d), INJECT_LABEL)
 }
 
 /// The namespace selectors of what injects: this webhook's registrations and, in policy
@@ -262,18 +318,23 @@ pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
 
 async fn why_not_injected(
     client: &Client,
-    d: &Deployment,
+    kind: Kind,
+    d: &Value,
     hooks: Option<&[LabelSelector]>,
 ) -> String {
-    if label_only_on_template(d) {
+    if label_only_on_template(kind, d) {
         return format!(
-            "the label {INJECT_LABEL}: \"true\" is on the pod template only: put it on the Deployment's metadata"
+            "the label {INJECT_LABEL}: \"true\" is on the pod template only: put it on the {kind}'s metadata"
         );
     }
-    if let Err(e) = Settings::from_annotations(d.metadata.annotations.as_ref()) {
+    let annotations = string_map(d.pointer("/metadata/annotations"));
+    if let Err(e) = Settings::for_kind(kind, Some(&annotations)) {
         return format!("the webhook denies its annotations: {e}");
     }
-    let namespace = d.namespace().unwrap_or_default();
+    if kind == Kind::Rollout && d.pointer("/spec/template").is_none() {
+        return "it takes its pod template from another object (workloadRef): only a Rollout's own spec.template is injected".to_owned();
+    }
+    let namespace = text(d, "/metadata/namespace");
     match hooks {
         Some([]) => {
             return format!(
@@ -282,7 +343,7 @@ async fn why_not_injected(
         }
         Some(selectors) => {
             let api: Api<Namespace> = Api::all(client.clone());
-            if let Ok(ns) = api.get(&namespace).await {
+            if let Ok(ns) = api.get(namespace).await {
                 let labels = ns.metadata.labels.unwrap_or_default();
                 if !selectors.iter().any(|s| selects(s, &labels)) {
                     return format!(
@@ -293,39 +354,50 @@ async fn why_not_injected(
         }
         None => {}
     }
+    if kind == Kind::Job {
+        return "stored without the step: applied while the webhook was unreachable (failurePolicy Ignore), or before the chart was installed? A Job cannot change: delete it and create it again".to_owned();
+    }
     "stored without the step: applied while the webhook was unreachable (failurePolicy Ignore), or before the chart was installed? Re-apply it".to_owned()
 }
 
 async fn deployment_status(
     client: &Client,
-    d: &Deployment,
+    kind: Kind,
+    d: &Value,
     hooks: Option<&[LabelSelector]>,
 ) -> Result<DeploymentStatus, StatusError> {
-    let namespace = d.namespace().unwrap_or_default();
-    let name = d.name_any();
-    let injected = label_true(template_labels(d), INJECTED_LABEL);
+    let namespace = text(d, "/metadata/namespace").to_owned();
+    let name = text(d, "/metadata/name").to_owned();
+    let injected = label_true(&template_labels(kind, d), INJECTED_LABEL);
     let not_injected = if injected {
         None
     } else {
-        Some(why_not_injected(client, d, hooks).await)
+        Some(why_not_injected(client, kind, d, hooks).await)
     };
-    let settings = d
-        .metadata
-        .annotations
-        .iter()
-        .flatten()
+    let settings = string_map(d.pointer("/metadata/annotations"))
+        .into_iter()
         .filter(|(k, _)| k.starts_with(PREFIX))
-        .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let status = d.status.clone().unwrap_or_default();
-    let mut rollout = Rollout {
-        replicas: status.replicas.unwrap_or(0),
-        updated: status.updated_replicas.unwrap_or(0),
-        available: status.available_replicas.unwrap_or(0),
-        waiting_on_gate: 0,
+    let mut rollout = match kind {
+        Kind::Job => Rollout {
+            replicas: d
+                .pointer("/spec/completions")
+                .and_then(Value::as_i64)
+                .unwrap_or(1),
+            updated: 0,
+            available: int(d, "/status/succeeded"),
+            waiting_on_gate: 0,
+        },
+        Kind::CronJob => Rollout::default(),
+        _ => Rollout {
+            replicas: int(d, "/status/replicas"),
+            updated: int(d, "/status/updatedReplicas"),
+            available: int(d, "/status/availableReplicas"),
+            waiting_on_gate: 0,
+        },
     };
     let pods = if injected {
-        current_pods(client, d).await?
+        current_pods(client, kind, d).await?
     } else {
         Vec::new()
     };
@@ -337,8 +409,13 @@ async fn deployment_status(
         }
         out.push(p);
     }
-    let contract = contract_status(client, d, &out).await;
+    let contract = if kind.runs_to_completion() {
+        None
+    } else {
+        contract_status(client, kind, d, &out).await
+    };
     Ok(DeploymentStatus {
+        kind,
         namespace,
         name,
         injected,
@@ -354,7 +431,8 @@ async fn deployment_status(
 /// read Jobs).
 async fn contract_status(
     client: &Client,
-    d: &Deployment,
+    kind: Kind,
+    d: &Value,
     pods: &[PodStatus],
 ) -> Option<ContractStatus> {
     let mut deferred: Vec<Deferred> = Vec::new();
@@ -369,12 +447,11 @@ async fn contract_status(
             }
         }
     }
-    let namespace = d.namespace().unwrap_or_default();
-    let job_name = serde_json::to_value(d)
+    let namespace = text(d, "/metadata/namespace").to_owned();
+    let job_name = crate::contract_job::contract_job(d, None)
         .ok()
-        .and_then(|v| crate::contract_job::contract_job(&v, None).ok())
         .and_then(|j| j["metadata"]["name"].as_str().map(str::to_owned))?;
-    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &namespace);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
     let job = match jobs.get_opt(&job_name).await {
         Ok(Some(job)) => {
             let (state, why) = crate::contract::job_state(&job);
@@ -395,12 +472,17 @@ async fn contract_status(
     if count == 0 && job.is_none() {
         return None;
     }
-    let settings = Settings::from_annotations(d.metadata.annotations.as_ref()).unwrap_or_default();
+    let annotations = string_map(d.pointer("/metadata/annotations"));
+    let settings = Settings::for_kind(kind, Some(&annotations)).unwrap_or_default();
     let delay = delay.max(f64::from(settings.contract_delay));
+    let complete = match kind {
+        Kind::Rollout => "the Rollout is fully promoted",
+        _ => "the rollout is complete",
+    };
     let runs = match &job {
         Some(j) => format!("Job {} {}", j.name, j.state),
         None => format!(
-            "in Job {job_name}, once the rollout is complete, no pod of the previous release is left{}",
+            "in Job {job_name}, once {complete}, no pod of the previous release is left{}",
             if delay > 0.0 {
                 format!(" and {delay:.0}s have passed")
             } else {
@@ -416,49 +498,94 @@ async fn contract_status(
     })
 }
 
-/// The pods of the Deployment's current ReplicaSet (the one of its revision).
-async fn current_pods(client: &Client, d: &Deployment) -> Result<Vec<Pod>, StatusError> {
-    let namespace = d.namespace().unwrap_or_default();
-    let revision = d
-        .annotations()
-        .get("deployment.kubernetes.io/revision")
-        .cloned();
-    let uid = d.uid().unwrap_or_default();
+/// The pods of the workload's current release: a Deployment's current ReplicaSet (the one
+/// of its revision), a StatefulSet's update revision, a Rollout's current pod hash, a
+/// Job's pods, a CronJob's newest Job's.
+async fn current_pods(client: &Client, kind: Kind, d: &Value) -> Result<Vec<Pod>, StatusError> {
+    let namespace = text(d, "/metadata/namespace").to_owned();
+    let uid = text(d, "/metadata/uid").to_owned();
     let read = |what: String| move |source| StatusError::Read { what, source };
-    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &namespace);
-    let current = replica_sets
-        .list(&ListParams::default())
-        .await
-        .map_err(read(format!("replicasets in {namespace}")))?
-        .items
-        .into_iter()
-        .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
-        .max_by_key(|rs| {
-            let own = rs
-                .annotations()
-                .get("deployment.kubernetes.io/revision")
-                .cloned();
-            (own == revision, rs.metadata.creation_timestamp.clone())
-        });
-    let Some(rs) = current else {
-        return Ok(Vec::new());
-    };
-    let Some(hash) = rs.labels().get("pod-template-hash").cloned() else {
-        return Ok(Vec::new());
-    };
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let mut list = pods
-        .list(&ListParams::default().labels(&format!("pod-template-hash={hash}")))
-        .await
-        .map_err(read(format!("pods in {namespace}")))?
-        .items;
-    list.retain(|p| {
-        p.owner_references()
-            .iter()
-            .any(|o| Some(&o.uid) == rs.metadata.uid.as_ref())
-    });
-    list.sort_by_key(kube::ResourceExt::name_any);
-    Ok(list)
+    let list = async |selector: String| {
+        pods.list(&ListParams::default().labels(&selector))
+            .await
+            .map(|l| l.items)
+            .map_err(read(format!("pods in {namespace}")))
+    };
+    let owned_by = |p: &Pod, owner: &str| p.owner_references().iter().any(|o| o.uid == owner);
+    let mut found = match kind {
+        Kind::Deployment => {
+            let revision = d
+                .pointer("/metadata/annotations/deployment.kubernetes.io~1revision")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &namespace);
+            let current = replica_sets
+                .list(&ListParams::default())
+                .await
+                .map_err(read(format!("replicasets in {namespace}")))?
+                .items
+                .into_iter()
+                .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
+                .max_by_key(|rs| {
+                    let own = rs
+                        .annotations()
+                        .get("deployment.kubernetes.io/revision")
+                        .cloned();
+                    (own == revision, rs.metadata.creation_timestamp.clone())
+                });
+            let Some(rs) = current else {
+                return Ok(Vec::new());
+            };
+            let Some(hash) = rs.labels().get("pod-template-hash").cloned() else {
+                return Ok(Vec::new());
+            };
+            let rs_uid = rs.metadata.uid.clone().unwrap_or_default();
+            let mut pods = list(format!("pod-template-hash={hash}")).await?;
+            pods.retain(|p| owned_by(p, &rs_uid));
+            pods
+        }
+        Kind::StatefulSet => {
+            let revision = text(d, "/status/updateRevision");
+            if revision.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut pods = list(format!("controller-revision-hash={revision}")).await?;
+            pods.retain(|p| owned_by(p, &uid));
+            pods
+        }
+        Kind::Rollout => {
+            let hash = text(d, "/status/currentPodHash");
+            if hash.is_empty() {
+                return Ok(Vec::new());
+            }
+            let selector = string_map(d.pointer("/spec/selector/matchLabels"))
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .chain([format!("rollouts-pod-template-hash={hash}")])
+                .collect::<Vec<_>>()
+                .join(",");
+            list(selector).await?
+        }
+        Kind::Job => list(format!("batch.kubernetes.io/controller-uid={uid}")).await?,
+        Kind::CronJob => {
+            let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
+            let newest = jobs
+                .list(&ListParams::default())
+                .await
+                .map_err(read(format!("jobs in {namespace}")))?
+                .items
+                .into_iter()
+                .filter(|j| j.owner_references().iter().any(|o| o.uid == uid))
+                .max_by_key(|j| j.metadata.creation_timestamp.clone());
+            match newest.and_then(|j| j.metadata.uid) {
+                Some(job) => list(format!("batch.kubernetes.io/controller-uid={job}")).await?,
+                None => Vec::new(),
+            }
+        }
+    };
+    found.sort_by_key(kube::ResourceExt::name_any);
+    Ok(found)
 }
 
 async fn pod_status(client: &Client, pod: &Pod) -> PodStatus {
@@ -532,39 +659,62 @@ async fn running_phase(client: &Client, pod: &Pod, container: &str) -> &'static 
     }
 }
 
-/// The human table: one line per Deployment, then one per pod.
+/// Where a workload's rollout stands, for the table: a Job's completions, else the gate.
+fn rollout_cell(s: &DeploymentStatus) -> String {
+    let waiting = s.rollout.waiting_on_gate;
+    if !s.injected {
+        "-".to_owned()
+    } else if s.kind.runs_to_completion() {
+        match s.kind {
+            Kind::Job => format!(
+                "{}/{} succeeded{}",
+                s.rollout.available,
+                s.rollout.replicas,
+                if waiting > 0 {
+                    format!(", {waiting} waiting on migrations")
+                } else {
+                    String::new()
+                }
+            ),
+            _ if waiting > 0 => format!("newest Job: {waiting} waiting on migrations"),
+            _ => "-".to_owned(),
+        }
+    } else if waiting > 0 {
+        format!(
+            "waiting on the gate ({waiting} pod{})",
+            if waiting == 1 { "" } else { "s" }
+        )
+    } else if s.rollout.updated >= s.rollout.replicas && s.rollout.available >= s.rollout.replicas {
+        "complete".to_owned()
+    } else {
+        format!("{}/{} available", s.rollout.available, s.rollout.replicas)
+    }
+}
+
+/// The human table: one line per workload (a Deployment by its name, another kind as
+/// `kind/name`), then one per pod.
 pub fn table(statuses: &[DeploymentStatus]) -> String {
     use std::fmt::Write as _;
     if statuses.is_empty() {
-        return "no Deployment labelled django-migrate.io/inject=true here\n".to_owned();
+        return "no workload labelled django-migrate.io/inject=true here\n".to_owned();
     }
     let mut rows = vec![vec![
         "NAMESPACE".to_owned(),
-        "DEPLOYMENT".to_owned(),
+        "WORKLOAD".to_owned(),
         "INJECTED".to_owned(),
         "PODS MIGRATED".to_owned(),
         "ROLLOUT".to_owned(),
     ]];
     for s in statuses {
         let migrated = s.pods.len() - s.rollout.waiting_on_gate;
-        let rollout = if !s.injected {
-            "-".to_owned()
-        } else if s.rollout.waiting_on_gate > 0 {
-            let n = s.rollout.waiting_on_gate;
-            format!(
-                "waiting on the gate ({n} pod{})",
-                if n == 1 { "" } else { "s" }
-            )
-        } else if s.rollout.updated >= s.rollout.replicas
-            && s.rollout.available >= s.rollout.replicas
-        {
-            "complete".to_owned()
-        } else {
-            format!("{}/{} available", s.rollout.available, s.rollout.replicas)
-        };
+        let rollout = rollout_cell(s);
         rows.push(vec![
             s.namespace.clone(),
-            s.name.clone(),
+            if s.kind == Kind::Deployment {
+                s.name.clone()
+            } else {
+                format!("{}/{}", s.kind.as_str().to_lowercase(), s.name)
+            },
             if s.injected { "yes" } else { "no" }.to_owned(),
             if s.injected {
                 format!("{migrated}/{}", s.pods.len())

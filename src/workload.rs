@@ -22,7 +22,7 @@ pub type StringMap = BTreeMap<String, String>;
 pub type JsonMap = Map<String, Value>;
 
 /// A kind of workload the webhook injects.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum Kind {
     #[default]
     Deployment,
@@ -63,6 +63,53 @@ impl Kind {
             &kube::api::GroupVersionKind::gvk(self.group(), self.version(), self.as_str()),
             self.plural(),
         )
+    }
+
+    /// The kind a `kubectl`-style resource name means (`deployment`, `deploy`,
+    /// `deployments.apps`, `sts`, `cronjob`, `cj`, `rollouts.argoproj.io`, ...).
+    pub fn from_resource_name(name: &str) -> Option<Kind> {
+        let lower = name.to_ascii_lowercase();
+        Kind::ALL.into_iter().find(|k| {
+            let plain = lower
+                .strip_suffix(&format!(".{}", k.group()))
+                .unwrap_or(&lower);
+            let short = match k {
+                Kind::Deployment => "deploy",
+                Kind::StatefulSet => "sts",
+                Kind::Job => "job",
+                Kind::CronJob => "cj",
+                Kind::Rollout => "ro",
+            };
+            plain == k.as_str().to_ascii_lowercase() || plain == k.plural() || plain == short
+        })
+    }
+
+    /// `NAME` (a Deployment's) or `KIND/NAME`, as `kubectl` writes them.
+    pub fn parse_target(arg: &str) -> Result<(Kind, String), String> {
+        let (kind, name) = match arg.split_once('/') {
+            None => (Kind::Deployment, arg),
+            Some((kind, name)) => (
+                Kind::from_resource_name(kind).ok_or_else(|| {
+                    format!(
+                        "{kind:?} is not a kind that is injected; allowed: deployment, statefulset, job, cronjob, rollout (or NAME alone, a Deployment's)"
+                    )
+                })?,
+                name,
+            ),
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !valid {
+            return Err(format!(
+                "{name:?} is not a {kind}'s name (lowercase letters, digits, '-' and '.', at most 253)"
+            ));
+        }
+        Ok((kind, name.to_owned()))
     }
 
     pub fn as_str(self) -> &'static str {

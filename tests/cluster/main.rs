@@ -536,14 +536,14 @@ async fn status_tells_migrated_failed_blocked_and_not_injected_apart() {
         "a failed step and a missed injection exit 1: {stderr}"
     );
     for expected in [
-        "web         yes       1/1",
+        "web       yes       1/1",
         "pod web-",
         "applied 2 migrations (catalog.0001_initial, orders.0001_initial) in 3.4s, lock wait 0.0s",
-        "broken      yes       0/1",
+        "broken    yes       0/1",
         "waiting on the gate (1 pod)",
         "failed in 3.4s, lock wait 0.0s: exit code 2: migration orders.0003_order_reference failed",
         "blocked as unsafe in 1.2s, lock wait 0.4s: exit code 5: held back 1 unsafe operation",
-        "legacy      no",
+        "legacy    no",
         "not injected: the label django-migrate.io/inject: \"true\" is on the pod template only",
         "settings: lock-timeout=5",
     ] {
@@ -577,7 +577,7 @@ async fn status_tells_migrated_failed_blocked_and_not_injected_apart() {
     let (code, _, stderr) = run(&["nosuch", "-n", &ns.name]);
     assert_eq!(code, Some(3));
     assert!(
-        stderr.contains(&format!("deployment {}/nosuch not found", ns.name)),
+        stderr.contains(&format!("Deployment {}/nosuch not found", ns.name)),
         "{stderr}"
     );
 }

@@ -390,4 +390,36 @@ async fn the_controller_gates_statefulset_pods_and_counts_cronjob_pods_by_their_
         !metrics.contains(&format!("{ns_label},deployment=\"\"")),
         "a pod without its workload: {metrics}"
     );
+
+    // `status` lists both kinds with their pods' steps, and reads one by `kind/name`.
+    let status = |args: &[&str]| {
+        let out = Command::new(BIN).arg("status").args(args).output().unwrap();
+        let (stdout, stderr) = text(&out);
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, table, stderr) = status(&["-n", n]);
+    eprintln!("$ django-migrate-webhook status -n {n}\n{table}");
+    assert_eq!(code, Some(0), "{stderr}");
+    for expected in [
+        "cronjob/nightly",
+        "statefulset/web",
+        "pod web-0: applied 1 migrations (catalog.0001_initial)",
+        "pod nightly-1-",
+    ] {
+        assert!(table.contains(expected), "missing {expected:?} in\n{table}");
+    }
+    let (code, json_out, stderr) = status(&["statefulset/web", "-n", n, "-o", "json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let one: Vec<Value> = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(
+        (&one[0]["kind"], &one[0]["name"]),
+        (&json!("StatefulSet"), &json!("web"))
+    );
+    assert_eq!(one[0]["pods"][0]["name"], "web-0");
+    let (code, _, stderr) = status(&["daemonset/web", "-n", n]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("allowed: deployment, statefulset, job, cronjob, rollout"),
+        "{stderr}"
+    );
 }
