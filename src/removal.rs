@@ -1,33 +1,35 @@
 //! `remove-injection`: what the chart's pre-delete hook runs before `helm uninstall`
-//! removes the controller. Every Deployment that is opted in or carries the injection
-//! gets its own pod template back (as `uninject` writes it, the opt-in label set to
-//! `"false"`), and the hook waits until each has rolled out, so that no current or future
-//! pod waits for a readiness gate that nobody will set once the controller is gone. The
-//! webhook and the controller still run meanwhile: the old pods keep their gate satisfied
-//! while the new ones, without gate or step, replace them; nothing migrates.
+//! removes the controller. Every workload that is opted in or carries the injection gets
+//! its own pod template back (as `uninject` writes it, the opt-in label set to `"false"`),
+//! and the hook waits until each has rolled out, so that no current or future pod waits
+//! for a readiness gate that nobody will set once the controller is gone. The webhook and
+//! the controller still run meanwhile: the old pods keep their gate satisfied while the
+//! new ones, without gate or step, replace them; nothing migrates. A Job is left as it is:
+//! its template cannot change, its pods have no gate and it runs to completion.
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use thiserror::Error;
 
+use crate::workload::{Kind, Workload};
 use crate::{mutation, preview};
 
 #[derive(Debug, Error)]
 pub enum RemovalError {
-    #[error("cannot list Deployments")]
-    List(#[source] kube::Error),
-    #[error("{} Deployment(s) still carry the injection or have not rolled out: {}", .0.len(), .0.join(", "))]
+    #[error("cannot list {0}")]
+    List(&'static str, #[source] kube::Error),
+    #[error("{} workload(s) still carry the injection or have not rolled out: {}", .0.len(), .0.join(", "))]
     NotDone(Vec<String>),
 }
 
-/// One Deployment's removal, as reported.
+/// One workload's removal, as reported.
 #[derive(Debug)]
 struct Target {
+    kind: Kind,
     namespace: String,
     name: String,
     /// The generation the removal's update made; rolled out once observed and complete.
@@ -38,56 +40,79 @@ struct Target {
 
 impl Target {
     fn id(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+        format!("{} {}/{}", self.kind, self.namespace, self.name)
+    }
+
+    fn api(&self, client: &Client) -> Api<DynamicObject> {
+        Api::namespaced_with(client.clone(), &self.namespace, &self.kind.api_resource())
     }
 }
 
-/// Removes the injection from every Deployment of the cluster and waits, at most
-/// `timeout`, until each has rolled out. Progress goes to stdout, one line per event.
+/// The object as JSON, its `apiVersion` and `kind` set (a list's items may lack them).
+fn as_json(kind: Kind, object: &DynamicObject) -> Value {
+    let mut v = serde_json::to_value(object).unwrap_or_default();
+    v["apiVersion"] = kind.api_version().into();
+    v["kind"] = kind.as_str().into();
+    v
+}
+
+/// Removes the injection from every workload of the cluster and waits, at most `timeout`,
+/// until each has rolled out. Progress goes to stdout, one line per event. Rollouts are
+/// looked for where the cluster serves them.
 pub async fn remove_all(client: &Client, timeout: Duration) -> Result<(), RemovalError> {
-    let all: Api<Deployment> = Api::all(client.clone());
-    let list = all
-        .list(&ListParams::default())
-        .await
-        .map_err(RemovalError::List)?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut targets = Vec::new();
-    for d in list.items {
-        if !carries_injection(&d) {
-            continue;
-        }
-        // A namespace being deleted takes its Deployments with it, and admits no new pods.
-        let namespace = d.namespace().unwrap_or_default();
-        if let Ok(Some(ns)) = namespaces.get_opt(&namespace).await
-            && ns.status.and_then(|s| s.phase).as_deref() == Some("Terminating")
-        {
-            println!(
-                "{namespace}/{}: skipped, its namespace is being deleted",
-                d.name_any()
-            );
-            continue;
-        }
-        let mut target = Target {
-            namespace: d.namespace().unwrap_or_default(),
-            name: d.name_any(),
-            generation: None,
-            error: None,
-            done: false,
+    for kind in Kind::ALL {
+        let all: Api<DynamicObject> = Api::all_with(client.clone(), &kind.api_resource());
+        let list = match all.list(&ListParams::default()).await {
+            Ok(list) => list.items,
+            // Argo Rollouts not installed.
+            Err(kube::Error::Api(e)) if kind == Kind::Rollout && e.code == 404 => continue,
+            Err(e) => return Err(RemovalError::List(kind.plural(), e)),
         };
-        match update(client, &target.namespace, &target.name).await {
-            Ok(generation) => {
-                println!("{}: injection removed, rolling out", target.id());
-                target.generation = generation;
+        for object in list {
+            let v = as_json(kind, &object);
+            if !carries_injection(kind, &v) {
+                continue;
             }
-            Err(e) => {
-                println!("{}: cannot remove the injection: {e}", target.id());
-                target.error = Some(e);
+            let namespace = object.namespace().unwrap_or_default();
+            let name = object.name_any();
+            if kind == Kind::Job {
+                println!(
+                    "{kind} {namespace}/{name}: left as it is: a Job's template cannot change, and its pods have no gate"
+                );
+                continue;
             }
+            // A namespace being deleted takes its workloads with it, and admits no new pods.
+            if let Ok(Some(ns)) = namespaces.get_opt(&namespace).await
+                && ns.status.and_then(|s| s.phase).as_deref() == Some("Terminating")
+            {
+                println!("{kind} {namespace}/{name}: skipped, its namespace is being deleted");
+                continue;
+            }
+            let mut target = Target {
+                kind,
+                namespace,
+                name,
+                generation: None,
+                error: None,
+                done: false,
+            };
+            match update(client, &target).await {
+                Ok(generation) => {
+                    println!("{}: injection removed, rolling out", target.id());
+                    target.generation = generation;
+                }
+                Err(e) => {
+                    println!("{}: cannot remove the injection: {e}", target.id());
+                    target.error = Some(e);
+                }
+            }
+            targets.push(target);
         }
-        targets.push(target);
     }
     if targets.is_empty() {
-        println!("no Deployment is opted in or carries the injection");
+        println!("no workload is opted in or carries the injection");
         return Ok(());
     }
     wait_rolled_out(client, &mut targets, timeout).await;
@@ -101,7 +126,7 @@ pub async fn remove_all(client: &Client, timeout: Duration) -> Result<(), Remova
         .collect();
     if left.is_empty() {
         println!(
-            "{} Deployment(s) rolled out without the injection",
+            "{} workload(s) rolled out without the injection",
             targets.len()
         );
         Ok(())
@@ -110,23 +135,20 @@ pub async fn remove_all(client: &Client, timeout: Duration) -> Result<(), Remova
     }
 }
 
-/// Whether the pod template carries the injection. An opted-in Deployment the webhook did
+/// Whether the pod template carries the injection. An opted-in workload the webhook did
 /// not inject (its namespace not selected) is the team's as it is, and left alone.
-fn carries_injection(d: &Deployment) -> bool {
-    serde_json::to_value(d)
-        .ok()
-        .and_then(|v| serde_json::from_value::<crate::workload::Workload>(v).ok())
-        .is_some_and(|d| mutation::carries_injection(&d))
+fn carries_injection(kind: Kind, v: &Value) -> bool {
+    Workload::from_value(kind, v.clone()).is_ok_and(|d| mutation::carries_injection(&d))
 }
 
-/// Writes the uninjected template of one Deployment, read afresh, with a test of its
+/// Writes the uninjected template of one workload, read afresh, with a test of its
 /// resourceVersion so that a concurrent change is never overwritten (retried on conflict).
-async fn update(client: &Client, namespace: &str, name: &str) -> Result<Option<i64>, String> {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+async fn update(client: &Client, t: &Target) -> Result<Option<i64>, String> {
+    let api = t.api(client);
     let mut last = String::new();
     for _ in 0..5 {
-        let current = api.get(name).await.map_err(|e| e.to_string())?;
-        let before = serde_json::to_value(&current).map_err(|e| e.to_string())?;
+        let current = api.get(&t.name).await.map_err(|e| e.to_string())?;
+        let before = as_json(t.kind, &current);
         let mut after = before.clone();
         if !preview::uninject_object(&mut after).map_err(|e| e.to_string())? {
             return Ok(current.metadata.generation);
@@ -146,7 +168,7 @@ async fn update(client: &Client, namespace: &str, name: &str) -> Result<Option<i
             field_manager: Some("django-migrate-webhook-uninstall".into()),
             ..PatchParams::default()
         };
-        match api.patch(name, &params, &Patch::<()>::Json(patch)).await {
+        match api.patch(&t.name, &params, &Patch::<()>::Json(patch)).await {
             Ok(updated) => return Ok(updated.metadata.generation),
             // The test failed: changed since it was read; read it again.
             Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => last = s.message,
@@ -157,51 +179,146 @@ async fn update(client: &Client, namespace: &str, name: &str) -> Result<Option<i
     Err(format!("changed on every attempt: {last}"))
 }
 
-/// Whether a Deployment's rollout of `generation` is complete: observed, every replica
-/// updated and available, and no replica of an older template left.
-fn rolled_out(d: &Deployment, generation: Option<i64>) -> bool {
-    let Some(status) = &d.status else {
-        return false;
-    };
-    let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let paused = d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false);
-    if paused {
-        return true;
+/// Where a workload's update to `generation` stands.
+#[derive(Debug, PartialEq, Eq)]
+enum Rolled {
+    Out,
+    /// It will not replace its pods by itself: what to do.
+    Held(&'static str),
+    No,
+}
+
+fn int(v: &Value, pointer: &str) -> i64 {
+    v.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// Whether the update of `generation` is complete: observed, every replica updated and
+/// available, and no replica of an older template left. A CronJob's next Job takes the
+/// new template: done at once.
+fn rolled_out(kind: Kind, d: &Value, generation: Option<i64>) -> Rolled {
+    if d.pointer("/status").is_none() && kind != Kind::CronJob {
+        return Rolled::No;
     }
-    status.observed_generation >= generation
-        && status.updated_replicas.unwrap_or(0) >= wanted
-        && status.available_replicas.unwrap_or(0) >= wanted
-        && status.replicas.unwrap_or(0) <= wanted
+    let wanted = d
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let observed = |observed: i64| generation.is_none_or(|g| observed >= g);
+    let done = match kind {
+        Kind::CronJob | Kind::Job => true,
+        Kind::Deployment => {
+            if d.pointer("/spec/paused") == Some(&Value::Bool(true)) {
+                return Rolled::Held(
+                    "paused: its template has no injection; resume it to replace its pods",
+                );
+            }
+            observed(int(d, "/status/observedGeneration"))
+                && int(d, "/status/updatedReplicas") >= wanted
+                && int(d, "/status/availableReplicas") >= wanted
+                && int(d, "/status/replicas") <= wanted
+        }
+        Kind::StatefulSet => {
+            if d.pointer("/spec/updateStrategy/type")
+                .and_then(Value::as_str)
+                == Some("OnDelete")
+            {
+                return Rolled::Held(
+                    "OnDelete: its template has no injection; delete its pods to replace them",
+                );
+            }
+            let current = d.pointer("/status/currentRevision");
+            observed(int(d, "/status/observedGeneration"))
+                && current.is_some()
+                && current == d.pointer("/status/updateRevision")
+                && int(d, "/status/updatedReplicas") >= wanted
+                && int(d, "/status/readyReplicas") >= wanted
+        }
+        Kind::Rollout => {
+            let paused = d.pointer("/spec/paused") == Some(&Value::Bool(true))
+                || d.pointer("/status/phase").and_then(Value::as_str) == Some("Paused");
+            if paused {
+                return Rolled::Held(
+                    "paused in its steps: its template has no injection; promote it to replace its pods",
+                );
+            }
+            let current = d.pointer("/status/currentPodHash");
+            let observed_generation = d
+                .pointer("/status/observedGeneration")
+                .and_then(Value::as_str)
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(0);
+            observed(observed_generation)
+                && current.is_some()
+                && current == d.pointer("/status/stableRS")
+                && int(d, "/status/availableReplicas") >= wanted
+                && int(d, "/status/replicas") <= wanted
+        }
+    };
+    if done { Rolled::Out } else { Rolled::No }
 }
 
 async fn wait_rolled_out(client: &Client, targets: &mut [Target], timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         for t in targets.iter_mut().filter(|t| !t.done && t.error.is_none()) {
-            let api: Api<Deployment> = Api::namespaced(client.clone(), &t.namespace);
-            match api.get_opt(&t.name).await {
-                Ok(Some(d)) if rolled_out(&d, t.generation) => {
-                    t.done = true;
-                    let paused = d.spec.and_then(|s| s.paused).unwrap_or(false);
-                    if paused {
-                        println!(
-                            "{}: paused: its template has no injection; resume it to replace its pods",
-                            t.id()
-                        );
-                    } else {
+            match t.api(client).get_opt(&t.name).await {
+                Ok(Some(d)) => match rolled_out(t.kind, &as_json(t.kind, &d), t.generation) {
+                    Rolled::Out => {
+                        t.done = true;
                         println!("{}: rolled out without the injection", t.id());
                     }
-                }
+                    Rolled::Held(what) => {
+                        t.done = true;
+                        println!("{}: {what}", t.id());
+                    }
+                    Rolled::No => {}
+                },
                 Ok(None) => {
                     t.done = true;
                     println!("{}: deleted meanwhile", t.id());
                 }
-                _ => {}
+                Err(_) => {}
             }
         }
         if targets.iter().all(|t| t.done || t.error.is_some()) || Instant::now() >= deadline {
             return;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_is_rolled_out_by_its_own_status() {
+        let sts = json!({"metadata": {"generation": 2}, "spec": {"replicas": 2},
+            "status": {"observedGeneration": 2, "currentRevision": "a", "updateRevision": "a",
+                       "updatedReplicas": 2, "readyReplicas": 2}});
+        assert_eq!(rolled_out(Kind::StatefulSet, &sts, Some(2)), Rolled::Out);
+        let mut rolling = sts.clone();
+        rolling["status"]["currentRevision"] = json!("b");
+        assert_eq!(rolled_out(Kind::StatefulSet, &rolling, Some(2)), Rolled::No);
+        rolling["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+        assert!(matches!(
+            rolled_out(Kind::StatefulSet, &rolling, Some(2)),
+            Rolled::Held(_)
+        ));
+        assert_eq!(rolled_out(Kind::CronJob, &json!({}), Some(3)), Rolled::Out);
+        let rollout = json!({"spec": {"replicas": 2},
+            "status": {"observedGeneration": "4", "currentPodHash": "x", "stableRS": "y",
+                       "availableReplicas": 2, "replicas": 3}});
+        assert_eq!(rolled_out(Kind::Rollout, &rollout, Some(4)), Rolled::No);
+        let mut paused = rollout.clone();
+        paused["status"]["phase"] = json!("Paused");
+        assert!(matches!(
+            rolled_out(Kind::Rollout, &paused, Some(4)),
+            Rolled::Held(_)
+        ));
+        let mut promoted = rollout;
+        promoted["status"]["stableRS"] = json!("x");
+        promoted["status"]["replicas"] = json!(2);
+        assert_eq!(rolled_out(Kind::Rollout, &promoted, Some(4)), Rolled::Out);
     }
 }

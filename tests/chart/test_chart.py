@@ -242,7 +242,12 @@ def test_the_uninstall_hook_removes_the_injection_with_its_own_narrow_grant():
     weight = {d["kind"]: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for d in hooks}
     assert weight["ServiceAccount"] < weight["ClusterRoleBinding"] < weight["Job"]
     role = next(d for d in hooks if d["kind"] == "ClusterRole")
-    assert role["rules"] == [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "patch"]}]
+    assert role["rules"] == [
+        {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["get", "list", "patch"]},
+        {"apiGroups": ["batch"], "resources": ["cronjobs"], "verbs": ["get", "list", "patch"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list"]},
+        {"apiGroups": ["argoproj.io"], "resources": ["rollouts"], "verbs": ["get", "list", "patch"]},
+    ]
     job = next(d for d in hooks if d["kind"] == "Job")
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
