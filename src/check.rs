@@ -422,6 +422,13 @@ fn granted_permissions(options: &PreOptions) -> Vec<Permission> {
         ("get", "apps", "deployments", false),
         ("list", "apps", "deployments", false),
         ("watch", "apps", "deployments", false),
+        ("get", "apps", "statefulsets", false),
+        ("list", "apps", "statefulsets", false),
+        ("watch", "apps", "statefulsets", false),
+        ("list", "batch", "jobs", false),
+        ("watch", "batch", "jobs", false),
+        ("list", "batch", "cronjobs", false),
+        ("watch", "batch", "cronjobs", false),
         ("create", "", "events", false),
         ("patch", "", "events", false),
         ("create", "events.k8s.io", "events", false),
@@ -430,12 +437,20 @@ fn granted_permissions(options: &PreOptions) -> Vec<Permission> {
         ("create", "coordination.k8s.io", "leases", true),
         ("update", "coordination.k8s.io", "leases", true),
         ("patch", "coordination.k8s.io", "leases", true),
-        // The uninstall hook takes the injection out of every Deployment.
+        // The uninstall hook takes the injection out of every workload (a grant on
+        // Rollouts holds where Argo Rollouts is not installed too).
         ("patch", "apps", "deployments", false),
+        ("patch", "apps", "statefulsets", false),
+        ("get", "batch", "cronjobs", false),
+        ("patch", "batch", "cronjobs", false),
+        ("get", "argoproj.io", "rollouts", false),
+        ("list", "argoproj.io", "rollouts", false),
+        ("patch", "argoproj.io", "rollouts", false),
     ];
     if options.contract_jobs {
         p.push(("list", "apps", "replicasets", false));
-        for verb in ["create", "get", "list", "watch"] {
+        p.push(("list", "apps", "controllerrevisions", false));
+        for verb in ["create", "get"] {
             p.push((verb, "batch", "jobs", false));
         }
     }

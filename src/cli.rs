@@ -43,15 +43,15 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Preview the injection offline: read manifests, write them back mutated.
     ///
-    /// Reads YAML or JSON (several documents, `kind: List`), runs every opted-in
-    /// apps/v1 Deployment through the webhook's own engine and leaves every other
-    /// document as it was. Warnings go to stderr; a denial exits 1 with the message the
+    /// Reads YAML or JSON (several documents, `kind: List`), runs every opted-in workload
+    /// (Deployment, StatefulSet, Job, CronJob, Argo Rollout) through the webhook's own
+    /// engine and leaves every other document as it was. Warnings go to stderr; a denial exits 1 with the message the
     /// webhook would return.
     Inject(InjectArgs),
     /// Take the injection out of manifests: the inverse of `inject`.
     ///
     /// Reads YAML or JSON (several documents, `kind: List`, `kubectl get -o yaml` output)
-    /// and writes every apps/v1 Deployment that is opted in or carries the injection back
+    /// and writes every workload that is opted in or carries the injection back
     /// with its own pod template (the init containers, volume, readiness gate and label
     /// the webhook or the admission policies added removed, the shapes of earlier releases
     /// included), the controller's `django-migrate.io/contracted-releases` record removed,
@@ -59,13 +59,14 @@ pub enum Command {
     /// does not inject it again unasked. Every other document is written back as it was
     /// read. For GitOps users this is the change to commit before uninstalling.
     Uninject(UninjectArgs),
-    /// Remove the injection from every Deployment of the cluster and wait until each has
+    /// Remove the injection from every workload of the cluster and wait until each has
     /// rolled out: what the chart's pre-delete hook runs before `helm uninstall` removes
     /// the controller, so that no pod is left waiting for a readiness gate nobody sets.
     ///
-    /// Each Deployment that is opted in or carries the injection gets its own pod template
-    /// back (as `uninject` writes it, with the label `django-migrate.io/inject: "false"`).
-    /// Exits 1, naming them, when a Deployment cannot be updated or has not rolled out
+    /// Each Deployment, StatefulSet, CronJob and Argo Rollout that is opted in or carries
+    /// the injection gets its own pod template back (as `uninject` writes it, with the
+    /// label `django-migrate.io/inject: "false"`); a Job cannot change, has no gate and is
+    /// left. Exits 1, naming them, when a workload cannot be updated or has not rolled out
     /// within the timeout. Uses the in-cluster config or KUBECONFIG.
     RemoveInjection(RemoveInjectionArgs),
     /// Write a development CA and serving certificate (ca.crt, tls.crt, tls.key).
@@ -73,12 +74,13 @@ pub enum Command {
     /// Write the embedded migration program into DIR (what the injected
     /// `django-migrate-code` init container runs; needs no shell).
     InstallCode(InstallCodeArgs),
-    /// Show the opted-in Deployments: injected or not (and why not), their settings, the
-    /// migration step of each pod of the current ReplicaSet, and whether the rollout
-    /// waits on the gate. Reads the cluster with your kubeconfig, like kubectl.
+    /// Show the opted-in workloads: injected or not (and why not), their settings, the
+    /// migration step of each pod of the current release, and whether the rollout waits
+    /// on the gate. Reads the cluster with your kubeconfig, like kubectl.
     ///
-    /// Exit codes: 0 all injected and no step failed, 1 a Deployment is not injected or a
-    /// step failed or was blocked as unsafe, 3 the cluster could not be read. As a kubectl
+    /// Exit codes: 0 all injected and no step failed, 1 a workload is not injected or a
+    /// step failed or was blocked as unsafe, 2 bad arguments, 3 the cluster could not be
+    /// read. As a kubectl
     /// plugin: link this binary as `kubectl-django_migrate` on PATH, then
     /// `kubectl django-migrate status`.
     Status(StatusArgs),

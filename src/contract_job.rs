@@ -144,6 +144,49 @@ mod tests {
     use crate::step_job::fixture::injected;
     use crate::workload::Workload;
 
+    /// A StatefulSet's: named and owned after its kind, without the claims of its
+    /// volumeClaimTemplates (the Job cannot share them); a Job's has no contract phase.
+    #[test]
+    fn a_statefulsets_job_says_its_kind_and_leaves_its_claims() {
+        let manifest = json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "web", "namespace": "n", "labels": {"django-migrate.io/inject": "true"}},
+            "spec": {"serviceName": "web", "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
+                         {"name": "web", "image": "shop:1",
+                          "volumeMounts": [{"name": "media", "mountPath": "/media"}]}]}},
+                     "volumeClaimTemplates": [{"metadata": {"name": "media"}}]},
+        });
+        let out = crate::preview::inject(
+            &manifest.to_string(),
+            crate::preview::OutputFormat::Json,
+            &CodeImage::default(),
+        )
+        .unwrap();
+        let injected: Value = serde_json::from_str(&out.output).unwrap();
+        let job = contract_job(&injected, Some("uid-1")).unwrap();
+        assert!(
+            job["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("web-statefulset-contract-"),
+            "{job}"
+        );
+        assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "StatefulSet");
+        let pod = &job["spec"]["template"]["spec"];
+        let mounts = &pod["containers"][0]["volumeMounts"];
+        assert_eq!(mounts.as_array().unwrap().len(), 1, "{mounts}");
+        assert_eq!(mounts[0]["name"], crate::names::CODE_VOLUME);
+
+        let mut job_kind = manifest.clone();
+        job_kind["apiVersion"] = json!("batch/v1");
+        job_kind["kind"] = json!("Job");
+        assert_eq!(
+            contract_job(&job_kind, None),
+            Err(NoContractJob::NoContractPhase(Kind::Job))
+        );
+    }
+
     #[test]
     fn the_job_runs_the_step_in_contract_mode_with_the_pods_settings() {
         let d = injected(&json!({"django-migrate.io/unsafe-migrations": "defer"}));

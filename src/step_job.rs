@@ -94,8 +94,25 @@ impl InjectedStep<'_> {
         for field in ["readinessGates", "hostname", "subdomain"] {
             spec.remove(field);
         }
-        spec.insert("initContainers".into(), Value::Array(self.init.clone()));
-        spec.insert("containers".into(), json!([Value::Object(step)]));
+        // A StatefulSet's pods mount the claims of its volumeClaimTemplates, which are not
+        // volumes of the template: the Job, which cannot share them, goes without.
+        let declared: Vec<Value> = spec
+            .get("volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.get("name").cloned())
+            .collect();
+        let mut containers = self.init.clone();
+        containers.push(Value::Object(step));
+        for c in &mut containers {
+            if let Some(mounts) = c.get_mut("volumeMounts").and_then(Value::as_array_mut) {
+                mounts.retain(|m| m.get("name").is_some_and(|n| declared.contains(n)));
+            }
+        }
+        let step = containers.pop().unwrap_or_default();
+        spec.insert("initContainers".into(), Value::Array(containers));
+        spec.insert("containers".into(), json!([step]));
         spec.insert("restartPolicy".into(), json!("Never"));
 
         let mut metadata = json!({"labels": labels});
