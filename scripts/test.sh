@@ -64,11 +64,14 @@ setsid bash -c 'bash scripts/kube/build-current.sh "$@" && bash scripts/kube/bui
     build "${kube_versions[@]}" >"$kube_log" 2>&1 </dev/null &
 kube_pid=$!
 kube_t0=$(date +%s)
-# The newer stacks' root filesystems (scripts/rootfs.sh: Debian 13 and unstable), also in
-# the background; the tiers that run in them wait for them.
+# The newer stacks' root filesystems (scripts/rootfs.sh: Debian 13 and unstable), then Argo
+# Rollouts' controller and CRDs from its Go module (scripts/kube/build-argo-rollouts.sh,
+# for the node tier's canary), also in the background; the tiers that run in the root
+# filesystems wait for them, long before any cluster tier.
 rootfs_log=$cache/logs/rootfs.log
-say "building (or reusing) the Debian 13 and unstable root filesystems in the background: $rootfs_log"
-setsid nice bash -c 'bash scripts/rootfs.sh trixie && bash scripts/rootfs.sh sid' >"$rootfs_log" 2>&1 </dev/null &
+say "building (or reusing) the Debian 13 and unstable root filesystems and Argo Rollouts in the background: $rootfs_log"
+setsid nice bash -c 'bash scripts/rootfs.sh trixie && bash scripts/rootfs.sh sid && bash scripts/kube/build-argo-rollouts.sh' \
+    >"$rootfs_log" 2>&1 </dev/null &
 rootfs_pid=$!
 
 databases=""
@@ -173,9 +176,9 @@ stop_databases
 # and a race on Debian unstable's Python 3.14 against that PostgreSQL. The test binaries
 # are this machine's, run inside each root filesystem (scripts/in-rootfs.sh as cargo's
 # runner).
-timed "waiting for the root filesystems (started $(($(date +%s) - kube_t0))s ago)" wait "$rootfs_pid" || {
+timed "waiting for the root filesystems and Argo Rollouts (started $(($(date +%s) - kube_t0))s ago)" wait "$rootfs_pid" || {
     tail -n 30 "$rootfs_log" >&2
-    say "building the root filesystems failed: $rootfs_log"
+    say "building the root filesystems or Argo Rollouts failed: $rootfs_log"
     exit 1
 }
 rootfs_trixie=$(bash scripts/rootfs.sh trixie)

@@ -673,3 +673,131 @@ async fn with_contract_jobs_off_the_printed_job_applies_the_deferred_migrations(
     assert_eq!(legacy_column(&database), "0");
     assert_eq!(ledger_0002(&database), "1");
 }
+
+/// The column drop in an Argo Rollouts canary: while the canary step holds both releases
+/// serving, there is no contract Job and the column stays; once the Rollout is fully
+/// promoted and release 1's pods are gone, one Job drops it. No request of either release
+/// fails.
+#[tokio::test]
+async fn an_argo_canary_is_contracted_only_once_fully_promoted() {
+    let _jobs = CONTRACT_JOBS.read().await;
+    let _db = DATABASE.read().await;
+    let argo = super::workloads::ArgoRollouts::start().await;
+    let (ns, webhook, database) = setup_with("argo", &["--contract-jobs", "--argo-rollouts"]).await;
+    let n = ns.name.clone();
+    let defer = [("unsafe-migrations", "defer")];
+    let rollout = |release: &str| {
+        let d: Value = serde_yaml_ng::from_str(&ledger(&n, &database, release, &defer)).unwrap();
+        serde_json::json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": d["metadata"],
+            "spec": {"replicas": 2, "selector": d["spec"]["selector"], "template": d["spec"]["template"],
+                     "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {"duration": "20s"}}]}}},
+        })
+        .to_string()
+    };
+    let status = || -> Value {
+        let out = kubectl_ok(&[
+            "get",
+            "rollouts.argoproj.io",
+            "ledger",
+            "-n",
+            &n,
+            "-o",
+            "json",
+        ]);
+        serde_json::from_str::<Value>(&out).unwrap()["status"].clone()
+    };
+    let promoted = |s: &Value| {
+        s["phase"] == "Healthy"
+            && s["stableRS"] == s["currentPodHash"]
+            && s["availableReplicas"] == 2
+    };
+    apply(&rollout("1"), &[]);
+    wait_for(
+        "release 1 Healthy",
+        Duration::from_secs(240),
+        &webhook,
+        || promoted(&status()).then_some(()),
+    )
+    .await;
+    psql(
+        &database,
+        "INSERT INTO ledger_entry (code, legacy) VALUES ('a', 'x'), ('b', 'y')",
+    );
+    let traffic = Traffic::start(&n);
+    wait_for(
+        "release 1 to answer",
+        Duration::from_secs(30),
+        &webhook,
+        || (traffic.ok("1") >= 10).then_some(()),
+    )
+    .await;
+
+    let t0 = Instant::now();
+    apply(&rollout("2"), &[]);
+    wait_for(
+        "the canary step",
+        Duration::from_secs(240),
+        &webhook,
+        || {
+            let s = status();
+            (s["phase"] == "Paused" && s["stableRS"] != s["currentPodHash"]).then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        "both releases to answer",
+        Duration::from_secs(60),
+        &webhook,
+        || (traffic.ok("2") >= 5 && traffic.ok("1") >= 20).then_some(()),
+    )
+    .await;
+    assert!(
+        contract_jobs(&n).is_empty(),
+        "a contract Job while the canary serves both releases"
+    );
+    assert_eq!(
+        legacy_column(&database),
+        "1",
+        "the column is gone during the canary"
+    );
+    wait_for("full promotion", Duration::from_secs(240), &webhook, || {
+        promoted(&status()).then_some(())
+    })
+    .await;
+    let promoted_after = t0.elapsed();
+    let job = wait_for(
+        "the contract Job to apply the drop",
+        Duration::from_secs(240),
+        &webhook,
+        || {
+            contract_jobs(&n)
+                .into_iter()
+                .find(|j| j["status"]["succeeded"] == 1)
+        },
+    )
+    .await;
+    let contracted_after = t0.elapsed();
+    let seen = traffic.stop();
+    assert!(
+        job["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("ledger-rollout-contract-"),
+        "{}",
+        job["metadata"]
+    );
+    assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "Rollout");
+    assert_eq!(contract_jobs(&n).len(), 1);
+    assert_eq!(legacy_column(&database), "0");
+    assert_eq!(ledger_0002(&database), "1");
+    assert!(
+        seen.failed.is_empty() && seen.first_failure.is_none(),
+        "{seen:?}\nArgo Rollouts' log:\n{}",
+        argo.log()
+    );
+    eprintln!(
+        "argo canary: fully promoted {promoted_after:.1?} after release 2 was applied, contract Job done at {contracted_after:.1?}; requests answered: {:?}, none failed",
+        seen.ok
+    );
+}

@@ -12,6 +12,7 @@ mod support;
 
 mod contract;
 mod plan;
+mod workloads;
 
 use std::process::Command;
 use std::time::Duration;
