@@ -749,7 +749,7 @@ fn patch_expression(image: &CodeImage) -> String {
         keep(&gates, "variables.userGates", "readinessGates"),
     ];
     // A CronJob's template also names the CronJob, for its Jobs' pods.
-    let name = "(has(object.metadata.name) ? object.metadata.name : '')";
+    let name = "string(has(object.metadata.name) ? object.metadata.name : '')";
     let cronjob_label = path(&format!("/metadata/labels/{}", pointer(CRONJOB_LABEL)));
     let injected = format!(
         "(variables.kind == 'CronJob' ? {{{i}: 'true', {c}: {name}}} : {{{i}: 'true'}})",
