@@ -20,10 +20,11 @@ fn job_template(mut template: Value, command: &[&str]) -> Value {
     template
 }
 
+/// The twostep app's migrations (two) recorded, and how many distinct ones.
 fn twostep_applied(database: &str) -> String {
     psql(
         database,
-        "SELECT COUNT(*) FROM django_migrations WHERE app = 'twostep'",
+        "SELECT COUNT(*), COUNT(DISTINCT name) FROM django_migrations WHERE app = 'twostep'",
     )
 }
 
@@ -92,7 +93,7 @@ async fn a_cronjobs_run_of_a_new_release_waits_for_its_migrations_then_runs() {
         job["status"]["succeeded"].is_null(),
         "ran before its migrations: {job}"
     );
-    assert_eq!(twostep_applied(&database), "0");
+    assert_eq!(twostep_applied(&database), "0|0");
     let status = Command::new(BIN)
         .args(["status", "cronjob/report", "-n", n])
         .output()
@@ -123,12 +124,15 @@ async fn a_cronjobs_run_of_a_new_release_waits_for_its_migrations_then_runs() {
         "cronjob: its run completed {:.1?} after the web Deployment of its release was applied",
         started.elapsed()
     );
-    assert_eq!(twostep_applied(&database), "1", "applied once");
+    assert_eq!(twostep_applied(&database), "2|2", "each applied once");
     let pod = job_pod().await.unwrap();
     let (status, reason, _) = gate(&pod).unwrap();
     assert_eq!((status.as_str(), reason.as_str()), ("True", "Migrated"));
     let log = kubectl_ok(&["logs", &pod.name_any(), "-c", "web", "-n", n]);
-    assert!(log.contains("[X] 0001_initial"), "{log}");
+    assert!(
+        log.contains("[X] 0001_initial") && log.contains("[X] 0002_two_columns"),
+        "{log}"
+    );
 }
 
 /// A StatefulSet of three pods started together: one migration run, every pod gated True
