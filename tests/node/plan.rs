@@ -44,6 +44,7 @@ fn migrations(database: &str) -> String {
 
 #[tokio::test]
 async fn plan_reports_the_next_release_and_gates_on_a_breaking_migration() {
+    let _db = DATABASE.read().await;
     let (ns, webhook, database) = setup("plan").await;
     let manifest = django_deployment(
         &ns.name,
