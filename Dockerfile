@@ -1,5 +1,6 @@
-# The webhook image: the binary only, on a distroless base, as a non-root user, with its
-# CycloneDX SBOM at /usr/share/doc/django-migrate-webhook/sbom.cdx.json and OCI labels.
+# The webhook image: the binary and the migration program it injects (/step.pyz), on a
+# distroless base, as a non-root user, with its CycloneDX SBOM at
+# /usr/share/doc/django-migrate-webhook/sbom.cdx.json and OCI labels.
 #
 #   docker build --build-arg REVISION="$(git rev-parse HEAD)" -t REGISTRY/django-migrate-webhook:0.1.0 .
 #   docker push REGISTRY/django-migrate-webhook:0.1.0
@@ -33,7 +34,8 @@ RUN sed -i '/^\[\[test\]\]/,$d' Cargo.toml \
     && cargo build --profile "$PROFILE" --locked --bin django-migrate-webhook \
     && install -D "target/$(if [ "$PROFILE" = dev ]; then echo debug; else echo "$PROFILE"; fi)/django-migrate-webhook" \
         /out/django-migrate-webhook \
-    && strip /out/django-migrate-webhook
+    && strip /out/django-migrate-webhook \
+    && /out/django-migrate-webhook install-code /out/code
 # The SBOM of the crate just built, from the same Cargo.lock (which must stay unchanged):
 # its dependencies for this platform with their versions, checksums and licences;
 # build-only ones (build scripts' dependencies) have scope "excluded", dev-dependencies
@@ -55,6 +57,9 @@ LABEL org.opencontainers.image.title="django-migrate-webhook" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/django-migrate-webhook /usr/local/bin/django-migrate-webhook
 COPY --from=build /src/sbom.cdx.json /usr/share/doc/django-migrate-webhook/sbom.cdx.json
+# The migration program at the image's root, for `codeDelivery: imageVolume`: the image is
+# mounted as a volume at /django-migrate, where the step reads /django-migrate/step.pyz.
+COPY --from=build --chmod=0444 /out/code/step.pyz /step.pyz
 USER 65532:65532
 EXPOSE 8443 8080
 ENTRYPOINT ["/usr/local/bin/django-migrate-webhook"]

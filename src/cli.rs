@@ -9,7 +9,7 @@ use clap::builder::TypedValueParser;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::controller::ControllerOptions;
-use crate::injected::CodeImage;
+use crate::injected::{CodeDelivery, CodeImage};
 use crate::leader::LeaseOptions;
 use crate::preview::OutputFormat;
 use crate::process::ServeOptions;
@@ -268,9 +268,15 @@ pub struct CodeImageArgs {
     /// image, pullable from every namespace that opts in (the chart sets it).
     #[arg(long, env = "DJANGO_MIGRATE_CODE_IMAGE", default_value = crate::injected::default_image(), value_name = "IMAGE")]
     pub code_image: String,
-    /// Pull policy of that container.
+    /// Pull policy of that image.
     #[arg(long, default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"], value_name = "POLICY")]
     pub code_image_pull_policy: String,
+    /// How the program reaches the Django step: `copy` (an init container copies it into
+    /// an emptyDir; every cluster) or `imageVolume` (the image mounted read-only as an
+    /// image volume: one init container; Kubernetes 1.35+ with containerd 2.1+ or CRI-O
+    /// 1.31+ on every node, see `check`).
+    #[arg(long, env = "DJANGO_MIGRATE_CODE_DELIVERY", value_enum, default_value = "copy", value_name = "HOW")]
+    pub code_delivery: CodeDelivery,
 }
 
 impl From<CodeImageArgs> for CodeImage {
@@ -278,6 +284,7 @@ impl From<CodeImageArgs> for CodeImage {
         CodeImage {
             image: args.code_image,
             pull_policy: args.code_image_pull_policy,
+            delivery: args.code_delivery,
         }
     }
 }

@@ -187,6 +187,37 @@ mod tests {
         );
     }
 
+    /// With the code as an image volume, the Job mounts the same volume and runs no copy.
+    #[test]
+    fn the_job_carries_the_code_image_volume() {
+        let image = CodeImage {
+            image: "registry.local/dmw:9".into(),
+            delivery: crate::injected::CodeDelivery::ImageVolume,
+            ..CodeImage::default()
+        };
+        let d = crate::step_job::fixture::injected_with(
+            &json!({"django-migrate.io/unsafe-migrations": "defer"}),
+            &image,
+        );
+        let job = contract_job(&d, Some("uid-1")).unwrap();
+        let spec = &job["spec"]["template"]["spec"];
+        let init: Vec<&str> = spec["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(init, ["proxy"]);
+        assert!(
+            spec["volumes"].as_array().unwrap().contains(&json!({
+                "name": crate::names::CODE_VOLUME,
+                "image": {"reference": "registry.local/dmw:9", "pullPolicy": "IfNotPresent"},
+            })),
+            "{spec}"
+        );
+        assert_eq!(spec["containers"][0]["name"], MIGRATE_CONTAINER);
+    }
+
     #[test]
     fn the_job_runs_the_step_in_contract_mode_with_the_pods_settings() {
         let d = injected(&json!({"django-migrate.io/unsafe-migrations": "defer"}));

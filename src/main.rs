@@ -61,6 +61,7 @@ fn print_policy(args: PolicyArgs) -> anyhow::Result<()> {
         image: args.code_image.into(),
         exclude_namespaces: args.exclude_namespaces,
         failure_policy: args.failure_policy,
+        delivery_placeholder: None,
     };
     let objects = if args.without_bindings {
         policy::policies(&options)

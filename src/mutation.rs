@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 use thiserror::Error;
 
-use crate::injected::{self, CodeImage};
+use crate::injected::{self, CodeDelivery, CodeImage};
 use crate::names::{
     CODE_CONTAINER, CODE_VOLUME, CONTRACTED_RELEASES, CRONJOB_LABEL, INJECTED_LABEL,
     MIGRATED_CONDITION,
@@ -442,11 +442,11 @@ fn inject(
     after
         .init_containers
         .get_or_insert_with(Vec::new)
-        .extend([injected::code_container(image, pod_security), step]);
+        .extend(injected::init_containers(image, pod_security, step));
     after
         .volumes
         .get_or_insert_with(Vec::new)
-        .push(injected::code_volume());
+        .push(injected::code_volume(image));
     if settings.readiness_gate {
         after
             .readiness_gates
@@ -476,9 +476,14 @@ fn inject(
         // it was only gets the problems.
         let step = injected::step_name(settings.mode);
         let summary = [
-            format!(
-                "django-migrate: {verb} init containers {CODE_CONTAINER} and {step} (copied from {app_name:?})"
-            ),
+            match image.delivery {
+                CodeDelivery::Copy => format!(
+                    "django-migrate: {verb} init containers {CODE_CONTAINER} and {step} (copied from {app_name:?})"
+                ),
+                CodeDelivery::ImageVolume => format!(
+                    "django-migrate: {verb} init container {step} (copied from {app_name:?}) and image volume {CODE_VOLUME}"
+                ),
+            },
             if settings.readiness_gate {
                 format!(
                     "django-migrate: readiness gate {MIGRATED_CONDITION}: a pod is Ready once its migration step succeeded"

@@ -19,7 +19,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::injected::CodeImage;
 use crate::mutation::Denial;
-use crate::names::{CODE_CONTAINER, MIGRATE_CONTAINER};
+use crate::names::MIGRATE_CONTAINER;
 use crate::plan::{Outcome, Report};
 use crate::plan_job::{self, NoPlanJob, PlanJobOptions};
 use crate::preview::{self, PreviewError};
@@ -368,25 +368,9 @@ fn job_for(
     plan_job::plan_job(object, job_options).map_err(no_job)
 }
 
-/// The image of a Deployment's injected code copy: the one its webhook chose.
+/// The image of a Deployment's injected program: the one its webhook chose.
 fn code_image_of(d: &Deployment) -> Option<CodeImage> {
-    let copy = d
-        .spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .init_containers
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == CODE_CONTAINER)?;
-    Some(CodeImage {
-        image: copy.image.clone()?,
-        pull_policy: copy
-            .image_pull_policy
-            .clone()
-            .unwrap_or_else(|| "IfNotPresent".to_owned()),
-    })
+    crate::injected::code_image_of(d.spec.as_ref()?.template.spec.as_ref()?)
 }
 
 /// A name suffix no other run of this release takes: two pipelines may plan one release
@@ -686,6 +670,8 @@ fn state_words(s: &ContainerStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::injected::CodeDelivery;
+    use crate::names::CODE_CONTAINER;
 
     #[test]
     fn a_deployment_is_named_as_kubectl_names_it() {
@@ -872,7 +858,7 @@ mod tests {
     }
 
     #[test]
-    fn the_code_image_is_the_stored_copys() {
+    fn the_code_image_is_the_stored_one() {
         let d: Deployment = serde_json::from_value(json!({
             "metadata": {"name": "shop"},
             "spec": {"selector": {}, "template": {"spec": {
@@ -884,7 +870,24 @@ mod tests {
             code_image_of(&d),
             Some(CodeImage {
                 image: "registry.local/dmw:9".into(),
-                pull_policy: "Always".into()
+                pull_policy: "Always".into(),
+                delivery: CodeDelivery::Copy,
+            })
+        );
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "shop"},
+            "spec": {"selector": {}, "template": {"spec": {
+                "initContainers": [{"name": MIGRATE_CONTAINER, "image": "app:2"}],
+                "volumes": [{"name": crate::names::CODE_VOLUME, "image": {"reference": "registry.local/dmw:9"}}],
+                "containers": [{"name": "web"}]}}}
+        }))
+        .unwrap();
+        assert_eq!(
+            code_image_of(&d),
+            Some(CodeImage {
+                image: "registry.local/dmw:9".into(),
+                pull_policy: "IfNotPresent".into(),
+                delivery: CodeDelivery::ImageVolume,
             })
         );
         assert_eq!(code_image_of(&Deployment::default()), None);

@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use crate::injected::{self, CodeImage};
+use crate::injected::{self, CodeDelivery, CodeImage};
 use crate::mutation::{self, DEFAULT_CONTAINER_ANNOTATION, MAX_WARNING_LEN};
 use crate::names::{
     CODE_CONTAINER, CODE_MOUNT_PATH, CODE_VOLUME, CONTRACTED_RELEASES, CRONJOB_LABEL,
@@ -50,6 +50,8 @@ pub struct PolicyOptions {
     pub exclude_namespaces: Vec<String>,
     /// `Fail` (a policy that cannot be evaluated rejects the request) or `Ignore`.
     pub failure_policy: String,
+    /// Written where `image.delivery` would be, for the chart to fill in.
+    pub delivery_placeholder: Option<&'static str>,
 }
 
 impl Default for PolicyOptions {
@@ -59,6 +61,7 @@ impl Default for PolicyOptions {
             image: CodeImage::default(),
             exclude_namespaces: vec!["kube-system".to_owned()],
             failure_policy: "Fail".to_owned(),
+            delivery_placeholder: None,
         }
     }
 }
@@ -125,7 +128,10 @@ fn match_constraints() -> Value {
 
 fn mutating_policy(o: &PolicyOptions) -> Value {
     let mut variables = common_variables();
-    variables.extend(injection_variables());
+    variables.extend(injection_variables(
+        o.delivery_placeholder
+            .unwrap_or_else(|| o.image.delivery.as_str()),
+    ));
     json!({
         "apiVersion": API_VERSION,
         "kind": "MutatingAdmissionPolicy",
@@ -664,8 +670,9 @@ fn release_field(kind: Kind) -> String {
         .to_owned()
 }
 
-/// The settings the injected step reads.
-fn injection_variables() -> Vec<(&'static str, String)> {
+/// The settings the injected step reads; `delivery` is the chart's `codeDelivery` (or its
+/// placeholder).
+fn injection_variables(delivery: &str) -> Vec<(&'static str, String)> {
     let d = Settings::default();
     let default_hold_back: Vec<&str> = d.hold_back.iter().map(|h| h.as_str()).collect();
     let hold_back_words = format!(
@@ -686,6 +693,7 @@ fn injection_variables() -> Vec<(&'static str, String)> {
     }
     vec![
         ("releaseField", release),
+        ("imageVolume", format!("{} == 'imageVolume'", lit(delivery))),
         ("python", setting(PYTHON, &lit(&d.python))),
         ("managePy", setting(MANAGE_PY, &lit(&d.manage_py))),
         (
@@ -725,9 +733,19 @@ fn patch_expression(image: &CodeImage) -> String {
     let volumes = path("/spec/volumes");
     let labels = path("/metadata/labels");
     let injected_label = path(&format!("/metadata/labels/{}", pointer(INJECTED_LABEL)));
-    let volume = cel(
-        "Object.spec.template.spec.volumes",
-        &injected::code_volume(),
+    let volume_of = |delivery| {
+        cel(
+            "Object.spec.template.spec.volumes",
+            &injected::code_volume(&CodeImage {
+                delivery,
+                ..image.clone()
+            }),
+        )
+    };
+    let volume = format!(
+        "variables.imageVolume ? {} : {}",
+        volume_of(CodeDelivery::ImageVolume),
+        volume_of(CodeDelivery::Copy)
     );
     let gate = format!(
         "Object.spec.template.spec.readinessGates{{conditionType: {}}}",
@@ -743,7 +761,10 @@ fn patch_expression(image: &CodeImage) -> String {
     };
     let record = lit(CONTRACTED_RELEASES);
     let lists = [
-        add(&init, &format!("variables.userInit + [{code}, {step}]")),
+        add(
+            &init,
+            &format!("variables.userInit + (variables.imageVolume ? [] : [{code}]) + [{step}]"),
+        ),
         add(&volumes, &format!("variables.userVolumes + [{volume}]")),
         add(&gates, &format!("variables.userGates + [{gate}]")),
         keep(&gates, "variables.userGates", "readinessGates"),
@@ -844,8 +865,12 @@ fn warning_validations() -> Vec<Value> {
         warn(
             &format!("{ok} && {changed}"),
             &format!(
-                "'django-migrate: ' + (oldObject != null && {old_reserved} ? 'updated' : 'injected') + ' init containers {CODE_CONTAINER} and ' + variables.stepName + ' (copied from ' + {} + ')'",
-                quoted(app_name)
+                "'django-migrate: ' + (oldObject != null && {old_reserved} ? 'updated' : 'injected') + ({image_volume} ? ' init container ' + variables.stepName + ' (copied from ' + {app} + ') and image volume {CODE_VOLUME}' : ' init containers {CODE_CONTAINER} and ' + variables.stepName + ' (copied from ' + {app} + ')')",
+                app = quoted(app_name),
+                image_volume = format!(
+                    "(has(variables.pod.volumes) && variables.pod.volumes.exists(v, has(v.name) && v.name == {} && has(v.image)))",
+                    lit(CODE_VOLUME)
+                ),
             ),
         ),
         warn(
@@ -989,16 +1014,18 @@ fn injected_parts(t: &str) -> String {
 
 /// The chart's `files/policies.yaml`: the three policies as JSON documents, with
 /// placeholders that `templates/policy.yaml` fills in (`__NAME__`, `__CODE_IMAGE__`,
-/// `__PULL_POLICY__`, `__FAILURE_POLICY__`).
+/// `__PULL_POLICY__`, `__CODE_DELIVERY__`, `__FAILURE_POLICY__`).
 pub fn chart_file() -> String {
     let o = PolicyOptions {
         name: "__NAME__".to_owned(),
         image: CodeImage {
             image: "__CODE_IMAGE__".to_owned(),
             pull_policy: "__PULL_POLICY__".to_owned(),
+            delivery: CodeDelivery::Copy,
         },
         exclude_namespaces: Vec::new(),
         failure_policy: "__FAILURE_POLICY__".to_owned(),
+        delivery_placeholder: Some("__CODE_DELIVERY__"),
     };
     let mut out = String::from(
         "# Generated by `django-migrate-webhook` (src/policy.rs); `UPDATE_GOLDEN=1 cargo test --lib policy` rewrites it.\n",

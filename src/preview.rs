@@ -509,6 +509,7 @@ metadata: {name: shop}
         let chosen = CodeImage {
             image: "registry.local/django-migrate-webhook:9".into(),
             pull_policy: "Always".into(),
+            ..CodeImage::default()
         };
         let stored = inject(input, OutputFormat::Yaml, &chosen).unwrap().output;
         let p = contract_jobs(&stored, OutputFormat::Json, &CodeImage::default()).unwrap();

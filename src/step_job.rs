@@ -4,13 +4,13 @@
 //! Its pod keeps the same service account, pull secrets, volumes, scheduling and pod
 //! annotations (an agent injector that brings the database credentials reads those), the
 //! user's own init containers (a native sidecar the database is reached through runs
-//! beside the step), the code copy, and has the step as the only container. It carries
+//! beside the step), the code copy or the code image volume, and has the step as the only container. It carries
 //! none of the template's labels, so no Service selects it and no ReplicaSet adopts it.
 
 use serde_json::{Value, json};
 use thiserror::Error;
 
-use crate::names::{CODE_CONTAINER, INJECTED_LABEL, MIGRATE_CONTAINER, WAIT_CONTAINER};
+use crate::names::{CODE_CONTAINER, CODE_VOLUME, INJECTED_LABEL, MIGRATE_CONTAINER, WAIT_CONTAINER};
 use crate::workload::{JsonMap, Kind};
 
 /// Longest Job name: the Job controller puts it into a label of its pods.
@@ -35,7 +35,7 @@ pub struct InjectedStep<'a> {
     /// The step as injected, in `migrate` or `wait` mode.
     pub step: JsonMap,
     template: &'a Value,
-    /// The user's init containers (native sidecars too) and the code copy, in order.
+    /// The user's init containers (native sidecars too) and the code copy (if any), in order.
     init: Vec<Value>,
 }
 
@@ -61,11 +61,17 @@ impl InjectedStep<'_> {
             .unwrap_or_default();
         let named = |c: &Value, n: &str| c.get("name").and_then(Value::as_str) == Some(n);
         let is_step = |c: &Value| named(c, MIGRATE_CONTAINER) || named(c, WAIT_CONTAINER);
+        // The program comes from the code copy, or from the code image volume.
+        let delivered = containers.iter().any(|c| named(c, CODE_CONTAINER))
+            || template
+                .pointer("/spec/volumes")
+                .and_then(Value::as_array)
+                .is_some_and(|v| v.iter().any(|v| named(v, CODE_VOLUME) && v.get("image").is_some()));
         let step = containers
             .iter()
             .find(|c| is_step(c))
             .and_then(Value::as_object)
-            .filter(|_| injected && containers.iter().any(|c| named(c, CODE_CONTAINER)))
+            .filter(|_| injected && delivered)
             .ok_or(NoStep::NotInjected)?;
         Ok(InjectedStep {
             deployment: name,
@@ -193,6 +199,10 @@ pub(crate) mod fixture {
     use crate::workload::Workload;
 
     pub(crate) fn injected(annotations: &Value) -> Value {
+        injected_with(annotations, &CodeImage::default())
+    }
+
+    pub(crate) fn injected_with(annotations: &Value, image: &CodeImage) -> Value {
         let mut d = json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "shop", "namespace": "prod",
@@ -213,7 +223,7 @@ pub(crate) mod fixture {
                   "volumes": [{"name": "certs", "secret": {"secretName": "db-certs"}}]}}}
         });
         let parsed: Workload = serde_json::from_value(d.clone()).unwrap();
-        let m = mutate(Operation::Create, &parsed, None, &CodeImage::default()).unwrap();
+        let m = mutate(Operation::Create, &parsed, None, image).unwrap();
         json_patch::patch(&mut d, &m.patch).unwrap();
         d
     }

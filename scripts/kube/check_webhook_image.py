@@ -5,6 +5,8 @@ tarball): its OCI labels, its binary, and its CycloneDX SBOM.
 - labels: org.opencontainers.image.{title,description,source,version,revision,licenses};
   version and licenses equal Cargo.toml's, revision equals --revision when given;
 - /usr/local/bin/django-migrate-webhook is in the image;
+- /step.pyz (what an image volume delivers) is a zip archive of exactly the step's sources
+  (src/injected/step/**/*.py);
 - /usr/share/doc/django-migrate-webhook/sbom.cdx.json is in the image, valid against the
   CycloneDX JSON schema of its specVersion (cyclonedx-python-lib, strict), names the
   package django-migrate-webhook at the Cargo.toml version, and describes the locked tree:
@@ -17,10 +19,12 @@ Exits 1 with every failure listed; prints the labels and the SBOM's size and cou
 """
 
 import argparse
+import io
 import json
 import subprocess
 import sys
 import tarfile
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -29,8 +33,26 @@ import tomllib
 PACKAGE = "django-migrate-webhook"
 BINARY = "usr/local/bin/django-migrate-webhook"
 SBOM = "usr/share/doc/django-migrate-webhook/sbom.cdx.json"
+PROGRAM = "step.pyz"
 LABEL = "org.opencontainers.image."
 CRATES_IO = "registry+https://github.com/rust-lang/crates.io-index"
+
+
+def check_program(data, root):
+    """The program of an image volume: the step's sources, nothing else, nothing older."""
+    if not data or data == b"<link>":
+        return [f"/{PROGRAM} is not in the image (the Dockerfile copies it for codeDelivery: imageVolume)"]
+    step = root / "src" / "injected" / "step"
+    expected = {str(p.relative_to(step)): p.read_bytes() for p in sorted(step.rglob("*.py"))}
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            found = {name: z.read(name) for name in z.namelist()}
+    except zipfile.BadZipFile as e:
+        return [f"/{PROGRAM} is not a zip archive: {e}"]
+    if found != expected:
+        differ = sorted(n for n in found.keys() | expected.keys() if found.get(n) != expected.get(n))
+        return [f"/{PROGRAM} differs from src/injected/step in: {', '.join(differ[:10])}"]
+    return []
 
 
 def image_files(archive, wanted):
@@ -101,7 +123,7 @@ def main():
     locked = {f"{p['name']}@{p['version']}": p.get("source") for p in lock}
 
     failures = []
-    config, files = image_files(args.archive, [BINARY, SBOM])
+    config, files = image_files(args.archive, [BINARY, SBOM, PROGRAM])
 
     labels = (config.get("config") or {}).get("Labels") or {}
     expected = {
@@ -123,6 +145,7 @@ def main():
 
     if not files[BINARY]:
         failures.append(f"/{BINARY} is not in the image")
+    failures += check_program(files[PROGRAM], root)
 
     text = files[SBOM]
     if text is None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Turn the control plane from `WITH_NODE=1 start-cluster.sh STATE_DIR` into a
-# real single-node cluster: containerd and runc from Debian, a CNI bridge, kube-scheduler
-# and a kubelet of the control plane's version, with locally built images imported.
+# real single-node cluster: containerd and runc (Debian's 1.6, or the 2.x of
+# build-containerd.sh), a CNI bridge, kube-scheduler and a kubelet of the control plane's
+# version, with locally built images imported.
 #
 # Usage: start-node.sh [STATE_DIR]            (default /tmp/kube-e2e)
 # Env:   KUBE_BIN (from STATE_DIR/env)        the kubelet and scheduler of the control plane
@@ -10,10 +11,14 @@
 #                                             kubelet refuses a loopback node IP
 #        POD_SUBNET=10.244.0.0/24 BRIDGE=kubebr0 BRIDGE_IP=10.244.0.1 BRIDGE_MAC=02:00:0a:f4:00:01
 #        SERVICE_CIDR=10.0.0.0/24 KUBERNETES_SERVICE_IP=10.0.0.1 (start-cluster.sh's)
-#        SNAPSHOTTER=overlayfs|native         RUNTIME=runc|crun
+#        SNAPSHOTTER=overlayfs|native         RUNTIME=runc|crun (crun: Debian's containerd only)
+#        CONTAINERD_BIN=<dir>                 containerd 2.x, its shim, ctr and runc from this
+#                                             directory (build-containerd.sh's bin), with its
+#                                             own root; default: Debian's containerd 1.6
+#        KUBELET_FEATURE_GATES=Name=true,...  e.g. EventedPLEG=true
 #        CGROUPS_PER_QOS=true|false
 #        KUBELET_PORT=30250 KUBELET_HEALTHZ_PORT=30248 SCHEDULER_PORT=30259
-#        KUBELET_ROOT=/var/lib/e2e-kubelet  CTR_ROOT=/opt/kube-node/containerd  CTR_STATE=/run/e2e-containerd
+#        KUBELET_ROOT=/var/lib/e2e-kubelet  CTR_ROOT=/var/lib/e2e-containerd[2]  CTR_STATE=/run/e2e-containerd
 #        START_TIMEOUT=120
 # Writes: STATE_DIR/{containerd.toml,kubelet-config.yaml,cni/net.d/,logs/,pids/,node-env}
 set -euo pipefail
@@ -43,7 +48,10 @@ KUBELET_PORT="${KUBELET_PORT:-30250}"
 KUBELET_HEALTHZ_PORT="${KUBELET_HEALTHZ_PORT:-30248}"
 SCHEDULER_PORT="${SCHEDULER_PORT:-30259}"
 KUBELET_ROOT="${KUBELET_ROOT:-/var/lib/e2e-kubelet}"
-CTR_ROOT="${CTR_ROOT:-/var/lib/e2e-containerd}"
+CONTAINERD_BIN="${CONTAINERD_BIN:-}"
+KUBELET_FEATURE_GATES="${KUBELET_FEATURE_GATES:-}"
+# containerd 2.x keeps its own content and metadata: the two never share a root.
+CTR_ROOT="${CTR_ROOT:-/var/lib/e2e-containerd${CONTAINERD_BIN:+2}}"
 CTR_STATE="${CTR_STATE:-/run/e2e-containerd}"
 CTR_SOCK="$CTR_STATE/containerd.sock"
 START_TIMEOUT="${START_TIMEOUT:-120}"
@@ -52,7 +60,20 @@ START_TIMEOUT="${START_TIMEOUT:-120}"
 STATE_DIR=$(cd "$STATE_DIR" && pwd)
 PKI="$STATE_DIR/pki"
 for b in kubelet kube-scheduler; do [[ -x "$KUBE_BIN/$b" ]] || die "$KUBE_BIN/$b missing (KUBE_WHAT=... build.sh)"; done
-command -v containerd >/dev/null || die "containerd missing (apt-get install containerd runc containernetworking-plugins)"
+if [[ -n "$CONTAINERD_BIN" ]]; then
+  for b in containerd containerd-shim-runc-v2 ctr runc; do
+    [[ -x "$CONTAINERD_BIN/$b" ]] || die "$CONTAINERD_BIN/$b missing (bash scripts/kube/build-containerd.sh builds it)"
+  done
+  [[ "$RUNTIME" == runc ]] || die "RUNTIME=$RUNTIME: with CONTAINERD_BIN the runtime is its runc"
+  # containerd finds its shim on PATH; ctr is the one of the same release.
+  export PATH="$CONTAINERD_BIN:$PATH"
+  CTR_CONF="$HERE/conf/containerd2.toml.in"
+  RUNC="$CONTAINERD_BIN/runc"
+else
+  command -v containerd >/dev/null || die "containerd missing (apt-get install containerd runc containernetworking-plugins)"
+  CTR_CONF="$HERE/conf/containerd.toml.in"
+  RUNC=/usr/sbin/runc
+fi
 command -v iptables >/dev/null || die "iptables missing (apt-get install iptables)"
 export KUBECONFIG="$STATE_DIR/kubeconfig"
 mkdir -p "$STATE_DIR"/{logs,pids,cni/net.d}
@@ -123,8 +144,8 @@ EOF
 mkdir -p "$CTR_ROOT" "$CTR_STATE"
 sed -e "s#@CTR_ROOT@#$CTR_ROOT#g; s#@CTR_STATE@#$CTR_STATE#g; s#@CTR_SOCK@#$CTR_SOCK#g" \
     -e "s#@SNAPSHOTTER@#$SNAPSHOTTER#g; s#@RUNTIME@#$RUNTIME#g; s#@CNI_CONF_DIR@#$STATE_DIR/cni/net.d#g" \
-    "$HERE/conf/containerd.toml.in" >"$STATE_DIR/containerd.toml"
-echo "export CTR_ROOT=$CTR_ROOT" >"$STATE_DIR/node-env.partial"
+    -e "s#@RUNC@#$RUNC#g" "$CTR_CONF" >"$STATE_DIR/containerd.toml"
+printf 'export CTR_ROOT=%s\nexport CONTAINERD_BIN=%s\n' "$CTR_ROOT" "$CONTAINERD_BIN" >"$STATE_DIR/node-env.partial"
 # Guard against image pulls leaving the machine: every registry request from
 # containerd goes through a proxy address where nothing listens (loopback port 9),
 # so a missing image fails fast ("proxyconnect tcp: ... connection refused")
@@ -207,6 +228,7 @@ imageGCHighThresholdPercent: 99
 imageGCLowThresholdPercent: 98
 # These VMs run cgroup v1 (hybrid); kubelets from 1.35 refuse it unless told otherwise.
 failCgroupV1: false
+$(gates=${KUBELET_FEATURE_GATES//,/ }; [[ -z "$gates" ]] || { echo "featureGates:"; for g in $gates; do echo "  ${g%%=*}: ${g#*=}"; done; })
 containerRuntimeEndpoint: unix://$CTR_SOCK
 imageServiceEndpoint: unix://$CTR_SOCK
 EOF
@@ -229,6 +251,10 @@ export E2E_CTR_SOCK=$CTR_SOCK
 export E2E_NODE_NAME=$NODE_NAME
 export E2E_NODE_IP=$NODE_IP
 export E2E_KUBELET_ROOT=$KUBELET_ROOT
+export CTR_ROOT=$CTR_ROOT
+export CONTAINERD_BIN=$CONTAINERD_BIN
 export CONTAINER_RUNTIME_ENDPOINT=unix://$CTR_SOCK
+export E2E_CONTAINERD_VERSION=$("${CTR[@]}" version 2>/dev/null | awk '/^Server:/{s=1} s && /Version:/{print $2; exit}')
+export E2E_KUBELET_FEATURE_GATES=$KUBELET_FEATURE_GATES
 EOF
-log "node $NODE_NAME Ready after $(elapsed)s (snapshotter=$SNAPSHOTTER runtime=$RUNTIME cgroupsPerQOS=$CGROUPS_PER_QOS)"
+log "node $NODE_NAME Ready after $(elapsed)s ($(kubectl get node "$NODE_NAME" -o jsonpath='{.status.nodeInfo.containerRuntimeVersion}'), snapshotter=$SNAPSHOTTER runtime=$RUNTIME cgroupsPerQOS=$CGROUPS_PER_QOS${KUBELET_FEATURE_GATES:+ featureGates=$KUBELET_FEATURE_GATES})"

@@ -22,6 +22,8 @@ CTR_SOCK="${E2E_CTR_SOCK:-/run/e2e-containerd/containerd.sock}"
 CTR_STATE=$(dirname "$CTR_SOCK")
 CTR_ROOT="${CTR_ROOT:-/var/lib/e2e-containerd}"
 KUBELET_ROOT="${E2E_KUBELET_ROOT:-/var/lib/e2e-kubelet}"
+# containerd 2.x (start-node.sh's CONTAINERD_BIN) is stopped with its own ctr.
+[[ -n "${CONTAINERD_BIN:-}" ]] && export PATH="$CONTAINERD_BIN:$PATH"
 CTR=(ctr -a "$CTR_SOCK" -n k8s.io)
 
 stop_pid() { # name pattern
@@ -72,7 +74,8 @@ stop_pid containerd "containerd --config"
 
 # 4. mounts (kubelet volumes, sandbox shm, netns), network namespaces, bridge
 awk '{print $5}' /proc/self/mountinfo | sort -r | while IFS= read -r m; do
-  case "$m" in "$KUBELET_ROOT"/*|"$CTR_STATE"/*) umount -l "$m" 2>/dev/null;; esac
+  # (image volumes of containerd 2.x are mounted under its root)
+  case "$m" in "$KUBELET_ROOT"/*|"$CTR_STATE"/*|"$CTR_ROOT"/*) umount -l "$m" 2>/dev/null;; esac
 done
 mountpoint -q "$KUBELET_ROOT" && umount -l "$KUBELET_ROOT"
 for ns in /run/netns/cni-*; do

@@ -74,13 +74,14 @@ pub const BINARY_IN_IMAGE: &str = "/usr/local/bin/django-migrate-webhook";
 /// The user the webhook image runs as (distroless `nonroot`).
 const IMAGE_USER: i64 = 65532;
 
-/// The image of the code-copy container: the webhook's own, so the program it copies is
-/// always the one of the webhook that injected it.
+/// The image that carries the program: the webhook's own, so the program a pod runs is
+/// always the one of the webhook that injected it, and how it reaches the pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CodeImage {
     pub image: String,
     /// `Always`, `IfNotPresent` or `Never`.
     pub pull_policy: String,
+    pub delivery: CodeDelivery,
 }
 
 impl Default for CodeImage {
@@ -88,6 +89,31 @@ impl Default for CodeImage {
         CodeImage {
             image: default_image().to_owned(),
             pull_policy: "IfNotPresent".to_owned(),
+            delivery: CodeDelivery::Copy,
+        }
+    }
+}
+
+/// How the program reaches the Django step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CodeDelivery {
+    /// An init container of the webhook's image copies it into an `emptyDir`: works on
+    /// every cluster.
+    #[default]
+    Copy,
+    /// The webhook's image is mounted read-only as an image volume (`volumes[].image`,
+    /// Kubernetes 1.35+ by default, containerd 2.1+ or CRI-O 1.31+): one init container
+    /// fewer, so a pod is Ready sooner.
+    #[value(name = "imageVolume", alias = "image-volume")]
+    ImageVolume,
+}
+
+impl CodeDelivery {
+    /// The name in the chart's `codeDelivery` and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodeDelivery::Copy => "copy",
+            CodeDelivery::ImageVolume => "imageVolume",
         }
     }
 }
@@ -120,9 +146,60 @@ const COPIED_FIELDS: [&str; 7] = [
     "resources",
 ];
 
-/// The `emptyDir` the program is copied into.
-pub fn code_volume() -> Value {
-    json!({"name": CODE_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}})
+/// The volume the step reads the program from: the `emptyDir` it is copied into, or the
+/// webhook's image itself, whose root holds [`PROGRAM_FILE`] (see the Dockerfile).
+pub fn code_volume(image: &CodeImage) -> Value {
+    match image.delivery {
+        CodeDelivery::Copy => json!({"name": CODE_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}}),
+        CodeDelivery::ImageVolume => json!({
+            "name": CODE_VOLUME,
+            "image": {"reference": image.image, "pullPolicy": image.pull_policy},
+        }),
+    }
+}
+
+/// The image a stored pod spec's program comes from: its code copy container's, or its
+/// code image volume's.
+pub fn code_image_of(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<CodeImage> {
+    let copy = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == CODE_CONTAINER);
+    if let Some(copy) = copy {
+        return Some(CodeImage {
+            image: copy.image.clone()?,
+            pull_policy: copy
+                .image_pull_policy
+                .clone()
+                .unwrap_or_else(|| "IfNotPresent".to_owned()),
+            delivery: CodeDelivery::Copy,
+        });
+    }
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == CODE_VOLUME)?
+        .image
+        .as_ref()?;
+    Some(CodeImage {
+        image: volume.reference.clone()?,
+        pull_policy: volume
+            .pull_policy
+            .clone()
+            .unwrap_or_else(|| "IfNotPresent".to_owned()),
+        delivery: CodeDelivery::ImageVolume,
+    })
+}
+
+/// The init containers that go before the app's own: the code copy (in copy mode), then
+/// the Django step.
+pub fn init_containers(image: &CodeImage, pod_security: Option<&JsonMap>, step: Value) -> Vec<Value> {
+    match image.delivery {
+        CodeDelivery::Copy => vec![code_container(image, pod_security), step],
+        CodeDelivery::ImageVolume => vec![step],
+    }
 }
 
 /// The init container that copies the program into [`code_volume`].
