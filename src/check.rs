@@ -23,8 +23,10 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::injected::CodeDelivery;
 use crate::names::{
-    CODE_CONTAINER, INJECT_LABEL, MIGRATE_CONTAINER, MIGRATED_CONDITION, POLICY_LABEL, WEBHOOK_NAME,
+    CODE_CONTAINER, CODE_VOLUME, INJECT_LABEL, MIGRATE_CONTAINER, MIGRATED_CONDITION, POLICY_LABEL,
+    WEBHOOK_NAME,
 };
 
 /// The oldest Kubernetes this release supports (the chart's `kubeVersion`).
@@ -164,6 +166,8 @@ pub struct PreOptions {
     pub cert_manager: bool,
     /// `controller.contractJobs`: the chart grants Jobs too.
     pub contract_jobs: bool,
+    /// The chart's `codeDelivery`.
+    pub code_delivery: CodeDelivery,
 }
 
 /// `check`'s options (after install).
@@ -294,7 +298,7 @@ pub async fn pre(client: &Client, options: &PreOptions) -> Result<Report, CheckE
         ),
     }
 
-    image_volumes(client, &mut report).await;
+    image_volumes(client, options.code_delivery, &options.namespace, &mut report).await;
 
     if options.cert_manager {
         let resources = served(client, "cert-manager.io/v1").await;
@@ -316,38 +320,149 @@ pub async fn pre(client: &Client, options: &PreOptions) -> Result<Report, CheckE
     Ok(report)
 }
 
-/// Whether every node can mount the webhook's image as a volume (Kubernetes 1.35+ kubelet,
-/// containerd 2.1+ or CRI-O 1.31+); the copy container works on every node.
-async fn image_volumes(client: &Client, report: &mut Report) {
+/// Whether the code can be delivered as an image volume here: the API server keeps the
+/// field (a server-side dry run of a pod in `namespace`), and every node's kubelet and
+/// runtime mount it (`nodeInfo`). With `codeDelivery: imageVolume` a gap fails (a pod on
+/// such a node cannot start its step); with `copy` it is a fact.
+async fn image_volumes(client: &Client, delivery: CodeDelivery, namespace: &str, report: &mut Report) {
+    let wanted = delivery == CodeDelivery::ImageVolume;
+    let served = image_volume_served(client, namespace).await;
+    match (&served, wanted) {
+        (Ok(true), true) => report.ok(
+            NODES,
+            "the API server serves image volumes (volumes[].image): codeDelivery imageVolume",
+        ),
+        (Ok(false), true) => report.fail(
+            NODES,
+            "the API server drops image volumes (volumes[].image): codeDelivery is imageVolume, so every injected pod would be refused",
+            "image volumes are on by default from Kubernetes 1.35 (beta behind the ImageVolume feature gate in 1.33 and 1.34): turn the gate on for the API server and every kubelet, or use codeDelivery: copy",
+        ),
+        (Err(why), true) => report.warn(
+            NODES,
+            format!("cannot tell whether the API server serves image volumes: {why}"),
+            format!("run check as a user who may create pods in namespace {namespace} (a server-side dry run, nothing is stored)"),
+        ),
+        (Ok(false), false) => report.info(
+            NODES,
+            "the API server drops image volumes (volumes[].image): codeDelivery stays copy",
+        ),
+        _ => {}
+    }
     let nodes = match Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await
     {
         Ok(list) => list.items,
         Err(e) => {
-            report.info(
-                NODES,
-                format!("cannot list nodes ({e}): image-volume support unknown"),
-            );
+            let message = format!("cannot list nodes ({e}): image-volume support unknown");
+            if wanted {
+                report.warn(NODES, message, "run check as a user who may list nodes");
+            } else {
+                report.info(NODES, message);
+            }
             return;
         }
     };
-    let capable = nodes
+    let unable: Vec<String> = nodes
         .iter()
-        .filter(|n| {
-            let Some(info) = n.status.as_ref().and_then(|s| s.node_info.as_ref()) else {
-                return false;
-            };
-            image_volume_capable(&info.kubelet_version, &info.container_runtime_version)
+        .filter_map(|n| {
+            let info = n.status.as_ref().and_then(|s| s.node_info.as_ref());
+            let (kubelet, runtime) = info.map_or(("?", "?"), |i| {
+                (i.kubelet_version.as_str(), i.container_runtime_version.as_str())
+            });
+            (!image_volume_capable(kubelet, runtime))
+                .then(|| format!("{} (kubelet {kubelet}, {runtime})", n.name_any()))
         })
-        .count();
-    report.info(
-        NODES,
-        format!(
-            "{} node(s); {capable} can mount the code as an image volume (kubelet 1.35+, containerd 2.1+ or CRI-O 1.31+), every one can use the copy container",
-            nodes.len()
-        ),
-    );
+        .collect();
+    let capable = nodes.len() - unable.len();
+    let listed = |names: &[String]| {
+        let mut text = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        if names.len() > 5 {
+            let _ = write!(text, " and {} more", names.len() - 5);
+        }
+        text
+    };
+    let needs = "kubelet 1.35+ with containerd 2.1+ or CRI-O 1.31+";
+    if !wanted {
+        let usable = served == Ok(true) && unable.is_empty() && !nodes.is_empty();
+        report.info(
+            NODES,
+            format!(
+                "{} node(s); {capable} can mount the code as an image volume ({needs}){}",
+                nodes.len(),
+                if usable {
+                    ": codeDelivery imageVolume can be used here (one init container fewer per pod)"
+                } else {
+                    ""
+                }
+            ),
+        );
+    } else if nodes.is_empty() {
+        report.warn(
+            NODES,
+            "no node is registered: image-volume support unknown",
+            "run check again once the nodes have joined",
+        );
+    } else if unable.is_empty() {
+        report.ok(
+            NODES,
+            format!("every node ({}) can mount the code as an image volume ({needs})", nodes.len()),
+        );
+    } else {
+        let message = format!(
+            "{} of {} node(s) cannot mount the code as an image volume: {}",
+            unable.len(),
+            nodes.len(),
+            listed(&unable)
+        );
+        let hint = format!(
+            "an injected pod scheduled there fails with reason MigrationCodeUnavailable: upgrade those nodes ({needs}), keep injected workloads off them, or use codeDelivery: copy"
+        );
+        if capable == 0 {
+            report.fail(NODES, message, hint);
+        } else {
+            report.warn(NODES, message, hint);
+        }
+    }
+}
+
+/// Whether a server-side dry run of a pod with an image volume keeps the field (an API
+/// server without the feature drops it, and then refuses a volume without a source).
+async fn image_volume_served(client: &Client, namespace: &str) -> Result<bool, String> {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "django-migrate-check-image-volume", "namespace": namespace},
+        "spec": {
+            "containers": [{"name": "probe", "image": "django-migrate-check:dry-run"}],
+            "volumes": [{"name": "code", "image": {"reference": "django-migrate-check:dry-run", "pullPolicy": "IfNotPresent"}}],
+        }
+    }))
+    .map_err(|e| e.to_string())?;
+    let params = PostParams {
+        dry_run: true,
+        field_manager: Some("django-migrate-webhook-check".into()),
+    };
+    let mut result = Api::<Pod>::namespaced(client.clone(), namespace)
+        .create(&params, &pod)
+        .await;
+    // Before install, the chart's namespace may not exist yet.
+    if matches!(&result, Err(kube::Error::Api(s)) if s.code == 404) && namespace != "default" {
+        result = Api::<Pod>::namespaced(client.clone(), "default")
+            .create(&params, &pod)
+            .await;
+    }
+    match result {
+        Ok(stored) => Ok(stored
+            .spec
+            .and_then(|s| s.volumes)
+            .unwrap_or_default()
+            .iter()
+            .any(|v| v.image.is_some())),
+        Err(kube::Error::Api(s)) if s.code == 422 => Ok(false),
+        Err(kube::Error::Api(s)) => Err(format!("a dry run of a pod in namespace {namespace} was refused: {}", s.message)),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A node whose kubelet and runtime mount image volumes.
@@ -697,7 +812,12 @@ pub async fn installed(client: &Client, options: &InstalledOptions) -> Result<Re
         webhook(client, installation, &mut report).await;
     }
     controller(client, installation, &mut report).await;
-    dry_run(client, &options.probe_namespace, &mut report).await;
+    let delivery = match installation.value("--code-delivery") {
+        Some("imageVolume" | "image-volume") => CodeDelivery::ImageVolume,
+        _ => CodeDelivery::Copy,
+    };
+    image_volumes(client, delivery, &options.probe_namespace, &mut report).await;
+    dry_run(client, &options.probe_namespace, delivery, &mut report).await;
     Ok(report)
 }
 
@@ -1075,7 +1195,7 @@ async fn controller(client: &Client, installation: &Installation, report: &mut R
 
 /// A server-side dry run of a labelled Deployment in `namespace`: what `kubectl apply`
 /// of an opted-in Deployment gets, through whatever injects.
-async fn dry_run(client: &Client, namespace: &str, report: &mut Report) {
+async fn dry_run(client: &Client, namespace: &str, delivery: CodeDelivery, report: &mut Report) {
     let name = "django-migrate-check";
     let probe: Deployment = match serde_json::from_value(serde_json::json!({
         "apiVersion": "apps/v1",
@@ -1114,10 +1234,27 @@ async fn dry_run(client: &Client, namespace: &str, report: &mut Report) {
             let spec = stored.spec.and_then(|s| s.template.spec).unwrap_or_default();
             let init: Vec<&str> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
             let gated = spec.readiness_gates.iter().flatten().any(|g| g.condition_type == MIGRATED_CONDITION);
-            if init.contains(&CODE_CONTAINER) && init.contains(&MIGRATE_CONTAINER) && gated {
+            let volume = spec.volumes.iter().flatten().find(|v| v.name == CODE_VOLUME);
+            let (delivered, parts) = match delivery {
+                CodeDelivery::Copy => (
+                    init.contains(&CODE_CONTAINER),
+                    format!("{CODE_CONTAINER}, {MIGRATE_CONTAINER}"),
+                ),
+                CodeDelivery::ImageVolume => (
+                    volume.is_some_and(|v| v.image.is_some()) && !init.contains(&CODE_CONTAINER),
+                    format!("{MIGRATE_CONTAINER}, image volume {CODE_VOLUME}"),
+                ),
+            };
+            if delivered && init.contains(&MIGRATE_CONTAINER) && gated {
                 report.ok(
                     INJECTION,
-                    format!("a server-side dry run of a labelled Deployment in namespace {namespace} comes back injected ({CODE_CONTAINER}, {MIGRATE_CONTAINER}, readiness gate)"),
+                    format!("a server-side dry run of a labelled Deployment in namespace {namespace} comes back injected ({parts}, readiness gate)"),
+                );
+            } else if init.contains(&MIGRATE_CONTAINER) && gated {
+                report.fail(
+                    INJECTION,
+                    format!("a server-side dry run of a labelled Deployment in namespace {namespace} comes back injected, but not with codeDelivery {} ({parts})", delivery.as_str()),
+                    "the webhook's --code-delivery and the policies' codeDelivery differ, or an older release injects: helm upgrade with one codeDelivery",
                 );
             } else {
                 report.fail(

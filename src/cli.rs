@@ -141,6 +141,9 @@ pub struct CheckArgs {
     /// With --pre: the chart will set `controller.contractJobs` (it grants Jobs).
     #[arg(long, requires = "pre")]
     pub contract_jobs: bool,
+    /// With --pre: the chart's `codeDelivery` (an installation's is read from it).
+    #[arg(long, value_enum, default_value = "copy", requires = "pre", value_name = "HOW")]
+    pub code_delivery: CodeDelivery,
     /// Namespace of the dry run of a labelled Deployment: one whose Deployments the
     /// webhook should inject.
     #[arg(

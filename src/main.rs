@@ -243,6 +243,7 @@ fn run_check(args: CheckArgs) -> ExitCode {
                 mode: args.mode,
                 cert_manager: args.cert_manager,
                 contract_jobs: args.contract_jobs,
+                code_delivery: args.code_delivery,
             };
             check::pre(&client, &options).await?
         } else {

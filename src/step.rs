@@ -9,7 +9,7 @@
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus};
 use serde::{Deserialize, Serialize};
 
-use crate::names::{CODE_CONTAINER, MIGRATE_CONTAINER, WAIT_CONTAINER, exit};
+use crate::names::{CODE_CONTAINER, CODE_VOLUME, MIGRATE_CONTAINER, WAIT_CONTAINER, exit};
 use crate::summary::{Phase, StepResult, Summary, string_enum};
 
 string_enum! {
@@ -40,6 +40,9 @@ string_enum! {
         LockingBlocked = "LockingMigrationBlocked",
         /// The code copy container failed.
         CodeCopyFailed = "MigrationCodeCopyFailed",
+        /// The step cannot be created with the code as an image volume: the node's
+        /// runtime does not mount image volumes (or the image cannot be read).
+        CodeUnavailable = "MigrationCodeUnavailable",
         /// The migration lock cannot be held through the step's connection (a pooler in
         /// statement mode); nothing was applied.
         LockUnavailable = "MigrationLockUnavailable",
@@ -98,7 +101,13 @@ pub struct StepStatus {
     pub terminated: Option<Exit>,
     /// How the previous run ended (kept by the kubelet across restarts).
     pub last_terminated: Option<Exit>,
+    /// Why the kubelet cannot create or start it (`reason: message`), while it retries.
+    pub cannot_start: Option<Box<str>>,
 }
+
+/// Waiting reasons of a container the kubelet fails to create or start, and retries
+/// without end.
+const CANNOT_START: [&str; 2] = ["CreateContainerError", "RunContainerError"];
 
 /// How a run of an injected init container ended.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -204,11 +213,21 @@ impl StepStatus {
             .find(|n| *n == name)?;
         let terminated =
             |state: Option<&ContainerState>| state?.terminated.as_ref().map(Exit::read);
+        let cannot_start = state
+            .and_then(|st| st.waiting.as_ref())
+            .and_then(|w| {
+                let reason = w.reason.as_deref().filter(|r| CANNOT_START.contains(r))?;
+                Some(match w.message.as_deref() {
+                    Some(m) => format!("{reason}: {m}").into(),
+                    None => reason.into(),
+                })
+            });
         Some(StepStatus {
             name,
             running: state.is_some_and(|st| st.running.is_some()),
             terminated: terminated(state),
             last_terminated: terminated(last_state),
+            cannot_start,
         })
     }
 }
@@ -228,6 +247,12 @@ pub enum StepState {
         container: &'static str,
         reason: Reason,
         exit: Exit,
+    },
+    /// The code comes from an image volume and the kubelet cannot create the step: what
+    /// a node whose runtime does not mount image volumes reports, again and again.
+    CodeUnavailable {
+        container: &'static str,
+        why: Box<str>,
     },
 }
 
@@ -262,6 +287,13 @@ impl StepState {
         if let Some(exit) = step.last_terminated.as_ref().filter(|e| e.code != 0) {
             return StepState::failed(container, exit);
         }
+        // Without a code copy the program comes from the image volume.
+        if let Some(why) = step.cannot_start.as_ref().filter(|_| find(CODE_CONTAINER).is_none()) {
+            return StepState::CodeUnavailable {
+                container,
+                why: why.clone(),
+            };
+        }
         if step.running {
             StepState::Running { container }
         } else {
@@ -285,6 +317,7 @@ impl StepState {
             StepState::Running { .. } => Reason::Running,
             StepState::Succeeded { .. } => Reason::Migrated,
             StepState::Failed { reason, .. } => *reason,
+            StepState::CodeUnavailable { .. } => Reason::CodeUnavailable,
         }
     }
 
@@ -316,6 +349,9 @@ impl StepState {
             | StepState::Failed {
                 container, exit, ..
             } => exit.describe(container),
+            StepState::CodeUnavailable { container, why } => format!(
+                "init container {container} cannot be created with the code as image volume {CODE_VOLUME} ({why}): this node's container runtime may not mount image volumes (codeDelivery imageVolume needs containerd 2.1+ or CRI-O 1.31+ on every node; see django-migrate-webhook check), or use codeDelivery copy"
+            ),
         }
     }
 
@@ -409,6 +445,42 @@ mod tests {
         serde_json::json!({"mode": "migrate", "phase": phase, "result": result,
                            "exit_code": code, "message": message, "applied": ["a.0001"]})
         .to_string()
+    }
+
+    /// A step the kubelet cannot create: with the code as an image volume (no copy) it is
+    /// named; with a code copy it stays pending, as before.
+    #[test]
+    fn a_step_that_cannot_be_created_without_a_copy_says_the_code_is_unavailable() {
+        let waiting = serde_json::json!({"waiting": {"reason": "CreateContainerError",
+            "message": "failed to generate spec: failed to mkdir \"\""}});
+        let state = StepState::of(&statuses(serde_json::json!([status(
+            MIGRATE_CONTAINER,
+            waiting.clone(),
+            serde_json::json!({})
+        )])));
+        assert_eq!(state.reason(), Reason::CodeUnavailable);
+        assert!(state.reason().is_failure());
+        assert_eq!(state.condition_status(), "False");
+        let message = state.message();
+        assert!(message.contains("failed to mkdir"), "{message}");
+        assert!(message.contains("containerd 2.1+"), "{message}");
+        assert_eq!(state.step_exit(), None);
+
+        let copied = StepState::of(&statuses(serde_json::json!([
+            status(
+                CODE_CONTAINER,
+                serde_json::json!({"terminated": {"exitCode": 0}}),
+                serde_json::json!({})
+            ),
+            status(MIGRATE_CONTAINER, waiting, serde_json::json!({})),
+        ])));
+        assert_eq!(copied.reason(), Reason::Pending);
+        let pulling = StepState::of(&statuses(serde_json::json!([status(
+            MIGRATE_CONTAINER,
+            serde_json::json!({"waiting": {"reason": "PodInitializing"}}),
+            serde_json::json!({})
+        )])));
+        assert_eq!(pulling.reason(), Reason::Pending);
     }
 
     #[test]

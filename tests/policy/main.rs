@@ -95,7 +95,7 @@ fn declare_mounted_volumes(d: &mut Value) {
 #[tokio::test]
 async fn every_fixture_is_stored_warned_and_denied_alike_through_the_webhook_and_the_policy() {
     install_rollout_crd();
-    let parity = Parity::start("parity").await;
+    let parity = Parity::start("parity", "copy").await;
     let cases = fixture_workloads();
     assert!(cases.len() >= 40, "{} fixture workloads", cases.len());
     for kind in Kind::ALL {
@@ -119,12 +119,58 @@ async fn every_fixture_is_stored_warned_and_denied_alike_through_the_webhook_and
     }
 }
 
+/// With `codeDelivery: imageVolume` on both paths: the fixtures of every kind that create
+/// or update a workload (not the stored objects of updates, which are the same in both
+/// modes), each applied, updated, given a new image and opted out alike; what is stored
+/// has one injected init container and the code image volume.
+#[tokio::test]
+async fn the_code_as_an_image_volume_is_injected_alike_through_the_webhook_and_the_policy() {
+    install_rollout_crd();
+    let parity = Parity::start("volume", "imageVolume").await;
+    let cases: Vec<_> = fixture_workloads()
+        .into_iter()
+        .filter(|(case, _)| !case.ends_with("-old"))
+        .collect();
+    for kind in Kind::ALL {
+        assert!(
+            cases.iter().any(|(_, d)| d["kind"] == kind.as_str()),
+            "no fixture of kind {kind}"
+        );
+    }
+    let mut steps = 0;
+    for (case, d) in &cases {
+        steps += parity.check(case, d);
+    }
+    let probe = support::kube::deployment(&parity.webhook_ns.name, "probe", "shop:1", true, &[]);
+    let out = support::kube::kubectl(
+        &["apply", "--dry-run=server", "-o", "json", "-f", "-"],
+        Some(&probe),
+    );
+    let stored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        support::kube::init_names(&stored),
+        [names::MIGRATE_CONTAINER],
+        "{stored}"
+    );
+    let volumes = &stored["spec"]["template"]["spec"]["volumes"];
+    assert!(
+        volumes.as_array().unwrap().iter().any(|v| v["name"]
+            == names::CODE_VOLUME
+            && v["image"]["reference"].is_string()),
+        "{volumes}"
+    );
+    eprintln!(
+        "parity with the code as an image volume: {} workloads, {steps} steps",
+        cases.len()
+    );
+}
+
 /// Settings written the way people write them (leading zeros, spaces, tabs, repeats),
 /// values the webhook denies for their order or length, and pod settings the copy
 /// container depends on: parsed, normalised, denied and warned about alike.
 #[tokio::test]
 async fn settings_as_people_write_them_are_read_alike_by_the_webhook_and_the_policy() {
-    let parity = Parity::start("edges").await;
+    let parity = Parity::start("edges", "copy").await;
     let base = |annotations: Value| {
         serde_json::json!({
             "apiVersion": "apps/v1",

@@ -148,7 +148,7 @@ fn has(warnings: &[String], needle: &str) -> bool {
 /// created, touched, updated and opted out alike.
 #[tokio::test]
 async fn every_real_world_deployment_is_injected_alike_in_policy_mode() {
-    let parity = support::parity::Parity::start("rw-parity").await;
+    let parity = support::parity::Parity::start("rw-parity", "copy").await;
     let mut files: Vec<String> = std::fs::read_dir(real_world_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

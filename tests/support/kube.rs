@@ -212,7 +212,10 @@ pub async fn wait_until_effective(ns: &Namespace) {
                 Some(&probe),
             );
             let stored: Value = serde_json::from_slice(&out.stdout).ok()?;
-            (init_names(&stored).len() == 2).then_some(())
+            init_names(&stored)
+                .iter()
+                .any(|n| n == django_migrate_webhook::names::MIGRATE_CONTAINER)
+                .then_some(())
         },
     )
     .await;

@@ -18,12 +18,13 @@ pub struct Policies {
 }
 
 impl Policies {
-    /// Applies the policies of `django-migrate-webhook policy`, their bindings limited to
-    /// namespace `ns`, and waits until they are in effect.
-    pub async fn apply(ns: &Namespace) -> Policies {
+    /// Applies the policies of `django-migrate-webhook policy --code-delivery DELIVERY`,
+    /// their bindings limited to namespace `ns`, and waits until they are in effect.
+    pub async fn apply(ns: &Namespace, delivery: &str) -> Policies {
         let name = format!("parity-{}", ns.name);
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_django-migrate-webhook"))
             .args(["policy", "-o", "json", "--name", &name])
+            .args(["--code-delivery", delivery])
             .output()
             .unwrap();
         assert!(
@@ -93,9 +94,12 @@ async fn wait_until_effective(ns: &Namespace) {
                 Some(&probe),
             );
             let stored: Value = serde_json::from_slice(&out.stdout).ok()?;
-            let warned = text(&out).1.contains("injected init containers");
+            let warned = text(&out).1.contains("django-migrate: injected init container");
             let denied = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&bad));
-            (init_names(&stored).len() == 2 && warned && !denied.status.success()).then_some(())
+            let injected = init_names(&stored)
+                .iter()
+                .any(|n| n == names::MIGRATE_CONTAINER);
+            (injected && warned && !denied.status.success()).then_some(())
         },
     )
     .await;
@@ -122,13 +126,14 @@ pub struct Seen {
 }
 
 impl Parity {
-    pub async fn start(prefix: &str) -> Parity {
+    /// Both paths with the code copied (`copy`) or as an image volume (`imageVolume`).
+    pub async fn start(prefix: &str, delivery: &str) -> Parity {
         let webhook_ns = Namespace::new(&format!("{prefix}-webhook"));
         let policy_ns = Namespace::new(&format!("{prefix}-policy"));
-        let webhook = Serve::start::<&str>(&[]).await;
+        let webhook = Serve::start(&["--code-delivery", delivery]).await;
         register(&webhook_ns, &webhook, "Fail");
         super::kube::wait_until_effective(&webhook_ns).await;
-        let policies = Policies::apply(&policy_ns).await;
+        let policies = Policies::apply(&policy_ns, delivery).await;
         Parity {
             webhook_ns,
             policy_ns,
