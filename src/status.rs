@@ -615,7 +615,7 @@ async fn pod_status(client: &Client, pod: &Pod) -> PodStatus {
             ..
         } => "blocked as locking",
         StepState::Failed { .. } => "failed",
-        StepState::CodeUnavailable { .. } => "cannot start",
+        StepState::CodeUnavailable { .. } => "code unavailable",
     };
     // The summary of the run the state comes from.
     let summary = state.step_exit().and_then(|_| {

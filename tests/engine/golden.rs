@@ -178,3 +178,69 @@ fn example_injects_and_reinjects_to_the_same_text() {
     assert_eq!(second.mutated, 0);
     assert_eq!(second.output, first.output);
 }
+
+/// `codeDelivery: imageVolume` on the example: one injected init container, the code image
+/// as a read-only volume where the step reads it, a pod template smaller than with the
+/// copy, idempotent, and switching between the two deliveries replaces one with the other.
+#[test]
+fn the_code_as_an_image_volume_shrinks_the_injection() {
+    use django_migrate_webhook::injected::{CodeDelivery, CodeImage};
+    use django_migrate_webhook::names::{CODE_VOLUME, MIGRATE_CONTAINER};
+    let text = fs::read_to_string(repo().join("examples/django-deployment.yaml")).unwrap();
+    let copy = CodeImage::default();
+    let volume = CodeImage {
+        delivery: CodeDelivery::ImageVolume,
+        ..CodeImage::default()
+    };
+    let inject = |input: &str, image: &CodeImage| {
+        let out = preview::inject(input, OutputFormat::Json, image).unwrap();
+        let value: Value = serde_json::from_str(&out.output).unwrap();
+        (out, value)
+    };
+    let (_, copied) = inject(&text, &copy);
+    let (first, mounted) = inject(&text, &volume);
+    assert!(
+        first.warnings[0].contains(&format!("init container {MIGRATE_CONTAINER} (copied from")),
+        "{:?}",
+        first.warnings
+    );
+    let spec = &mounted["spec"]["template"]["spec"];
+    let init: Vec<&str> = spec["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(init, [MIGRATE_CONTAINER]);
+    let code: Vec<&Value> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["name"] == CODE_VOLUME)
+        .collect();
+    assert_eq!(
+        code,
+        [&json!({"name": CODE_VOLUME, "image": {"reference": volume.image, "pullPolicy": "IfNotPresent"}})]
+    );
+    let step = &spec["initContainers"][0];
+    assert!(
+        step["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": CODE_VOLUME, "mountPath": "/django-migrate", "readOnly": true}))
+    );
+    let size = |d: &Value| serde_json::to_vec(&d["spec"]["template"]).unwrap().len();
+    eprintln!(
+        "examples/django-deployment.yaml: pod template {} bytes with the copy, {} with the image volume",
+        size(&copied),
+        size(&mounted)
+    );
+    assert!(size(&mounted) < size(&copied));
+    // Idempotent, and switching replaces the delivery.
+    let (again, _) = inject(&first.output, &volume);
+    assert_eq!(again.mutated, 0);
+    let (_, switched) = inject(&first.output, &copy);
+    assert_eq!(switched, copied);
+    let (_, back) = inject(&serde_json::to_string(&copied).unwrap(), &volume);
+    assert_eq!(back, mounted);
+}

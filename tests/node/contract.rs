@@ -674,6 +674,55 @@ async fn with_contract_jobs_off_the_printed_job_applies_the_deferred_migrations(
     assert_eq!(ledger_0002(&database), "1");
 }
 
+/// With the code as an image volume (containerd 2.x): the contract Job the controller
+/// creates mounts the same volume, runs no copy, and drops the column once.
+#[tokio::test]
+async fn the_contract_job_mounts_the_code_image_volume() {
+    let _jobs = CONTRACT_JOBS.read().await;
+    let _db = DATABASE.read().await;
+    let (ns, webhook, database) = setup_with(
+        "contract-volume",
+        &["--contract-jobs", "--code-delivery", "imageVolume"],
+    )
+    .await;
+    let defer = [("unsafe-migrations", "defer")];
+    apply(&ledger(&ns.name, &database, "1", &defer), &[]);
+    rollout_completes(&ns.name, "ledger", "240s", &webhook);
+    apply(&ledger(&ns.name, &database, "2", &defer), &[]);
+    rollout_completes(&ns.name, "ledger", "240s", &webhook);
+    let job = wait_for(
+        "the contract Job to succeed",
+        Duration::from_secs(180),
+        &webhook,
+        || {
+            contract_jobs(&ns.name)
+                .into_iter()
+                .find(|j| job_condition(j, "Complete"))
+        },
+    )
+    .await;
+    let spec = &job["spec"]["template"]["spec"];
+    assert!(
+        spec["initContainers"].as_array().is_none_or(Vec::is_empty),
+        "{spec}"
+    );
+    let volume = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == django_migrate_webhook::names::CODE_VOLUME)
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        volume["image"]["reference"],
+        webhook_image().as_str(),
+        "{spec}"
+    );
+    assert_eq!(legacy_column(&database), "0");
+    assert_eq!(ledger_0002(&database), "1");
+    assert_eq!(contract_jobs(&ns.name).len(), 1);
+}
+
 /// The column drop in an Argo Rollouts canary: while the canary step holds both releases
 /// serving, there is no contract Job and the column stays; once the Rollout is fully
 /// promoted and release 1's pods are gone, one Job drops it. No request of either release

@@ -11,6 +11,7 @@
 mod support;
 
 mod contract;
+mod image_volume;
 mod plan;
 mod workloads;
 
