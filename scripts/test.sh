@@ -66,11 +66,12 @@ kube_pid=$!
 kube_t0=$(date +%s)
 # The newer stacks' root filesystems (scripts/rootfs.sh: Debian 13 and unstable), then Argo
 # Rollouts' controller and CRDs from its Go module (scripts/kube/build-argo-rollouts.sh,
-# for the node tier's canary), also in the background; the tiers that run in the root
-# filesystems wait for them, long before any cluster tier.
+# for the node tier's canary) and containerd 2.x with runc from theirs
+# (scripts/kube/build-containerd.sh, the node's second runtime), also in the background;
+# the tiers that run in the root filesystems wait for them, long before any cluster tier.
 rootfs_log=$cache/logs/rootfs.log
-say "building (or reusing) the Debian 13 and unstable root filesystems and Argo Rollouts in the background: $rootfs_log"
-setsid nice bash -c 'bash scripts/rootfs.sh trixie && bash scripts/rootfs.sh sid && bash scripts/kube/build-argo-rollouts.sh' \
+say "building (or reusing) the Debian 13 and unstable root filesystems, Argo Rollouts and containerd 2.x in the background: $rootfs_log"
+setsid nice bash -c 'bash scripts/rootfs.sh trixie && bash scripts/rootfs.sh sid && bash scripts/kube/build-argo-rollouts.sh && bash scripts/kube/build-containerd.sh' \
     >"$rootfs_log" 2>&1 </dev/null &
 rootfs_pid=$!
 
@@ -176,9 +177,9 @@ stop_databases
 # and a race on Debian unstable's Python 3.14 against that PostgreSQL. The test binaries
 # are this machine's, run inside each root filesystem (scripts/in-rootfs.sh as cargo's
 # runner).
-timed "waiting for the root filesystems and Argo Rollouts (started $(($(date +%s) - kube_t0))s ago)" wait "$rootfs_pid" || {
+timed "waiting for the root filesystems, Argo Rollouts and containerd 2.x (started $(($(date +%s) - kube_t0))s ago)" wait "$rootfs_pid" || {
     tail -n 30 "$rootfs_log" >&2
-    say "building the root filesystems or Argo Rollouts failed: $rootfs_log"
+    say "building the root filesystems, Argo Rollouts or containerd 2.x failed: $rootfs_log"
     exit 1
 }
 rootfs_trixie=$(bash scripts/rootfs.sh trixie)
@@ -225,18 +226,27 @@ timed "waiting for the images: pause, busybox, django, the webhook's from the Do
     exit 1
 }
 
-# start_cluster VERSION: a fresh control plane of that version with a real node; its env
-# is sourced.
+# start_cluster VERSION [containerd2]: a fresh control plane of that version with a real
+# node, on Debian's containerd 1.6 or on containerd 2.x (scripts/kube/build-containerd.sh);
+# its env is sourced.
 start_cluster() {
     stop_cluster
     cluster=$(mktemp -d /tmp/django-migrate-cluster.XXXXXX)
     WITH_NODE=1 KUBE_VERSION=$1 bash scripts/kube/start-cluster.sh "$cluster" >/dev/null
-    bash scripts/kube/start-node.sh "$cluster" >/dev/null
+    if [ "${2:-}" = containerd2 ]; then
+        CONTAINERD_BIN="$containerd2/bin" bash scripts/kube/start-node.sh "$cluster" >/dev/null
+    else
+        bash scripts/kube/start-node.sh "$cluster" >/dev/null
+    fi
     # shellcheck disable=SC1091
     source "$cluster/env"
 }
+containerd2=$(bash scripts/kube/build-containerd.sh)
 
-timed "control plane and node v${kube_versions[0]}" start_cluster "${kube_versions[0]}"
+# The node tier runs on both runtimes: the newest Kubernetes on Debian's containerd 1.6
+# (where the code as an image volume fails visibly), the oldest on containerd 2.x; the
+# image-volume tests (code_image_volume) on the newest with containerd 2.x.
+timed "control plane and node v${kube_versions[0]} (containerd 1.6)" start_cluster "${kube_versions[0]}"
 # The pods reach PostgreSQL on the node's own address, the CNI bridge's (10.244.0.1).
 DB_ROOTFS=$rootfs_trixie start_databases 10.244.0.1 10.244.0.0/24
 timed "cargo test (tier: cluster on Kubernetes v$KUBE_VERSION)" cargo test --locked --test cluster "$@"
@@ -247,11 +257,17 @@ if [ -n "${DJANGO_MIGRATE_REAL_WORLD_DIR:-}" ]; then
         cargo test --locked --test real_world "$@"
 fi
 timed "pytest (tier: chart on Kubernetes v$KUBE_VERSION)" .venv/bin/python -m pytest -q tests/chart
-timed "cargo test (tier: node on Kubernetes v$KUBE_VERSION)" cargo test --locked --test node "$@"
+timed "cargo test (tier: node on Kubernetes v$KUBE_VERSION, containerd 1.6)" \
+    cargo test --locked --test node "$@" -- --skip code_image_volume
+timed "control plane and node v${kube_versions[0]} (containerd 2.x)" start_cluster "${kube_versions[0]}" containerd2
+timed "cargo test (tier: node on Kubernetes v$KUBE_VERSION, containerd 2.x: the code as an image volume)" \
+    cargo test --locked --test node "$@" -- code_image_volume
 
 for version in "${kube_versions[@]:1}"; do
-    timed "control plane and node v$version" start_cluster "$version"
+    timed "control plane and node v$version (containerd 2.x)" start_cluster "$version" containerd2
     timed "cargo test (tier: cluster on Kubernetes v$KUBE_VERSION)" cargo test --locked --test cluster "$@"
     timed "pytest (tier: chart on Kubernetes v$KUBE_VERSION)" .venv/bin/python -m pytest -q tests/chart
-    timed "cargo test (tier: node on Kubernetes v$KUBE_VERSION)" cargo test --locked --test node "$@"
+    # Image volumes are on by default from Kubernetes 1.35.
+    timed "cargo test (tier: node on Kubernetes v$KUBE_VERSION, containerd 2.x)" \
+        cargo test --locked --test node "$@" -- --skip image_volume
 done

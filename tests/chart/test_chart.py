@@ -305,6 +305,22 @@ def test_the_webhook_covers_every_workload_and_rollouts_when_told(setting, rollo
         assert hook["rules"] == policy["items"][0]["spec"]["matchConstraints"]["resourceRules"]
 
 
+def server_args(docs):
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return container["args"]
+
+
+def test_code_delivery_reaches_the_webhook_and_a_bad_value_is_refused():
+    assert "--code-delivery=copy" in server_args(render(values_for("generate")))
+    docs = render({**values_for("generate"), "codeDelivery": "imageVolume"})
+    assert "--code-delivery=imageVolume" in server_args(docs)
+    with pytest.raises(helm.HelmError) as error:
+        render({**values_for("generate"), "codeDelivery": "volume"})
+    assert "codeDelivery" in str(error.value) and "imageVolume" in str(error.value), error.value
+    report = helm.lint(CHART, {**values_for("generate"), "codeDelivery": "imageVolume"}, strict=True)
+    assert not [m for m in report["messages"] if m["severity"] >= 2], report
+
+
 def test_a_bad_argo_rollouts_value_is_refused_with_what_is_allowed():
     with pytest.raises(helm.HelmError) as error:
         render({**values_for("generate"), "injection": {"argoRollouts": "yes"}})

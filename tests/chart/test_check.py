@@ -53,6 +53,38 @@ def test_pre_passes_on_the_test_cluster_and_says_what_it_checked():
     assert out.rstrip().endswith("All checks passed."), out
 
 
+def test_pre_for_image_volumes_reads_the_api_server_and_every_node():
+    """codeDelivery imageVolume: the API server must keep volumes[].image (on by default
+    from 1.35) and every node must mount it (kubelet 1.35+, containerd 2.1+); a node that
+    cannot is named with its runtime, and the hint says what a pod there would show."""
+    result = check("--pre", "--code-delivery", "imageVolume", "-o", "json")
+    nodes = [line for line in lines(result) if line["section"] == "Nodes"]
+    info = json.loads(kubectl("get", "nodes", "-o", "json"))["items"]
+    runtimes = [n["status"]["nodeInfo"]["containerRuntimeVersion"] for n in info]
+    kubelets = [n["status"]["nodeInfo"]["kubeletVersion"] for n in info]
+    served = [line for line in nodes if "the API server" in line["message"]]
+    assert len(served) == 1, nodes
+    if minor() >= 35:
+        assert served[0]["outcome"] == "ok", served
+    else:
+        assert served[0]["outcome"] == "fail" and "drops image volumes" in served[0]["message"], served
+        assert "ImageVolume feature gate" in served[0]["hint"], served
+    capable = [
+        k.startswith("v1.") and int(k.split(".")[1]) >= 35 and r.startswith("containerd://2.")
+        for k, r in zip(kubelets, runtimes)
+    ]
+    mounting = [line for line in nodes if "image volume" in line["message"] and line is not served[0]]
+    assert len(mounting) == 1, nodes
+    if all(capable):
+        assert mounting[0]["outcome"] == "ok", mounting
+    else:
+        assert mounting[0]["outcome"] == "fail", mounting
+        name = info[0]["metadata"]["name"]
+        assert f"{name} (kubelet {kubelets[0]}, {runtimes[0]})" in mounting[0]["message"], mounting
+        assert "MigrationCodeUnavailable" in mounting[0]["hint"], mounting
+    assert result.returncode == (0 if minor() >= 35 and all(capable) else 1), result.stdout
+
+
 def test_pre_for_policy_mode_follows_the_api_servers_version():
     result = check("--pre", "--mode", "policy", "-o", "json")
     admission = [line for line in lines(result) if line["section"] == "Admission"]
