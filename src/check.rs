@@ -298,7 +298,13 @@ pub async fn pre(client: &Client, options: &PreOptions) -> Result<Report, CheckE
         ),
     }
 
-    image_volumes(client, options.code_delivery, &options.namespace, &mut report).await;
+    image_volumes(
+        client,
+        options.code_delivery,
+        &options.namespace,
+        &mut report,
+    )
+    .await;
 
     if options.cert_manager {
         let resources = served(client, "cert-manager.io/v1").await;
@@ -324,7 +330,12 @@ pub async fn pre(client: &Client, options: &PreOptions) -> Result<Report, CheckE
 /// field (a server-side dry run of a pod in `namespace`), and every node's kubelet and
 /// runtime mount it (`nodeInfo`). With `codeDelivery: imageVolume` a gap fails (a pod on
 /// such a node cannot start its step); with `copy` it is a fact.
-async fn image_volumes(client: &Client, delivery: CodeDelivery, namespace: &str, report: &mut Report) {
+async fn image_volumes(
+    client: &Client,
+    delivery: CodeDelivery,
+    namespace: &str,
+    report: &mut Report,
+) {
     let wanted = delivery == CodeDelivery::ImageVolume;
     let served = image_volume_served(client, namespace).await;
     match (&served, wanted) {
@@ -348,6 +359,12 @@ async fn image_volumes(client: &Client, delivery: CodeDelivery, namespace: &str,
         ),
         _ => {}
     }
+    image_volume_nodes(client, wanted, served == Ok(true), report).await;
+}
+
+/// Which nodes' kubelet and runtime mount image volumes; `served`: the API server keeps the
+/// field.
+async fn image_volume_nodes(client: &Client, wanted: bool, served: bool, report: &mut Report) {
     let nodes = match Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await
@@ -368,7 +385,10 @@ async fn image_volumes(client: &Client, delivery: CodeDelivery, namespace: &str,
         .filter_map(|n| {
             let info = n.status.as_ref().and_then(|s| s.node_info.as_ref());
             let (kubelet, runtime) = info.map_or(("?", "?"), |i| {
-                (i.kubelet_version.as_str(), i.container_runtime_version.as_str())
+                (
+                    i.kubelet_version.as_str(),
+                    i.container_runtime_version.as_str(),
+                )
             });
             (!image_volume_capable(kubelet, runtime))
                 .then(|| format!("{} (kubelet {kubelet}, {runtime})", n.name_any()))
@@ -384,13 +404,13 @@ async fn image_volumes(client: &Client, delivery: CodeDelivery, namespace: &str,
     };
     let needs = "kubelet 1.35+ with containerd 2.1+ or CRI-O 1.31+";
     if !wanted {
-        let usable = served == Ok(true) && unable.is_empty() && !nodes.is_empty();
+        let can_switch = served && unable.is_empty() && !nodes.is_empty();
         report.info(
             NODES,
             format!(
                 "{} node(s); {capable} can mount the code as an image volume ({needs}){}",
                 nodes.len(),
-                if usable {
+                if can_switch {
                     ": codeDelivery imageVolume can be used here (one init container fewer per pod)"
                 } else {
                     ""
@@ -406,7 +426,10 @@ async fn image_volumes(client: &Client, delivery: CodeDelivery, namespace: &str,
     } else if unable.is_empty() {
         report.ok(
             NODES,
-            format!("every node ({}) can mount the code as an image volume ({needs})", nodes.len()),
+            format!(
+                "every node ({}) can mount the code as an image volume ({needs})",
+                nodes.len()
+            ),
         );
     } else {
         let message = format!(
@@ -460,7 +483,10 @@ async fn image_volume_served(client: &Client, namespace: &str) -> Result<bool, S
             .iter()
             .any(|v| v.image.is_some())),
         Err(kube::Error::Api(s)) if s.code == 422 => Ok(false),
-        Err(kube::Error::Api(s)) => Err(format!("a dry run of a pod in namespace {namespace} was refused: {}", s.message)),
+        Err(kube::Error::Api(s)) => Err(format!(
+            "a dry run of a pod in namespace {namespace} was refused: {}",
+            s.message
+        )),
         Err(e) => Err(e.to_string()),
     }
 }

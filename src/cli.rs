@@ -142,7 +142,13 @@ pub struct CheckArgs {
     #[arg(long, requires = "pre")]
     pub contract_jobs: bool,
     /// With --pre: the chart's `codeDelivery` (an installation's is read from it).
-    #[arg(long, value_enum, default_value = "copy", requires = "pre", value_name = "HOW")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "copy",
+        requires = "pre",
+        value_name = "HOW"
+    )]
     pub code_delivery: CodeDelivery,
     /// Namespace of the dry run of a labelled Deployment: one whose Deployments the
     /// webhook should inject.
@@ -278,7 +284,13 @@ pub struct CodeImageArgs {
     /// an emptyDir; every cluster) or `imageVolume` (the image mounted read-only as an
     /// image volume: one init container; Kubernetes 1.35+ with containerd 2.1+ or CRI-O
     /// 1.31+ on every node, see `check`).
-    #[arg(long, env = "DJANGO_MIGRATE_CODE_DELIVERY", value_enum, default_value = "copy", value_name = "HOW")]
+    #[arg(
+        long,
+        env = "DJANGO_MIGRATE_CODE_DELIVERY",
+        value_enum,
+        default_value = "copy",
+        value_name = "HOW"
+    )]
     pub code_delivery: CodeDelivery,
 }
 

@@ -861,16 +861,17 @@ fn warning_validations() -> Vec<Value> {
         i = lit(INJECTED_LABEL),
     );
     let app_name = "(has(variables.app.name) ? variables.app.name : '<unnamed>')";
+    // The delivery as stored: the mutation wrote the code volume one way or the other.
+    let image_volume = format!(
+        "(has(variables.pod.volumes) && variables.pod.volumes.exists(v, has(v.name) && v.name == {} && has(v.image)))",
+        lit(CODE_VOLUME)
+    );
     let mut v = vec![
         warn(
             &format!("{ok} && {changed}"),
             &format!(
                 "'django-migrate: ' + (oldObject != null && {old_reserved} ? 'updated' : 'injected') + ({image_volume} ? ' init container ' + variables.stepName + ' (copied from ' + {app} + ') and image volume {CODE_VOLUME}' : ' init containers {CODE_CONTAINER} and ' + variables.stepName + ' (copied from ' + {app} + ')')",
                 app = quoted(app_name),
-                image_volume = format!(
-                    "(has(variables.pod.volumes) && variables.pod.volumes.exists(v, has(v.name) && v.name == {} && has(v.image)))",
-                    lit(CODE_VOLUME)
-                ),
             ),
         ),
         warn(

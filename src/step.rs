@@ -213,15 +213,13 @@ impl StepStatus {
             .find(|n| *n == name)?;
         let terminated =
             |state: Option<&ContainerState>| state?.terminated.as_ref().map(Exit::read);
-        let cannot_start = state
-            .and_then(|st| st.waiting.as_ref())
-            .and_then(|w| {
-                let reason = w.reason.as_deref().filter(|r| CANNOT_START.contains(r))?;
-                Some(match w.message.as_deref() {
-                    Some(m) => format!("{reason}: {m}").into(),
-                    None => reason.into(),
-                })
-            });
+        let cannot_start = state.and_then(|st| st.waiting.as_ref()).and_then(|w| {
+            let reason = w.reason.as_deref().filter(|r| CANNOT_START.contains(r))?;
+            Some(match w.message.as_deref() {
+                Some(m) => format!("{reason}: {m}").into(),
+                None => reason.into(),
+            })
+        });
         Some(StepStatus {
             name,
             running: state.is_some_and(|st| st.running.is_some()),
@@ -288,7 +286,11 @@ impl StepState {
             return StepState::failed(container, exit);
         }
         // Without a code copy the program comes from the image volume.
-        if let Some(why) = step.cannot_start.as_ref().filter(|_| find(CODE_CONTAINER).is_none()) {
+        if let Some(why) = step
+            .cannot_start
+            .as_ref()
+            .filter(|_| find(CODE_CONTAINER).is_none())
+        {
             return StepState::CodeUnavailable {
                 container,
                 why: why.clone(),

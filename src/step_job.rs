@@ -10,7 +10,9 @@
 use serde_json::{Value, json};
 use thiserror::Error;
 
-use crate::names::{CODE_CONTAINER, CODE_VOLUME, INJECTED_LABEL, MIGRATE_CONTAINER, WAIT_CONTAINER};
+use crate::names::{
+    CODE_CONTAINER, CODE_VOLUME, INJECTED_LABEL, MIGRATE_CONTAINER, WAIT_CONTAINER,
+};
 use crate::workload::{JsonMap, Kind};
 
 /// Longest Job name: the Job controller puts it into a label of its pods.
@@ -66,7 +68,10 @@ impl InjectedStep<'_> {
             || template
                 .pointer("/spec/volumes")
                 .and_then(Value::as_array)
-                .is_some_and(|v| v.iter().any(|v| named(v, CODE_VOLUME) && v.get("image").is_some()));
+                .is_some_and(|v| {
+                    v.iter()
+                        .any(|v| named(v, CODE_VOLUME) && v.get("image").is_some())
+                });
         let step = containers
             .iter()
             .find(|c| is_step(c))

@@ -195,7 +195,11 @@ pub fn code_image_of(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<CodeI
 
 /// The init containers that go before the app's own: the code copy (in copy mode), then
 /// the Django step.
-pub fn init_containers(image: &CodeImage, pod_security: Option<&JsonMap>, step: Value) -> Vec<Value> {
+pub fn init_containers(
+    image: &CodeImage,
+    pod_security: Option<&JsonMap>,
+    step: Value,
+) -> Vec<Value> {
     match image.delivery {
         CodeDelivery::Copy => vec![code_container(image, pod_security), step],
         CodeDelivery::ImageVolume => vec![step],

@@ -220,14 +220,15 @@ fn the_code_as_an_image_volume_shrinks_the_injection() {
         .collect();
     assert_eq!(
         code,
-        [&json!({"name": CODE_VOLUME, "image": {"reference": volume.image, "pullPolicy": "IfNotPresent"}})]
+        [
+            &json!({"name": CODE_VOLUME, "image": {"reference": volume.image, "pullPolicy": "IfNotPresent"}})
+        ]
     );
     let step = &spec["initContainers"][0];
     assert!(
-        step["volumeMounts"]
-            .as_array()
-            .unwrap()
-            .contains(&json!({"name": CODE_VOLUME, "mountPath": "/django-migrate", "readOnly": true}))
+        step["volumeMounts"].as_array().unwrap().contains(
+            &json!({"name": CODE_VOLUME, "mountPath": "/django-migrate", "readOnly": true})
+        )
     );
     let size = |d: &Value| serde_json::to_vec(&d["spec"]["template"]).unwrap().len();
     eprintln!(

@@ -154,9 +154,11 @@ async fn the_code_as_an_image_volume_is_injected_alike_through_the_webhook_and_t
     );
     let volumes = &stored["spec"]["template"]["spec"]["volumes"];
     assert!(
-        volumes.as_array().unwrap().iter().any(|v| v["name"]
-            == names::CODE_VOLUME
-            && v["image"]["reference"].is_string()),
+        volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == names::CODE_VOLUME && v["image"]["reference"].is_string()),
         "{volumes}"
     );
     eprintln!(

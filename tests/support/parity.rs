@@ -94,7 +94,9 @@ async fn wait_until_effective(ns: &Namespace) {
                 Some(&probe),
             );
             let stored: Value = serde_json::from_slice(&out.stdout).ok()?;
-            let warned = text(&out).1.contains("django-migrate: injected init container");
+            let warned = text(&out)
+                .1
+                .contains("django-migrate: injected init container");
             let denied = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&bad));
             let injected = init_names(&stored)
                 .iter()
