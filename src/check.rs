@@ -455,7 +455,7 @@ async fn image_volume_served(client: &Client, namespace: &str) -> Result<bool, S
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "django-migrate-check-image-volume", "namespace": namespace},
+        "metadata": {"name": "django-migrate-check-image-volume"},
         "spec": {
             "containers": [{"name": "probe", "image": "django-migrate-check:dry-run"}],
             "volumes": [{"name": "code", "image": {"reference": "django-migrate-check:dry-run", "pullPolicy": "IfNotPresent"}}],
