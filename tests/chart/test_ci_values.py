@@ -14,7 +14,7 @@ import uuid
 import helm_python as helm
 import pytest
 import yaml
-from test_in_cluster import VERSION, WEBHOOK_IMAGE, deployment, env, get_json, injected, kubectl, ready, wait_until
+from test_in_cluster import BIN, VERSION, WEBHOOK_IMAGE, deployment, env, get_json, injected, kubectl, ready, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "django-migrate-webhook"
@@ -39,6 +39,7 @@ def process_uid(pod):
 def test_every_ci_values_file_is_tested():
     assert [f.name for f in CI_FILES] == [
         "default-values.yaml",
+        "image-volume-values.yaml",
         "network-policy-values.yaml",
         "openshift-uid-values.yaml",
         "uid-from-runtime-values.yaml",
@@ -102,6 +103,23 @@ def test_the_chart_installs_and_serves_with_each_ci_values_file(path):
             timeout=60,
         )
         assert injected(json.loads(out))
+        if path.stem.startswith("image-volume"):
+            stored = json.loads(out)["spec"]["template"]["spec"]
+            assert [c["name"] for c in stored["initContainers"]] == ["django-migrate"], stored
+            volume = next(v for v in stored["volumes"] if v["name"] == "django-migrate-code")
+            assert volume["image"] == {"reference": f"{WEBHOOK_IMAGE}:{VERSION}", "pullPolicy": "Never"}, volume
+            # `check` reads the installation's delivery: the dry run must come back with it.
+            result = subprocess.run(
+                [str(BIN), "check", "-n", namespace, "--probe-namespace", apps, "-o", "json"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            lines = json.loads(result.stdout)["lines"]
+            (dry_run,) = [line for line in lines if line["section"] == "Injection"]
+            assert dry_run["outcome"] == "ok", lines
+            assert "django-migrate, image volume django-migrate-code" in dry_run["message"], dry_run
+            assert any(line["section"] == "Nodes" and "image volume" in line["message"] for line in lines), lines
         print(f"{path.name}: 2 replicas Ready and serving after {time.monotonic() - started:.1f}s, process UID {uid}")
     finally:
         try:

@@ -170,8 +170,14 @@ def django_shop(namespace, database):
 
 
 def injected(obj):
-    names = [c["name"] for c in obj["spec"]["template"]["spec"].get("initContainers", [])]
-    return names[-2:] == ["django-migrate-code", "django-migrate"]
+    """Injected with either code delivery: the copy then the step, or the step alone with the
+    code image volume."""
+    spec = obj["spec"]["template"]["spec"]
+    names = [c["name"] for c in spec.get("initContainers", [])]
+    if names[-2:] == ["django-migrate-code", "django-migrate"]:
+        return True
+    volumes = [v for v in spec.get("volumes", []) if v["name"] == "django-migrate-code"]
+    return names[-1:] == ["django-migrate"] and len(volumes) == 1 and "image" in volumes[0]
 
 
 def webhook_pods(namespace):
