@@ -168,8 +168,10 @@ EOF
   echo "$RECIPE" >"$out/.recipe"
   log "v$version: done in $((t3 - t0))s (modules $((t1 - t0))s, kubernetes $((t2 - t1))s, etcd $((t3 - t2))s)"
   "$out/kube-apiserver" --version >&2
-  "$out/kubectl" version --client 2>/dev/null | head -1 >&2 || true
-  "$out/etcd" --version | head -1 >&2
+  # sed reads every line: `head -1` would close the pipe early, and a writer killed by
+  # SIGPIPE fails the build under pipefail.
+  "$out/kubectl" version --client 2>/dev/null | sed -n 1p >&2 || true
+  "$out/etcd" --version | sed -n 1p >&2
 }
 
 for v in "${versions[@]}"; do

@@ -84,7 +84,7 @@ $variants"
 # (check_webhook_image) every time.
 build_webhook_image() {
   local version rust_tag toolchain key buildah_root ref cdx_version cdx revision
-  version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -n 1)
+  version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | sed -n 1p)
   ref="localhost/e2e/django-migrate-webhook:$version"
   key=$(cd "$ROOT" && { cat "$HERE/build-images.sh" Dockerfile .dockerignore Cargo.toml Cargo.lock
     find src -type f -print0 | sort -z | xargs -0 cat; } | sha256sum | cut -d' ' -f1)
