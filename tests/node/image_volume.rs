@@ -9,14 +9,14 @@ use django_migrate_webhook::names::{CODE_VOLUME, MIGRATE_CONTAINER};
 
 use super::*;
 
-/// The node's kubelet version and container runtime, as it reports them.
+/// The node's kubelet version and container runtime, as it reports them (the test cluster
+/// has one node).
 fn node_runtime() -> (String, String) {
     let info = kubectl_ok(&[
         "get",
-        "node",
-        &env("E2E_NODE_NAME"),
+        "nodes",
         "-o",
-        "jsonpath={.status.nodeInfo.kubeletVersion} {.status.nodeInfo.containerRuntimeVersion}",
+        "jsonpath={.items[0].status.nodeInfo.kubeletVersion} {.items[0].status.nodeInfo.containerRuntimeVersion}",
     ]);
     let (kubelet, runtime) = info.trim().split_once(' ').unwrap_or_default();
     (kubelet.to_owned(), runtime.to_owned())
