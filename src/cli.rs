@@ -26,7 +26,8 @@ fn seconds(min: u64, max: u64) -> impl TypedValueParser<Value = Duration> {
 ///
 /// A mutating admission webhook: a Deployment labelled `django-migrate.io/inject: "true"`
 /// gets two init containers, `django-migrate-code` (copies the migration program into
-/// the pod) and `django-migrate` (one Django process that waits for the database and
+/// the pod; with `--code-delivery imageVolume` an image volume brings it instead) and
+/// `django-migrate` (one Django process that waits for the database and
 /// migrates under a database lock, so that many pods can start at once), and the readiness
 /// gate `django-migrate.io/migrated`, which the controller sets once the pod's step
 /// succeeded.
