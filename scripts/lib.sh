@@ -30,6 +30,32 @@ start_bg() { # NAME CMD...
   log "started $name (pid $!)"
 }
 
+# job_start STATUS_FILE CMD...: CMD in a session of its own (`kill -- -$!` stops all of it),
+# its exit status written to STATUS_FILE when it ends. The file, not `wait`, is the record:
+# bash forgets a finished job's status once a new child reuses its PID, and PIDs wrap
+# within a long run (pid_max is 32768 on small machines).
+job_start() {
+  local status_file=$1; shift
+  rm -f "$status_file"
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  setsid bash -c '"${@:2}"; echo $? >"$1"' job "$status_file" "$@" &
+}
+# job_running PID STATUS_FILE: the job started with that file has not ended.
+job_running() { [[ ! -e "$2" ]] && kill -0 "$1" 2>/dev/null; }
+# job_wait PID STATUS_FILE: waits for the job to end and returns its exit status.
+job_wait() {
+  local pid=$1 status_file=$2
+  wait "$pid" 2>/dev/null || true
+  while job_running "$pid" "$status_file"; do sleep 1; done
+  [[ -s "$status_file" ]] || { echo "$SCRIPT: the background job $pid ended without an exit status (killed?)" >&2; return 1; }
+  return "$(cat "$status_file")"
+}
+# job_stop PID STATUS_FILE: stops the job's whole session if it is still running (the
+# process itself if it has not made its session yet).
+job_stop() {
+  if job_running "$1" "$2"; then kill -- -"$1" 2>/dev/null || kill "$1" 2>/dev/null || true; fi
+}
+
 # wait_for DESC CMD...: until CMD succeeds, at most START_TIMEOUT seconds; fails at once,
 # with its log, when one of the components named in WATCHED (an array) has exited.
 wait_for() {

@@ -60,8 +60,9 @@ read -r -a kube_versions <<<"${KUBE_VERSIONS:-$KUBE_VERSIONS_DEFAULT}"
 mkdir -p "$cache/logs"
 kube_log=$cache/logs/build-current.log
 say "building (or reusing) Kubernetes ${kube_versions[*]} in the background: $kube_log"
-setsid bash -c 'bash scripts/kube/build-current.sh "$@" && bash scripts/kube/build-helm.sh' \
-    build "${kube_versions[@]}" >"$kube_log" 2>&1 </dev/null &
+jobs_dir=$(mktemp -d /tmp/django-migrate-test-jobs.XXXXXX)
+job_start "$jobs_dir/kube" bash -c 'bash scripts/kube/build-current.sh "$@" && bash scripts/kube/build-helm.sh' \
+    build "${kube_versions[@]}" >"$kube_log" 2>&1 </dev/null
 kube_pid=$!
 kube_t0=$(date +%s)
 # The newer stacks' root filesystems (scripts/rootfs.sh: Debian 13 and unstable), then Argo
@@ -71,8 +72,8 @@ kube_t0=$(date +%s)
 # the tiers that run in the root filesystems wait for them, long before any cluster tier.
 rootfs_log=$cache/logs/rootfs.log
 say "building (or reusing) the Debian 13 and unstable root filesystems, Argo Rollouts and containerd 2.x in the background: $rootfs_log"
-setsid nice bash -c 'bash scripts/rootfs.sh trixie && bash scripts/rootfs.sh sid && bash scripts/kube/build-argo-rollouts.sh && bash scripts/kube/build-containerd.sh' \
-    >"$rootfs_log" 2>&1 </dev/null &
+job_start "$jobs_dir/rootfs" nice bash -c 'bash scripts/rootfs.sh trixie && bash scripts/rootfs.sh sid && bash scripts/kube/build-argo-rollouts.sh && bash scripts/kube/build-containerd.sh' \
+    >"$rootfs_log" 2>&1 </dev/null
 rootfs_pid=$!
 
 databases=""
@@ -103,11 +104,12 @@ start_databases() {
 }
 cleanup() {
     local rc=$?
-    if kill -0 "$kube_pid" 2>/dev/null; then kill -- -"$kube_pid" 2>/dev/null || true; fi
-    if kill -0 "$rootfs_pid" 2>/dev/null; then kill -- -"$rootfs_pid" 2>/dev/null || true; fi
-    if [ -n "$images_pid" ] && kill -0 "$images_pid" 2>/dev/null; then kill -- -"$images_pid" 2>/dev/null || true; fi
+    job_stop "$kube_pid" "$jobs_dir/kube"
+    job_stop "$rootfs_pid" "$jobs_dir/rootfs"
+    if [ -n "$images_pid" ]; then job_stop "$images_pid" "$jobs_dir/images"; fi
     stop_cluster
     stop_databases
+    rm -rf "$jobs_dir"
     report
     exit "$rc"
 }
@@ -159,8 +161,8 @@ export DJANGO_MIGRATE_TEST_PYTHON_DJANGO42="$PWD/.venv-django42/bin/python"
 # beside the tiers that need no cluster; the cluster tiers wait for them.
 images_log=$cache/logs/build-images.log
 say "building (or reusing) the node tier's images in the background: $images_log"
-setsid nice env IMAGES="pause busybox webhook django" bash scripts/kube/build-images.sh \
-    >"$images_log" 2>&1 </dev/null &
+job_start "$jobs_dir/images" nice env IMAGES="pause busybox webhook django" bash scripts/kube/build-images.sh \
+    >"$images_log" 2>&1 </dev/null
 images_pid=$!
 images_t0=$(date +%s)
 
@@ -177,7 +179,7 @@ stop_databases
 # and a race on Debian unstable's Python 3.14 against that PostgreSQL. The test binaries
 # are this machine's, run inside each root filesystem (scripts/in-rootfs.sh as cargo's
 # runner).
-timed "waiting for the root filesystems, Argo Rollouts and containerd 2.x (started $(($(date +%s) - kube_t0))s ago)" wait "$rootfs_pid" || {
+timed "waiting for the root filesystems, Argo Rollouts and containerd 2.x (started $(($(date +%s) - kube_t0))s ago)" job_wait "$rootfs_pid" "$jobs_dir/rootfs" || {
     tail -n 30 "$rootfs_log" >&2
     say "building the root filesystems, Argo Rollouts or containerd 2.x failed: $rootfs_log"
     exit 1
@@ -213,14 +215,14 @@ timed "cargo test --no-run (the cluster tiers' binaries)" \
     cargo test --locked --no-run --test cluster --test policy --test node
 
 timed "waiting for Kubernetes ${kube_versions[*]} (started $(($(date +%s) - kube_t0))s ago)" \
-    wait "$kube_pid" || {
+    job_wait "$kube_pid" "$jobs_dir/kube" || {
     tail -n 30 "$kube_log" >&2
     say "building Kubernetes failed: $kube_log"
     exit 1
 }
 grep -E 'done in|etcd v|helm v' "$kube_log" >&2 || true
 timed "waiting for the images: pause, busybox, django, the webhook's from the Dockerfile (started $(($(date +%s) - images_t0))s ago)" \
-    wait "$images_pid" || {
+    job_wait "$images_pid" "$jobs_dir/images" || {
     tail -n 30 "$images_log" >&2
     say "building the images failed: $images_log"
     exit 1
