@@ -345,7 +345,7 @@ async fn image_volumes(
         ),
         (Ok(false), true) => report.fail(
             NODES,
-            "the API server drops image volumes (volumes[].image): codeDelivery is imageVolume, so every injected pod would be refused",
+            "the API server drops image volumes (volumes[].image): codeDelivery is imageVolume, so injected pods would lose the code volume and its mount, and their step could not run",
             "image volumes are on by default from Kubernetes 1.35 (beta behind the ImageVolume feature gate in 1.33 and 1.34): turn the gate on for the API server and every kubelet, or use codeDelivery: copy",
         ),
         (Err(why), true) => report.warn(

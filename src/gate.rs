@@ -250,7 +250,7 @@ async fn reconcile(pod: Arc<WatchedPod>, ctx: Arc<Context>) -> Result<Action, Pa
         // reads, and what counts each step's end once across leader changes.
         return Ok(Action::await_change());
     }
-    let state = StepState::of(&pod.status.init_container_statuses);
+    let state = StepState::of_pod(&pod.status.init_container_statuses, pod.spec.code_removed());
     let desired = Desired {
         status: state.condition_status(),
         reason: state.reason(),

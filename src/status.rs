@@ -22,7 +22,7 @@ use crate::names::{
     WAIT_CONTAINER, WEBHOOK_NAME,
 };
 use crate::settings::Settings;
-use crate::step::{Reason, StepState, StepStatus};
+use crate::step::{self, Reason, StepState, StepStatus};
 use crate::summary::Phase;
 use crate::summary::{Deferred, Summary};
 use crate::workload::Kind;
@@ -601,7 +601,16 @@ async fn pod_status(client: &Client, pod: &Pod) -> PodStatus {
         .flatten()
         .filter_map(StepStatus::from_container)
         .collect();
-    let state = StepState::of(&statuses);
+    let code_removed = pod.spec.as_ref().and_then(|spec| {
+        let inits = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str());
+        let volumes = spec.volumes.iter().flatten().map(|v| v.name.as_str());
+        step::code_removed(inits, volumes)
+    });
+    let state = StepState::of_pod(&statuses, code_removed);
     let phase = match &state {
         StepState::Pending { .. } => "pending",
         StepState::Running { container } => running_phase(client, pod, container).await,
@@ -615,7 +624,7 @@ async fn pod_status(client: &Client, pod: &Pod) -> PodStatus {
             ..
         } => "blocked as locking",
         StepState::Failed { .. } => "failed",
-        StepState::CodeUnavailable { .. } => "code unavailable",
+        StepState::CodeUnavailable { .. } | StepState::CodeRemoved { .. } => "code unavailable",
     };
     // The summary of the run the state comes from.
     let summary = state.step_exit().and_then(|_| {

@@ -252,9 +252,39 @@ pub enum StepState {
         container: &'static str,
         why: Box<str>,
     },
+    /// The pod has the step but neither the code copy nor the code image volume: an API
+    /// server that does not serve `volumes[].image` removed the volume and its mounts.
+    CodeRemoved { container: &'static str },
+}
+
+/// The injected step of a pod whose spec has no code for it (see
+/// [`StepState::CodeRemoved`]), from the names of its init containers and volumes.
+pub fn code_removed<'a>(
+    init_containers: impl IntoIterator<Item = &'a str>,
+    volumes: impl IntoIterator<Item = &'a str>,
+) -> Option<&'static str> {
+    let mut step = None;
+    for name in init_containers {
+        match name {
+            CODE_CONTAINER => return None,
+            MIGRATE_CONTAINER => step = Some(MIGRATE_CONTAINER),
+            WAIT_CONTAINER => step = Some(WAIT_CONTAINER),
+            _ => {}
+        }
+    }
+    step.filter(|_| volumes.into_iter().all(|v| v != CODE_VOLUME))
 }
 
 impl StepState {
+    /// The state of a pod whose step has no code (`code_removed`), else
+    /// [`StepState::of`] its statuses.
+    pub fn of_pod(statuses: &[StepStatus], code_removed: Option<&'static str>) -> StepState {
+        match code_removed {
+            Some(container) => StepState::CodeRemoved { container },
+            None => StepState::of(statuses),
+        }
+    }
+
     /// The state, from the statuses of the injected init containers.
     pub fn of(statuses: &[StepStatus]) -> StepState {
         let find = |name: &str| statuses.iter().find(|s| s.name == name);
@@ -319,7 +349,9 @@ impl StepState {
             StepState::Running { .. } => Reason::Running,
             StepState::Succeeded { .. } => Reason::Migrated,
             StepState::Failed { reason, .. } => *reason,
-            StepState::CodeUnavailable { .. } => Reason::CodeUnavailable,
+            StepState::CodeUnavailable { .. } | StepState::CodeRemoved { .. } => {
+                Reason::CodeUnavailable
+            }
         }
     }
 
@@ -353,6 +385,9 @@ impl StepState {
             } => exit.describe(container),
             StepState::CodeUnavailable { container, why } => format!(
                 "init container {container} cannot be created with the code as image volume {CODE_VOLUME} ({why}): this node's container runtime may not mount image volumes (codeDelivery imageVolume needs containerd 2.1+ or CRI-O 1.31+ on every node; see django-migrate-webhook check), or use codeDelivery copy"
+            ),
+            StepState::CodeRemoved { container } => format!(
+                "init container {container} has no code: the pod has neither init container {CODE_CONTAINER} nor volume {CODE_VOLUME}, so the API server removed the code image volume (it serves volumes[].image from Kubernetes 1.35, in 1.33 and 1.34 with the ImageVolume feature gate; see django-migrate-webhook check), or use codeDelivery copy"
             ),
         }
     }
@@ -447,6 +482,44 @@ mod tests {
         serde_json::json!({"mode": "migrate", "phase": phase, "result": result,
                            "exit_code": code, "message": message, "applied": ["a.0001"]})
         .to_string()
+    }
+
+    /// A step whose code image volume the API server removed is named at once, whatever
+    /// its container does; a pod with either delivery is read from its statuses.
+    #[test]
+    fn a_step_without_its_code_in_the_spec_says_the_code_was_removed() {
+        assert_eq!(
+            code_removed(["setup", MIGRATE_CONTAINER], ["data"]),
+            Some(MIGRATE_CONTAINER)
+        );
+        assert_eq!(code_removed([WAIT_CONTAINER], []), Some(WAIT_CONTAINER));
+        assert_eq!(
+            code_removed([MIGRATE_CONTAINER], ["data", CODE_VOLUME]),
+            None
+        );
+        assert_eq!(code_removed([CODE_CONTAINER, MIGRATE_CONTAINER], []), None);
+        assert_eq!(code_removed(["setup"], ["data"]), None);
+
+        let failed = statuses(serde_json::json!([status(
+            MIGRATE_CONTAINER,
+            serde_json::json!({"terminated": {"exitCode": 2, "reason": "Error",
+                "message": "python3: can't open file '/django-migrate/step.pyz'"}}),
+            serde_json::json!({})
+        )]));
+        let state = StepState::of_pod(&failed, Some(MIGRATE_CONTAINER));
+        assert_eq!(state.reason(), Reason::CodeUnavailable);
+        assert_eq!(state.condition_status(), "False");
+        let message = state.message();
+        assert!(
+            message.contains("removed the code image volume"),
+            "{message}"
+        );
+        assert!(message.contains("ImageVolume feature gate"), "{message}");
+        assert_eq!(state.step_exit(), None);
+        assert_eq!(
+            StepState::of_pod(&failed, None).reason(),
+            Reason::of_exit(2, None, None)
+        );
     }
 
     /// A step the kubelet cannot create: with the code as an image volume (no copy) it is

@@ -3,7 +3,8 @@
 //! A cluster with thousands of injected pods sends each of them (containers, env,
 //! volumes, managedFields, every status) to the controller on every list and change.
 //! Deserialising straight into this small type keeps none of that: the cache holds the
-//! pod's identity, owner, whether it has the gate, the gate condition and the statuses
+//! pod's identity, owner, whether it has the gate, the names of the injected init
+//! containers and whether the code volume is there, the gate condition and the statuses
 //! of the injected init containers, and nothing is built only to be thrown away.
 
 use k8s_openapi::api::core::v1::{ContainerState, PodCondition};
@@ -12,8 +13,11 @@ use kube::ResourceExt;
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use serde::{Deserialize, Deserializer};
 
-use crate::names::{CRONJOB_LABEL, MIGRATED_CONDITION};
-use crate::step::StepStatus;
+use crate::names::{
+    CODE_CONTAINER, CODE_VOLUME, CRONJOB_LABEL, MIGRATE_CONTAINER, MIGRATED_CONDITION,
+    WAIT_CONTAINER,
+};
+use crate::step::{self, StepStatus};
 use crate::workload::Kind;
 
 /// A pod as the controller sees it.
@@ -33,6 +37,24 @@ pub struct WatchedSpec {
     /// True when the pod has the `django-migrate.io/migrated` readiness gate.
     #[serde(default, rename = "readinessGates", deserialize_with = "has_our_gate")]
     pub gated: bool,
+    /// The names of the injected init containers, in order.
+    #[serde(
+        default,
+        rename = "initContainers",
+        deserialize_with = "injected_inits"
+    )]
+    pub injected_inits: Vec<&'static str>,
+    /// True when the pod has the `django-migrate-code` volume.
+    #[serde(default, rename = "volumes", deserialize_with = "has_code_volume")]
+    pub code_volume: bool,
+}
+
+impl WatchedSpec {
+    /// The injected step, when the pod has no code for it (see `step::code_removed`).
+    pub fn code_removed(&self) -> Option<&'static str> {
+        let volumes = self.code_volume.then_some(CODE_VOLUME);
+        step::code_removed(self.injected_inits.iter().copied(), volumes)
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -96,6 +118,28 @@ struct Gate {
 fn has_our_gate<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     let gates = Option::<Vec<Gate>>::deserialize(d)?.unwrap_or_default();
     Ok(gates.iter().any(|g| g.condition_type == MIGRATED_CONDITION))
+}
+
+#[derive(Deserialize)]
+struct Named {
+    name: String,
+}
+
+fn injected_inits<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<&'static str>, D::Error> {
+    let inits = Option::<Vec<Named>>::deserialize(d)?.unwrap_or_default();
+    Ok(inits
+        .iter()
+        .filter_map(|c| {
+            [CODE_CONTAINER, MIGRATE_CONTAINER, WAIT_CONTAINER]
+                .into_iter()
+                .find(|n| *n == c.name)
+        })
+        .collect())
+}
+
+fn has_code_volume<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let volumes = Option::<Vec<Named>>::deserialize(d)?.unwrap_or_default();
+    Ok(volumes.iter().any(|v| v.name == CODE_VOLUME))
 }
 
 fn our_condition<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PodCondition>, D::Error> {
@@ -276,6 +320,9 @@ mod tests {
                                               "name": "shop-7d4b9c", "uid": "r", "controller": true}]},
             "spec": {"containers": [{"name": "web", "image": "x",
                                      "env": [{"name": "A", "value": "1".repeat(1000)}]}],
+                     "initContainers": [{"name": "user-init", "image": "x"},
+                                        {"name": MIGRATE_CONTAINER, "image": "x"}],
+                     "volumes": [{"name": "data", "emptyDir": {}}],
                      "readinessGates": [{"conditionType": "other"}, {"conditionType": MIGRATED_CONDITION}]},
             "status": {"phase": "Pending",
                        "conditions": [{"type": "Ready", "status": "False"},
@@ -290,6 +337,21 @@ mod tests {
         }))
         .unwrap();
         assert!(pod.spec.gated);
+        // Neither the code copy nor the code volume: the step has no code.
+        assert_eq!(pod.spec.injected_inits, [MIGRATE_CONTAINER]);
+        assert_eq!(pod.spec.code_removed(), Some(MIGRATE_CONTAINER));
+        let with_volume: WatchedSpec = serde_json::from_value(json!({
+            "initContainers": [{"name": MIGRATE_CONTAINER}],
+            "volumes": [{"name": "data"}, {"name": CODE_VOLUME, "image": {"reference": "w"}}]}))
+        .unwrap();
+        assert_eq!(with_volume.code_removed(), None);
+        assert_eq!(
+            serde_json::from_value::<WatchedSpec>(json!({"initContainers": [
+                {"name": CODE_CONTAINER}, {"name": MIGRATE_CONTAINER}]}))
+            .unwrap()
+            .code_removed(),
+            None
+        );
         assert_eq!(
             pod.status.gate.as_ref().unwrap().reason.as_deref(),
             Some("R")
@@ -310,6 +372,6 @@ mod tests {
         assert!(pod.metadata.managed_fields.is_none());
         // A pod without spec or status (as in a DELETED event's tombstone) still reads.
         let bare: WatchedPod = serde_json::from_value(json!({"metadata": {"name": "q"}})).unwrap();
-        assert!(!bare.spec.gated);
+        assert!(!bare.spec.gated && bare.spec.code_removed().is_none());
     }
 }
