@@ -182,7 +182,11 @@ def test_the_chart_installs_and_serves_with_each_ci_values_file(path):
             assert dry_run["outcome"] == "ok", lines
             assert "django-migrate, image volume django-migrate-code" in dry_run["message"], dry_run
             assert any(line["section"] == "Nodes" and "image volume" in line["message"] for line in lines), lines
-        print(f"{path.name}: 2 replicas Ready and serving after {time.monotonic() - started:.1f}s, process UID {uid}")
+        removed = ", the API server removed the image volume: check fails, the pod says why" if volume_removed else ""
+        print(
+            f"{path.name}: 2 replicas Ready and serving after {time.monotonic() - started:.1f}s, "
+            f"process UID {uid}{removed}"
+        )
     finally:
         try:
             config.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=60)
