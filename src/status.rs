@@ -602,11 +602,10 @@ async fn pod_status(client: &Client, pod: &Pod) -> PodStatus {
         .filter_map(StepStatus::from_container)
         .collect();
     let code_removed = pod.spec.as_ref().and_then(|spec| {
-        let inits = spec
-            .init_containers
-            .iter()
-            .flatten()
-            .map(|c| c.name.as_str());
+        let inits = spec.init_containers.iter().flatten().map(|c| {
+            let run = c.command.iter().chain(&c.args).flatten();
+            (c.name.as_str(), step::runs_program(run.map(String::as_str)))
+        });
         let volumes = spec.volumes.iter().flatten().map(|v| v.name.as_str());
         step::code_removed(inits, volumes)
     });

@@ -9,7 +9,10 @@
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus};
 use serde::{Deserialize, Serialize};
 
-use crate::names::{CODE_CONTAINER, CODE_VOLUME, MIGRATE_CONTAINER, WAIT_CONTAINER, exit};
+use crate::names::{
+    CODE_CONTAINER, CODE_MOUNT_PATH, CODE_VOLUME, MIGRATE_CONTAINER, PROGRAM_FILE, WAIT_CONTAINER,
+    exit,
+};
 use crate::summary::{Phase, StepResult, Summary, string_enum};
 
 string_enum! {
@@ -257,18 +260,29 @@ pub enum StepState {
     CodeRemoved { container: &'static str },
 }
 
+/// True when a container's command or args run the step's program from the code volume
+/// (an earlier release's step carried its code in an environment variable instead).
+pub fn runs_program<'a>(command_and_args: impl IntoIterator<Item = &'a str>) -> bool {
+    command_and_args.into_iter().any(|arg| {
+        arg.strip_prefix(CODE_MOUNT_PATH)
+            .and_then(|rest| rest.strip_prefix('/'))
+            == Some(PROGRAM_FILE)
+    })
+}
+
 /// The injected step of a pod whose spec has no code for it (see
-/// [`StepState::CodeRemoved`]), from the names of its init containers and volumes.
+/// [`StepState::CodeRemoved`]), from its init containers (each a name and whether it
+/// [`runs_program`]) and the names of its volumes.
 pub fn code_removed<'a>(
-    init_containers: impl IntoIterator<Item = &'a str>,
+    init_containers: impl IntoIterator<Item = (&'a str, bool)>,
     volumes: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'static str> {
     let mut step = None;
-    for name in init_containers {
+    for (name, runs_program) in init_containers {
         match name {
             CODE_CONTAINER => return None,
-            MIGRATE_CONTAINER => step = Some(MIGRATE_CONTAINER),
-            WAIT_CONTAINER => step = Some(WAIT_CONTAINER),
+            MIGRATE_CONTAINER if runs_program => step = Some(MIGRATE_CONTAINER),
+            WAIT_CONTAINER if runs_program => step = Some(WAIT_CONTAINER),
             _ => {}
         }
     }
@@ -488,17 +502,23 @@ mod tests {
     /// its container does; a pod with either delivery is read from its statuses.
     #[test]
     fn a_step_without_its_code_in_the_spec_says_the_code_was_removed() {
+        assert!(runs_program(["python3", "/django-migrate/step.pyz"]));
+        assert!(!runs_program(["python3", "-c", "$(DJANGO_MIGRATE_CODE)"]));
+        assert!(!runs_program(["python3", "/django-migrate/other.py"]));
+        let step = (MIGRATE_CONTAINER, true);
         assert_eq!(
-            code_removed(["setup", MIGRATE_CONTAINER], ["data"]),
+            code_removed([("setup", false), step], ["data"]),
             Some(MIGRATE_CONTAINER)
         );
-        assert_eq!(code_removed([WAIT_CONTAINER], []), Some(WAIT_CONTAINER));
         assert_eq!(
-            code_removed([MIGRATE_CONTAINER], ["data", CODE_VOLUME]),
-            None
+            code_removed([(WAIT_CONTAINER, true)], []),
+            Some(WAIT_CONTAINER)
         );
-        assert_eq!(code_removed([CODE_CONTAINER, MIGRATE_CONTAINER], []), None);
-        assert_eq!(code_removed(["setup"], ["data"]), None);
+        assert_eq!(code_removed([step], ["data", CODE_VOLUME]), None);
+        assert_eq!(code_removed([(CODE_CONTAINER, false), step], []), None);
+        assert_eq!(code_removed([("setup", false)], ["data"]), None);
+        // An earlier release's step, its code in an environment variable: not removed.
+        assert_eq!(code_removed([(MIGRATE_CONTAINER, false)], []), None);
 
         let failed = statuses(serde_json::json!([status(
             MIGRATE_CONTAINER,

@@ -37,13 +37,14 @@ pub struct WatchedSpec {
     /// True when the pod has the `django-migrate.io/migrated` readiness gate.
     #[serde(default, rename = "readinessGates", deserialize_with = "has_our_gate")]
     pub gated: bool,
-    /// The names of the injected init containers, in order.
+    /// The injected init containers, in order: each name and whether it runs the step's
+    /// program from the code volume.
     #[serde(
         default,
         rename = "initContainers",
         deserialize_with = "injected_inits"
     )]
-    pub injected_inits: Vec<&'static str>,
+    pub injected_inits: Vec<(&'static str, bool)>,
     /// True when the pod has the `django-migrate-code` volume.
     #[serde(default, rename = "volumes", deserialize_with = "has_code_volume")]
     pub code_volume: bool,
@@ -123,16 +124,22 @@ fn has_our_gate<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 #[derive(Deserialize)]
 struct Named {
     name: String,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    args: Vec<String>,
 }
 
-fn injected_inits<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<&'static str>, D::Error> {
+fn injected_inits<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(&'static str, bool)>, D::Error> {
     let inits = Option::<Vec<Named>>::deserialize(d)?.unwrap_or_default();
     Ok(inits
         .iter()
         .filter_map(|c| {
-            [CODE_CONTAINER, MIGRATE_CONTAINER, WAIT_CONTAINER]
+            let name = [CODE_CONTAINER, MIGRATE_CONTAINER, WAIT_CONTAINER]
                 .into_iter()
-                .find(|n| *n == c.name)
+                .find(|n| *n == c.name)?;
+            let run = c.command.iter().chain(&c.args).map(String::as_str);
+            Some((name, step::runs_program(run)))
         })
         .collect())
 }
@@ -321,7 +328,8 @@ mod tests {
             "spec": {"containers": [{"name": "web", "image": "x",
                                      "env": [{"name": "A", "value": "1".repeat(1000)}]}],
                      "initContainers": [{"name": "user-init", "image": "x"},
-                                        {"name": MIGRATE_CONTAINER, "image": "x"}],
+                                        {"name": MIGRATE_CONTAINER, "image": "x",
+                                         "command": ["python3", "/django-migrate/step.pyz"]}],
                      "volumes": [{"name": "data", "emptyDir": {}}],
                      "readinessGates": [{"conditionType": "other"}, {"conditionType": MIGRATED_CONDITION}]},
             "status": {"phase": "Pending",
@@ -338,13 +346,17 @@ mod tests {
         .unwrap();
         assert!(pod.spec.gated);
         // Neither the code copy nor the code volume: the step has no code.
-        assert_eq!(pod.spec.injected_inits, [MIGRATE_CONTAINER]);
+        assert_eq!(pod.spec.injected_inits, [(MIGRATE_CONTAINER, true)]);
         assert_eq!(pod.spec.code_removed(), Some(MIGRATE_CONTAINER));
         let with_volume: WatchedSpec = serde_json::from_value(json!({
-            "initContainers": [{"name": MIGRATE_CONTAINER}],
+            "initContainers": [{"name": MIGRATE_CONTAINER, "args": ["python3", "/django-migrate/step.pyz"]}],
             "volumes": [{"name": "data"}, {"name": CODE_VOLUME, "image": {"reference": "w"}}]}))
         .unwrap();
         assert_eq!(with_volume.code_removed(), None);
+        let earlier_release: WatchedSpec = serde_json::from_value(json!({"initContainers": [
+            {"name": MIGRATE_CONTAINER, "command": ["python3", "-c", "$(DJANGO_MIGRATE_CODE)"]}]}))
+        .unwrap();
+        assert_eq!(earlier_release.code_removed(), None);
         assert_eq!(
             serde_json::from_value::<WatchedSpec>(json!({"initContainers": [
                 {"name": CODE_CONTAINER}, {"name": MIGRATE_CONTAINER}]}))
