@@ -38,7 +38,8 @@ job_start() {
   local status_file=$1; shift
   rm -f "$status_file"
   # shellcheck disable=SC2016 # expanded by the inner bash
-  setsid bash -c '"${@:2}"; echo $? >"$1"' job "$status_file" "$@" &
+  # Written aside then renamed: a reader never sees the file without its number.
+  setsid bash -c '"${@:2}"; echo $? >"$1.partial" && mv "$1.partial" "$1"' job "$status_file" "$@" &
 }
 # job_running PID STATUS_FILE: the job started with that file has not ended.
 job_running() { [[ ! -e "$2" ]] && kill -0 "$1" 2>/dev/null; }
